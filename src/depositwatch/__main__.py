@@ -1,0 +1,5 @@
+"""``python -m depositwatch``."""
+
+from depositwatch.cli import main
+
+raise SystemExit(main())
