@@ -1,0 +1,1 @@
+"""Chain sources: turn a node's blocks into plain `Block` records."""

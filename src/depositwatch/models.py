@@ -1,0 +1,182 @@
+"""Plain records that flow through the pipeline: blocks, transfers, matches, alerts, address entries."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+
+class ChainKind(StrEnum):
+    """The families of chains depositwatch can follow."""
+
+    BITCOIN = "bitcoin"
+    EVM = "evm"
+
+
+class AddressStatus(StrEnum):
+    """An address is either handed to users (`active`) or retired after a breach (`revoked`)."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class MatchKind(StrEnum):
+    """What a transfer that touches a watched address means."""
+
+    DEPOSIT = "deposit"
+    REVOKED_INCOMING = "revoked_incoming"
+    REVOKED_OUTGOING = "revoked_outgoing"
+
+
+class AlertEvent(StrEnum):
+    """One step in the life of an alert; each step is delivered once per sink."""
+
+    DETECTED = "detected"  # first sight: mempool or first block
+    MINED = "mined"  # a mempool sighting was included in a block
+    CONFIRMED = "confirmed"  # the configured confirmation depth was reached
+    RETRACTED = "retracted"  # a reorg or a dropped mempool transaction removed it
+
+
+class Severity(StrEnum):
+    """Alert severities, ordered by `SEVERITY_ORDER`."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A native coin (no contract) or a token; amounts of it are integers in base units."""
+
+    symbol: str
+    decimals: int
+    contract: str | None = None  # EIP-55 checksummed token contract, None for the native asset
+
+    def to_decimal(self, amount: int) -> str:
+        """Render base units as a plain decimal string, exactly (no float)."""
+        if self.decimals == 0:
+            return str(amount)
+        text = format(Decimal(amount).scaleb(-self.decimals), "f")
+        if "." in text:
+            text = text.rstrip("0").rstrip(".")
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Value moving from one key to another inside one transaction.
+
+    Keys are the registry's normalised bytes: the output script for Bitcoin, the 20 address bytes for
+    EVM chains. Bitcoin outputs have no sender key; a Bitcoin spend of a watched outpoint carries the
+    spent script as `from_key` and no `to_key`.
+    """
+
+    asset: Asset
+    amount: int
+    txid: str
+    index: int | None  # output index / log index / spending input index; None for a native EVM transfer
+    to_key: bytes | None
+    from_key: bytes | None = None
+    from_address: str | None = None
+    to_address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """A Bitcoin input: transaction `txid`'s input `index` spends `prev_txid:prev_vout`."""
+
+    txid: str
+    index: int
+    prev_txid: str
+    prev_vout: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """Where a chain is: a height and the hash of the block at it."""
+
+    height: int
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One block reduced to what matching needs."""
+
+    height: int
+    hash: str
+    parent_hash: str
+    time: int  # unix seconds
+    transfers: tuple[Transfer, ...] = ()
+    spends: tuple[Spend, ...] = ()
+    tx_count: int = 0
+
+    @property
+    def ref(self) -> BlockRef:
+        """The block's position."""
+        return BlockRef(self.height, self.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedOutput:
+    """A Bitcoin output that paid a revoked script: spending it is a sweep."""
+
+    txid: str
+    vout: int
+    script: bytes
+    amount: int
+    height: int | None
+
+
+def match_id(chain: str, kind: MatchKind, txid: str, index: int | None) -> str:
+    """The stable identity of a match, and of its alert: the same transfer always gets the same id.
+
+    It does not depend on the block, so a transaction that is re-mined after a reorg, or that was first
+    seen in the mempool, keeps its id.
+    """
+    text = f"{chain}|{kind}|{txid.lower()}|{'' if index is None else index}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A transfer that touched a watched address, classified."""
+
+    chain: str
+    kind: MatchKind
+    key: bytes  # the watched key that matched (the recipient, or the sender for a sweep)
+    transfer: Transfer
+    block: BlockRef | None  # None while only in the mempool
+    block_time: int | None
+    id: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", match_id(self.chain, self.kind, self.transfer.txid, self.transfer.index))
+
+    @property
+    def is_alert(self) -> bool:
+        """Revoked-address matches are alerts; deposits are records."""
+        return self.kind is not MatchKind.DEPOSIT
+
+
+@dataclass(frozen=True, slots=True)
+class AddressEntry:
+    """One row of the address book."""
+
+    chain: str
+    address: str
+    key: bytes
+    status: AddressStatus
+    label: str = ""
+    owner: str = ""
+    revoked_at: int | None = None  # unix seconds
+    reason: str = ""
+    created_at: int | None = None
+    type: str = ""
