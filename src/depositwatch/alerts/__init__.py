@@ -1,0 +1,1 @@
+"""Alerts: the message format, the outbox dispatcher and the sinks that deliver."""

@@ -1,0 +1,245 @@
+"""The `Store` protocol and the records that cross it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from depositwatch.models import (
+    AddressEntry,
+    AddressStatus,
+    Block,
+    BlockRef,
+    Match,
+    MatchKind,
+    Severity,
+    WatchedOutput,
+)
+
+
+class StoreError(Exception):
+    """The store refused an operation; the message says why."""
+
+
+class SchemaError(StoreError):
+    """The database schema is missing, newer than this program, or not ours."""
+
+
+class ImportRejected(StoreError):
+    """An address import that would break the book; nothing was stored. `problems` are (line, reason)."""
+
+    def __init__(self, problems: Sequence[tuple[int, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"line {line}: {reason}" for line, reason in self.problems))
+
+
+class IdentityMismatch(StoreError):
+    """The node follows another chain than the one this store recorded."""
+
+
+class LeaseLost(StoreError):
+    """Another instance holds the chain; this one must stand by."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a follower stands."""
+
+    name: str
+    chain: str
+    height: int
+    hash: str
+    range_start: int | None = None
+    range_stop: int | None = None
+
+    @property
+    def ref(self) -> BlockRef:
+        """The cursor's block."""
+        return BlockRef(self.height, self.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import did (or would do, for a dry run)."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeResult:
+    """What a revocation did."""
+
+    revoked: int
+    already_revoked: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a follower's matches go: live following, or one replay run (alerts only if asked)."""
+
+    name: str
+    mode: str  # "live" or "replay"
+    send_alerts: bool
+
+    @staticmethod
+    def live() -> Scope:
+        """The daemon's scope: every alert is sent."""
+        return Scope("live", "live", True)
+
+    @staticmethod
+    def replay(run_id: str, send_alerts: bool) -> Scope:
+        """A replay run's scope."""
+        return Scope(f"replay:{run_id}", "replay", send_alerts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPolicy:
+    """What the store needs to know about a chain to commit its blocks."""
+
+    chain: str
+    confirmations: int
+    chain_id: int | None = None
+    severities: Mapping[MatchKind, Severity] = field(
+        default_factory=lambda: {
+            MatchKind.REVOKED_INCOMING: Severity.CRITICAL,
+            MatchKind.REVOKED_OUTGOING: Severity.CRITICAL,
+            MatchKind.DEPOSIT: Severity.INFO,
+        }
+    )
+    keep_blocks: int = 200  # recent block hashes kept for reorg walk-back
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEffects:
+    """Everything one block changes, committed together with the cursor."""
+
+    block: Block
+    matches: Sequence[Match] = ()
+    new_outputs: Sequence[WatchedOutput] = ()
+    spent_outputs: Sequence[tuple[str, int, str]] = ()  # (txid, vout, spending txid)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One message of the outbox, as the dispatcher and the CLI see it."""
+
+    seq: int
+    alert_id: str
+    rev: int
+    event: str
+    kind: str
+    severity: str
+    chain: str
+    order_key: str
+    block_height: int | None
+    status: str
+    payload: str
+    created_at: int
+
+    @property
+    def idempotency_key(self) -> str:
+        """The key a receiver deduplicates on: the same message always carries the same key."""
+        return f"{self.alert_id}:{self.rev}"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message's delivery state for one sink."""
+
+    outbox_seq: int
+    sink: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    delivered_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRow:
+    """What the in-memory registry needs of one address."""
+
+    chain: str
+    key: bytes
+    status: AddressStatus
+    revoked_at: int | None
+
+
+class Store(Protocol):
+    """Durable state: the address book, cursors, matches and the alert outbox.
+
+    Every method that changes state runs in one transaction; a crash leaves either all of it or none.
+    """
+
+    dialect: str
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations; return the versions applied."""
+
+    async def check_schema(self) -> None:
+        """Raise SchemaError unless the schema is current."""
+
+    async def close(self) -> None:
+        """Close connections."""
+
+    # address book
+    async def import_addresses(
+        self, entries: Sequence[tuple[int, AddressEntry]], *, dry_run: bool = False
+    ) -> ImportResult: ...
+    async def revoke(
+        self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str
+    ) -> RevokeResult: ...
+    async def list_addresses(
+        self,
+        *,
+        chain: str | None = None,
+        status: AddressStatus | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+    ) -> list[AddressEntry]: ...
+    async def address_stats(self) -> list[dict[str, Any]]: ...
+    def iter_registry(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[RegistryRow]]: ...
+    async def address_book_version(self) -> int: ...
+    async def chains_in_book(self) -> list[str]: ...
+
+    # chains and cursors
+    async def check_identity(self, chain: str, identity: str) -> None: ...
+    async def get_cursor(self, name: str) -> Cursor | None: ...
+    async def set_cursor(self, cursor: Cursor) -> None: ...
+    async def block_hash(self, cursor: str, height: int) -> str | None: ...
+    async def commit_blocks(
+        self,
+        scope: Scope,
+        cursor: Cursor,
+        policy: ChainPolicy,
+        effects: Sequence[BlockEffects],
+        tip_height: int,
+    ) -> Cursor: ...
+    async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor: ...
+    async def record_mempool(self, scope: Scope, policy: ChainPolicy, matches: Sequence[Match]) -> int: ...
+    async def drop_mempool(self, scope: Scope, policy: ChainPolicy, match_ids: Sequence[str]) -> int: ...
+    async def mempool_match_ids(self, scope: Scope, chain: str) -> list[str]: ...
+    async def watched_outputs(self, chain: str) -> list[WatchedOutput]: ...
+    async def add_watched_outputs(self, chain: str, outputs: Sequence[WatchedOutput]) -> int: ...
+    async def matches(
+        self, scope: Scope, *, chain: str | None = None, kind: MatchKind | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def delete_scope(self, scope: Scope) -> None: ...
+
+    # outbox
+    async def enqueue_test_alert(self, payload: Mapping[str, Any], sink: str) -> OutboxMessage: ...
+    async def unplanned(self, limit: int) -> list[OutboxMessage]: ...
+    async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None: ...
+    async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]: ...
+    async def delivered(self, seq: int, sink: str, now: float) -> None: ...
+    async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None: ...
+    async def outbox(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[OutboxMessage]: ...
+    async def outbox_message(self, alert_id_or_seq: str) -> list[OutboxMessage]: ...
+    async def deliveries(self, seq: int) -> list[Delivery]: ...
+    async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int: ...
+    async def outbox_counts(self) -> dict[str, int]: ...

@@ -1,0 +1,385 @@
+"""Store operations of the follower: cursors, block commits, reorg rewinds, mempool sightings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from depositwatch.alerts.payload import build_payload
+from depositwatch.jsonutil import dumps
+from depositwatch.models import AlertEvent, BlockRef, Match, MatchKind, WatchedOutput
+from depositwatch.store.base import (
+    BlockEffects,
+    ChainPolicy,
+    Cursor,
+    IdentityMismatch,
+    LeaseLost,
+    Scope,
+)
+from depositwatch.timeutil import now
+
+if TYPE_CHECKING:
+    from depositwatch.store.drivers import Conn, Driver
+
+_MATCH_COLUMNS = (
+    "scope, id, chain, kind, status, asset_symbol, asset_contract, asset_decimals, amount, from_address,"
+    " to_address, key, address, label, owner, revoked_at, txid, idx, block_height, block_hash, block_time,"
+    " first_seen, updated_at"
+)
+
+
+def _cursor(row: Any) -> Cursor:
+    return Cursor(row["name"], row["chain"], row["height"], row["hash"], row["range_start"], row["range_stop"])
+
+
+class FollowMixin:
+    """Cursor, block and match operations; mixed into SqlStore."""
+
+    db: Driver
+
+    async def check_identity(self, chain: str, identity: str) -> None:
+        """Record the chain's identity on first use; afterwards refuse a node on another chain."""
+        async with self.db.transaction() as conn:
+            known = await conn.fetchval("SELECT identity FROM chain_identity WHERE chain = $1", chain)
+            if known is None:
+                await conn.execute("INSERT INTO chain_identity (chain, identity) VALUES ($1, $2)", chain, identity)
+            elif known != identity:
+                raise IdentityMismatch(
+                    f"chain {chain}: the node reports {identity}, but this store recorded {known}; "
+                    "refusing to mix two chains in one store"
+                )
+
+    async def get_cursor(self, name: str) -> Cursor | None:
+        """The named cursor, or None before the first block."""
+        async with self.db.read() as conn:
+            row = await conn.fetchrow("SELECT * FROM cursors WHERE name = $1", name)
+        return None if row is None else _cursor(row)
+
+    async def set_cursor(self, cursor: Cursor) -> None:
+        """Create or move a cursor (used to start following at a chosen block)."""
+        async with self.db.transaction() as conn:
+            await self._write_cursor(conn, cursor)
+
+    async def _write_cursor(self, conn: Conn, cursor: Cursor) -> None:
+        await conn.execute(
+            "INSERT INTO cursors (name, chain, height, hash, range_start, range_stop, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET height = excluded.height,"
+            " hash = excluded.hash, range_start = excluded.range_start, range_stop = excluded.range_stop,"
+            " updated_at = excluded.updated_at",
+            cursor.name, cursor.chain, cursor.height, cursor.hash, cursor.range_start, cursor.range_stop, now(),
+        )
+
+    async def block_hash(self, cursor: str, height: int) -> str | None:
+        """The hash this cursor processed at `height`, if it still remembers it."""
+        async with self.db.read() as conn:
+            value = await conn.fetchval("SELECT hash FROM blocks WHERE cursor = $1 AND height = $2", cursor, height)
+        return None if value is None else str(value)
+
+    async def commit_blocks(
+        self,
+        scope: Scope,
+        cursor: Cursor,
+        policy: ChainPolicy,
+        effects: Sequence[BlockEffects],
+        tip_height: int,
+    ) -> Cursor:
+        """Commit blocks' matches, outputs, alerts and the moved cursor in one transaction.
+
+        `cursor` is where the caller believes the chain stands; if the stored cursor differs (another
+        instance moved it) nothing is written and LeaseLost is raised.
+        """
+        if not effects:
+            return cursor
+        last = effects[-1].block
+        moved = Cursor(cursor.name, cursor.chain, last.height, last.hash, cursor.range_start, cursor.range_stop)
+        stamp = now()
+        async with self.db.transaction() as conn:
+            await self._expect_cursor(conn, cursor)
+            for effect in effects:
+                block = effect.block
+                await conn.execute(
+                    "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
+                    " ON CONFLICT (cursor, height) DO UPDATE SET hash = excluded.hash,"
+                    " parent_hash = excluded.parent_hash, time = excluded.time",
+                    cursor.name, block.height, block.hash, block.parent_hash, block.time,
+                )
+                if effect.matches:
+                    await self._upsert_matches(conn, scope, policy, effect.matches, tip_height, stamp)
+                await self._record_outputs(conn, scope, policy.chain, effect)
+            await self._confirm(conn, scope, policy, tip_height, stamp)
+            await conn.execute(
+                "DELETE FROM blocks WHERE cursor = $1 AND height < $2", cursor.name, last.height - policy.keep_blocks
+            )
+            await self._write_cursor(conn, moved)
+        return moved
+
+    async def _expect_cursor(self, conn: Conn, cursor: Cursor) -> None:
+        row = await conn.fetchrow("SELECT height, hash FROM cursors WHERE name = $1", cursor.name)
+        if row is not None and (row["height"], row["hash"]) != (cursor.height, cursor.hash):
+            raise LeaseLost(
+                f"cursor {cursor.name} is at {row['height']} {row['hash']}, not {cursor.height} {cursor.hash}: "
+                "another instance is following this chain"
+            )
+
+    async def _record_outputs(self, conn: Conn, scope: Scope, chain: str, effect: BlockEffects) -> None:
+        height = effect.block.height
+        for out in effect.new_outputs:
+            await conn.execute(
+                "INSERT INTO watched_outputs (scope, chain, txid, vout, script, amount, height)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                scope.name, chain, out.txid, out.vout, out.script, out.amount, height,
+            )
+        for txid, vout, spender in effect.spent_outputs:
+            await conn.execute(
+                "UPDATE watched_outputs SET spent_txid = $1, spent_height = $2"
+                " WHERE scope = $3 AND chain = $4 AND txid = $5 AND vout = $6",
+                spender, height, scope.name, chain, txid, vout,
+            )
+
+    async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
+        found: dict[bytes, Any] = {}
+        ordered = list(keys)
+        for i in range(0, len(ordered), 500):
+            batch = ordered[i : i + 500]
+            marks = ", ".join(f"${j + 2}" for j in range(len(batch)))
+            for row in await conn.fetch(
+                f"SELECT key, address, label, owner, revoked_at FROM addresses WHERE chain = $1 AND key IN ({marks})",
+                chain, *batch,
+            ):
+                found[bytes(row["key"])] = row
+        return found
+
+    async def _upsert_matches(
+        self,
+        conn: Conn,
+        scope: Scope,
+        policy: ChainPolicy,
+        matches: Sequence[Match],
+        tip_height: int,
+        stamp: int,
+    ) -> None:
+        details = await self._address_details(conn, policy.chain, {m.key for m in matches})
+        for match in matches:
+            existing = await conn.fetchrow(
+                "SELECT status FROM matches WHERE scope = $1 AND id = $2", scope.name, match.id
+            )
+            block = match.block
+            if existing is None:
+                info = details.get(match.key)
+                t = match.transfer
+                status = "seen" if block is not None else "mempool"
+                await conn.execute(
+                    f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES"
+                    " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
+                    " $21, $22, $23)",
+                    scope.name, match.id, match.chain, str(match.kind), status, t.asset.symbol, t.asset.contract,
+                    t.asset.decimals, str(t.amount), t.from_address, t.to_address, match.key,
+                    info["address"] if info else (t.to_address or t.from_address or match.key.hex()),
+                    info["label"] if info else "", info["owner"] if info else "",
+                    info["revoked_at"] if info else None, t.txid, t.index,
+                    block.height if block else None, block.hash if block else None, match.block_time, stamp, stamp,
+                )
+                event: AlertEvent | None = AlertEvent.DETECTED
+            else:
+                status = existing["status"]
+                if block is None:
+                    continue  # a mempool sighting of a transfer already recorded
+                if status in ("seen", "confirmed"):
+                    await self._move_match(conn, scope, match, status, stamp)
+                    continue
+                event = AlertEvent.MINED if status == "mempool" else AlertEvent.DETECTED
+                await self._move_match(conn, scope, match, "seen", stamp)
+            if match.is_alert:
+                confirmations = tip_height - block.height + 1 if block else 0
+                await self._enqueue(conn, scope, policy, match.id, event, confirmations, stamp)
+
+    async def _move_match(self, conn: Conn, scope: Scope, match: Match, status: str, stamp: int) -> None:
+        block = match.block
+        await conn.execute(
+            "UPDATE matches SET status = $1, block_height = $2, block_hash = $3, block_time = $4, updated_at = $5"
+            " WHERE scope = $6 AND id = $7",
+            status, block.height if block else None, block.hash if block else None, match.block_time, stamp,
+            scope.name, match.id,
+        )
+
+    async def _confirm(self, conn: Conn, scope: Scope, policy: ChainPolicy, tip_height: int, stamp: int) -> None:
+        deepest = tip_height - policy.confirmations + 1
+        rows = await conn.fetch(
+            "SELECT id, block_height FROM matches"
+            " WHERE scope = $1 AND chain = $2 AND status = 'seen' AND block_height <= $3",
+            scope.name, policy.chain, deepest,
+        )
+        if not rows:
+            return
+        await conn.execute(
+            "UPDATE matches SET status = 'confirmed', updated_at = $1"
+            " WHERE scope = $2 AND chain = $3 AND status = 'seen' AND block_height <= $4",
+            stamp, scope.name, policy.chain, deepest,
+        )
+        for row in rows:
+            # Deposits are not alerts; the deposits sink hears of them once, when they are final.
+            confirmations = tip_height - int(row["block_height"]) + 1
+            await self._enqueue(conn, scope, policy, row["id"], AlertEvent.CONFIRMED, confirmations, stamp)
+
+    async def _enqueue(
+        self,
+        conn: Conn,
+        scope: Scope,
+        policy: ChainPolicy,
+        match_id: str,
+        event: AlertEvent,
+        confirmations: int,
+        stamp: int,
+    ) -> None:
+        if not scope.send_alerts:
+            return
+        # A replay announces first sightings only, and nothing the live daemon (or an earlier replay)
+        # already sent for the same id: the receivers have heard of it.
+        if scope.mode == "replay" and (
+            event is not AlertEvent.DETECTED
+            or await conn.fetchval("SELECT 1 FROM outbox WHERE alert_id = $1", match_id)
+        ):
+            return
+        row = await conn.fetchrow("SELECT * FROM matches WHERE scope = $1 AND id = $2", scope.name, match_id)
+        assert row is not None
+        kind = MatchKind(row["kind"])
+        rev = int(await conn.fetchval("SELECT COALESCE(MAX(rev), 0) FROM outbox WHERE alert_id = $1", match_id)) + 1
+        severity = str(policy.severities.get(kind, "info"))
+        payload = build_payload(
+            row, alert_id=match_id, rev=rev, event=event, severity=severity, chain_id=policy.chain_id,
+            confirmations=confirmations, mode=scope.mode, detected_at=stamp,
+        )
+        await conn.execute(
+            "INSERT INTO outbox (alert_id, rev, event, kind, severity, chain, order_key, block_height, payload,"
+            " status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'new', $10)"
+            " ON CONFLICT (alert_id, rev) DO NOTHING",
+            match_id, rev, str(event), str(kind), severity, row["chain"], f"{row['chain']}:{row['address']}",
+            row["block_height"], dumps(payload), stamp,
+        )
+
+    async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor:
+        """Undo every block above `to` (a reorg): retract their matches and move the cursor back."""
+        stamp = now()
+        moved = Cursor(cursor.name, cursor.chain, to.height, to.hash, cursor.range_start, cursor.range_stop)
+        async with self.db.transaction() as conn:
+            await self._expect_cursor(conn, cursor)
+            rows = await conn.fetch(
+                "SELECT id, kind, status FROM matches WHERE scope = $1 AND chain = $2 AND block_height > $3"
+                " AND status IN ('seen', 'confirmed')",
+                scope.name, policy.chain, to.height,
+            )
+            for row in rows:
+                await conn.execute(
+                    "UPDATE matches SET status = 'retracted', updated_at = $1 WHERE scope = $2 AND id = $3",
+                    stamp, scope.name, row["id"],
+                )
+                # A deposit was only announced once final; retract only what was announced.
+                if row["kind"] != MatchKind.DEPOSIT or row["status"] == "confirmed":
+                    await self._enqueue(conn, scope, policy, row["id"], AlertEvent.RETRACTED, 0, stamp)
+            await conn.execute("DELETE FROM blocks WHERE cursor = $1 AND height > $2", cursor.name, to.height)
+            await conn.execute(
+                "DELETE FROM watched_outputs WHERE scope = $1 AND chain = $2 AND height > $3",
+                scope.name, policy.chain, to.height,
+            )
+            await conn.execute(
+                "UPDATE watched_outputs SET spent_txid = NULL, spent_height = NULL"
+                " WHERE scope = $1 AND chain = $2 AND spent_height > $3",
+                scope.name, policy.chain, to.height,
+            )
+            await self._write_cursor(conn, moved)
+        return moved
+
+    async def record_mempool(self, scope: Scope, policy: ChainPolicy, matches: Sequence[Match]) -> int:
+        """Record unconfirmed matches (block None) and alert on the new ones; return how many were new."""
+        stamp = now()
+        async with self.db.transaction() as conn:
+            before = await conn.fetchval("SELECT COUNT(*) FROM outbox")
+            fresh = []
+            for match in matches:
+                status = await conn.fetchval(
+                    "SELECT status FROM matches WHERE scope = $1 AND id = $2", scope.name, match.id
+                )
+                if status is None:
+                    fresh.append(match)
+                elif status == "retracted":  # dropped earlier, back in the mempool now
+                    await self._move_match(conn, scope, match, "mempool", stamp)
+                    if match.is_alert:
+                        await self._enqueue(conn, scope, policy, match.id, AlertEvent.DETECTED, 0, stamp)
+            if fresh:
+                await self._upsert_matches(conn, scope, policy, fresh, 0, stamp)
+            after = await conn.fetchval("SELECT COUNT(*) FROM outbox")
+        return int(after - before)
+
+    async def drop_mempool(self, scope: Scope, policy: ChainPolicy, match_ids: Sequence[str]) -> int:
+        """Retract unconfirmed matches whose transaction left the mempool without being mined."""
+        stamp = now()
+        dropped = 0
+        async with self.db.transaction() as conn:
+            for match_id in match_ids:
+                changed = await conn.execute(
+                    "UPDATE matches SET status = 'retracted', updated_at = $1"
+                    " WHERE scope = $2 AND id = $3 AND status = 'mempool'",
+                    stamp, scope.name, match_id,
+                )
+                if changed:
+                    dropped += 1
+                    kind = await conn.fetchval("SELECT kind FROM matches WHERE scope = $1 AND id = $2", scope.name, match_id)
+                    if kind != MatchKind.DEPOSIT:
+                        await self._enqueue(conn, scope, policy, match_id, AlertEvent.RETRACTED, 0, stamp)
+        return dropped
+
+    async def mempool_match_ids(self, scope: Scope, chain: str) -> list[str]:
+        """Ids of matches seen only in the mempool so far."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM matches WHERE scope = $1 AND chain = $2 AND status = 'mempool'", scope.name, chain
+            )
+        return [r[0] for r in rows]
+
+    async def watched_outputs(self, chain: str, scope: Scope | None = None) -> list[WatchedOutput]:
+        """Unspent outputs that paid revoked scripts."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT txid, vout, script, amount, height FROM watched_outputs"
+                " WHERE scope = $1 AND chain = $2 AND spent_txid IS NULL",
+                (scope or Scope.live()).name, chain,
+            )
+        return [WatchedOutput(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    async def add_watched_outputs(
+        self, chain: str, outputs: Sequence[WatchedOutput], scope: Scope | None = None
+    ) -> int:
+        """Add outputs found outside following (scantxoutset, prevouts); return how many were new."""
+        added = 0
+        async with self.db.transaction() as conn:
+            for out in outputs:
+                added += await conn.execute(
+                    "INSERT INTO watched_outputs (scope, chain, txid, vout, script, amount, height)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    (scope or Scope.live()).name, chain, out.txid, out.vout, out.script, out.amount, out.height,
+                )
+        return added
+
+    async def matches(
+        self, scope: Scope, *, chain: str | None = None, kind: MatchKind | None = None
+    ) -> list[dict[str, Any]]:
+        """Matches of a scope in chain order (height, txid, index), as plain dicts."""
+        sql = "SELECT * FROM matches WHERE scope = $1"
+        args: list[Any] = [scope.name]
+        if chain is not None:
+            args.append(chain)
+            sql += f" AND chain = ${len(args)}"
+        if kind is not None:
+            args.append(str(kind))
+            sql += f" AND kind = ${len(args)}"
+        sql += " ORDER BY block_height, txid, idx, kind"
+        async with self.db.read() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    async def delete_scope(self, scope: Scope) -> None:
+        """Forget a replay run: its matches, outputs, cursor and blocks."""
+        async with self.db.transaction() as conn:
+            for table in ("matches", "watched_outputs"):
+                await conn.execute(f"DELETE FROM {table} WHERE scope = $1", scope.name)
+            await conn.execute("DELETE FROM blocks WHERE cursor = $1", scope.name)
+            await conn.execute("DELETE FROM cursors WHERE name = $1", scope.name)

@@ -1,0 +1,194 @@
+"""Store operations of the alert outbox: planning deliveries per sink, due messages, outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from depositwatch.jsonutil import dumps
+from depositwatch.store.base import Delivery, OutboxMessage
+from depositwatch.timeutil import now
+
+if TYPE_CHECKING:
+    from depositwatch.store.drivers import Conn, Driver
+
+
+def _message(row: Any) -> OutboxMessage:
+    return OutboxMessage(
+        seq=row["seq"],
+        alert_id=row["alert_id"],
+        rev=row["rev"],
+        event=row["event"],
+        kind=row["kind"],
+        severity=row["severity"],
+        chain=row["chain"],
+        order_key=row["order_key"],
+        block_height=row["block_height"],
+        status=row["status"],
+        payload=row["payload"],
+        created_at=row["created_at"],
+    )
+
+
+class OutboxMixin:
+    """Outbox operations; mixed into SqlStore."""
+
+    db: Driver
+
+    async def unplanned(self, limit: int) -> list[OutboxMessage]:
+        """New messages that have no delivery rows yet, oldest first."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch("SELECT * FROM outbox WHERE status = 'new' ORDER BY seq LIMIT $1", limit)
+        return [_message(r) for r in rows]
+
+    async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None:
+        """Give each message a pending delivery for each sink that wants it (none: `unrouted`)."""
+        async with self.db.transaction() as conn:
+            for seq, sinks in routes.items():
+                order_key = await conn.fetchval("SELECT order_key FROM outbox WHERE seq = $1 AND status = 'new'", seq)
+                if order_key is None:
+                    continue  # planned already by another instance
+                for sink in sinks:
+                    await conn.execute(
+                        "INSERT INTO deliveries (outbox_seq, sink, order_key, status, attempts, next_attempt_at)"
+                        " VALUES ($1, $2, $3, 'pending', 0, $4) ON CONFLICT DO NOTHING",
+                        seq, sink, order_key, now,
+                    )
+                await conn.execute(
+                    "UPDATE outbox SET status = $1 WHERE seq = $2", "pending" if sinks else "unrouted", seq
+                )
+
+    async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]:
+        """Messages this sink should try now: pending, due, and first in line for their address."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT o.* FROM deliveries d JOIN outbox o ON o.seq = d.outbox_seq"
+                " WHERE d.sink = $1 AND d.status = 'pending' AND d.next_attempt_at <= $2"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.sink = d.sink AND e.order_key = d.order_key"
+                "   AND e.status = 'pending' AND e.outbox_seq < d.outbox_seq)"
+                " ORDER BY d.outbox_seq LIMIT $3",
+                sink, now, limit,
+            )
+        return [_message(r) for r in rows]
+
+    async def delivered(self, seq: int, sink: str, now: float) -> None:
+        """Record a delivery the sink acknowledged."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
+                " last_error = NULL WHERE outbox_seq = $2 AND sink = $3",
+                int(now), seq, sink,
+            )
+            await self._refresh(conn, seq)
+
+    async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None:
+        """Record a failed attempt: retry at `next_attempt_at`, or dead when it is None."""
+        async with self.db.transaction() as conn:
+            if next_attempt_at is None:
+                await conn.execute(
+                    "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = $1"
+                    " WHERE outbox_seq = $2 AND sink = $3",
+                    error[:2000], seq, sink,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2"
+                    " WHERE outbox_seq = $3 AND sink = $4",
+                    error[:2000], next_attempt_at, seq, sink,
+                )
+            await self._refresh(conn, seq)
+
+    async def _refresh(self, conn: Conn, seq: int) -> None:
+        states = {r[0] for r in await conn.fetch("SELECT status FROM deliveries WHERE outbox_seq = $1", seq)}
+        status = "pending" if "pending" in states else "dead" if "dead" in states else "delivered"
+        await conn.execute("UPDATE outbox SET status = $1 WHERE seq = $2", status, seq)
+
+    async def attempts(self, seq: int, sink: str) -> int:
+        """How many times delivery to `sink` was tried."""
+        async with self.db.read() as conn:
+            value = await conn.fetchval(
+                "SELECT attempts FROM deliveries WHERE outbox_seq = $1 AND sink = $2", seq, sink
+            )
+        return int(value or 0)
+
+    async def outbox(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[OutboxMessage]:
+        """Messages, newest first, filtered by status and kind."""
+        sql, args = "SELECT * FROM outbox WHERE 1 = 1", []
+        if status is not None:
+            args.append(status)
+            sql += f" AND status = ${len(args)}"
+        if kind is not None:
+            args.append(kind)
+            sql += f" AND kind = ${len(args)}"
+        args.append(limit)
+        sql += f" ORDER BY seq DESC LIMIT ${len(args)}"
+        async with self.db.read() as conn:
+            return [_message(r) for r in await conn.fetch(sql, *args)]
+
+    async def outbox_message(self, alert_id_or_seq: str) -> list[OutboxMessage]:
+        """Every message of an alert id, or the one message with that sequence number."""
+        async with self.db.read() as conn:
+            if alert_id_or_seq.isdigit():
+                rows = await conn.fetch("SELECT * FROM outbox WHERE seq = $1", int(alert_id_or_seq))
+            else:
+                rows = await conn.fetch("SELECT * FROM outbox WHERE alert_id = $1 ORDER BY rev", alert_id_or_seq)
+        return [_message(r) for r in rows]
+
+    async def deliveries(self, seq: int) -> list[Delivery]:
+        """Delivery state of one message, per sink."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch("SELECT * FROM deliveries WHERE outbox_seq = $1 ORDER BY sink", seq)
+        return [
+            Delivery(r["outbox_seq"], r["sink"], r["status"], r["attempts"], r["next_attempt_at"], r["last_error"],
+                     r["delivered_at"])
+            for r in rows
+        ]
+
+    async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int:
+        """Put dead deliveries (of the given messages, or all) back in line; return how many."""
+        async with self.db.transaction() as conn:
+            if seqs is None:
+                targets = [r[0] for r in await conn.fetch("SELECT DISTINCT outbox_seq FROM deliveries WHERE status = 'dead'")]
+            else:
+                targets = list(seqs)
+            count = 0
+            for seq in targets:
+                count += await conn.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1"
+                    " WHERE outbox_seq = $2 AND status = 'dead'",
+                    now, seq,
+                )
+                await self._refresh(conn, seq)
+        return count
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Messages per status."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+        counts = {"new": 0, "pending": 0, "delivered": 0, "dead": 0, "unrouted": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+    async def enqueue_test_alert(self, payload: Mapping[str, Any], sink: str) -> OutboxMessage:
+        """A clearly marked test message for one sink, through the same outbox as real alerts."""
+        alert_id = f"test-{uuid.uuid4().hex[:24]}"
+        body = {**payload, "id": alert_id, "idempotency_key": f"{alert_id}:1", "test": True}
+        stamp = now()
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO outbox (alert_id, rev, event, kind, severity, chain, order_key, block_height, payload,"
+                " status, created_at) VALUES ($1, 1, 'detected', 'test', $2, $3, $4, NULL, $5, 'pending', $6)",
+                alert_id, body.get("severity", "info"), body.get("chain", "test"), f"test:{alert_id}", dumps(body),
+                stamp,
+            )
+            seq = await conn.fetchval("SELECT seq FROM outbox WHERE alert_id = $1", alert_id)
+            await conn.execute(
+                "INSERT INTO deliveries (outbox_seq, sink, order_key, status, attempts, next_attempt_at)"
+                " VALUES ($1, $2, $3, 'pending', 0, $4)",
+                seq, sink, f"test:{alert_id}", float(stamp),
+            )
+            row = await conn.fetchrow("SELECT * FROM outbox WHERE seq = $1", seq)
+        return _message(row)

@@ -1,0 +1,303 @@
+"""`SqlStore`: the one implementation of the Store protocol, over either driver.
+
+Every state change is one transaction. Inserts are keyed (matches by (scope, id), outbox messages by
+(alert_id, rev)), so repeating a commit after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+
+from depositwatch.models import AddressEntry, AddressStatus
+from depositwatch.store.base import (
+    ImportRejected,
+    ImportResult,
+    RegistryRow,
+    RevokeResult,
+    SchemaError,
+    StoreError,
+)
+from depositwatch.store.drivers import Conn, Driver
+from depositwatch.store.follow import FollowMixin
+from depositwatch.store.outbox import OutboxMixin
+from depositwatch.timeutil import now
+
+_TYPES = {
+    "sqlite": {"{BLOB}": "BLOB", "{SERIAL}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgres": {"{BLOB}": "BYTEA", "{SERIAL}": "BIGSERIAL PRIMARY KEY"},
+}
+NOTIFY_CHANNEL = "depositwatch_addresses"
+_ADDRESS_COLUMNS = "chain, key, address, type, status, label, owner, revoked_at, reason, created_at"
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The packaged migrations, as (version, SQL) in order."""
+    found = []
+    for item in resources.files("depositwatch.store").joinpath("migrations").iterdir():
+        if item.name.endswith(".sql"):
+            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(found)
+
+
+def _statements(sql: str, dialect: str) -> list[str]:
+    for token, replacement in _TYPES[dialect].items():
+        sql = sql.replace(token, replacement)
+    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+
+
+def _entry(row: Any) -> AddressEntry:
+    return AddressEntry(
+        chain=row["chain"],
+        address=row["address"],
+        key=bytes(row["key"]),
+        status=AddressStatus(row["status"]),
+        label=row["label"],
+        owner=row["owner"],
+        revoked_at=row["revoked_at"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        type=row["type"],
+    )
+
+
+class SqlStore(FollowMixin, OutboxMixin):
+    """The store, for SQLite and PostgreSQL alike."""
+
+    def __init__(self, db: Driver) -> None:
+        self.db = db
+        self.dialect = db.dialect
+
+    # schema ---------------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks, each in its own transaction."""
+        applied = []
+        async with self.db.transaction() as conn:
+            if self.dialect == "postgres":
+                # One migrator at a time when several instances start together.
+                await conn.execute("SELECT pg_advisory_xact_lock(727001)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in migrations():
+                if version in done:
+                    continue
+                for statement in _statements(sql, self.dialect):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", version, now())
+                applied.append(version)
+        return applied
+
+    async def check_schema(self) -> None:
+        """Refuse to run on a database that is not migrated to this program's schema."""
+        latest = migrations()[-1][0]
+        try:
+            async with self.db.read() as conn:
+                version = await conn.fetchval("SELECT MAX(version) FROM schema_migrations")
+        except Exception as exc:  # the table itself is missing: an empty or foreign database
+            raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`") from exc
+        if version is None or version < latest:
+            raise SchemaError(f"the store is at schema {version}, this program needs {latest}: run `depositwatch db migrate`")
+        if version > latest:
+            raise SchemaError(f"the store's schema {version} is newer than this program's ({latest}): upgrade depositwatch")
+
+    async def close(self) -> None:
+        """Close the driver."""
+        await self.db.close()
+
+    # address book ---------------------------------------------------------------------------------
+
+    async def _bump_book(self, conn: Conn) -> None:
+        await conn.execute("UPDATE address_book_version SET version = version + 1 WHERE id = 1")
+        if self.dialect == "postgres":
+            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+    async def import_addresses(
+        self, entries: Sequence[tuple[int, AddressEntry]], *, dry_run: bool = False
+    ) -> ImportResult:
+        """Insert or update entries (given with their file line numbers) all at once, or not at all.
+
+        Re-importing unchanged rows changes nothing. A row that would turn a revoked address back into
+        an active one is refused: un-revoking a possibly compromised key must be deliberate.
+        """
+        seen: dict[tuple[str, bytes], int] = {}
+        problems = []
+        for line, entry in entries:
+            first = seen.setdefault((entry.chain, entry.key), line)
+            if first != line:
+                problems.append((line, f"{entry.chain} address {entry.address} already given on line {first}"))
+        if problems:
+            raise ImportRejected(problems)
+        stamp = now()
+        async with self.db.transaction() as conn:
+            await conn.execute("DROP TABLE IF EXISTS staging_addresses")
+            await conn.execute(
+                "CREATE TEMPORARY TABLE staging_addresses AS SELECT * FROM addresses WHERE 1 = 0"
+            )
+            await conn.execute("ALTER TABLE staging_addresses ADD COLUMN line BIGINT")
+            rows = [
+                (e.chain, e.key, e.address, e.type, str(e.status), e.label, e.owner, e.revoked_at, e.reason,
+                 stamp, stamp, line)
+                for line, e in entries
+            ]
+            await conn.copy_rows(
+                "staging_addresses",
+                ["chain", "key", "address", "type", "status", "label", "owner", "revoked_at", "reason",
+                 "created_at", "updated_at", "line"],
+                rows,
+            )
+            unrevoking = await conn.fetch(
+                "SELECT s.line, s.address, s.chain FROM staging_addresses s JOIN addresses a"
+                " ON a.chain = s.chain AND a.key = s.key WHERE a.status = 'revoked' AND s.status = 'active'"
+                " ORDER BY s.line"
+            )
+            if unrevoking:
+                raise ImportRejected(
+                    [(r["line"], f"{r['chain']} address {r['address']} is revoked; importing it as active is refused")
+                     for r in unrevoking]
+                )
+            differs = (
+                "a.status <> s.status OR a.label <> s.label OR a.owner <> s.owner OR a.reason <> s.reason"
+                " OR COALESCE(a.revoked_at, -1) <> COALESCE(s.revoked_at, -1)"
+            )
+            existing = await conn.fetchval(
+                "SELECT COUNT(*) FROM staging_addresses s JOIN addresses a ON a.chain = s.chain AND a.key = s.key"
+            )
+            changed = await conn.fetchval(
+                "SELECT COUNT(*) FROM staging_addresses s JOIN addresses a ON a.chain = s.chain AND a.key = s.key"
+                f" WHERE {differs}"
+            )
+            result = ImportResult(len(rows) - existing, changed, existing - changed)
+            if not dry_run and (result.inserted or result.updated):
+                await conn.execute(
+                    "UPDATE addresses AS a SET status = s.status, label = s.label, owner = s.owner,"
+                    " reason = s.reason, revoked_at = s.revoked_at, updated_at = s.updated_at"
+                    f" FROM staging_addresses s WHERE a.chain = s.chain AND a.key = s.key AND ({differs})"
+                )
+                await conn.execute(
+                    f"INSERT INTO addresses ({_ADDRESS_COLUMNS}, updated_at)"
+                    f" SELECT {_ADDRESS_COLUMNS}, updated_at FROM staging_addresses s"
+                    " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.chain = s.chain AND a.key = s.key)"
+                )
+                await self._bump_book(conn)
+            await conn.execute("DROP TABLE staging_addresses")
+        return result
+
+    async def revoke(
+        self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str
+    ) -> RevokeResult:
+        """Retire addresses on the given chains: the listed keys, or every active one (`keys=None`).
+
+        Every listed key must be in the book on every named chain, or nothing is revoked. An address
+        already revoked keeps its first revocation time.
+        """
+        stamp = now()
+        async with self.db.transaction() as conn:
+            if keys is None:
+                already = await conn.fetchval(
+                    f"SELECT COUNT(*) FROM addresses WHERE status = 'revoked' AND chain IN ({_marks(chains, 1)})",
+                    *chains,
+                )
+                revoked = await conn.execute(
+                    "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
+                    f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})",
+                    at, reason, stamp, *chains,
+                )
+            else:
+                revoked = already = 0
+                missing = []
+                for chain in chains:
+                    for batch in _chunks(list(keys), 500):
+                        rows = await conn.fetch(
+                            f"SELECT key, status FROM addresses WHERE chain = $1 AND key IN ({_marks(batch, 2)})",
+                            chain, *batch,
+                        )
+                        found = {bytes(r["key"]): r["status"] for r in rows}
+                        missing += [(chain, k) for k in batch if k not in found]
+                        already += sum(1 for s in found.values() if s == "revoked")
+                        revoked += await conn.execute(
+                            "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
+                            f" WHERE status = 'active' AND chain = $4 AND key IN ({_marks(batch, 5)})",
+                            at, reason, stamp, chain, *batch,
+                        )
+                if missing:
+                    raise StoreError(
+                        f"{len(missing)} address(es) are not in the book, nothing was revoked: "
+                        + ", ".join(f"{c}:{k.hex()}" for c, k in missing[:10])
+                    )
+            if revoked:
+                await self._bump_book(conn)
+        return RevokeResult(revoked, already)
+
+    async def list_addresses(
+        self,
+        *,
+        chain: str | None = None,
+        status: AddressStatus | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+    ) -> list[AddressEntry]:
+        """Address book rows, filtered, ordered by chain and address."""
+        where, args = _filters(chain=chain, status=None if status is None else str(status), owner=owner)
+        sql = f"SELECT * FROM addresses {where} ORDER BY chain, address"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        async with self.db.read() as conn:
+            return [_entry(r) for r in await conn.fetch(sql, *args)]
+
+    async def address_stats(self) -> list[dict[str, Any]]:
+        """Counts per chain, type and status."""
+        async with self.db.read() as conn:
+            rows = await conn.fetch(
+                "SELECT chain, type, status, COUNT(*) AS n FROM addresses GROUP BY chain, type, status"
+                " ORDER BY chain, type, status"
+            )
+        return [{"chain": r["chain"], "type": r["type"], "status": r["status"], "count": r["n"]} for r in rows]
+
+    async def iter_registry(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[RegistryRow]]:
+        """Stream the book in chunks for the in-memory registry."""
+        sql = "SELECT chain, key, status, revoked_at FROM addresses"
+        args: tuple[Any, ...] = ()
+        if chains is not None:
+            sql += f" WHERE chain IN ({_marks(chains, 1)})"
+            args = tuple(chains)
+        async for rows in self.db.stream(sql, *args):
+            yield [
+                RegistryRow(r[0], bytes(r[1]), AddressStatus(r[2]), r[3])
+                for r in rows
+            ]
+
+    async def address_book_version(self) -> int:
+        """A number that changes whenever the book changes."""
+        async with self.db.read() as conn:
+            return int(await conn.fetchval("SELECT version FROM address_book_version WHERE id = 1"))
+
+    async def chains_in_book(self) -> list[str]:
+        """The chain names the book has entries for."""
+        async with self.db.read() as conn:
+            return [r[0] for r in await conn.fetch("SELECT DISTINCT chain FROM addresses ORDER BY chain")]
+
+
+def _marks(values: Sequence[Any], first: int) -> str:
+    """`$first, $first+1, ...` for an IN list."""
+    if not values:
+        return "NULL"
+    return ", ".join(f"${first + i}" for i in range(len(values)))
+
+
+def _chunks(values: list[Any], size: int) -> list[list[Any]]:
+    return [values[i : i + size] for i in range(0, len(values), size)] or [[]]
+
+
+def _filters(**conditions: Any) -> tuple[str, list[Any]]:
+    """A WHERE clause of equalities for the conditions that are not None."""
+    parts, args = [], []
+    for column, value in conditions.items():
+        if value is not None:
+            args.append(value)
+            parts.append(f"{column} = ${len(args)}")
+    return ("WHERE " + " AND ".join(parts)) if parts else "", args
