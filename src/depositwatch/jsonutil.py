@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 
 
-def dumps(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON text; bytes are not accepted (hex them first)."""
-    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+def dumps(value: Any, *, sort_keys: bool = False, indent: bool = False) -> str:
+    """Compact (or indented) JSON text; bytes are not accepted (hex them first)."""
+    option = (orjson.OPT_SORT_KEYS if sort_keys else 0) | (orjson.OPT_INDENT_2 if indent else 0)
     return orjson.dumps(value, option=option).decode()
 
 

@@ -1,0 +1,39 @@
+"""`depositwatch check-config`: validate the config and print it with secrets redacted."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from depositwatch.commands import err, load, out
+from depositwatch.config import ConfigError
+from depositwatch.jsonutil import dumps
+
+
+def register(sub: Any) -> None:
+    """Add `check-config`."""
+    check = sub.add_parser("check-config", help="validate the config; print it with secrets redacted")
+    check.add_argument("--resolve-secrets", action="store_true", help="also check every secret can be read")
+    check.set_defaults(handler=_check)
+
+
+async def _check(args: argparse.Namespace) -> int:
+    config = load(args)
+    problems = []
+    secrets = [("store.password", config.store.password)]
+    secrets += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
+    secrets += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
+    for where, secret in secrets:
+        if secret is None:
+            continue
+        if secret.value is not None:
+            err(f"warning: {where} is written inline; use env or file outside tests and demos")
+        if args.resolve_secrets:
+            try:
+                secret.resolve()
+            except ConfigError as exc:
+                problems.append(f"{where}: {exc}")
+    out(dumps(config.redacted(), sort_keys=True, indent=True))
+    for problem in problems:
+        err(problem)
+    return 2 if problems else 0
