@@ -1,0 +1,289 @@
+"""The Follower: owns a cursor, pulls blocks from a ChainSource, handles reorgs, commits matches.
+
+Live following and replay are the same Follower; replay is a fixed range with its own cursor and stops
+at the end of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from depositwatch.chains.base import BadNodeAnswer, ChainError, ChainSource, NodeUnavailable
+from depositwatch.matcher import match_block
+from depositwatch.metrics import Metrics
+from depositwatch.models import Block, BlockRef, Match
+from depositwatch.registry import AddressRegistry
+from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStore
+
+log = structlog.get_logger(__name__)
+
+
+class ReorgTooDeep(Exception):
+    """The node's chain forked below the configured reorg depth; following stops rather than guess."""
+
+
+class BlockHook(Protocol):
+    """Chain-specific work around matching (Bitcoin: outputs that paid revoked scripts, and their spends)."""
+
+    async def load(self, store: SqlStore, scope: Scope) -> None:
+        """Load what the hook keeps, from the store."""
+
+    def effects(self, block: Block, matches: list[Match], registry: AddressRegistry) -> BlockEffects:
+        """The block's full effects: extra matches (sweeps), outputs to keep, outputs spent."""
+
+
+@dataclass(slots=True)
+class FollowerSettings:
+    """How a follower walks its chain."""
+
+    batch_blocks: int = 20
+    reorg_depth: int = 100
+    poll_interval: float = 2.0
+    start_height: int | None = None  # first block to process when there is no cursor yet
+    stop_height: int | None = None  # replay: last block to process
+
+
+class Follower:
+    """Follows one chain for one scope (live, or a replay run)."""
+
+    def __init__(
+        self,
+        *,
+        source: ChainSource,
+        store: SqlStore,
+        registry: AddressRegistry,
+        policy: ChainPolicy,
+        scope: Scope,
+        cursor_name: str,
+        settings: FollowerSettings,
+        metrics: Metrics | None = None,
+        hook: BlockHook | None = None,
+        on_commit: Callable[[Sequence[BlockEffects]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.registry = registry
+        self.policy = policy
+        self.scope = scope
+        self.cursor_name = cursor_name
+        self.settings = settings
+        self.metrics = metrics
+        self.hook = hook
+        self.on_commit = on_commit
+        self.cursor: Cursor | None = None
+        self.node_height: int | None = None
+        self.chain = policy.chain
+        self._log = log.bind(chain=self.chain, scope=scope.name)
+        self._stopping = asyncio.Event()
+
+    # start-up ---------------------------------------------------------------------------------------
+
+    async def start(self) -> Cursor:
+        """Check the node's identity against the store and position the cursor."""
+        await self.store.check_identity(self.chain, await self.source.identity())
+        if self.hook is not None:
+            await self.hook.load(self.store, self.scope)
+        cursor = await self.store.get_cursor(self.cursor_name)
+        if cursor is None:
+            cursor = await self._initial_cursor()
+            await self.store.set_cursor(cursor)
+            self._log.info("cursor created", height=cursor.height, hash=cursor.hash)
+        else:
+            self._log.info("resuming from cursor", height=cursor.height, hash=cursor.hash)
+        self.cursor = cursor
+        return cursor
+
+    async def _initial_cursor(self) -> Cursor:
+        first = self.settings.start_height
+        if first is None:
+            first = (await self.source.tip()).height  # live with no history: start at the current tip
+        if first <= 0:
+            return Cursor(self.cursor_name, self.chain, -1, "", None, self.settings.stop_height)
+        parent = await self.source.hash_at(first - 1)
+        if parent is None:
+            raise BadNodeAnswer(f"chain {self.chain}: the node has no block at height {first - 1}")
+        return Cursor(self.cursor_name, self.chain, first - 1, parent, first, self.settings.stop_height)
+
+    # one step -------------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """True when a replay has processed its last block."""
+        stop = self.settings.stop_height
+        return stop is not None and self.cursor is not None and self.cursor.height >= stop
+
+    async def step(self) -> int:
+        """Process the next batch of blocks; return how many were committed (0 when caught up)."""
+        assert self.cursor is not None, "start() first"
+        cursor = self.cursor
+        tip = await self.source.tip()
+        self.node_height = tip.height
+        self._observe_heights()
+        last = tip.height if self.settings.stop_height is None else min(tip.height, self.settings.stop_height)
+        if cursor.height >= last:
+            if cursor.height >= tip.height >= 0:
+                # At or above the node's tip: is the node's tip block ours?
+                ours = cursor.hash if cursor.height == tip.height else await self.store.block_hash(
+                    self.cursor_name, tip.height
+                )
+                if ours and ours != tip.hash:
+                    await self._reorg(cursor)
+                elif cursor.height > tip.height:
+                    self._log.warning("node is behind the cursor", node_height=tip.height, cursor_height=cursor.height)
+            return 0
+        stop = min(last, cursor.height + self.settings.batch_blocks) + 1
+        blocks = await self.source.fetch(cursor.height + 1, stop)
+        if not blocks:
+            return 0
+        chain = _consecutive(cursor, blocks)
+        if not chain:
+            await self._reorg(cursor)
+            return 0
+        return await self._commit(cursor, chain, tip.height)
+
+    async def _commit(self, cursor: Cursor, blocks: list[Block], tip_height: int) -> int:
+        registry = self.registry
+        effects = []
+        transfers = 0
+        for block in blocks:
+            matches = match_block(self.chain, block, registry.book(self.chain))
+            if self.hook is not None:
+                effect = self.hook.effects(block, matches, registry)
+            else:
+                effect = BlockEffects(block, matches)
+            effects.append(effect)
+            transfers += len(block.transfers)
+        self.cursor = await self.store.commit_blocks(self.scope, cursor, self.policy, effects, tip_height)
+        for effect in effects:
+            for match in effect.matches:
+                self._log.info(
+                    "match", kind=str(match.kind), height=effect.block.height, txid=match.transfer.txid,
+                    index=match.transfer.index, amount=str(match.transfer.amount), asset=match.transfer.asset.symbol,
+                )
+        if self.metrics is not None:
+            self.metrics.blocks.labels(self.chain).inc(len(blocks))
+            self.metrics.transfers.labels(self.chain).inc(transfers)
+            for effect in effects:
+                for match in effect.matches:
+                    self.metrics.matches.labels(self.chain, str(match.kind)).inc()
+            self._observe_heights()
+        if self.on_commit is not None:
+            await self.on_commit(effects)
+        return len(blocks)
+
+    def _observe_heights(self) -> None:
+        if self.metrics is None or self.cursor is None:
+            return
+        self.metrics.processed_height.labels(self.chain).set(self.cursor.height)
+        if self.node_height is not None:
+            self.metrics.node_height.labels(self.chain).set(self.node_height)
+            self.metrics.lag.labels(self.chain).set(max(0, self.node_height - self.cursor.height))
+
+    @property
+    def lag(self) -> int | None:
+        """Blocks between the node's tip and the cursor, once both are known."""
+        if self.node_height is None or self.cursor is None:
+            return None
+        return max(0, self.node_height - self.cursor.height)
+
+    async def _reorg(self, cursor: Cursor) -> None:
+        """Walk back from the cursor to the highest block the node still has; rewind to it."""
+        floor = max(-1, cursor.height - self.settings.reorg_depth)
+        height = cursor.height
+        while height > floor:
+            ours = await self.store.block_hash(self.cursor_name, height)
+            if ours is None and height == cursor.height:
+                ours = cursor.hash
+            if ours is None:
+                break  # older than the blocks we keep
+            if await self.source.hash_at(height) == ours:
+                if height == cursor.height:
+                    return  # the node's view moved under us between calls; nothing to undo
+                self._log.warning(
+                    "reorg", fork_height=height, orphaned=cursor.height - height, old_tip=cursor.hash
+                )
+                if self.metrics is not None:
+                    self.metrics.reorgs.labels(self.chain).inc()
+                self.cursor = await self.store.rewind(self.scope, cursor, self.policy, BlockRef(height, ours))
+                if self.hook is not None:
+                    await self.hook.load(self.store, self.scope)
+                return
+            height -= 1
+        if cursor.height < 0:
+            return
+        raise ReorgTooDeep(
+            f"chain {self.chain}: the node no longer has our block {cursor.height} ({cursor.hash}) and no common "
+            f"block was found within reorg_depth={self.settings.reorg_depth}; stopping rather than guessing. "
+            "Check the node, then raise reorg_depth or reset the cursor deliberately."
+        )
+
+    # loops ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking new blocks; the block in hand is finished first."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Follow until stopped (live) or until the range is done (replay).
+
+        Node trouble is logged (at most once a minute while it lasts) and retried with backoff; a wrong
+        chain or a too-deep reorg ends the run with its error.
+        """
+        if self.cursor is None:
+            await self.start()
+        backoff = 0.25
+        failing_since: float | None = None
+        last_report = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set() and not self.done:
+            try:
+                committed = await self.step()
+            except ChainError as exc:
+                if self.metrics is not None:
+                    self.metrics.rpc_errors.labels(self.chain).inc()
+                now = loop.time()
+                if failing_since is None:
+                    failing_since = now
+                if now - last_report >= 60:
+                    last_report = now
+                    level = "warning" if isinstance(exc, NodeUnavailable) else "error"
+                    getattr(self._log, level)("node trouble, retrying", error=str(exc), backoff=backoff)
+                await self._sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, max(5.0, self.settings.poll_interval))
+                continue
+            if failing_since is not None:
+                self._log.info("node connection restored", down_for=round(loop.time() - failing_since, 1))
+                failing_since, last_report, backoff = None, 0.0, 0.25
+            if committed == 0 and not self.done:
+                waiter = asyncio.ensure_future(self.source.wait_for_head(self.settings.poll_interval))
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (waiter, stopper):
+                        task.cancel()
+                    await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
+def _consecutive(cursor: Cursor, blocks: list[Block]) -> list[Block]:
+    """The leading blocks that extend the cursor one by one (empty if the first does not)."""
+    good: list[Block] = []
+    parent_height, parent_hash = cursor.height, cursor.hash
+    for block in blocks:
+        if block.height != parent_height + 1 or (parent_hash and block.parent_hash != parent_hash):
+            break
+        good.append(block)
+        parent_height, parent_hash = block.height, block.hash
+    return good

@@ -1,0 +1,178 @@
+"""The Follower over an in-memory chain: resume, reorgs, depth limit, replay ranges, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from depositwatch.follower import Follower, FollowerSettings, ReorgTooDeep
+from depositwatch.models import AddressStatus, Asset, Transfer
+from depositwatch.registry import AddressRegistry
+from depositwatch.store import ChainPolicy, Scope, SqlStore
+from depositwatch.store.base import RegistryRow
+from depositwatch.testing import MemoryChain
+
+ETH = Asset("ETH", 18)
+REVOKED = bytes(range(20))
+ACTIVE = bytes(range(1, 21))
+POLICY = ChainPolicy("mem", confirmations=3)
+
+
+def registry() -> AddressRegistry:
+    return AddressRegistry.from_rows(
+        [RegistryRow("mem", REVOKED, AddressStatus.REVOKED, 0), RegistryRow("mem", ACTIVE, AddressStatus.ACTIVE, None)]
+    )
+
+
+def follower(chain: MemoryChain, store: SqlStore, **settings: int) -> Follower:
+    return Follower(
+        source=chain, store=store, registry=registry(), policy=POLICY, scope=Scope.live(), cursor_name="live:mem",
+        settings=FollowerSettings(batch_blocks=settings.pop("batch", 4), poll_interval=0.01, **settings),
+    )
+
+
+def pay(txid: str, key: bytes = REVOKED) -> tuple[Transfer, ...]:
+    return (Transfer(ETH, 1, txid, None, key),)
+
+
+async def drain(f: Follower) -> None:
+    while await f.step():
+        pass
+
+
+async def test_follows_from_start_height_and_resumes(store: SqlStore) -> None:
+    """A restarted follower continues from its stored cursor with no gap and no repeat."""
+    chain = MemoryChain()
+    for i in range(10):
+        chain.mine(pay(f"0x{i:02x}"))
+    first = follower(chain, store, start_height=1)
+    await first.start()
+    await drain(first)
+    assert first.cursor is not None and first.cursor.height == 10
+    for i in range(10, 25):
+        chain.mine(pay(f"0x{i:02x}"))
+    second = follower(chain, store, start_height=1)
+    await second.start()
+    await drain(second)
+    matches = await store.matches(Scope.live())
+    assert sorted(int(m["txid"], 16) for m in matches) == list(range(25))
+    assert len({m["id"] for m in matches}) == 25
+
+
+async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) -> None:
+    """A reorg rewinds to the fork point, retracts what the orphaned blocks matched, applies the new branch."""
+    chain = MemoryChain()
+    for i in range(6):
+        chain.mine(pay(f"0xa{i}"))
+    f = follower(chain, store, start_height=1)
+    await f.start()
+    await drain(f)
+    chain.reorg(3)
+    chain.mine(pay("0xa3"), salt="b")  # the same transfer re-mined on the new branch
+    for i in range(3):
+        chain.mine(pay(f"0xb{i}"), salt="b")
+    await drain(f)
+    await drain(f)
+    assert f.cursor is not None and f.cursor.ref == chain.blocks[-1].ref
+    live = {m["txid"]: m["status"] for m in await store.matches(Scope.live())}
+    assert live["0xa4"] == "retracted" and live["0xa5"] == "retracted"
+    assert live["0xa3"] in {"seen", "confirmed"} and live["0xb2"] == "seen"
+    events = [(m.event) for m in await store.outbox() if m.alert_id == next(
+        x["id"] for x in await store.matches(Scope.live()) if x["txid"] == "0xa4")]
+    assert sorted(events) == ["detected", "retracted"]
+
+
+async def test_same_height_reorg_is_seen(store: SqlStore) -> None:
+    """A competing block at the cursor's own height is detected without waiting for a longer chain."""
+    chain = MemoryChain()
+    for i in range(3):
+        chain.mine(pay(f"0x{i}"))
+    f = follower(chain, store, start_height=1)
+    await f.start()
+    await drain(f)
+    chain.reorg(1)
+    chain.mine(salt="other")
+    await f.step()  # detects, rewinds
+    await drain(f)
+    assert f.cursor is not None and f.cursor.ref == chain.blocks[-1].ref
+    status = {m["txid"]: m["status"] for m in await store.matches(Scope.live())}
+    assert status["0x2"] == "retracted"
+
+
+async def test_reorg_deeper_than_limit_stops(store: SqlStore) -> None:
+    """Beyond reorg_depth the follower refuses to guess."""
+    chain = MemoryChain()
+    for _ in range(10):
+        chain.mine()
+    f = follower(chain, store, start_height=1, reorg_depth=3)
+    await f.start()
+    await drain(f)
+    chain.reorg(6)
+    for _ in range(7):
+        chain.mine(salt="deep")
+    with pytest.raises(ReorgTooDeep, match="reorg_depth=3"):
+        await drain(f)
+
+
+async def test_random_reorgs_end_consistent(store: SqlStore) -> None:
+    """After any sequence of mining and reorgs, the live matches equal exactly those of the final chain."""
+    rng = random.Random(7)
+    chain = MemoryChain()
+    f = follower(chain, store, start_height=1, batch=3)
+    chain.mine()
+    await f.start()
+    n = 0
+    for _ in range(60):
+        if rng.random() < 0.2 and len(chain.blocks) > 4:
+            chain.reorg(rng.randint(1, 3))
+        for _ in range(rng.randint(1, 3)):
+            n += 1
+            chain.mine(pay(f"0x{n:04x}", rng.choice([REVOKED, ACTIVE])), salt=str(n))
+        if rng.random() < 0.6:
+            await drain(f)
+    await drain(f)
+    await drain(f)
+    on_chain = {t.txid for b in chain.blocks for t in b.transfers}
+    live = {m["txid"] for m in await store.matches(Scope.live()) if m["status"] != "retracted"}
+    assert live == on_chain
+
+
+async def test_replay_range_stops_at_end(store: SqlStore) -> None:
+    """A replay processes exactly its range, in its own scope, and is done."""
+    chain = MemoryChain()
+    for i in range(20):
+        chain.mine(pay(f"0x{i:02x}"))
+    scope = Scope.replay("r", send_alerts=False)
+    f = Follower(
+        source=chain, store=store, registry=registry(), policy=POLICY, scope=scope, cursor_name="replay:r",
+        settings=FollowerSettings(batch_blocks=7, start_height=5, stop_height=12),
+    )
+    await f.run()
+    assert f.done
+    heights = sorted(m["block_height"] for m in await store.matches(scope))
+    assert heights == list(range(5, 13))
+    assert await store.outbox() == []
+
+
+async def test_outage_is_retried_and_restored(store: SqlStore) -> None:
+    """A node outage is retried with backoff; the follower catches up when it returns."""
+    chain = MemoryChain()
+    chain.mine()
+    f = follower(chain, store, start_height=1)
+    await f.start()
+    task = asyncio.create_task(f.run())
+    chain.down = True
+    for i in range(5):
+        chain.mine(pay(f"0x{i}"))
+    await asyncio.sleep(0.3)
+    chain.down = False
+    chain.new_head.set()
+    for _ in range(200):
+        if f.cursor is not None and f.cursor.height == 6:
+            break
+        await asyncio.sleep(0.02)
+    f.stop()
+    await asyncio.wait_for(task, 5)
+    assert f.cursor is not None and f.cursor.height == 6
