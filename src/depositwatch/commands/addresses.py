@@ -1,0 +1,181 @@
+"""`depositwatch addresses ...`: parse, import, revoke, list, stats."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from depositwatch.addressbook import BadRows, ChainDirectory, read_address_list, read_import_csv, read_text
+from depositwatch.addresses import AddressError, BitcoinNetwork, parse_bitcoin_address, parse_ethereum_address
+from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
+from depositwatch.jsonutil import dumps
+from depositwatch.models import AddressStatus
+from depositwatch.store import ImportRejected, StoreError
+from depositwatch.timeutil import iso, parse_timestamp
+
+
+def register(sub: Any) -> None:
+    """Add the `addresses` group."""
+    group = sub.add_parser("addresses", help="the address book").add_subparsers(dest="addr_command", required=True)
+
+    parse = group.add_parser("parse", help="parse and normalise addresses; print one JSON object each")
+    parse.add_argument("--chain", required=True, choices=["btc", "eth"], help="btc or eth")
+    parse.add_argument("--network", default="mainnet", choices=[str(n) for n in BitcoinNetwork])
+    parse.add_argument("address", nargs="+")
+    parse.set_defaults(handler=_parse)
+
+    imp = group.add_parser("import", help="import a CSV (chain,address,status,label,owner,revoked_at,reason)")
+    imp.add_argument("file", help="CSV file, or - for stdin")
+    imp.add_argument("--dry-run", action="store_true", help="validate and count, store nothing")
+    add_store_option(imp)
+    imp.set_defaults(handler=_import)
+
+    revoke = group.add_parser("revoke", help="retire addresses after a breach, in one transaction")
+    revoke.add_argument("--chain", required=True, help="a chain name, or evm:* for every EVM chain")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--file", help="addresses, one per line (# comments)")
+    which.add_argument("--all-active", action="store_true", help="every active address of the chain(s)")
+    revoke.add_argument("--at", required=True, help="when the keys may have leaked (ISO 8601 with zone, or unix)")
+    revoke.add_argument("--reason", required=True)
+    add_store_option(revoke)
+    revoke.set_defaults(handler=_revoke)
+
+    listing = group.add_parser("list", help="list the book")
+    listing.add_argument("--chain")
+    listing.add_argument("--status", choices=["active", "revoked"])
+    listing.add_argument("--owner")
+    listing.add_argument("--limit", type=int)
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    add_store_option(listing)
+    listing.set_defaults(handler=_list)
+
+    stats = group.add_parser("stats", help="counts per chain, type and status")
+    stats.add_argument("--format", choices=["table", "json"], default="table")
+    add_store_option(stats)
+    stats.set_defaults(handler=_stats)
+
+
+async def _parse(args: argparse.Namespace) -> int:
+    bad = []
+    for text in args.address:
+        try:
+            parsed = (
+                parse_bitcoin_address(text, args.network) if args.chain == "btc" else parse_ethereum_address(text)
+            )
+        except AddressError as exc:
+            bad.append(f"invalid {args.chain} address {exc.address!r}: {exc.reason}")
+            continue
+        record: dict[str, Any] = {"address": parsed.address, "type": parsed.type}
+        if args.chain == "btc":
+            record["script_hex"] = parsed.key.hex()
+            record["network"] = args.network
+        out(dumps(record))
+    for line in bad:
+        err(line)
+    return 2 if bad else 0
+
+
+async def _import(args: argparse.Namespace) -> int:
+    config = load(args, required=False)
+    directory = ChainDirectory.from_config(config)
+    try:
+        entries = read_import_csv(read_text(args.file), directory, source=args.file)
+    except BadRows as exc:
+        err(f"{len(exc.problems)} bad row(s); nothing was imported:")
+        err(str(exc))
+        return 2
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    store = await store_from(args, config)
+    try:
+        result = await store.import_addresses(entries, dry_run=args.dry_run)
+    except ImportRejected as exc:
+        err(f"{len(exc.problems)} row(s) refused; nothing was imported:")
+        for line, reason in exc.problems:
+            err(f"{args.file}:{line}: {reason}")
+        return 2
+    finally:
+        await store.close()
+    verb = "would import" if args.dry_run else "imported"
+    out(f"{verb} {len(entries)} row(s): {result.inserted} new, {result.updated} updated, {result.unchanged} unchanged")
+    return 0
+
+
+async def _revoke(args: argparse.Namespace) -> int:
+    config = load(args, required=False)
+    store = await store_from(args, config)
+    try:
+        directory = ChainDirectory.from_config(config)
+        if not config.chains:  # no config: the book's own chains count too
+            for name in await store.chains_in_book():
+                directory.chains.setdefault(name, ChainDirectory.DEFAULTS.get(name, directory.info("eth")))
+        try:
+            chains = directory.expand(args.chain)
+            at = parse_timestamp(args.at)
+            keys = None
+            if args.file:
+                keys = read_address_list(read_text(args.file).splitlines(), chains, directory, source=args.file)
+        except BadRows as exc:
+            err(f"{len(exc.problems)} bad line(s); nothing was revoked:")
+            err(str(exc))
+            return 2
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            result = await store.revoke(chains, keys, at, args.reason)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        await store.close()
+    out(
+        f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
+        f" ({result.already_revoked} were already revoked and keep their revocation time)"
+    )
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    store = await store_from(args)
+    try:
+        entries = await store.list_addresses(
+            chain=args.chain, status=AddressStatus(args.status) if args.status else None, owner=args.owner,
+            limit=args.limit,
+        )
+    finally:
+        await store.close()
+    rows = [
+        {
+            "chain": e.chain, "address": e.address, "type": e.type, "status": str(e.status), "label": e.label,
+            "owner": e.owner, "revoked_at": iso(e.revoked_at), "reason": e.reason, "created_at": iso(e.created_at),
+        }
+        for e in entries
+    ]
+    if args.format == "json":
+        for row in rows:
+            out(dumps(row))
+    else:
+        print_table(rows, ["chain", "address", "type", "status", "label", "owner", "revoked_at", "reason"])
+    return 0
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    store = await store_from(args)
+    try:
+        rows = await store.address_stats()
+    finally:
+        await store.close()
+    if args.format == "json":
+        out(dumps(rows))
+    else:
+        print_table(rows, ["chain", "type", "status", "count"])
+        out(f"total: {sum(r['count'] for r in rows)}")
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain aligned table on stdout."""
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    out("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        out("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
