@@ -96,19 +96,51 @@ def test_revoke_file_and_all_active(capsys: pytest.CaptureFixture[str], tmp_path
     listing = tmp_path / "leaked.txt"
     listing.write_text(f"# leaked\n{ETH_A}\n0x{'ab' * 20}\n")
     code, _, stderr = run(
-        capsys, "addresses", "revoke", "--chain", "eth", "--file", str(listing), "--at", "2023-09-12T10:00:00Z",
-        "--reason", "x", "--store", url,
+        capsys,
+        "addresses",
+        "revoke",
+        "--chain",
+        "eth",
+        "--file",
+        str(listing),
+        "--at",
+        "2023-09-12T10:00:00Z",
+        "--reason",
+        "x",
+        "--store",
+        url,
     )
     assert code == 2 and "not in the book" in stderr
     listing.write_text(f"{ETH_A}\n")
     code, stdout, _ = run(
-        capsys, "addresses", "revoke", "--chain", "evm:*", "--file", str(listing), "--at", "2023-09-12T10:00:00Z",
-        "--reason", "x", "--store", url,
+        capsys,
+        "addresses",
+        "revoke",
+        "--chain",
+        "evm:*",
+        "--file",
+        str(listing),
+        "--at",
+        "2023-09-12T10:00:00Z",
+        "--reason",
+        "x",
+        "--store",
+        url,
     )
     assert code == 0 and "revoked 1" in stdout
     code, stdout, _ = run(
-        capsys, "addresses", "revoke", "--chain", "btc", "--all-active", "--at", "1694512800", "--reason", "y",
-        "--store", url,
+        capsys,
+        "addresses",
+        "revoke",
+        "--chain",
+        "btc",
+        "--all-active",
+        "--at",
+        "1694512800",
+        "--reason",
+        "y",
+        "--store",
+        url,
     )
     assert code == 0 and "revoked 1" in stdout
     code, stdout, _ = run(capsys, "addresses", "list", "--store", url, "--format", "json", "--status", "active")
@@ -118,7 +150,17 @@ def test_revoke_file_and_all_active(capsys: pytest.CaptureFixture[str], tmp_path
 def test_revoke_needs_a_zone(capsys: pytest.CaptureFixture[str], sqlite_url: str) -> None:
     """A revocation time without a zone is refused rather than read in the host's zone."""
     code, _, stderr = run(
-        capsys, "addresses", "revoke", "--chain", "eth", "--all-active", "--at", "2023-09-12T10:00:00",
-        "--reason", "x", "--store", sqlite_url,
+        capsys,
+        "addresses",
+        "revoke",
+        "--chain",
+        "eth",
+        "--all-active",
+        "--at",
+        "2023-09-12T10:00:00",
+        "--reason",
+        "x",
+        "--store",
+        sqlite_url,
     )
     assert code == 2 and "no time zone" in stderr

@@ -28,7 +28,12 @@ def registry() -> AddressRegistry:
 
 def follower(chain: MemoryChain, store: SqlStore, **settings: int) -> Follower:
     return Follower(
-        source=chain, store=store, registry=registry(), policy=POLICY, scope=Scope.live(), cursor_name="live:mem",
+        source=chain,
+        store=store,
+        registry=registry(),
+        policy=POLICY,
+        scope=Scope.live(),
+        cursor_name="live:mem",
         settings=FollowerSettings(batch_blocks=settings.pop("batch", 4), poll_interval=0.01, **settings),
     )
 
@@ -79,8 +84,11 @@ async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) ->
     live = {m["txid"]: m["status"] for m in await store.matches(Scope.live())}
     assert live["0xa4"] == "retracted" and live["0xa5"] == "retracted"
     assert live["0xa3"] in {"seen", "confirmed"} and live["0xb2"] == "seen"
-    events = [(m.event) for m in await store.outbox() if m.alert_id == next(
-        x["id"] for x in await store.matches(Scope.live()) if x["txid"] == "0xa4")]
+    events = [
+        (m.event)
+        for m in await store.outbox()
+        if m.alert_id == next(x["id"] for x in await store.matches(Scope.live()) if x["txid"] == "0xa4")
+    ]
     assert sorted(events) == ["detected", "retracted"]
 
 
@@ -146,7 +154,12 @@ async def test_replay_range_stops_at_end(store: SqlStore) -> None:
         chain.mine(pay(f"0x{i:02x}"))
     scope = Scope.replay("r", send_alerts=False)
     f = Follower(
-        source=chain, store=store, registry=registry(), policy=POLICY, scope=scope, cursor_name="replay:r",
+        source=chain,
+        store=store,
+        registry=registry(),
+        policy=POLICY,
+        scope=scope,
+        cursor_name="replay:r",
         settings=FollowerSettings(batch_blocks=7, start_height=5, stop_height=12),
     )
     await f.run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depositwatch.jsonutil import loads
-from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Match, MatchKind, Transfer
+from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Match, Transfer
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import (
     BlockEffects,
@@ -32,8 +32,15 @@ LIVE = Scope.live()
 
 def entry(key: bytes, status: AddressStatus, revoked_at: int | None = None, label: str = "") -> AddressEntry:
     return AddressEntry(
-        "eth", "0x" + key.hex(), key, status, label=label or f"L{key[0]}", owner=f"cust-{key[0]}",
-        revoked_at=revoked_at, reason="breach" if revoked_at else "", type="ethereum",
+        "eth",
+        "0x" + key.hex(),
+        key,
+        status,
+        label=label or f"L{key[0]}",
+        owner=f"cust-{key[0]}",
+        revoked_at=revoked_at,
+        reason="breach" if revoked_at else "",
+        type="ethereum",
     )
 
 
@@ -75,7 +82,9 @@ async def test_import_is_all_or_nothing_and_repeatable(store: SqlStore) -> None:
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
     assert await store.address_book_version() == version
     with pytest.raises(ImportRejected) as rejected:
-        await store.import_addresses([(2, entry(A_OTHER, AddressStatus.ACTIVE)), (5, entry(A_OTHER, AddressStatus.ACTIVE))])
+        await store.import_addresses(
+            [(2, entry(A_OTHER, AddressStatus.ACTIVE)), (5, entry(A_OTHER, AddressStatus.ACTIVE))]
+        )
     assert rejected.value.problems[0][0] == 5
     assert len(await store.list_addresses()) == 2
     dry = await store.import_addresses([(2, entry(A_OTHER, AddressStatus.ACTIVE))], dry_run=True)
@@ -87,7 +96,9 @@ async def test_import_refuses_to_unrevoke(store: SqlStore) -> None:
     """An import cannot silently turn a revoked (possibly compromised) address back to active."""
     await seed(store)
     with pytest.raises(ImportRejected, match="revoked"):
-        await store.import_addresses([(7, entry(A_REVOKED, AddressStatus.ACTIVE)), (8, entry(A_OTHER, AddressStatus.ACTIVE))])
+        await store.import_addresses(
+            [(7, entry(A_REVOKED, AddressStatus.ACTIVE)), (8, entry(A_OTHER, AddressStatus.ACTIVE))]
+        )
     assert [e.address for e in await store.list_addresses()] == ["0x" + A_ACTIVE.hex(), "0x" + A_REVOKED.hex()]
 
 
@@ -151,7 +162,8 @@ async def test_commit_records_matches_alerts_and_cursor_once(store: SqlStore) ->
     assert await store.get_cursor("live:eth") == cursor
     messages = await store.outbox()
     assert sorted((m.kind, m.event) for m in messages) == [
-        ("revoked_incoming", "detected"), ("revoked_outgoing", "detected")
+        ("revoked_incoming", "detected"),
+        ("revoked_outgoing", "detected"),
     ]
     body = loads(next(m.payload for m in messages if m.kind == "revoked_incoming"))
     assert body["amount"] == "5000000" and body["amount_decimal"] == "5"
@@ -253,7 +265,9 @@ async def test_outbox_delivery_order_retry_dead_and_redeliver(store: SqlStore) -
     await seed(store)
     registry = await AddressRegistry.load(store)
     b = block(10, transfers=(Transfer(ETH, 1, "0x01", None, A_REVOKED), Transfer(ETH, 2, "0x02", None, A_REVOKED)))
-    await store.commit_blocks(LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10)
+    await store.commit_blocks(
+        LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10
+    )
     new = await store.unplanned(10)
     assert len(new) == 2
     await store.plan({m.seq: ["hook", "slack"] for m in new}, now=100.0)
@@ -283,7 +297,9 @@ async def test_unrouted_and_test_alerts(store: SqlStore) -> None:
     await seed(store)
     registry = await AddressRegistry.load(store)
     b = block(10, transfers=(Transfer(ETH, 1, "0x01", None, A_REVOKED),))
-    await store.commit_blocks(LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10)
+    await store.commit_blocks(
+        LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10
+    )
     [message] = await store.unplanned(10)
     await store.plan({message.seq: []}, now=1.0)
     assert (await store.outbox_counts())["unrouted"] == 1

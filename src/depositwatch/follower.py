@@ -129,8 +129,10 @@ class Follower:
         if cursor.height >= last:
             if cursor.height >= tip.height >= 0:
                 # At or above the node's tip: is the node's tip block ours?
-                ours = cursor.hash if cursor.height == tip.height else await self.store.block_hash(
-                    self.cursor_name, tip.height
+                ours = (
+                    cursor.hash
+                    if cursor.height == tip.height
+                    else await self.store.block_hash(self.cursor_name, tip.height)
                 )
                 if ours and ours != tip.hash:
                     await self._reorg(cursor)
@@ -163,8 +165,13 @@ class Follower:
         for effect in effects:
             for match in effect.matches:
                 self._log.info(
-                    "match", kind=str(match.kind), height=effect.block.height, txid=match.transfer.txid,
-                    index=match.transfer.index, amount=str(match.transfer.amount), asset=match.transfer.asset.symbol,
+                    "match",
+                    kind=str(match.kind),
+                    height=effect.block.height,
+                    txid=match.transfer.txid,
+                    index=match.transfer.index,
+                    amount=str(match.transfer.amount),
+                    asset=match.transfer.asset.symbol,
                 )
         if self.metrics is not None:
             self.metrics.blocks.labels(self.chain).inc(len(blocks))
@@ -205,9 +212,7 @@ class Follower:
             if await self.source.hash_at(height) == ours:
                 if height == cursor.height:
                     return  # the node's view moved under us between calls; nothing to undo
-                self._log.warning(
-                    "reorg", fork_height=height, orphaned=cursor.height - height, old_tip=cursor.hash
-                )
+                self._log.warning("reorg", fork_height=height, orphaned=cursor.height - height, old_tip=cursor.hash)
                 if self.metrics is not None:
                     self.metrics.reorgs.labels(self.chain).inc()
                 self.cursor = await self.store.rewind(self.scope, cursor, self.policy, BlockRef(height, ours))

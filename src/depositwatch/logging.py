@@ -29,9 +29,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     numeric = getattr(logging, level.upper())
     structlog.configure(

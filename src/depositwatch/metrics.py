@@ -11,7 +11,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.node_height = Gauge("depositwatch_node_height", "Best block height the node reports", ["chain"], registry=r)
+        self.node_height = Gauge(
+            "depositwatch_node_height", "Best block height the node reports", ["chain"], registry=r
+        )
         self.processed_height = Gauge(
             "depositwatch_processed_height", "Height of the last committed block", ["chain"], registry=r
         )

@@ -29,7 +29,9 @@ def parse_timestamp(text: str) -> int:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not a timestamp: {text!r} (use ISO 8601 like 2023-09-12T00:00:00Z, or unix seconds)")
+        raise ValueError(
+            f"not a timestamp: {text!r} (use ISO 8601 like 2023-09-12T00:00:00Z, or unix seconds)"
+        ) from None
     if parsed.tzinfo is None:
         if len(text) == 10:  # a bare date means midnight UTC
             parsed = parsed.replace(tzinfo=UTC)

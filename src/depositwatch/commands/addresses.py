@@ -59,9 +59,7 @@ async def _parse(args: argparse.Namespace) -> int:
     bad = []
     for text in args.address:
         try:
-            parsed = (
-                parse_bitcoin_address(text, args.network) if args.chain == "btc" else parse_ethereum_address(text)
-            )
+            parsed = parse_bitcoin_address(text, args.network) if args.chain == "btc" else parse_ethereum_address(text)
         except AddressError as exc:
             bad.append(f"invalid {args.chain} address {exc.address!r}: {exc.reason}")
             continue
@@ -138,15 +136,24 @@ async def _list(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
         entries = await store.list_addresses(
-            chain=args.chain, status=AddressStatus(args.status) if args.status else None, owner=args.owner,
+            chain=args.chain,
+            status=AddressStatus(args.status) if args.status else None,
+            owner=args.owner,
             limit=args.limit,
         )
     finally:
         await store.close()
     rows = [
         {
-            "chain": e.chain, "address": e.address, "type": e.type, "status": str(e.status), "label": e.label,
-            "owner": e.owner, "revoked_at": iso(e.revoked_at), "reason": e.reason, "created_at": iso(e.created_at),
+            "chain": e.chain,
+            "address": e.address,
+            "type": e.type,
+            "status": str(e.status),
+            "label": e.label,
+            "owner": e.owner,
+            "revoked_at": iso(e.revoked_at),
+            "reason": e.reason,
+            "created_at": iso(e.created_at),
         }
         for e in entries
     ]

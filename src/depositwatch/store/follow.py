@@ -66,7 +66,13 @@ class FollowMixin:
             " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET height = excluded.height,"
             " hash = excluded.hash, range_start = excluded.range_start, range_stop = excluded.range_stop,"
             " updated_at = excluded.updated_at",
-            cursor.name, cursor.chain, cursor.height, cursor.hash, cursor.range_start, cursor.range_stop, now(),
+            cursor.name,
+            cursor.chain,
+            cursor.height,
+            cursor.hash,
+            cursor.range_start,
+            cursor.range_stop,
+            now(),
         )
 
     async def block_hash(self, cursor: str, height: int) -> str | None:
@@ -101,7 +107,11 @@ class FollowMixin:
                     "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
                     " ON CONFLICT (cursor, height) DO UPDATE SET hash = excluded.hash,"
                     " parent_hash = excluded.parent_hash, time = excluded.time",
-                    cursor.name, block.height, block.hash, block.parent_hash, block.time,
+                    cursor.name,
+                    block.height,
+                    block.hash,
+                    block.parent_hash,
+                    block.time,
                 )
                 if effect.matches:
                     await self._upsert_matches(conn, scope, policy, effect.matches, tip_height, stamp)
@@ -127,13 +137,24 @@ class FollowMixin:
             await conn.execute(
                 "INSERT INTO watched_outputs (scope, chain, txid, vout, script, amount, height)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                scope.name, chain, out.txid, out.vout, out.script, out.amount, height,
+                scope.name,
+                chain,
+                out.txid,
+                out.vout,
+                out.script,
+                out.amount,
+                height,
             )
         for txid, vout, spender in effect.spent_outputs:
             await conn.execute(
                 "UPDATE watched_outputs SET spent_txid = $1, spent_height = $2"
                 " WHERE scope = $3 AND chain = $4 AND txid = $5 AND vout = $6",
-                spender, height, scope.name, chain, txid, vout,
+                spender,
+                height,
+                scope.name,
+                chain,
+                txid,
+                vout,
             )
 
     async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
@@ -144,7 +165,8 @@ class FollowMixin:
             marks = ", ".join(f"${j + 2}" for j in range(len(batch)))
             for row in await conn.fetch(
                 f"SELECT key, address, label, owner, revoked_at FROM addresses WHERE chain = $1 AND key IN ({marks})",
-                chain, *batch,
+                chain,
+                *batch,
             ):
                 found[bytes(row["key"])] = row
         return found
@@ -172,14 +194,31 @@ class FollowMixin:
                     f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES"
                     " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
                     " $21, $22, $23)",
-                    scope.name, match.id, match.chain, str(match.kind), status, t.asset.symbol, t.asset.contract,
-                    t.asset.decimals, str(t.amount), t.from_address, t.to_address, match.key,
+                    scope.name,
+                    match.id,
+                    match.chain,
+                    str(match.kind),
+                    status,
+                    t.asset.symbol,
+                    t.asset.contract,
+                    t.asset.decimals,
+                    str(t.amount),
+                    t.from_address,
+                    t.to_address,
+                    match.key,
                     info["address"] if info else (t.to_address or t.from_address or match.key.hex()),
-                    info["label"] if info else "", info["owner"] if info else "",
-                    info["revoked_at"] if info else None, t.txid, t.index,
-                    block.height if block else None, block.hash if block else None, match.block_time, stamp, stamp,
+                    info["label"] if info else "",
+                    info["owner"] if info else "",
+                    info["revoked_at"] if info else None,
+                    t.txid,
+                    t.index,
+                    block.height if block else None,
+                    block.hash if block else None,
+                    match.block_time,
+                    stamp,
+                    stamp,
                 )
-                event: AlertEvent | None = AlertEvent.DETECTED
+                event = AlertEvent.DETECTED
             else:
                 status = existing["status"]
                 if block is None:
@@ -198,8 +237,13 @@ class FollowMixin:
         await conn.execute(
             "UPDATE matches SET status = $1, block_height = $2, block_hash = $3, block_time = $4, updated_at = $5"
             " WHERE scope = $6 AND id = $7",
-            status, block.height if block else None, block.hash if block else None, match.block_time, stamp,
-            scope.name, match.id,
+            status,
+            block.height if block else None,
+            block.hash if block else None,
+            match.block_time,
+            stamp,
+            scope.name,
+            match.id,
         )
 
     async def _confirm(self, conn: Conn, scope: Scope, policy: ChainPolicy, tip_height: int, stamp: int) -> None:
@@ -207,14 +251,19 @@ class FollowMixin:
         rows = await conn.fetch(
             "SELECT id, block_height FROM matches"
             " WHERE scope = $1 AND chain = $2 AND status = 'seen' AND block_height <= $3",
-            scope.name, policy.chain, deepest,
+            scope.name,
+            policy.chain,
+            deepest,
         )
         if not rows:
             return
         await conn.execute(
             "UPDATE matches SET status = 'confirmed', updated_at = $1"
             " WHERE scope = $2 AND chain = $3 AND status = 'seen' AND block_height <= $4",
-            stamp, scope.name, policy.chain, deepest,
+            stamp,
+            scope.name,
+            policy.chain,
+            deepest,
         )
         for row in rows:
             # Deposits are not alerts; the deposits sink hears of them once, when they are final.
@@ -246,15 +295,30 @@ class FollowMixin:
         rev = int(await conn.fetchval("SELECT COALESCE(MAX(rev), 0) FROM outbox WHERE alert_id = $1", match_id)) + 1
         severity = str(policy.severities.get(kind, "info"))
         payload = build_payload(
-            row, alert_id=match_id, rev=rev, event=event, severity=severity, chain_id=policy.chain_id,
-            confirmations=confirmations, mode=scope.mode, detected_at=stamp,
+            row,
+            alert_id=match_id,
+            rev=rev,
+            event=event,
+            severity=severity,
+            chain_id=policy.chain_id,
+            confirmations=confirmations,
+            mode=scope.mode,
+            detected_at=stamp,
         )
         await conn.execute(
             "INSERT INTO outbox (alert_id, rev, event, kind, severity, chain, order_key, block_height, payload,"
             " status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'new', $10)"
             " ON CONFLICT (alert_id, rev) DO NOTHING",
-            match_id, rev, str(event), str(kind), severity, row["chain"], f"{row['chain']}:{row['address']}",
-            row["block_height"], dumps(payload), stamp,
+            match_id,
+            rev,
+            str(event),
+            str(kind),
+            severity,
+            row["chain"],
+            f"{row['chain']}:{row['address']}",
+            row["block_height"],
+            dumps(payload),
+            stamp,
         )
 
     async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor:
@@ -266,12 +330,16 @@ class FollowMixin:
             rows = await conn.fetch(
                 "SELECT id, kind, status FROM matches WHERE scope = $1 AND chain = $2 AND block_height > $3"
                 " AND status IN ('seen', 'confirmed')",
-                scope.name, policy.chain, to.height,
+                scope.name,
+                policy.chain,
+                to.height,
             )
             for row in rows:
                 await conn.execute(
                     "UPDATE matches SET status = 'retracted', updated_at = $1 WHERE scope = $2 AND id = $3",
-                    stamp, scope.name, row["id"],
+                    stamp,
+                    scope.name,
+                    row["id"],
                 )
                 # A deposit was only announced once final; retract only what was announced.
                 if row["kind"] != MatchKind.DEPOSIT or row["status"] == "confirmed":
@@ -279,12 +347,16 @@ class FollowMixin:
             await conn.execute("DELETE FROM blocks WHERE cursor = $1 AND height > $2", cursor.name, to.height)
             await conn.execute(
                 "DELETE FROM watched_outputs WHERE scope = $1 AND chain = $2 AND height > $3",
-                scope.name, policy.chain, to.height,
+                scope.name,
+                policy.chain,
+                to.height,
             )
             await conn.execute(
                 "UPDATE watched_outputs SET spent_txid = NULL, spent_height = NULL"
                 " WHERE scope = $1 AND chain = $2 AND spent_height > $3",
-                scope.name, policy.chain, to.height,
+                scope.name,
+                policy.chain,
+                to.height,
             )
             await self._write_cursor(conn, moved)
         return moved
@@ -319,11 +391,15 @@ class FollowMixin:
                 changed = await conn.execute(
                     "UPDATE matches SET status = 'retracted', updated_at = $1"
                     " WHERE scope = $2 AND id = $3 AND status = 'mempool'",
-                    stamp, scope.name, match_id,
+                    stamp,
+                    scope.name,
+                    match_id,
                 )
                 if changed:
                     dropped += 1
-                    kind = await conn.fetchval("SELECT kind FROM matches WHERE scope = $1 AND id = $2", scope.name, match_id)
+                    kind = await conn.fetchval(
+                        "SELECT kind FROM matches WHERE scope = $1 AND id = $2", scope.name, match_id
+                    )
                     if kind != MatchKind.DEPOSIT:
                         await self._enqueue(conn, scope, policy, match_id, AlertEvent.RETRACTED, 0, stamp)
         return dropped
@@ -342,7 +418,8 @@ class FollowMixin:
             rows = await conn.fetch(
                 "SELECT txid, vout, script, amount, height FROM watched_outputs"
                 " WHERE scope = $1 AND chain = $2 AND spent_txid IS NULL",
-                (scope or Scope.live()).name, chain,
+                (scope or Scope.live()).name,
+                chain,
             )
         return [WatchedOutput(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
@@ -356,7 +433,13 @@ class FollowMixin:
                 added += await conn.execute(
                     "INSERT INTO watched_outputs (scope, chain, txid, vout, script, amount, height)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                    (scope or Scope.live()).name, chain, out.txid, out.vout, out.script, out.amount, out.height,
+                    (scope or Scope.live()).name,
+                    chain,
+                    out.txid,
+                    out.vout,
+                    out.script,
+                    out.amount,
+                    out.height,
                 )
         return added
 

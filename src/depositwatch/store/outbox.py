@@ -53,7 +53,10 @@ class OutboxMixin:
                     await conn.execute(
                         "INSERT INTO deliveries (outbox_seq, sink, order_key, status, attempts, next_attempt_at)"
                         " VALUES ($1, $2, $3, 'pending', 0, $4) ON CONFLICT DO NOTHING",
-                        seq, sink, order_key, now,
+                        seq,
+                        sink,
+                        order_key,
+                        now,
                     )
                 await conn.execute(
                     "UPDATE outbox SET status = $1 WHERE seq = $2", "pending" if sinks else "unrouted", seq
@@ -68,7 +71,9 @@ class OutboxMixin:
                 " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.sink = d.sink AND e.order_key = d.order_key"
                 "   AND e.status = 'pending' AND e.outbox_seq < d.outbox_seq)"
                 " ORDER BY d.outbox_seq LIMIT $3",
-                sink, now, limit,
+                sink,
+                now,
+                limit,
             )
         return [_message(r) for r in rows]
 
@@ -78,7 +83,9 @@ class OutboxMixin:
             await conn.execute(
                 "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
                 " last_error = NULL WHERE outbox_seq = $2 AND sink = $3",
-                int(now), seq, sink,
+                int(now),
+                seq,
+                sink,
             )
             await self._refresh(conn, seq)
 
@@ -89,13 +96,18 @@ class OutboxMixin:
                 await conn.execute(
                     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = $1"
                     " WHERE outbox_seq = $2 AND sink = $3",
-                    error[:2000], seq, sink,
+                    error[:2000],
+                    seq,
+                    sink,
                 )
             else:
                 await conn.execute(
                     "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2"
                     " WHERE outbox_seq = $3 AND sink = $4",
-                    error[:2000], next_attempt_at, seq, sink,
+                    error[:2000],
+                    next_attempt_at,
+                    seq,
+                    sink,
                 )
             await self._refresh(conn, seq)
 
@@ -116,7 +128,8 @@ class OutboxMixin:
         self, *, status: str | None = None, kind: str | None = None, limit: int = 100
     ) -> list[OutboxMessage]:
         """Messages, newest first, filtered by status and kind."""
-        sql, args = "SELECT * FROM outbox WHERE 1 = 1", []
+        sql = "SELECT * FROM outbox WHERE 1 = 1"
+        args: list[Any] = []
         if status is not None:
             args.append(status)
             sql += f" AND status = ${len(args)}"
@@ -142,8 +155,15 @@ class OutboxMixin:
         async with self.db.read() as conn:
             rows = await conn.fetch("SELECT * FROM deliveries WHERE outbox_seq = $1 ORDER BY sink", seq)
         return [
-            Delivery(r["outbox_seq"], r["sink"], r["status"], r["attempts"], r["next_attempt_at"], r["last_error"],
-                     r["delivered_at"])
+            Delivery(
+                r["outbox_seq"],
+                r["sink"],
+                r["status"],
+                r["attempts"],
+                r["next_attempt_at"],
+                r["last_error"],
+                r["delivered_at"],
+            )
             for r in rows
         ]
 
@@ -151,7 +171,9 @@ class OutboxMixin:
         """Put dead deliveries (of the given messages, or all) back in line; return how many."""
         async with self.db.transaction() as conn:
             if seqs is None:
-                targets = [r[0] for r in await conn.fetch("SELECT DISTINCT outbox_seq FROM deliveries WHERE status = 'dead'")]
+                targets = [
+                    r[0] for r in await conn.fetch("SELECT DISTINCT outbox_seq FROM deliveries WHERE status = 'dead'")
+                ]
             else:
                 targets = list(seqs)
             count = 0
@@ -159,7 +181,8 @@ class OutboxMixin:
                 count += await conn.execute(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1"
                     " WHERE outbox_seq = $2 AND status = 'dead'",
-                    now, seq,
+                    now,
+                    seq,
                 )
                 await self._refresh(conn, seq)
         return count
@@ -181,14 +204,21 @@ class OutboxMixin:
             await conn.execute(
                 "INSERT INTO outbox (alert_id, rev, event, kind, severity, chain, order_key, block_height, payload,"
                 " status, created_at) VALUES ($1, 1, 'detected', 'test', $2, $3, $4, NULL, $5, 'pending', $6)",
-                alert_id, body.get("severity", "info"), body.get("chain", "test"), f"test:{alert_id}", dumps(body),
+                alert_id,
+                body.get("severity", "info"),
+                body.get("chain", "test"),
+                f"test:{alert_id}",
+                dumps(body),
                 stamp,
             )
             seq = await conn.fetchval("SELECT seq FROM outbox WHERE alert_id = $1", alert_id)
             await conn.execute(
                 "INSERT INTO deliveries (outbox_seq, sink, order_key, status, attempts, next_attempt_at)"
                 " VALUES ($1, $2, $3, 'pending', 0, $4)",
-                seq, sink, f"test:{alert_id}", float(stamp),
+                seq,
+                sink,
+                f"test:{alert_id}",
+                float(stamp),
             )
             row = await conn.fetchrow("SELECT * FROM outbox WHERE seq = $1", seq)
         return _message(row)

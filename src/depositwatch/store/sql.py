@@ -88,7 +88,9 @@ class SqlStore(FollowMixin, OutboxMixin):
                     continue
                 for statement in _statements(sql, self.dialect):
                     await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", version, now())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)", version, now()
+                )
                 applied.append(version)
         return applied
 
@@ -101,9 +103,13 @@ class SqlStore(FollowMixin, OutboxMixin):
         except Exception as exc:  # the table itself is missing: an empty or foreign database
             raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`") from exc
         if version is None or version < latest:
-            raise SchemaError(f"the store is at schema {version}, this program needs {latest}: run `depositwatch db migrate`")
+            raise SchemaError(
+                f"the store is at schema {version}, this program needs {latest}: run `depositwatch db migrate`"
+            )
         if version > latest:
-            raise SchemaError(f"the store's schema {version} is newer than this program's ({latest}): upgrade depositwatch")
+            raise SchemaError(
+                f"the store's schema {version} is newer than this program's ({latest}): upgrade depositwatch"
+            )
 
     async def close(self) -> None:
         """Close the driver."""
@@ -135,19 +141,41 @@ class SqlStore(FollowMixin, OutboxMixin):
         stamp = now()
         async with self.db.transaction() as conn:
             await conn.execute("DROP TABLE IF EXISTS staging_addresses")
-            await conn.execute(
-                "CREATE TEMPORARY TABLE staging_addresses AS SELECT * FROM addresses WHERE 1 = 0"
-            )
+            await conn.execute("CREATE TEMPORARY TABLE staging_addresses AS SELECT * FROM addresses WHERE 1 = 0")
             await conn.execute("ALTER TABLE staging_addresses ADD COLUMN line BIGINT")
             rows = [
-                (e.chain, e.key, e.address, e.type, str(e.status), e.label, e.owner, e.revoked_at, e.reason,
-                 stamp, stamp, line)
+                (
+                    e.chain,
+                    e.key,
+                    e.address,
+                    e.type,
+                    str(e.status),
+                    e.label,
+                    e.owner,
+                    e.revoked_at,
+                    e.reason,
+                    stamp,
+                    stamp,
+                    line,
+                )
                 for line, e in entries
             ]
             await conn.copy_rows(
                 "staging_addresses",
-                ["chain", "key", "address", "type", "status", "label", "owner", "revoked_at", "reason",
-                 "created_at", "updated_at", "line"],
+                [
+                    "chain",
+                    "key",
+                    "address",
+                    "type",
+                    "status",
+                    "label",
+                    "owner",
+                    "revoked_at",
+                    "reason",
+                    "created_at",
+                    "updated_at",
+                    "line",
+                ],
                 rows,
             )
             unrevoking = await conn.fetch(
@@ -157,8 +185,13 @@ class SqlStore(FollowMixin, OutboxMixin):
             )
             if unrevoking:
                 raise ImportRejected(
-                    [(r["line"], f"{r['chain']} address {r['address']} is revoked; importing it as active is refused")
-                     for r in unrevoking]
+                    [
+                        (
+                            r["line"],
+                            f"{r['chain']} address {r['address']} is revoked; importing it as active is refused",
+                        )
+                        for r in unrevoking
+                    ]
                 )
             differs = (
                 "a.status <> s.status OR a.label <> s.label OR a.owner <> s.owner OR a.reason <> s.reason"
@@ -187,9 +220,7 @@ class SqlStore(FollowMixin, OutboxMixin):
             await conn.execute("DROP TABLE staging_addresses")
         return result
 
-    async def revoke(
-        self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str
-    ) -> RevokeResult:
+    async def revoke(self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str) -> RevokeResult:
         """Retire addresses on the given chains: the listed keys, or every active one (`keys=None`).
 
         Every listed key must be in the book on every named chain, or nothing is revoked. An address
@@ -205,7 +236,10 @@ class SqlStore(FollowMixin, OutboxMixin):
                 revoked = await conn.execute(
                     "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                     f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})",
-                    at, reason, stamp, *chains,
+                    at,
+                    reason,
+                    stamp,
+                    *chains,
                 )
             else:
                 revoked = already = 0
@@ -214,7 +248,8 @@ class SqlStore(FollowMixin, OutboxMixin):
                     for batch in _chunks(list(keys), 500):
                         rows = await conn.fetch(
                             f"SELECT key, status FROM addresses WHERE chain = $1 AND key IN ({_marks(batch, 2)})",
-                            chain, *batch,
+                            chain,
+                            *batch,
                         )
                         found = {bytes(r["key"]): r["status"] for r in rows}
                         missing += [(chain, k) for k in batch if k not in found]
@@ -222,7 +257,11 @@ class SqlStore(FollowMixin, OutboxMixin):
                         revoked += await conn.execute(
                             "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                             f" WHERE status = 'active' AND chain = $4 AND key IN ({_marks(batch, 5)})",
-                            at, reason, stamp, chain, *batch,
+                            at,
+                            reason,
+                            stamp,
+                            chain,
+                            *batch,
                         )
                 if missing:
                     raise StoreError(
@@ -266,10 +305,7 @@ class SqlStore(FollowMixin, OutboxMixin):
             sql += f" WHERE chain IN ({_marks(chains, 1)})"
             args = tuple(chains)
         async for rows in self.db.stream(sql, *args):
-            yield [
-                RegistryRow(r[0], bytes(r[1]), AddressStatus(r[2]), r[3])
-                for r in rows
-            ]
+            yield [RegistryRow(r[0], bytes(r[1]), AddressStatus(r[2]), r[3]) for r in rows]
 
     async def address_book_version(self) -> int:
         """A number that changes whenever the book changes."""
