@@ -1,0 +1,906 @@
+"""EVM chains (Ethereum and its kin) as a `ChainSource`: native ETH and configured ERC-20 transfers.
+
+What counts as a transfer:
+
+- native: a transaction with value > 0, a recipient (not a contract creation) and receipt status 1
+  (pre-Byzantium receipts carry `root` and no `status`: they count as success); `index` is None;
+- token: a log of a configured contract with topic0 = Transfer(address,address,uint256), exactly
+  three topics (an ERC-721 Transfer has four: skipped) and 32 bytes of data; `index` is the log index.
+  Logs with `removed: true`, and logs of a transaction whose receipt says it failed, are dropped;
+- internal (only with `traces = true` and a node that serves `debug_traceBlockByNumber` with the call
+  tracer): value moved by a CALL, CREATE, CREATE2 or SELFDESTRUCT frame inside a successful
+  transaction, outside any reverted frame. Their `index` is negative, -1, -2, ... in call order, so
+  they never collide with the transaction's own transfer (None) or its logs (>= 0).
+
+How blocks are fetched: one `eth_getLogs` over the whole range (split every `getlogs_max_range`
+blocks, and halved again when the node says the answer is too large), JSON-RPC batches of
+`batch_blocks` `eth_getBlockByNumber(n, true)` calls, then one batch of `eth_getBlockReceipts` for the
+blocks that need statuses (a value-carrying transaction, or a token log), or `eth_getTransactionReceipt`
+for just those transactions when the node lacks `eth_getBlockReceipts`. At most `max_in_flight`
+requests are in flight; chunks are pipelined. Every answer is validated; anything malformed raises
+`BadNodeAnswer` naming the method and block, and connection failures raise `NodeUnavailable`.
+
+Bulk block and receipt fetching goes through a lean JSON-RPC path (aiohttp + orjson, batched) over the
+same keep-alive session web3 uses for the single calls (chain id, tip, block hashes). Measured on this
+machine (2 cores) against anvil 1.7.1 serving a generated chain of 2,000 blocks x 20 transactions
+(half ETH transfers, half ERC-20 transfers), 20 blocks a batch, 4 in flight, client and node on one
+machine:
+
+- a bare batched aiohttp + orjson client (blocks, receipts and logs, no decoding): 163 blocks/s;
+- this source: 162 blocks/s, i.e. within 1 % of the bare client (the node is the limit);
+- the same fetch through web3 (`asyncio.gather` of `get_block(n, True)` and `get_block_receipts`):
+  63 blocks/s: web3's per-call request handling and result formatting cost about 10 ms a block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+import structlog
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import BlockNotFound, Web3Exception, Web3RPCError
+
+from depositwatch.addresses import ethereum_checksum_address
+from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
+from depositwatch.config import ChainConfig, redact_url
+from depositwatch.models import Asset, Block, BlockRef, Transfer
+
+TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+CALL_TRACER = {"tracer": "callTracer"}
+_VALUE_FRAMES = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
+_UNAVAILABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+_GETLOGS_TOO_LARGE = re.compile(
+    r"more than|too many|limit|exceed|range|too large|response size|timeout|timed out", re.IGNORECASE
+)
+_NOT_SUPPORTED = re.compile(r"not (found|supported|available|exist)|unsupported|unknown method", re.I)
+
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
+_QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}\Z")
+_DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*\Z")
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class _Invalid(Exception):
+    """A field of an answer is missing or malformed; turned into BadNodeAnswer with context."""
+
+
+@lru_cache(maxsize=65536)
+def _checksum(key: bytes) -> str:
+    return ethereum_checksum_address(key)
+
+
+# --- field validation --------------------------------------------------------------------------------
+
+
+def _quantity(obj: dict[str, Any], name: str) -> int:
+    value = obj.get(name)
+    if not isinstance(value, str) or not _QUANTITY.match(value):
+        raise _Invalid(f"{name} is {value!r}, not a hex quantity")
+    return int(value, 16)
+
+
+def _hash(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not _HASH.match(value):
+        raise _Invalid(f"{name} is {value!r}, not a 32-byte hex hash")
+    return value.lower()
+
+
+def _address(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise _Invalid(f"{name} is {value!r}, not a 20-byte hex address")
+    return value.lower()
+
+
+def _optional_address(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or value == "0x":  # some nodes write a contract creation's recipient as "0x"
+        return None
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise _Invalid(f"{name} is {value!r}, not a 20-byte hex address or null")
+    return value.lower()
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{what} is {type(value).__name__}, not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Invalid(f"{what} is {type(value).__name__}, not a list")
+    return value
+
+
+# --- parsed pieces -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tx:
+    hash: str
+    sender: str
+    to: str | None
+    value: int
+    calls_contract: bool
+
+
+@dataclass(slots=True)
+class _RawBlock:
+    height: int
+    hash: str
+    parent_hash: str
+    time: int
+    txs: list[_Tx]
+    statuses: dict[str, bool] = field(default_factory=dict)
+    internal: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Log:
+    height: int
+    block_hash: str
+    tx_hash: str
+    index: int
+    asset: Asset
+    sender: bytes
+    recipient: bytes
+    amount: int
+
+
+def _parse_block(raw: Any, height: int) -> _RawBlock:
+    block = _dict(raw, "the block")
+    number = _quantity(block, "number")
+    if number != height:
+        raise _Invalid(f"the node answered with block {number}")
+    txs_raw = _list(block.get("transactions"), "transactions")
+    txs = []
+    for position, item in enumerate(txs_raw):
+        tx = _dict(item, f"transaction {position}")  # a bare hash here means the node ignored `true`
+        to = _optional_address(tx, "to")
+        data = tx.get("input", tx.get("data", "0x"))
+        txs.append(
+            _Tx(
+                hash=_hash(tx, "hash"),
+                sender=_address(tx, "from"),
+                to=to,
+                value=_quantity(tx, "value"),
+                calls_contract=to is not None and isinstance(data, str) and len(data) > 2,
+            )
+        )
+    return _RawBlock(
+        height=number,
+        hash=_hash(block, "hash"),
+        parent_hash=_hash(block, "parentHash"),
+        time=_quantity(block, "timestamp"),
+        txs=txs,
+    )
+
+
+def _receipt_status(receipt: dict[str, Any]) -> bool:
+    status = receipt.get("status")
+    if status is None:
+        if isinstance(receipt.get("root"), str):  # pre-Byzantium: no status, the state root instead
+            return True
+        raise _Invalid("the receipt has neither status nor root")
+    if status == "0x1":
+        return True
+    if status == "0x0":
+        return False
+    raise _Invalid(f"receipt status is {status!r}")
+
+
+def _internal_transfers(frame: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """Value-moving sub-calls of a successful call-tracer frame, depth first, reverted subtrees left out."""
+    found: list[tuple[str, str, int]] = []
+    if frame.get("error"):
+        return found
+    stack = list(reversed(_list(frame.get("calls") or [], "calls")))
+    while stack:
+        child = _dict(stack.pop(), "a call frame")
+        if child.get("error"):
+            continue
+        kind = child.get("type")
+        if not isinstance(kind, str):
+            raise _Invalid(f"call frame type is {kind!r}")
+        value = _quantity(child, "value") if child.get("value") is not None else 0
+        if value > 0 and kind.upper() in _VALUE_FRAMES:
+            recipient = _optional_address(child, "to")
+            if recipient is not None:
+                found.append((_address(child, "from"), recipient, value))
+        stack.extend(reversed(_list(child.get("calls") or [], "calls")))
+    return found
+
+
+# --- lean JSON-RPC -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    params: list[Any]
+    what: str  # "block 123", "blocks 100-199": named in errors
+
+
+class _JsonRpc:
+    """Batched JSON-RPC over a shared aiohttp session, with orjson and a bound on requests in flight."""
+
+    def __init__(self, chain: str, url: str, session: aiohttp.ClientSession, in_flight: asyncio.Semaphore) -> None:
+        self.chain = chain
+        self.url = url
+        self.shown_url = redact_url(url)
+        self.session = session
+        self.in_flight = in_flight
+
+    async def _post(self, payload: Any, label: str) -> Any:
+        body = orjson.dumps(payload)
+        try:
+            async with (
+                self.in_flight,
+                self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp,
+            ):
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise NodeUnavailable(f"chain {self.chain}: {label} to {self.shown_url} failed: {_describe(exc)}") from exc
+        if status != 200:
+            text = raw[:200].decode(errors="replace")
+            error = NodeUnavailable if status in _UNAVAILABLE_STATUSES else BadNodeAnswer
+            raise error(f"chain {self.chain}: {label}: HTTP {status} from {self.shown_url}: {text}")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadNodeAnswer(f"chain {self.chain}: {label}: the answer is not JSON ({exc})") from None
+
+    async def replies(self, calls: Sequence[_Call]) -> list[tuple[Any, dict[str, Any] | None]]:
+        """(result, error) per call, in order; raise on transport or envelope problems only."""
+        if not calls:
+            return []
+        label = _label(calls)
+        payload = [{"jsonrpc": "2.0", "id": i, "method": c.method, "params": c.params} for i, c in enumerate(calls)]
+        answer = await self._post(payload if len(calls) > 1 else payload[0], label)
+        envelopes = answer if isinstance(answer, list) else [answer]
+        if isinstance(answer, dict) and len(calls) > 1:
+            error = answer.get("error")
+            raise BadNodeAnswer(f"chain {self.chain}: {label}: the node refused the batch: {error!r}")
+        by_id: dict[int, dict[str, Any]] = {}
+        for envelope in envelopes:
+            if not isinstance(envelope, dict) or not isinstance(envelope.get("id"), int):
+                raise BadNodeAnswer(f"chain {self.chain}: {label}: malformed JSON-RPC envelope {envelope!r:.200}")
+            by_id[envelope["id"]] = envelope
+        out: list[tuple[Any, dict[str, Any] | None]] = []
+        for i, call in enumerate(calls):
+            envelope = by_id.get(i)
+            if envelope is None:
+                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: no answer in the batch")
+            error = envelope.get("error")
+            if error is not None:
+                out.append((None, error if isinstance(error, dict) else {"message": repr(error)}))
+            elif "result" not in envelope:
+                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: neither result nor error")
+            else:
+                out.append((envelope["result"], None))
+        return out
+
+    async def batch(self, calls: Sequence[_Call]) -> list[Any]:
+        """Results in order; any JSON-RPC error inside the batch raises BadNodeAnswer naming its call."""
+        results = []
+        for call, (result, error) in zip(calls, await self.replies(calls), strict=True):
+            if error is not None:
+                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: {_rpc_error(error)}")
+            results.append(result)
+        return results
+
+    async def call(self, method: str, params: list[Any], what: str) -> Any:
+        """One call; a JSON-RPC error raises BadNodeAnswer."""
+        return (await self.batch([_Call(method, params, what)]))[0]
+
+
+def _label(calls: Sequence[_Call]) -> str:
+    methods = sorted({c.method for c in calls})
+    if len(calls) == 1:
+        return f"{calls[0].method} for {calls[0].what}"
+    return f"batch of {len(calls)} ({', '.join(methods)}) for {calls[0].what} to {calls[-1].what}"
+
+
+def _rpc_error(error: dict[str, Any]) -> str:
+    return f"error {error.get('code')}: {str(error.get('message'))[:300]}"
+
+
+def _unsupported(error: dict[str, Any]) -> bool:
+    """Whether a JSON-RPC error says the method does not exist or is switched off."""
+    return error.get("code") in (-32601, -32004) or bool(_NOT_SUPPORTED.search(str(error.get("message"))))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _run_all(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Like gather, but the first failure cancels the rest instead of leaving them running."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _chunks(start: int, stop: int, size: int) -> list[range]:
+    return [range(low, min(low + size, stop)) for low in range(start, stop, size)]
+
+
+# --- the source --------------------------------------------------------------------------------------
+
+
+class EvmSource:
+    """A node's view of one EVM chain, reduced to `Block` records."""
+
+    def __init__(
+        self,
+        config: ChainConfig,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        request_timeout: float = 60.0,
+    ) -> None:
+        if config.kind != "evm" or config.chain_id is None:
+            raise ValueError(f"chain {config.name} is not an EVM chain")
+        self.name = config.name
+        self.config = config
+        self.chain_id: int = config.chain_id
+        self.url = config.rpc_urls[0]
+        self.ws_url = config.ws_url
+        self.request_timeout = request_timeout
+        self.native = Asset(config.native_asset_symbol, config.native_asset_decimals, None)
+        self.tokens: dict[str, Asset] = {
+            token.contract.lower(): Asset(token.symbol, token.decimals, token.contract) for token in config.tokens
+        }
+        self.block_receipts = True  # found out in open()
+        self.traces = False  # found out in open() when config.traces is on
+        self._given_session = session
+        self._session: aiohttp.ClientSession | None = None
+        self._rpc: _JsonRpc | None = None
+        self._w3: AsyncWeb3[AsyncHTTPProvider] | None = None
+        self._in_flight = asyncio.Semaphore(config.max_in_flight)
+        self._ws_task: asyncio.Task[None] | None = None
+        self._ws_live = False
+        self._head = asyncio.Event()
+        self._ids = itertools.count(1)
+
+    # connection
+
+    def _auth(self) -> aiohttp.BasicAuth | None:
+        if self.config.rpc_user and self.config.rpc_password is not None and "@" not in self.url:
+            return aiohttp.BasicAuth(self.config.rpc_user, self.config.rpc_password.resolve())
+        return None
+
+    @property
+    def rpc(self) -> _JsonRpc:
+        if self._rpc is None:
+            raise RuntimeError(f"chain {self.name}: the source is not open")
+        return self._rpc
+
+    @property
+    def w3(self) -> AsyncWeb3[AsyncHTTPProvider]:
+        """The web3 client (single calls); valid between open() and close()."""
+        if self._w3 is None:
+            raise RuntimeError(f"chain {self.name}: the source is not open")
+        return self._w3
+
+    async def open(self) -> None:
+        """Connect, check the chain id, and find out which optional methods the node serves."""
+        if self._session is None:
+            self._session = self._given_session or aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.config.max_in_flight + 4, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
+                auth=self._auth(),
+            )
+        self._rpc = _JsonRpc(self.name, self.url, self._session, self._in_flight)
+        provider = AsyncHTTPProvider(self.url, exception_retry_configuration=None)
+        await provider.cache_async_session(self._session)
+        self._w3 = AsyncWeb3(provider)
+
+        chain_id = await self._web3("eth_chainId", self._w3.eth.chain_id)
+        if chain_id != self.chain_id:
+            raise WrongChain(
+                f"chain {self.name}: node at {redact_url(self.url)} reports chain id {chain_id}, "
+                f"config says {self.chain_id}"
+            )
+        tip = await self._block_number()
+        self.block_receipts = await self._probe_block_receipts(tip)
+        self.traces = await self._probe_traces(tip) if self.config.traces else False
+        if self.ws_url and self._ws_task is None:
+            self._ws_task = asyncio.create_task(self._follow_heads(), name=f"{self.name}-newheads")
+        log.info(
+            "evm node checked",
+            chain=self.name,
+            url=redact_url(self.url),
+            chain_id=chain_id,
+            tip=tip,
+            block_receipts=self.block_receipts,
+            traces=self.traces if self.config.traces else "off",
+            tokens=sorted(a.symbol for a in self.tokens.values()),
+            new_heads="websocket" if self.ws_url else "polling",
+        )
+        if self.config.traces and not self.traces:
+            log.warning(
+                "the node serves no call traces: ETH forwarded by contracts (internal transfers) is not seen",
+                chain=self.name,
+            )
+
+    async def _probe_block_receipts(self, tip: int) -> bool:
+        ((result, error),) = await self.rpc.replies([_Call("eth_getBlockReceipts", [hex(tip)], f"block {tip}")])
+        if error is None:
+            if isinstance(result, list | None):
+                return True
+            reason = f"answer {result!r:.100}"
+        elif _unsupported(error):
+            reason = _rpc_error(error)
+        else:  # the method exists but this call failed (a node still syncing, say): keep using it
+            log.warning("eth_getBlockReceipts probe failed", chain=self.name, reason=_rpc_error(error))
+            return True
+        log.info(
+            "eth_getBlockReceipts unavailable: fetching receipts one transaction at a time",
+            chain=self.name,
+            reason=reason,
+        )
+        return False
+
+    async def _probe_traces(self, tip: int) -> bool:
+        height = max(tip, 1)  # geth cannot trace the genesis block
+        ((result, error),) = await self.rpc.replies(
+            [_Call("debug_traceBlockByNumber", [hex(height), CALL_TRACER], f"block {height}")]
+        )
+        if error is None and isinstance(result, list):
+            return True
+        reason = _rpc_error(error) if error is not None else f"answer {result!r:.100}"
+        if error is not None and not _NOT_SUPPORTED.search(str(error.get("message"))) and error.get("code") != -32601:
+            log.warning("debug_traceBlockByNumber failed", chain=self.name, reason=reason)
+        return False
+
+    async def close(self) -> None:
+        """Stop the head subscription and release connections."""
+        if self._ws_task is not None:
+            self._ws_task.cancel()
+            await asyncio.gather(self._ws_task, return_exceptions=True)
+            self._ws_task = None
+        if self._session is not None and self._given_session is None:
+            await self._session.close()
+        self._session = None
+        self._rpc = None
+        self._w3 = None
+
+    async def _web3(self, method: str, awaitable: Awaitable[T], what: str = "") -> T:
+        """Await a web3 call, turning its failures into the source's errors."""
+        where = f"{method} for {what}" if what else method
+        try:
+            return await awaitable
+        except aiohttp.ClientResponseError as exc:
+            error = NodeUnavailable if exc.status in _UNAVAILABLE_STATUSES else BadNodeAnswer
+            raise error(f"chain {self.name}: {where}: HTTP {exc.status} from {self.rpc.shown_url}") from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise NodeUnavailable(
+                f"chain {self.name}: {where} to {self.rpc.shown_url} failed: {_describe(exc)}"
+            ) from exc
+        except BlockNotFound:
+            raise
+        except Web3RPCError as exc:
+            raise BadNodeAnswer(f"chain {self.name}: {where}: {exc.message}") from exc
+        except (Web3Exception, ValueError, TypeError, KeyError) as exc:
+            raise BadNodeAnswer(f"chain {self.name}: {where}: malformed answer ({_describe(exc)})") from exc
+
+    # ChainSource
+
+    async def identity(self) -> str:
+        """The chain id, as text."""
+        return str(self.chain_id)
+
+    async def _block_number(self) -> int:
+        result = await self.rpc.call("eth_blockNumber", [], "the tip")
+        if not isinstance(result, str) or not _QUANTITY.match(result):
+            raise BadNodeAnswer(f"chain {self.name}: eth_blockNumber: answer {result!r:.100} is not a quantity")
+        return int(result, 16)
+
+    async def tip(self) -> BlockRef:
+        """The node's latest block."""
+        block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block("latest"), "latest")
+        number, hash_ = block.get("number"), block.get("hash")
+        if not isinstance(number, int) or not isinstance(hash_, bytes) or len(hash_) != 32:
+            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest: malformed block")
+        return BlockRef(number, "0x" + hash_.hex())
+
+    async def hash_at(self, height: int) -> str | None:
+        """The hash of the block at `height`, or None above the tip."""
+        if height < 0:
+            raise ValueError(f"height {height} is negative")
+        try:
+            block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block(height), f"block {height}")
+        except BlockNotFound:
+            return None
+        number, hash_ = block.get("number"), block.get("hash")
+        if number != height or not isinstance(hash_, bytes) or len(hash_) != 32:
+            raise BadNodeAnswer(
+                f"chain {self.name}: eth_getBlockByNumber for block {height}: answered block {number!r}"
+            )
+        return "0x" + hash_.hex()
+
+    async def fetch(self, start: int, stop: int) -> list[Block]:
+        """Blocks `start` to `stop - 1` with their transfers, in order; fewer if the tip is lower."""
+        if start < 0:
+            raise ValueError(f"start {start} is negative")
+        if stop <= start:
+            return []
+        stop = min(stop, await self._block_number() + 1)
+        if stop <= start:
+            return []
+        logs_task: asyncio.Future[dict[int, list[_Log]]] | None = None
+        if self.tokens:
+            logs_task = asyncio.ensure_future(self._logs(start, stop))
+        try:
+            parts = await _run_all(
+                self._fetch_chunk(chunk, logs_task) for chunk in _chunks(start, stop, self.config.batch_blocks)
+            )
+            logs = await logs_task if logs_task is not None else {}
+        finally:
+            if logs_task is not None and not logs_task.done():
+                logs_task.cancel()
+                await asyncio.gather(logs_task, return_exceptions=True)
+        return self._assemble(start, parts, logs)
+
+    def _assemble(self, start: int, parts: list[list[_RawBlock]], logs: dict[int, list[_Log]]) -> list[Block]:
+        blocks: list[Block] = []
+        expected = start
+        for part in parts:
+            for raw in part:
+                if raw.height != expected:  # a chunk stopped short: the tip moved back; stop at the gap
+                    return blocks
+                blocks.append(self._block(raw, logs.get(raw.height, ())))
+                expected += 1
+        return blocks
+
+    def _block(self, raw: _RawBlock, logs: Sequence[_Log]) -> Block:
+        by_tx: dict[str, list[_Log]] = {}
+        for item in logs:
+            if item.block_hash != raw.hash:
+                raise BadNodeAnswer(
+                    f"chain {self.name}: eth_getLogs for block {raw.height}: log of block {item.block_hash}, "
+                    f"but the block is {raw.hash} (the chain moved during the fetch)"
+                )
+            by_tx.setdefault(item.tx_hash, []).append(item)
+        known = {tx.hash for tx in raw.txs}
+        for tx_hash in by_tx:
+            if tx_hash not in known:
+                raise BadNodeAnswer(
+                    f"chain {self.name}: eth_getLogs for block {raw.height}: log of transaction {tx_hash}, "
+                    "which is not in the block"
+                )
+        transfers: list[Transfer] = []
+        native = self.native
+        for tx in raw.txs:
+            status = raw.statuses.get(tx.hash)
+            if tx.value > 0 and tx.to is not None:
+                if status is None:
+                    raise BadNodeAnswer(f"chain {self.name}: block {raw.height}: no receipt for {tx.hash}")
+                if status:
+                    sender, recipient = bytes.fromhex(tx.sender[2:]), bytes.fromhex(tx.to[2:])
+                    transfers.append(
+                        Transfer(
+                            asset=native,
+                            amount=tx.value,
+                            txid=tx.hash,
+                            index=None,
+                            to_key=recipient,
+                            from_key=sender,
+                            from_address=_checksum(sender),
+                            to_address=_checksum(recipient),
+                        )
+                    )
+            if status and tx.hash in raw.internal:
+                for n, (frm, to, value) in enumerate(raw.internal[tx.hash]):
+                    sender, recipient = bytes.fromhex(frm[2:]), bytes.fromhex(to[2:])
+                    transfers.append(
+                        Transfer(
+                            asset=native,
+                            amount=value,
+                            txid=tx.hash,
+                            index=-(n + 1),
+                            to_key=recipient,
+                            from_key=sender,
+                            from_address=_checksum(sender),
+                            to_address=_checksum(recipient),
+                        )
+                    )
+            tx_logs = by_tx.get(tx.hash)
+            if tx_logs:
+                if status is None:
+                    raise BadNodeAnswer(f"chain {self.name}: block {raw.height}: no receipt for {tx.hash}")
+                if not status:  # a failed transaction has no logs; a node that says otherwise is not believed
+                    continue
+                for item in sorted(tx_logs, key=lambda entry: entry.index):
+                    transfers.append(
+                        Transfer(
+                            asset=item.asset,
+                            amount=item.amount,
+                            txid=tx.hash,
+                            index=item.index,
+                            to_key=item.recipient,
+                            from_key=item.sender,
+                            from_address=_checksum(item.sender),
+                            to_address=_checksum(item.recipient),
+                        )
+                    )
+        return Block(
+            height=raw.height,
+            hash=raw.hash,
+            parent_hash=raw.parent_hash,
+            time=raw.time,
+            transfers=tuple(transfers),
+            tx_count=len(raw.txs),
+        )
+
+    # fetching
+
+    async def _fetch_chunk(
+        self, heights: range, logs_task: asyncio.Future[dict[int, list[_Log]]] | None
+    ) -> list[_RawBlock]:
+        calls = [_Call("eth_getBlockByNumber", [hex(h), True], f"block {h}") for h in heights]
+        results = await self.rpc.batch(calls)
+        blocks: list[_RawBlock] = []
+        for height, result in zip(heights, results, strict=True):
+            if result is None:  # above the node's tip (it moved back since we asked)
+                break
+            try:
+                blocks.append(_parse_block(result, height))
+            except _Invalid as exc:
+                raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for block {height}: {exc}") from None
+        logs = await asyncio.shield(logs_task) if logs_task is not None else {}
+        need_receipts = [
+            b
+            for b in blocks
+            if b.height in logs
+            or any(tx.value > 0 and tx.to is not None for tx in b.txs)
+            or (self.traces and any(tx.calls_contract for tx in b.txs))
+        ]
+        if need_receipts:
+            await self._statuses(need_receipts, logs)
+        return blocks
+
+    async def _statuses(self, blocks: list[_RawBlock], logs: dict[int, list[_Log]]) -> None:
+        """Fill each block's receipt statuses (and internal transfers, with traces) in one batch."""
+        calls: list[_Call] = []
+        wanted: list[tuple[str, _RawBlock, str | None]] = []  # (kind, block, tx hash)
+        for block in blocks:
+            if self.block_receipts:
+                calls.append(_Call("eth_getBlockReceipts", [hex(block.height)], f"block {block.height}"))
+                wanted.append(("receipts", block, None))
+            else:
+                with_logs = {item.tx_hash for item in logs.get(block.height, ())}
+                for tx in block.txs:
+                    if (
+                        (tx.value > 0 and tx.to is not None)
+                        or tx.hash in with_logs
+                        or (self.traces and tx.calls_contract)
+                    ):
+                        calls.append(_Call("eth_getTransactionReceipt", [tx.hash], f"block {block.height}"))
+                        wanted.append(("receipt", block, tx.hash))
+            if self.traces and any(tx.calls_contract for tx in block.txs):
+                calls.append(
+                    _Call("debug_traceBlockByNumber", [hex(block.height), CALL_TRACER], f"block {block.height}")
+                )
+                wanted.append(("trace", block, None))
+        results = await self.rpc.batch(calls)
+        for call, (kind, block, tx_hash), result in zip(calls, wanted, results, strict=True):
+            try:
+                if kind == "receipts":
+                    self._block_statuses(block, result)
+                elif kind == "receipt":
+                    assert tx_hash is not None
+                    self._tx_status(block, tx_hash, result)
+                else:
+                    self._traces(block, result)
+            except _Invalid as exc:
+                raise BadNodeAnswer(f"chain {self.name}: {call.method} for {call.what}: {exc}") from None
+
+    @staticmethod
+    def _block_statuses(block: _RawBlock, result: Any) -> None:
+        receipts = _list(result, "the receipts")
+        if len(receipts) != len(block.txs):
+            raise _Invalid(f"{len(receipts)} receipts for {len(block.txs)} transactions")
+        known = {tx.hash for tx in block.txs}
+        # Matched by hash, not position: some nodes have returned block receipts out of order.
+        for item in receipts:
+            receipt = _dict(item, "a receipt")
+            tx_hash = _hash(receipt, "transactionHash")
+            if tx_hash not in known or tx_hash in block.statuses:
+                raise _Invalid(f"receipt of {tx_hash}, which is not (or no longer) expected in the block")
+            if "blockHash" in receipt and _hash(receipt, "blockHash") != block.hash:
+                raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+            block.statuses[tx_hash] = _receipt_status(receipt)
+
+    @staticmethod
+    def _tx_status(block: _RawBlock, tx_hash: str, result: Any) -> None:
+        if result is None:
+            raise _Invalid(f"no receipt for {tx_hash} (the chain moved during the fetch?)")
+        receipt = _dict(result, "the receipt")
+        if _hash(receipt, "transactionHash") != tx_hash:
+            raise _Invalid(f"receipt of {receipt.get('transactionHash')} where {tx_hash} was asked")
+        if _hash(receipt, "blockHash") != block.hash:
+            raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+        block.statuses[tx_hash] = _receipt_status(receipt)
+
+    @staticmethod
+    def _traces(block: _RawBlock, result: Any) -> None:
+        traces = _list(result, "the traces")
+        if len(traces) != len(block.txs):
+            raise _Invalid(f"{len(traces)} traces for {len(block.txs)} transactions")
+        for tx, item in zip(block.txs, traces, strict=True):
+            entry = _dict(item, "a trace")
+            if entry.get("txHash") is not None and _hash(entry, "txHash") != tx.hash:
+                raise _Invalid(f"trace of {entry.get('txHash')} where {tx.hash} was expected")
+            if entry.get("error") is not None:
+                raise _Invalid(f"tracing {tx.hash} failed: {entry.get('error')!r:.200}")
+            moved = _internal_transfers(_dict(entry.get("result"), "a trace result"))
+            if moved:
+                block.internal[tx.hash] = moved
+
+    async def _logs(self, start: int, stop: int) -> dict[int, list[_Log]]:
+        """Transfer logs of the configured tokens in [start, stop), by height."""
+        parts = await _run_all(
+            self._logs_range(chunk.start, chunk.stop - 1)
+            for chunk in _chunks(start, stop, self.config.getlogs_max_range)
+        )
+        by_height: dict[int, list[_Log]] = {}
+        seen: set[tuple[int, int]] = set()
+        for part in parts:
+            for item in part:
+                key = (item.height, item.index)
+                if key in seen:
+                    raise BadNodeAnswer(
+                        f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} twice"
+                    )
+                seen.add(key)
+                by_height.setdefault(item.height, []).append(item)
+        return by_height
+
+    async def _logs_range(self, first: int, last: int) -> list[_Log]:
+        what = f"block {first}" if first == last else f"blocks {first}-{last}"
+        params = [
+            {
+                "fromBlock": hex(first),
+                "toBlock": hex(last),
+                "address": list(self.tokens),
+                "topics": [TRANSFER_TOPIC],
+            }
+        ]
+        ((result, error),) = await self.rpc.replies([_Call("eth_getLogs", params, what)])
+        if error is not None:
+            if first < last and _GETLOGS_TOO_LARGE.search(str(error.get("message"))):
+                middle = (first + last) // 2
+                low, high = await _run_all([self._logs_range(first, middle), self._logs_range(middle + 1, last)])
+                return low + high
+            raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {_rpc_error(error)}")
+        try:
+            return self._parse_logs(result, first, last)
+        except _Invalid as exc:
+            raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {exc}") from None
+
+    def _parse_logs(self, result: Any, first: int, last: int) -> list[_Log]:
+        found: list[_Log] = []
+        for item in _list(result, "the logs"):
+            entry = _dict(item, "a log")
+            removed = entry.get("removed", False)
+            if not isinstance(removed, bool):
+                raise _Invalid(f"removed is {removed!r}")
+            height = _quantity(entry, "blockNumber")
+            if not first <= height <= last:
+                raise _Invalid(f"a log of block {height}, outside the range asked")
+            asset = self.tokens.get(_address(entry, "address"))
+            if asset is None:
+                raise _Invalid(f"a log of contract {entry.get('address')}, which was not asked for")
+            topics = _list(entry.get("topics"), "topics")
+            for topic in topics:
+                if not isinstance(topic, str) or not _HASH.match(topic):
+                    raise _Invalid(f"topic {topic!r} is not 32 bytes of hex")
+            if not topics or topics[0].lower() != TRANSFER_TOPIC:
+                raise _Invalid(f"a log with topics {topics!r:.200}, not a Transfer")
+            data = entry.get("data")
+            if not isinstance(data, str) or not _DATA.match(data):
+                raise _Invalid(f"data is {data!r:.100}, not hex")
+            block_hash, tx_hash, index = (
+                _hash(entry, "blockHash"),
+                _hash(entry, "transactionHash"),
+                _quantity(entry, "logIndex"),
+            )
+            if removed or len(topics) != 3 or len(data) != 66:
+                continue  # reorged away; ERC-721 (four topics) or not an ERC-20 amount
+            found.append(
+                _Log(
+                    height=height,
+                    block_hash=block_hash,
+                    tx_hash=tx_hash,
+                    index=index,
+                    asset=asset,
+                    sender=bytes.fromhex(topics[1][-40:]),
+                    recipient=bytes.fromhex(topics[2][-40:]),
+                    amount=int(data, 16),
+                )
+            )
+        return found
+
+    # new heads
+
+    async def wait_for_head(self, timeout: float) -> None:
+        """Return when a new head arrives over WebSocket, or after `timeout` (polling without one)."""
+        if self._ws_task is None:
+            await asyncio.sleep(min(timeout, self.config.poll_interval))
+            return
+        wait = timeout if self._ws_live else min(timeout, self.config.poll_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._head.wait(), wait)
+        self._head.clear()
+
+    async def _follow_heads(self) -> None:
+        """Keep a `newHeads` subscription; after a drop, reconnect and subscribe again, with backoff."""
+        assert self.ws_url is not None
+        assert self._session is not None
+        shown = redact_url(self.ws_url)
+        backoff = 1.0
+        while True:
+            try:
+                async with self._session.ws_connect(
+                    self.ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
+                ) as ws:
+                    request_id = next(self._ids)
+                    await ws.send_bytes(
+                        orjson.dumps(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": request_id,
+                                "method": "eth_subscribe",
+                                "params": ["newHeads"],
+                            }
+                        )
+                    )
+                    subscribed = False
+                    async for message in ws:
+                        if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                            break
+                        data = orjson.loads(message.data)
+                        if not isinstance(data, dict):
+                            continue
+                        if not subscribed and data.get("id") == request_id:
+                            if data.get("error") is not None or not isinstance(data.get("result"), str):
+                                raise BadNodeAnswer(f"eth_subscribe newHeads refused: {data.get('error')!r}")
+                            subscribed = True
+                            self._ws_live = True
+                            backoff = 1.0
+                            log.info("subscribed to new heads", chain=self.name, url=shown)
+                            self._head.set()  # heads may have come while not subscribed
+                        elif data.get("method") == "eth_subscription":
+                            self._head.set()
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, BadNodeAnswer) as exc:
+                log.warning("new-heads subscription lost", chain=self.name, url=shown, error=_describe(exc))
+            finally:
+                self._ws_live = False
+            self._head.set()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
