@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,6 +82,7 @@ class Follower:
         self.chain = policy.chain
         self._log = log.bind(chain=self.chain, scope=scope.name)
         self._stopping = asyncio.Event()
+        self.heartbeat = time.monotonic()  # last loop iteration, for the systemd watchdog
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -247,6 +249,7 @@ class Follower:
         last_report = 0.0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set() and not self.done:
+            self.heartbeat = time.monotonic()
             try:
                 committed = await self.step()
             except ChainError as exc:

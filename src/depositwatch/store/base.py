@@ -225,7 +225,12 @@ class Store(Protocol):
     async def watched_outputs(self, chain: str) -> list[WatchedOutput]: ...
     async def add_watched_outputs(self, chain: str, outputs: Sequence[WatchedOutput]) -> int: ...
     async def matches(
-        self, scope: Scope, *, chain: str | None = None, kind: MatchKind | None = None
+        self,
+        scope: Scope,
+        *,
+        chain: str | None = None,
+        kind: MatchKind | None = None,
+        heights: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]: ...
     async def delete_scope(self, scope: Scope) -> None: ...
 

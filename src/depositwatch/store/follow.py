@@ -56,9 +56,20 @@ class FollowMixin:
         return None if row is None else _cursor(row)
 
     async def set_cursor(self, cursor: Cursor) -> None:
-        """Create or move a cursor (used to start following at a chosen block)."""
+        """Create or move a cursor (used to start following at a chosen block).
+
+        The cursor's own block is remembered too, so a reorg of the very first blocks still finds it.
+        """
         async with self.db.transaction() as conn:
             await self._write_cursor(conn, cursor)
+            if cursor.height >= 0:
+                await conn.execute(
+                    "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, '', 0)"
+                    " ON CONFLICT (cursor, height) DO UPDATE SET hash = excluded.hash",
+                    cursor.name,
+                    cursor.height,
+                    cursor.hash,
+                )
 
     async def _write_cursor(self, conn: Conn, cursor: Cursor) -> None:
         await conn.execute(
@@ -444,11 +455,19 @@ class FollowMixin:
         return added
 
     async def matches(
-        self, scope: Scope, *, chain: str | None = None, kind: MatchKind | None = None
+        self,
+        scope: Scope,
+        *,
+        chain: str | None = None,
+        kind: MatchKind | None = None,
+        heights: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Matches of a scope in chain order (height, txid, index), as plain dicts."""
+        """Matches of a scope in chain order (height, txid, index), as plain dicts; `heights` is inclusive."""
         sql = "SELECT * FROM matches WHERE scope = $1"
         args: list[Any] = [scope.name]
+        if heights is not None:
+            args += list(heights)
+            sql += f" AND block_height BETWEEN ${len(args) - 1} AND ${len(args)}"
         if chain is not None:
             args.append(chain)
             sql += f" AND chain = ${len(args)}"

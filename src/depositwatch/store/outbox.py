@@ -111,6 +111,29 @@ class OutboxMixin:
                 )
             await self._refresh(conn, seq)
 
+    async def delivered_many(self, seqs: Sequence[int], sink: str, now: float) -> None:
+        """Record one acknowledgement that covers many messages (a burst summary), in one transaction."""
+        async with self.db.transaction() as conn:
+            for seq in seqs:
+                await conn.execute(
+                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
+                    " last_error = NULL WHERE outbox_seq = $2 AND sink = $3 AND status = 'pending'",
+                    int(now), seq, sink,
+                )
+                await self._refresh(conn, seq)
+
+    async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None:
+        """Record one failed attempt for many messages (a burst summary), in one transaction."""
+        async with self.db.transaction() as conn:
+            for seq in seqs:
+                await conn.execute(
+                    "UPDATE deliveries SET status = $1, attempts = attempts + 1, last_error = $2,"
+                    " next_attempt_at = COALESCE($3, next_attempt_at)"
+                    " WHERE outbox_seq = $4 AND sink = $5 AND status = 'pending'",
+                    "dead" if next_attempt_at is None else "pending", error[:2000], next_attempt_at, seq, sink,
+                )
+                await self._refresh(conn, seq)
+
     async def _refresh(self, conn: Conn, seq: int) -> None:
         states = {r[0] for r in await conn.fetch("SELECT status FROM deliveries WHERE outbox_seq = $1", seq)}
         status = "pending" if "pending" in states else "dead" if "dead" in states else "delivered"

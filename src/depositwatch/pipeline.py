@@ -1,0 +1,55 @@
+"""Builds the pieces of one chain's pipeline from its config: source, policy, follower settings, hook.
+
+The daemon and replay both call these, so live following and replay share every part.
+"""
+
+from __future__ import annotations
+
+from depositwatch.chains.base import ChainSource
+from depositwatch.config import AlertsConfig, ChainConfig
+from depositwatch.follower import BlockHook, FollowerSettings
+from depositwatch.store import ChainPolicy
+
+
+def make_source(chain: ChainConfig) -> ChainSource:
+    """The ChainSource for a configured chain."""
+    if chain.kind == "evm":
+        from depositwatch.chains.evm import EvmSource
+
+        return EvmSource(chain)
+    from depositwatch.chains.bitcoin import BitcoinSource
+
+    return BitcoinSource(chain)
+
+
+def make_hook(chain: ChainConfig) -> BlockHook | None:
+    """Chain-specific block work: Bitcoin keeps outputs that paid revoked scripts to see their sweeps."""
+    if chain.kind == "bitcoin":
+        from depositwatch.sweeps import OutputTracker
+
+        return OutputTracker(chain.name, chain.native_asset_symbol, chain.network)
+    return None
+
+
+def make_policy(chain: ChainConfig, alerts: AlertsConfig) -> ChainPolicy:
+    """What the store needs to commit this chain's blocks."""
+    return ChainPolicy(
+        chain=chain.name,
+        confirmations=chain.confirmations,
+        chain_id=chain.chain_id,
+        severities=dict(alerts.severity),
+        keep_blocks=max(chain.reorg_depth + 10, 64),
+    )
+
+
+def make_settings(
+    chain: ChainConfig, *, start_height: int | None = None, stop_height: int | None = None
+) -> FollowerSettings:
+    """How the follower walks this chain."""
+    return FollowerSettings(
+        batch_blocks=chain.batch_blocks,
+        reorg_depth=chain.reorg_depth,
+        poll_interval=chain.poll_interval,
+        start_height=chain.start_height if start_height is None else start_height,
+        stop_height=stop_height,
+    )
