@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from depositwatch.addressbook import ChainDirectory, read_import_csv
 from depositwatch.alerts.signing import SignatureError, verify
 from depositwatch.config import (
     AlertsConfig,
@@ -32,8 +33,9 @@ from depositwatch.config import (
     TokenConfig,
 )
 from depositwatch.jsonutil import loads
+from depositwatch.logging import setup_logging
 from depositwatch.service import Service
-from depositwatch.store import Scope
+from depositwatch.store import Scope, open_store
 from depositwatch.systemd import Notifier
 
 WAIT = 60.0
@@ -114,6 +116,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
     """Run the demo; return 0 when every step showed what it should."""
     from depositwatch.devnet import Anvil, deploy_token, impersonate, mint_token, send_eth, send_token, wait_receipt
 
+    setup_logging("warning", "console")  # the demo speaks for itself; the daemon's info logs would drown it
     say("depositwatch demo: a local Ethereum node, a revoked deposit address, signed alerts\n")
     with tempfile.TemporaryDirectory(prefix="depositwatch-demo-") as tmp:
         async with Anvil(chain_id=31337) as node:
@@ -132,11 +135,13 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 f"eth,{revoked},revoked,deposit-4711,customer-4711,{int(time.time()) - 3600},demo breach\n"
                 f"eth,{active},active,deposit-4712,customer-4712,,\n"
             )
-            from depositwatch.cli import main as cli
-
             say(f"[2/6] address book: {revoked} REVOKED (breach), {active} active")
-            if cli(["addresses", "import", str(book), "--store", f"sqlite:///{store_path}"]) != 0:
-                raise DemoError("the address book import failed")
+            entries = read_import_csv(book.read_text(), ChainDirectory(ChainDirectory.DEFAULTS), source=str(book))
+            store = await open_store(f"sqlite:///{store_path}", migrate=True)
+            try:
+                await store.import_addresses(entries)
+            finally:
+                await store.close()
 
             receiver = Receiver(secrets.token_hex(16))
             await receiver.start()

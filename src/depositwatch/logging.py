@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(password|secret|token|routing_key|authorization|cookie)", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"^(.*_)?(password|secret|token|routing_key|authorization|cookie)$", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@/\s]+@")
 
 
