@@ -1,0 +1,248 @@
+"""The Bitcoin mempool watcher: an early, unconfirmed alert for funds moving to or from revoked scripts.
+
+Every step diffs `getrawmempool` against the transactions already looked at, fetches the new ones raw
+(`getrawtransaction TXID false`, in JSON-RPC batches, at most `max_in_flight` requests at a time and
+at most `max_new` transactions a step, so a node with a huge mempool is worked through over several
+steps), decodes them with `btc_wire` and matches:
+
+- outputs paying a revoked script, at or after its revocation: `revoked_incoming`;
+- inputs spending a watched output (an output that paid a revoked script: the store's
+  `watched_outputs`, or one seen earlier in the mempool, so a deposit and its immediate sweep are both
+  caught before either is mined): `revoked_outgoing`.
+
+Deposits to active addresses are not recorded from the mempool: they count once mined. Matches go to
+`store.record_mempool` (status `mempool`, a `detected` alert with 0 confirmations); their ids are the
+ids the follower gives the same transfer in a block, so the block's commit turns them `seen` with a
+`mined` event.
+
+A transaction that leaves the mempool was mined, replaced (RBF) or evicted. A match still `mempool`
+whose transaction has been gone for `drop_grace` seconds is retracted (`store.drop_mempool`), but
+only while `caught_up()` says the follower has processed the node's tip, so a mined transaction is
+never retracted because its block was not committed yet; `drop_mempool` itself only changes matches
+still in status `mempool`, in the same transaction, so a block committed meanwhile wins.
+
+When the address book changes (a revocation), the whole mempool is looked at again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from depositwatch.addresses import bitcoin_script_to_address
+from depositwatch.chains.base import BadNodeAnswer, ChainError
+from depositwatch.chains.bitcoin import OP_RETURN, BitcoinSource
+from depositwatch.chains.btc_rpc import Call, NotFound, RpcError
+from depositwatch.chains.btc_wire import BlockDecodeError, Tx, decode_tx
+from depositwatch.config import ChainConfig
+from depositwatch.matcher import match_transfers
+from depositwatch.models import Match, MatchKind, Transfer, WatchedOutput
+from depositwatch.registry import AddressRegistry
+from depositwatch.store import ChainPolicy, Scope, SqlStore
+
+log = structlog.get_logger(__name__)
+
+_TXID = re.compile(r"[0-9a-f]{64}\Z")
+_KEPT = (MatchKind.REVOKED_INCOMING, MatchKind.REVOKED_OUTGOING)
+
+
+class MempoolWatcher:
+    """Watches one Bitcoin node's mempool for one chain; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        source: BitcoinSource,
+        store: SqlStore,
+        registry: AddressRegistry,
+        policy: ChainPolicy,
+        scope: Scope,
+        chain_config: ChainConfig,
+        caught_up: Callable[[], bool],
+        *,
+        drop_grace: float = 60.0,
+        max_new: int = 5000,
+        batch_size: int = 100,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.registry = registry
+        self.policy = policy
+        self.scope = scope
+        self.config = chain_config
+        self.chain = chain_config.name
+        self.caught_up = caught_up
+        self.drop_grace = drop_grace
+        self.max_new = max_new
+        self.batch_size = batch_size
+        self.known: set[str] = set()  # mempool txids already looked at
+        self._ids_by_tx: dict[str, list[str]] = {}  # match ids of transactions in the mempool
+        self._revoked_outputs: dict[tuple[str, int], WatchedOutput] = {}  # unconfirmed outputs to revoked scripts
+        self._absent_since: dict[str, float] = {}  # match id -> when its transaction was first missed
+        self._book_version = registry.version
+        self._log = log.bind(chain=self.chain, scope=scope.name)
+
+    # one step -------------------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Look at the mempool once; return how many alert messages were queued (new and dropped)."""
+        if self.registry.version != self._book_version:
+            self._book_version = self.registry.version
+            self.known.clear()  # the book changed: every transaction deserves another look
+        answer = await self.source.rpc.call("getrawmempool")
+        if not isinstance(answer, list) or not all(isinstance(t, str) and _TXID.match(t) for t in answer):
+            raise BadNodeAnswer(f"chain {self.chain}: getrawmempool: not a list of transaction ids")
+        current = set(answer)
+        for txid in self.known - current:
+            self._forget(txid)
+        self.known &= current
+        new = [txid for txid in answer if txid not in self.known][: self.max_new]
+        queued = 0
+        if new:
+            matches = await self._look_at(new)
+            if matches:
+                queued += await self.store.record_mempool(self.scope, self.policy, matches)
+                for match in matches:
+                    self._ids_by_tx.setdefault(match.transfer.txid, []).append(match.id)
+                    self._log.info(
+                        "mempool match", kind=str(match.kind), txid=match.transfer.txid, index=match.transfer.index
+                    )
+        queued += await self._retract_dropped()
+        return queued
+
+    def _forget(self, txid: str) -> None:
+        self._ids_by_tx.pop(txid, None)
+        for key in [k for k in self._revoked_outputs if k[0] == txid]:
+            del self._revoked_outputs[key]
+
+    async def _look_at(self, txids: list[str]) -> list[Match]:
+        book = self.registry.book(self.chain)
+        if not book.revoked:
+            self.known.update(txids)  # nothing here can be an alert
+            return []
+        chunks = [txids[i : i + self.batch_size] for i in range(0, len(txids), self.batch_size)]
+        answers = await asyncio.gather(*(self._fetch(chunk) for chunk in chunks))
+        txs: list[Tx] = []
+        for chunk, found in zip(chunks, answers, strict=True):
+            txs.extend(found)
+            self.known.update(chunk)
+        if not txs:
+            return []
+        now = int(time.time())
+        revoked = book.revoked
+        asset, network = self.source.asset, self.source.network
+        incoming: list[Transfer] = []
+        for tx in txs:
+            for vout, out in enumerate(tx.outputs):
+                script = out.script
+                if out.value <= 0 or (script and script[0] == OP_RETURN) or script not in revoked:
+                    continue
+                address = bitcoin_script_to_address(script, network)
+                incoming.append(Transfer(asset, out.value, tx.txid, vout, script, to_address=address))
+                self._revoked_outputs[(tx.txid, vout)] = WatchedOutput(tx.txid, vout, script, out.value, None)
+        watched = {(o.txid, o.vout): o for o in await self.store.watched_outputs(self.chain, self.scope)}
+        watched.update(self._revoked_outputs)
+        sweeps: list[Transfer] = []
+        for tx in txs:
+            for vin, txin in enumerate(tx.inputs):
+                spent = watched.get((txin.prev_txid_hex, txin.prev_vout))
+                if spent is None:
+                    continue
+                sweeps.append(
+                    Transfer(
+                        asset, spent.amount, tx.txid, vin, to_key=None, from_key=spent.script,
+                        from_address=bitcoin_script_to_address(spent.script, network),
+                    )
+                )
+        matches = match_transfers(self.chain, incoming + sweeps, book, now, None)
+        return [m for m in matches if m.kind in _KEPT]
+
+    async def _fetch(self, txids: Sequence[str]) -> list[Tx]:
+        """The transactions still in the mempool, decoded; those that left meanwhile are skipped."""
+        results = await self.source.rpc.batch_results([Call("getrawtransaction", (t, False)) for t in txids])
+        txs = []
+        for txid, result in zip(txids, results, strict=True):
+            if isinstance(result, NotFound):
+                continue  # mined or dropped since getrawmempool
+            if isinstance(result, RpcError):
+                raise result
+            txs.append(self._decode(txid, result))
+        return txs
+
+    def _decode(self, txid: str, result: Any) -> Tx:
+        call = f"getrawtransaction {txid}"
+        if not isinstance(result, str):
+            raise BadNodeAnswer(f"chain {self.chain}: {call}: answer is {type(result).__name__}, not hex")
+        try:
+            tx = decode_tx(bytes.fromhex(result))
+        except (ValueError, BlockDecodeError) as exc:
+            raise BadNodeAnswer(f"chain {self.chain}: {call}: not a transaction: {exc}") from None
+        if tx.txid != txid:
+            raise BadNodeAnswer(f"chain {self.chain}: {call}: the node sent transaction {tx.txid} instead")
+        return tx
+
+    async def _retract_dropped(self) -> int:
+        """Retract mempool matches whose transaction has been gone for the grace period."""
+        stored = set(await self.store.mempool_match_ids(self.scope, self.chain))
+        present = {match_id for ids in self._ids_by_tx.values() for match_id in ids}
+        now = time.monotonic()
+        for match_id in list(self._absent_since):
+            if match_id not in stored or match_id in present:
+                del self._absent_since[match_id]
+        for match_id in stored - present:
+            self._absent_since.setdefault(match_id, now)
+        due = [m for m, since in self._absent_since.items() if now - since >= self.drop_grace]
+        if not due or not self.caught_up():
+            return 0
+        # drop_mempool changes only matches still in status `mempool`: a block commit wins the race.
+        dropped = await self.store.drop_mempool(self.scope, self.policy, due)
+        for match_id in due:
+            self._absent_since.pop(match_id, None)
+        if dropped:
+            self._log.info("mempool transactions dropped or replaced: matches retracted", count=dropped)
+        return dropped
+
+    # the loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Step every `poll_interval` (sooner on a ZMQ mempool message) until cancelled.
+
+        Node trouble is logged at most once a minute and retried with backoff; returns at once when the
+        chain's `mempool` setting is off.
+        """
+        if not self.config.mempool:
+            self._log.info("mempool watching is off")
+            return
+        backoff = self.config.poll_interval
+        failing_since: float | None = None
+        last_report = 0.0
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except ChainError as exc:
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                if now - last_report >= 60:
+                    last_report = now
+                    self._log.warning("mempool watcher: node trouble, retrying", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if failing_since is not None:
+                self._log.info("mempool watcher: node connection restored")
+                failing_since, last_report, backoff = None, 0.0, self.config.poll_interval
+            await self._wait(self.config.poll_interval)
+
+    async def _wait(self, seconds: float) -> None:
+        event = self.source.mempool_changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        event.clear()
