@@ -111,16 +111,23 @@ class OutboxMixin:
                 )
             await self._refresh(conn, seq)
 
-    async def delivered_many(self, seqs: Sequence[int], sink: str, now: float) -> None:
-        """Record one acknowledgement that covers many messages (a burst summary), in one transaction."""
+    async def delivered_many(self, acknowledged: Sequence[tuple[int, str]], now: float) -> None:
+        """Record many acknowledged (seq, sink) deliveries in one transaction (a burst summary, or the
+        acknowledgements that arrived together), a few statements per 500 rather than three each."""
+        by_sink: dict[str, list[int]] = {}
+        for seq, sink in acknowledged:
+            by_sink.setdefault(sink, []).append(seq)
         async with self.db.transaction() as conn:
-            for seq in seqs:
-                await conn.execute(
-                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
-                    " last_error = NULL WHERE outbox_seq = $2 AND sink = $3 AND status = 'pending'",
-                    int(now), seq, sink,
-                )
-                await self._refresh(conn, seq)
+            for sink, seqs in by_sink.items():
+                for i in range(0, len(seqs), 500):
+                    batch = seqs[i : i + 500]
+                    marks = ", ".join(f"${j + 3}" for j in range(len(batch)))
+                    await conn.execute(
+                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
+                        f" last_error = NULL WHERE sink = $2 AND status = 'pending' AND outbox_seq IN ({marks})",
+                        int(now), sink, *batch,
+                    )
+            await self._refresh_many(conn, sorted({seq for seq, _ in acknowledged}))
 
     async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None:
         """Record one failed attempt for many messages (a burst summary), in one transaction."""
@@ -133,6 +140,20 @@ class OutboxMixin:
                     "dead" if next_attempt_at is None else "pending", error[:2000], next_attempt_at, seq, sink,
                 )
                 await self._refresh(conn, seq)
+
+    async def _refresh_many(self, conn: Conn, seqs: Sequence[int]) -> None:
+        """`_refresh` for many messages at once."""
+        for i in range(0, len(seqs), 500):
+            batch = seqs[i : i + 500]
+            marks = ", ".join(f"${j + 1}" for j in range(len(batch)))
+            await conn.execute(
+                "UPDATE outbox SET status = CASE"
+                " WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_seq = outbox.seq AND d.status = 'pending')"
+                " THEN 'pending'"
+                " WHEN EXISTS (SELECT 1 FROM deliveries d WHERE d.outbox_seq = outbox.seq AND d.status = 'dead')"
+                f" THEN 'dead' ELSE 'delivered' END WHERE seq IN ({marks})",
+                *batch,
+            )
 
     async def _refresh(self, conn: Conn, seq: int) -> None:
         states = {r[0] for r in await conn.fetch("SELECT status FROM deliveries WHERE outbox_seq = $1", seq)}
