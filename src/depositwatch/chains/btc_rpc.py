@@ -126,8 +126,11 @@ def btc_to_sats(value: Any) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"amount {value!r} is not a number")
-    sats = Decimal(repr(value) if isinstance(value, float) else str(value)) * 100_000_000
-    if sats != sats.to_integral_value() or sats < 0:
+    try:
+        sats = Decimal(repr(value) if isinstance(value, float) else str(value)) * 100_000_000
+    except ArithmeticError:  # decimal.InvalidOperation: not a number at all
+        raise ValueError(f"amount {value!r} is not a number") from None
+    if not sats.is_finite() or sats != sats.to_integral_value() or sats < 0:
         raise ValueError(f"amount {value!r} is not a whole number of satoshis")
     return int(sats)
 
