@@ -110,6 +110,7 @@ class Receiver:
         self.max_in_flight: Counter[str] = Counter()
         self.group: Callable[[Received], str] | None = None
         self._keys: Counter[str | None] = Counter()
+        self._handling = 0
         self._runner: web.AppRunner | None = None
 
     @property
@@ -147,6 +148,10 @@ class Receiver:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def in_flight_total(self) -> int:
+        """Requests being answered right now."""
+        return self._handling
+
     def seen_key(self, key: str | None) -> int:
         """How many requests with this idempotency key arrived so far (this one included)."""
         return self._keys[key]
@@ -156,6 +161,7 @@ class Receiver:
         received = Received(len(self.requests) + 1, request.path, dict(request.headers), body, time.time())
         self.requests.append(received)
         self._keys[received.key] += 1
+        self._handling += 1
         group = self.group(received) if self.group else None
         if group is not None:
             self.in_flight[group] += 1
@@ -169,6 +175,7 @@ class Receiver:
             received.status = reply.status
             return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
         finally:
+            self._handling -= 1
             if group is not None:
                 self.in_flight[group] -= 1
 

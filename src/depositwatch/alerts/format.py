@@ -6,7 +6,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from depositwatch.alerts.payload import FORMAT_VERSION
 from depositwatch.config import ChainConfig
+from depositwatch.timeutil import iso, now
 
 # EVM mainnets by chain id: the explorer's transaction URL prefix.
 EVM_EXPLORERS = {
@@ -121,3 +123,33 @@ def summary_line(body: Mapping[str, Any], kind: str, event: str) -> str:
         f"{title(body, kind, event)} on {chain}; address {address_text(body)}; "
         f"tx {body.get('txid') or '?'}; {block_text(body, event)}"
     )
+
+
+def test_alert_body(sink: str) -> dict[str, Any]:
+    """The body of `depositwatch alerts test`: every field of a real alert, values that cannot be
+    mistaken for one (kind `test`, no chain, no transaction). The store adds `id`, `idempotency_key`
+    and `test: true`."""
+    return {
+        "version": FORMAT_VERSION,
+        "event": "detected",
+        "kind": "test",
+        "match_kind": "test",
+        "severity": "info",
+        "chain": "test",
+        "chain_id": None,
+        "asset": {"symbol": "TEST", "contract": None, "decimals": 0},
+        "amount": "0",
+        "amount_decimal": "0",
+        "from": None,
+        "to": None,
+        "address": {"address": "none", "label": "depositwatch test alert", "owner": "", "revoked_at": None},
+        "txid": None,
+        "index": None,
+        "block": None,
+        "mempool": False,
+        "confirmations": 0,
+        "revoked_at": None,
+        "detected_at": iso(now()),
+        "mode": "live",
+        "message": f"Test alert for sink {sink}, sent by `depositwatch alerts test`; no funds moved.",
+    }
