@@ -177,12 +177,27 @@ async def test_the_probe_notices_a_node_without_block_receipts() -> None:
     assert not source.traces
 
 
+async def test_a_probe_that_fails_for_another_reason_keeps_block_receipts() -> None:
+    def syncing(method: str, params: list[Any], result: Any) -> Any:
+        if method == "eth_getBlockReceipts":
+            raise RpcError(-32000, "header not found")
+        return result
+
+    async with RecordedNode(mainnet_17173049(), tamper=syncing) as node:
+        source = EvmSource(config(node.url, {}))
+        await source.open()
+        await source.close()
+    assert source.block_receipts
+
+
 async def test_wrong_chain() -> None:
     async with RecordedNode(mainnet_17173049()) as node:
         source = EvmSource(config(node.url, {}, chain_id=5))
-        with pytest.raises(WrongChain, match="reports chain id 1, config says 5"):
+        with pytest.raises(
+            WrongChain, match=r"chain eth: node at http://127\.0\.0\.1:[0-9]+ reports chain id 1, config says 5"
+        ):
             await source.open()
-        await source.close()
+        assert source._session is None  # a failed open releases its connections
 
 
 async def test_tip_and_hash_at() -> None:
