@@ -139,8 +139,13 @@ async def test_from_config_reads_the_password_secret(serve: Any) -> None:
 
     server = await serve(handler)
     config = ChainConfig(
-        name="btc", kind="bitcoin", network="regtest", rpc_urls=[server.url], rpc_user="u",
-        rpc_password=Secret(value="pw"), max_in_flight=2,
+        name="btc",
+        kind="bitcoin",
+        network="regtest",
+        rpc_urls=[server.url],
+        rpc_user="u",
+        rpc_password=Secret(value="pw"),
+        max_in_flight=2,
     )
     async with BitcoinRpc.from_config(config) as rpc:
         assert await rpc.call("x") == "ok"

@@ -155,7 +155,12 @@ class MempoolWatcher:
                     continue
                 sweeps.append(
                     Transfer(
-                        asset, spent.amount, tx.txid, vin, to_key=None, from_key=spent.script,
+                        asset,
+                        spent.amount,
+                        tx.txid,
+                        vin,
+                        to_key=None,
+                        from_key=spent.script,
                         from_address=bitcoin_script_to_address(spent.script, network),
                     )
                 )

@@ -117,7 +117,18 @@ class BitcoinSource:
         self._tracker = tracker
 
     async def open(self) -> None:
-        """Connect and check the node follows the configured network (`WrongChain` if not)."""
+        """Connect and check the node follows the configured network (`WrongChain` if not).
+
+        On failure the connections are closed again, so a caller need not `close()` a source it could
+        not open.
+        """
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         await self.rpc.open()
         info = await self.rpc.call("getblockchaininfo")
         chain = info.get("chain") if isinstance(info, dict) else None
@@ -335,7 +346,11 @@ class BitcoinSource:
                 continue
             transfers.append(
                 Transfer(
-                    asset, hit.value, hit.txid, hit.vout, hit.script,
+                    asset,
+                    hit.value,
+                    hit.txid,
+                    hit.vout,
+                    hit.script,
                     to_address=bitcoin_script_to_address(hit.script, network),
                 )
             )
