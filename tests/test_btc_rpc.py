@@ -169,9 +169,10 @@ async def test_node_errors_are_typed_and_not_retried(serve: Any, code: int, stat
     async with fast([server.url]) as rpc:
         with pytest.raises(kind) as caught:
             await rpc.call("getblock", "00" * 32, 0)
-    assert type(caught.value) is kind
-    assert (caught.value.code, caught.value.message, caught.value.method) == (code, "nope", "getblock")
-    assert "getblock" in str(caught.value) and str(code) in str(caught.value)
+    error = caught.value
+    assert type(error) is kind and isinstance(error, RpcError)
+    assert (error.code, error.message, error.method) == (code, "nope", "getblock")
+    assert "getblock" in str(error) and str(code) in str(error)
     assert server.requests == 1
 
 

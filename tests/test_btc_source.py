@@ -157,7 +157,7 @@ async def test_fetch_decodes_outputs_of_every_script_type_and_every_spend(
         transfer = by_key[(txid, vout)]
         assert transfer.to_key == script, kind
         assert transfer.amount == value and transfer.asset.symbol == "BTC" and transfer.asset.decimals == 8
-        assert transfer.to_address == script_to_address(script, "regtest")
+        assert transfer.to_address is not None and transfer.to_address == script_to_address(script, "regtest")
         assert parse_bitcoin_address(transfer.to_address, "regtest").key == script
     # the coinbase pays the miner; no OP_RETURN, no zero-value output (the witness commitment, the 0 payment)
     assert len(block.transfers) == 1 + len(paid) + 1  # + the change output
