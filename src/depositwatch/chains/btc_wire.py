@@ -1,0 +1,716 @@
+"""Bitcoin wire format: decode and encode blocks, headers and transactions (legacy and segwit).
+
+Pure Python, built for speed: one pass over the buffer with `struct` reads and slices, one double
+SHA-256 per transaction for its txid (two for a segwit transaction, whose wtxid differs), and
+nothing built that the caller did not ask for.
+
+Conventions, as in Bitcoin Core:
+
+- `txid` is the double SHA-256 of the serialization without witness data, `wtxid` of the full
+  serialization (the same for a transaction without witness), both as display hex (byte order
+  reversed). The coinbase's `wtxid` is its real hash: the zero hash BIP141 puts in place of the
+  coinbase when it builds the witness commitment is a convention of that commitment only, so a
+  caller building a witness merkle tree substitutes it itself.
+- A transaction is written in the segwit form (marker 0x00, flag 0x01) only when some input has a
+  non-empty witness stack. A segwit-form transaction whose stacks are all empty is rejected
+  ("superfluous witness record"), and so is any other flag. CompactSize integers must be canonical
+  and at most 0x02000000 (`ReadCompactSize`). So every buffer that decodes has exactly one
+  encoding: `serialize(decode(x)) == x`.
+- A block must hold at least one transaction, its txid merkle root must equal the header's, and the
+  tree must not be mutated (CVE-2012-2459: repeating the last transactions keeps the root). The
+  merkle root covers no witness data, so `decode_block` also checks the BIP141 witness commitment of
+  a block that has any. A changed byte anywhere but in the header's own fields is therefore caught.
+- A header's `version` is a signed 32-bit integer (Core's `nVersion`); a transaction's `version` is
+  read unsigned, as Core prints it and BIP68 reads it. Output values are signed 64-bit.
+
+Two ways to read a block: `decode_block` builds the whole object tree; `scan_block` checks exactly
+as much but only looks each output script and each spent outpoint up in the caller's sets and
+builds objects for the hits: that is the hot path of a watcher.
+
+Frozen dataclasses are slow to construct (every field goes through `object.__setattr__`), and a
+block has thousands of inputs and outputs, so the decoder fills a plain slotted twin of each class
+and then sets its `__class__` to the frozen one: same layout, same result, about four times
+cheaper. `tests/test_btc_wire.py` checks the objects are exactly what the constructors give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "COINBASE_VOUT",
+    "MAX_SIZE",
+    "NULL_TXID",
+    "WITNESS_COMMITMENT_HEADER",
+    "BlockDecodeError",
+    "BlockHeader",
+    "BlockScan",
+    "OutputHit",
+    "RawBlock",
+    "SpendHit",
+    "Tx",
+    "TxIn",
+    "TxOut",
+    "block_hash",
+    "decode_block",
+    "decode_header",
+    "decode_tx",
+    "make_tx",
+    "merkle_root",
+    "outpoint_key",
+    "read_varint",
+    "scan_block",
+    "serialize_block",
+    "serialize_header",
+    "serialize_tx",
+    "sha256d",
+    "witness_commitment",
+    "write_varint",
+]
+
+MAX_SIZE = 0x02000000
+"""The largest CompactSize value Bitcoin Core reads."""
+
+NULL_TXID = bytes(32)
+COINBASE_VOUT = 0xFFFFFFFF
+WITNESS_COMMITMENT_HEADER = bytes.fromhex("6a24aa21a9ed")
+"""OP_RETURN, push 36, then the BIP141 tag; the 32 committed bytes follow."""
+
+_MIN_TX_SIZE = 51  # version, 1 input with an empty script, 0 outputs, locktime
+_sha256 = hashlib.sha256
+_U32 = struct.Struct("<I").unpack_from
+_I64 = struct.Struct("<q").unpack_from
+_IN_TAIL = struct.Struct("<IB").unpack_from  # prev_vout and the first byte of the script length
+_OUT_HEAD = struct.Struct("<qB").unpack_from  # value and the first byte of the script length
+_HEADER = struct.Struct("<i32s32sIII")
+_P32 = struct.Struct("<I").pack
+_P64 = struct.Struct("<q").pack
+_TRUNCATED = (IndexError, struct.error)
+
+
+class BlockDecodeError(ValueError):
+    """A malformed or truncated block or transaction; the message says what and at which byte offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxOut:
+    value: int
+    """Satoshis."""
+    script: bytes
+    """The output script (scriptPubKey)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxIn:
+    prev_txid: bytes
+    """The spent transaction's id: 32 bytes in internal (wire) order."""
+    prev_vout: int
+    script_sig: bytes
+    sequence: int
+    witness: tuple[bytes, ...]
+
+    @property
+    def prev_txid_hex(self) -> str:
+        """The spent transaction's id as display hex."""
+        return self.prev_txid[::-1].hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    txid: str
+    """Display hex of the double SHA-256 of the serialization without witness."""
+    wtxid: str
+    """Display hex of the double SHA-256 of the full serialization (the real hash, coinbase too)."""
+    version: int
+    inputs: tuple[TxIn, ...]
+    outputs: tuple[TxOut, ...]
+    locktime: int
+
+    @property
+    def is_coinbase(self) -> bool:
+        inputs = self.inputs
+        return len(inputs) == 1 and inputs[0].prev_vout == COINBASE_VOUT and inputs[0].prev_txid == NULL_TXID
+
+    @property
+    def has_witness(self) -> bool:
+        """Whether some input has a non-empty witness stack (then the tx is written in segwit form)."""
+        return any(txin.witness for txin in self.inputs)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    version: int
+    prev_hash: str
+    """Display hex."""
+    merkle_root: str
+    """Display hex."""
+    time: int
+    bits: int
+    nonce: int
+    hash: str
+    """Display hex of the double SHA-256 of the 80 header bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawBlock:
+    header: BlockHeader
+    txs: tuple[Tx, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputHit:
+    """An output whose script is in the caller's set."""
+
+    tx_index: int
+    txid: str
+    vout: int
+    value: int
+    script: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpendHit:
+    """An input spending an outpoint in the caller's set (or a hit output earlier in the block)."""
+
+    tx_index: int
+    txid: str
+    vin: int
+    prev_txid: str
+    prev_vout: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockScan:
+    header: BlockHeader
+    tx_count: int
+    outputs: tuple[OutputHit, ...]
+    spends: tuple[SpendHit, ...]
+
+
+# Plain slotted twins of the hot classes: filled with ordinary attribute stores, then given the
+# frozen class (see the module docstring).
+class _TxOutTwin:
+    __slots__ = TxOut.__slots__
+
+
+class _TxInTwin:
+    __slots__ = TxIn.__slots__
+
+
+class _TxTwin:
+    __slots__ = Tx.__slots__
+
+
+def sha256d(data: bytes | bytearray | memoryview) -> bytes:
+    """Double SHA-256."""
+    return _sha256(_sha256(data).digest()).digest()
+
+
+def outpoint_key(txid: str, vout: int) -> bytes:
+    """The 36 wire bytes of an outpoint (txid in internal order, vout little-endian): `scan_block`'s key."""
+    return bytes.fromhex(txid)[::-1] + _P32(vout)
+
+
+# ---------------------------------------------------------------------------------------------
+# CompactSize
+
+
+def write_varint(n: int) -> bytes:
+    """Encode `n` as a CompactSize integer."""
+    if 0 <= n < 0xFD:
+        return bytes((n,))
+    if 0xFD <= n <= 0xFFFF:
+        return b"\xfd" + n.to_bytes(2, "little")
+    if 0xFFFF < n <= 0xFFFFFFFF:
+        return b"\xfe" + n.to_bytes(4, "little")
+    if 0xFFFFFFFF < n <= 0xFFFFFFFFFFFFFFFF:
+        return b"\xff" + n.to_bytes(8, "little")
+    raise ValueError(f"CompactSize cannot encode {n}")
+
+
+def _read_long_varint(buf: bytes, off: int) -> tuple[int, int]:
+    """The CompactSize at `off` whose first byte is 0xfd or more, checked as Core's reader does."""
+    first = buf[off]
+    width = 2 if first == 0xFD else 4 if first == 0xFE else 8
+    end = off + 1 + width
+    if end > len(buf):
+        raise BlockDecodeError(f"truncated CompactSize at byte offset {off}")
+    value = int.from_bytes(buf[off + 1 : end], "little")
+    if value < (0xFD if width == 2 else 0x10000 if width == 4 else 0x100000000):
+        raise BlockDecodeError(f"non-canonical CompactSize at byte offset {off}")
+    if value > MAX_SIZE:
+        raise BlockDecodeError(f"CompactSize {value} at byte offset {off} is over {MAX_SIZE}")
+    return value, end
+
+
+def _read_count(buf: bytes, off: int, min_item: int) -> tuple[int, int]:
+    """A long-form count of items of at least `min_item` bytes each, which must fit in what is left."""
+    count, end = _read_long_varint(buf, off)
+    if count * min_item > len(buf) - end:
+        raise BlockDecodeError(f"count {count} at byte offset {off} does not fit in the remaining data")
+    return count, end
+
+
+def read_varint(buf: bytes | bytearray | memoryview, off: int = 0) -> tuple[int, int]:
+    """The CompactSize at `off`: `(value, offset after it)`. Raises BlockDecodeError."""
+    data = bytes(buf)
+    if not 0 <= off < len(data):
+        raise BlockDecodeError(f"truncated CompactSize at byte offset {off}")
+    if data[off] < 0xFD:
+        return data[off], off + 1
+    return _read_long_varint(data, off)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transactions
+
+
+def _truncated(start: int, buf: bytes) -> BlockDecodeError:
+    return BlockDecodeError(f"truncated transaction at byte offset {start} (the data ends at byte {len(buf)})")
+
+
+def _bad_flag(flag: int, off: int) -> BlockDecodeError:
+    return BlockDecodeError(f"unknown transaction flag {flag:#04x} at byte offset {off}")
+
+
+def _superfluous(start: int) -> BlockDecodeError:
+    return BlockDecodeError(f"superfluous witness record in the transaction at byte offset {start}")
+
+
+def _parse_txs(buf: bytes, mv: memoryview, off: int, count: int) -> tuple[list[Tx], list[bytes], int, bool]:
+    """`count` transactions from `off`: the transactions, their txids (internal order), the end offset,
+    and whether any of them has witness data.
+
+    A read past the end surfaces as IndexError or struct.error: every slice is followed by a bounded
+    read (the next length or value, or the locktime), so an overlong slice is always caught.
+    """
+    txs: list[Tx] = []
+    txids: list[bytes] = []
+    sha = _sha256
+    in_twin, out_twin, tx_twin = _TxInTwin, _TxOutTwin, _TxTwin
+    in_cls, out_cls, tx_cls = TxIn, TxOut, Tx
+    obj: Any
+    start = off
+    witness_seen = False
+    try:
+        for _ in range(count):
+            start = off
+            version = _U32(buf, off)[0]
+            off += 4
+            nin = buf[off]
+            segwit = nin == 0
+            if segwit:
+                if buf[off + 1] != 1:
+                    raise _bad_flag(buf[off + 1], off + 1)
+                off += 2
+                nin = buf[off]
+            body = off
+            if nin < 0xFD:
+                off += 1
+            else:
+                nin, off = _read_count(buf, off, 41)
+            ins: list[Any] = []
+            add = ins.append
+            for _ in range(nin):
+                vout, ln = _IN_TAIL(buf, off + 32)
+                if ln < 0xFD:
+                    s = off + 37
+                else:
+                    ln, s = _read_long_varint(buf, off + 36)
+                e = s + ln
+                obj = in_twin()
+                obj.prev_txid = buf[off : off + 32]
+                obj.prev_vout = vout
+                obj.script_sig = buf[s:e]
+                obj.sequence = _U32(buf, e)[0]
+                obj.witness = ()
+                add(obj)
+                off = e + 4
+            nout = buf[off]
+            if nout < 0xFD:
+                off += 1
+            else:
+                nout, off = _read_count(buf, off, 9)
+            outs: list[Any] = []
+            add = outs.append
+            for _ in range(nout):
+                value, ln = _OUT_HEAD(buf, off)
+                if ln < 0xFD:
+                    s = off + 9
+                else:
+                    ln, s = _read_long_varint(buf, off + 8)
+                off = s + ln
+                obj = out_twin()
+                obj.value = value
+                obj.script = buf[s:off]
+                obj.__class__ = out_cls
+                add(obj)
+            if segwit:
+                wit_start = off
+                any_witness = False
+                for obj in ins:
+                    nitems = buf[off]
+                    if nitems < 0xFD:
+                        off += 1
+                    else:
+                        nitems, off = _read_count(buf, off, 1)
+                    if nitems:
+                        any_witness = True
+                        items: list[bytes] = []
+                        for _ in range(nitems):
+                            ln = buf[off]
+                            if ln < 0xFD:
+                                s = off + 1
+                            else:
+                                ln, s = _read_long_varint(buf, off)
+                            off = s + ln
+                            items.append(buf[s:off])
+                        obj.witness = tuple(items)
+                if not any_witness:
+                    raise _superfluous(start)
+                witness_seen = True
+                end = off + 4
+                locktime = _U32(buf, off)[0]
+                h = sha(mv[start : start + 4])
+                h.update(mv[body:wit_start])
+                h.update(mv[off:end])
+                txid = sha(h.digest()).digest()
+                wtxid = sha(sha(mv[start:end]).digest()).digest()
+            else:
+                end = off + 4
+                locktime = _U32(buf, off)[0]
+                txid = wtxid = sha(sha(mv[start:end]).digest()).digest()
+            for obj in ins:
+                obj.__class__ = in_cls
+            obj = tx_twin()
+            obj.txid = txid[::-1].hex()
+            obj.wtxid = obj.txid if wtxid is txid else wtxid[::-1].hex()
+            obj.version = version
+            obj.inputs = tuple(ins)
+            obj.outputs = tuple(outs)
+            obj.locktime = locktime
+            obj.__class__ = tx_cls
+            txs.append(obj)
+            txids.append(txid)
+            off = end
+    except _TRUNCATED:
+        raise _truncated(start, buf) from None
+    return txs, txids, off, witness_seen
+
+
+def decode_tx(raw: bytes | bytearray | memoryview) -> Tx:
+    """Decode one transaction (legacy or segwit); the whole buffer must be consumed."""
+    buf = bytes(raw)
+    with memoryview(buf) as mv:
+        txs, _, end, _ = _parse_txs(buf, mv, 0, 1)
+    if end != len(buf):
+        raise BlockDecodeError(f"{len(buf) - end} trailing bytes after the transaction, at byte offset {end}")
+    return txs[0]
+
+
+def serialize_tx(tx: Tx, *, witness: bool = True) -> bytes:
+    """The wire form: the segwit form when `witness` is true and some input has a witness stack.
+
+    A transaction with no inputs has no unambiguous wire form (Core cannot read it back either).
+    """
+    segwit = witness and tx.has_witness
+    parts = [_P32(tx.version), b"\x00\x01" if segwit else b"", write_varint(len(tx.inputs))]
+    add = parts.append
+    for txin in tx.inputs:
+        if len(txin.prev_txid) != 32:
+            raise ValueError(f"prev_txid must be 32 bytes, not {len(txin.prev_txid)}")
+        add(txin.prev_txid)
+        add(_P32(txin.prev_vout))
+        add(write_varint(len(txin.script_sig)))
+        add(txin.script_sig)
+        add(_P32(txin.sequence))
+    add(write_varint(len(tx.outputs)))
+    for txout in tx.outputs:
+        add(_P64(txout.value))
+        add(write_varint(len(txout.script)))
+        add(txout.script)
+    if segwit:
+        for txin in tx.inputs:
+            add(write_varint(len(txin.witness)))
+            for item in txin.witness:
+                add(write_varint(len(item)))
+                add(item)
+    add(_P32(tx.locktime))
+    return b"".join(parts)
+
+
+def make_tx(inputs: Sequence[TxIn], outputs: Sequence[TxOut], *, version: int = 2, locktime: int = 0) -> Tx:
+    """A `Tx` with its txid and wtxid computed from its serializations."""
+    draft = Tx("", "", version, tuple(inputs), tuple(outputs), locktime)
+    txid = sha256d(serialize_tx(draft, witness=False))[::-1].hex()
+    wtxid = sha256d(serialize_tx(draft))[::-1].hex() if draft.has_witness else txid
+    return Tx(txid, wtxid, version, draft.inputs, draft.outputs, locktime)
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers and blocks
+
+
+def block_hash(header80: bytes | bytearray | memoryview) -> str:
+    """The display-hex hash of an 80-byte header."""
+    if len(header80) != 80:
+        raise BlockDecodeError(f"a block header is 80 bytes, not {len(header80)}")
+    return sha256d(header80)[::-1].hex()
+
+
+def decode_header(raw: bytes | bytearray | memoryview) -> BlockHeader:
+    """Decode an 80-byte block header."""
+    if len(raw) != 80:
+        raise BlockDecodeError(f"a block header is 80 bytes, not {len(raw)}")
+    version, prev, root, time, bits, nonce = _HEADER.unpack(raw)
+    return BlockHeader(version, prev[::-1].hex(), root[::-1].hex(), time, bits, nonce, sha256d(raw)[::-1].hex())
+
+
+def serialize_header(header: BlockHeader) -> bytes:
+    """The 80 header bytes (the `hash` field is not written: it is derived from them)."""
+    return _HEADER.pack(
+        header.version,
+        bytes.fromhex(header.prev_hash)[::-1],
+        bytes.fromhex(header.merkle_root)[::-1],
+        header.time,
+        header.bits,
+        header.nonce,
+    )
+
+
+def serialize_block(header: BlockHeader, txs: Sequence[Tx]) -> bytes:
+    """The wire form of a block: header, transaction count, transactions with their witnesses."""
+    return b"".join([serialize_header(header), write_varint(len(txs)), *map(serialize_tx, txs)])
+
+
+def _merkle(hashes: list[bytes]) -> tuple[bytes, bool]:
+    """Core's ComputeMerkleRoot: the root, and whether the tree is mutated (a level repeats a pair)."""
+    if not hashes:
+        return NULL_TXID, False
+    sha = _sha256
+    mutated = False
+    level = hashes
+    while len(level) > 1:
+        if not mutated:
+            mutated = any(a == b for a, b in zip(level[0::2], level[1::2], strict=False))
+        if len(level) & 1:
+            level = [*level, level[-1]]
+        pairs = iter(level)
+        level = [sha(sha(a + b).digest()).digest() for a, b in zip(pairs, pairs, strict=True)]
+    return level[0], mutated
+
+
+def merkle_root(txids_internal: Sequence[bytes]) -> bytes:
+    """The merkle root (internal order) of txids in internal order; 32 zero bytes for none, as in Core."""
+    return _merkle(list(txids_internal))[0]
+
+
+def _block_start(buf: bytes) -> tuple[BlockHeader, int, int]:
+    """The header, the transaction count and the offset of the first transaction."""
+    if len(buf) < 81:
+        raise BlockDecodeError(f"truncated block: {len(buf)} bytes, and the header alone is 80")
+    count = buf[80]
+    if count < 0xFD:
+        off = 81
+    else:
+        count, off = _read_count(buf, 80, _MIN_TX_SIZE)
+    if count == 0:
+        raise BlockDecodeError("the block has no transactions (count at byte offset 80)")
+    return decode_header(buf[:80]), count, off
+
+
+def _block_end(buf: bytes, off: int, txids: list[bytes], verify_merkle: bool = True) -> None:
+    if off != len(buf):
+        extra = len(buf) - off
+        raise BlockDecodeError(f"{extra} trailing bytes after the last transaction, at byte offset {off}")
+    if not verify_merkle:
+        return
+    root, mutated = _merkle(txids)
+    if root != buf[36:68]:
+        raise BlockDecodeError(
+            f"merkle root mismatch: the header has {buf[36:68][::-1].hex()}, the transactions give {root[::-1].hex()}"
+        )
+    if mutated:
+        raise BlockDecodeError("mutated merkle tree: the block repeats transactions")
+
+
+def witness_commitment(txs: Sequence[Tx]) -> bytes:
+    """BIP141: the 32 bytes a block's coinbase commits to, for these transactions (with the coinbase's
+    witness reserved value, 32 zero bytes when it has none). The coinbase counts as a zero wtxid."""
+    stack = txs[0].inputs[0].witness if txs and txs[0].inputs else ()
+    reserved = stack[0] if len(stack) == 1 else NULL_TXID
+    leaves = [NULL_TXID, *(bytes.fromhex(tx.wtxid)[::-1] for tx in txs[1:])]
+    return sha256d(_merkle(leaves)[0] + reserved)
+
+
+def _check_witness_commitment(txs: list[Tx]) -> None:
+    """A block with witness data must commit to it (BIP141, Core's CheckWitnessMalleation)."""
+    coinbase = txs[0]
+    committed = None
+    for txout in coinbase.outputs:  # the last matching output counts
+        if len(txout.script) >= 38 and txout.script[:6] == WITNESS_COMMITMENT_HEADER:
+            committed = txout.script[6:38]
+    if committed is None:
+        raise BlockDecodeError("witness data but no witness commitment in the coinbase (byte offset 81)")
+    stack = coinbase.inputs[0].witness
+    if len(stack) != 1 or len(stack[0]) != 32:
+        raise BlockDecodeError("the coinbase witness must be one 32-byte reserved value (byte offset 81)")
+    if witness_commitment(txs) != committed:
+        raise BlockDecodeError("witness commitment mismatch: the coinbase does not commit to this witness data")
+
+
+def decode_block(raw: bytes | bytearray | memoryview) -> RawBlock:
+    """Decode and check a whole block: lengths, counts, no trailing bytes, the merkle root, and for a
+    block with witness data its BIP141 witness commitment."""
+    buf = bytes(raw)
+    header, count, off = _block_start(buf)
+    with memoryview(buf) as mv:
+        txs, txids, off, witness_seen = _parse_txs(buf, mv, off, count)
+    _block_end(buf, off, txids)
+    if witness_seen:
+        _check_witness_commitment(txs)
+    return RawBlock(header, tuple(txs))
+
+
+def scan_block(
+    raw: bytes | bytearray | memoryview,
+    scripts: Container[bytes],
+    outpoints: Container[bytes] = frozenset(),
+    *,
+    verify_merkle: bool = True,
+) -> BlockScan:
+    """Decode + match in one pass: the outputs paying a script in `scripts` and the inputs spending an
+    outpoint in `outpoints` (keys from `outpoint_key`), or an output of this block that was a hit.
+
+    The block is checked as by `decode_block`, except for the witness commitment: witness data is
+    skipped, never returned, and the txids cover everything that is. `verify_merkle=False` also skips
+    the merkle tree (a fifth of the time), for a caller that trusts where the bytes come from, for
+    instance its own node, having checked that `block_hash(raw[:80])` is the hash it asked for.
+    """
+    buf = bytes(raw)
+    n = len(buf)
+    header, count, off = _block_start(buf)
+    sha = _sha256
+    txids: list[bytes] = []
+    out_hits: list[tuple[int, int, int, int]] = []  # tx, vout, script start, script end
+    spend_hits: list[tuple[int, int, int]] = []  # tx, vin, outpoint offset
+    spent = outpoints  # becomes `_Either(outpoints, fresh)` once an output is a hit
+    fresh: set[bytes] = set()  # the outpoints of this block's hits, for spends later in the block
+    hit = False
+    start = off
+    with memoryview(buf) as mv:
+        try:
+            for i in range(count):
+                start = off
+                body = off + 4
+                nin = buf[body]
+                segwit = nin == 0
+                if segwit:
+                    if buf[body + 1] != 1:
+                        raise _bad_flag(buf[body + 1], body + 1)
+                    body += 2
+                    nin = buf[body]
+                if nin < 0xFD:
+                    off = body + 1
+                else:
+                    nin, off = _read_count(buf, body, 41)
+                for vin in range(nin):
+                    if buf[off : off + 36] in spent:
+                        spend_hits.append((i, vin, off))
+                    ln = buf[off + 36]
+                    if ln < 0xFD:
+                        off += 41 + ln
+                    else:
+                        ln, s = _read_long_varint(buf, off + 36)
+                        off = s + ln + 4
+                nout = buf[off]
+                if nout < 0xFD:
+                    off += 1
+                else:
+                    nout, off = _read_count(buf, off, 9)
+                for vout in range(nout):
+                    ln = buf[off + 8]
+                    if ln < 0xFD:
+                        s = off + 9
+                    else:
+                        ln, s = _read_long_varint(buf, off + 8)
+                    off = s + ln
+                    if buf[s:off] in scripts:
+                        out_hits.append((i, vout, s, off))
+                        hit = True
+                if segwit:
+                    wit_start = off
+                    any_witness = False
+                    for _ in range(nin):
+                        nitems = buf[off]
+                        if nitems < 0xFD:
+                            off += 1
+                        else:
+                            nitems, off = _read_count(buf, off, 1)
+                        if nitems:
+                            any_witness = True
+                        for _ in range(nitems):
+                            ln = buf[off]
+                            if ln < 0xFD:
+                                off += 1 + ln
+                            else:
+                                ln, s = _read_long_varint(buf, off)
+                                off = s + ln
+                    if not any_witness:
+                        raise _superfluous(start)
+                    end = off + 4
+                    if end > n:
+                        raise _truncated(start, buf)
+                    h = sha(mv[start : start + 4])
+                    h.update(mv[body:wit_start])
+                    h.update(mv[off:end])
+                    txid = sha(h.digest()).digest()
+                else:
+                    end = off + 4
+                    if end > n:
+                        raise _truncated(start, buf)
+                    txid = sha(sha(mv[start:end]).digest()).digest()
+                txids.append(txid)
+                if hit:
+                    hit = False
+                    fresh.update(txid + _P32(vout) for j, vout, _, _ in out_hits if j == i)
+                    spent = _Either(outpoints, fresh)
+                off = end
+        except _TRUNCATED:
+            raise _truncated(start, buf) from None
+    _block_end(buf, off, txids, verify_merkle)
+    return BlockScan(
+        header,
+        count,
+        tuple(
+            OutputHit(i, txids[i][::-1].hex(), vout, _I64(buf, _value_offset(s, e))[0], buf[s:e])
+            for i, vout, s, e in out_hits
+        ),
+        tuple(
+            SpendHit(i, txids[i][::-1].hex(), vin, buf[at : at + 32][::-1].hex(), _U32(buf, at + 32)[0])
+            for i, vin, at in spend_hits
+        ),
+    )
+
+
+def _value_offset(script_start: int, script_end: int) -> int:
+    """Where an output's value is, from its script's position (its CompactSize length is canonical)."""
+    ln = script_end - script_start
+    return script_start - 8 - (1 if ln < 0xFD else 3 if ln <= 0xFFFF else 5)
+
+
+class _Either:
+    """Membership in either of two containers."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Container[bytes], second: Container[bytes]) -> None:
+        self.first = first
+        self.second = second
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.first or key in self.second
