@@ -1,0 +1,340 @@
+"""Each sink against a real receiver: the webhook's exact request, Slack and PagerDuty formats, failures."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+
+from depositwatch.alerts.format import explorer_url, explorers_for
+from depositwatch.alerts.pagerduty import EVENTS_URL, PagerDutySink, pagerduty_burst, pagerduty_event
+from depositwatch.alerts.payload import build_payload
+from depositwatch.alerts.signing import verify
+from depositwatch.alerts.sinks import Burst, DeliveryError, WebhookSink, build_sinks, parse_retry_after
+from depositwatch.alerts.slack import SlackSink, slack_burst, slack_message
+from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig
+from depositwatch.jsonutil import dumps, loads
+from depositwatch.models import AlertEvent, Severity
+from depositwatch.store import OutboxMessage
+from tests.receivers import Receiver, Reply, always, ok
+
+ETH_ADDRESS = "0x2222222222222222222222222222222222222222"
+USDT_CONTRACT = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
+TXID = "0x" + "ab" * 32
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    """A `matches` row as the store holds it."""
+    base = {
+        "kind": "revoked_incoming",
+        "chain": "eth",
+        "asset_symbol": "USDT",
+        "asset_decimals": 6,
+        "asset_contract": USDT_CONTRACT,
+        "amount": "5250000",
+        "from_address": "0x9999999999999999999999999999999999999999",
+        "to_address": ETH_ADDRESS,
+        "address": ETH_ADDRESS,
+        "label": "hot-7",
+        "owner": "cust-42",
+        "revoked_at": 1694487600,
+        "txid": TXID,
+        "idx": 3,
+        "block_height": 18_000_000,
+        "block_hash": "0x" + "cd" * 32,
+        "block_time": 1694500000,
+    }
+    base.update(changes)
+    return base
+
+
+def message(
+    event: AlertEvent = AlertEvent.DETECTED,
+    *,
+    seq: int = 7,
+    rev: int = 1,
+    severity: str = "critical",
+    chain_id: int | None = 1,
+    confirmations: int = 2,
+    **changes: Any,
+) -> OutboxMessage:
+    """An outbox message whose body comes from the real `build_payload`."""
+    data = row(**changes)
+    body = build_payload(
+        data,
+        alert_id="a1b2c3",
+        rev=rev,
+        event=event,
+        severity=severity,
+        chain_id=chain_id,
+        confirmations=confirmations,
+        mode="live",
+        detected_at=1694500100,
+    )
+    return OutboxMessage(
+        seq=seq,
+        alert_id="a1b2c3",
+        rev=rev,
+        event=str(event),
+        kind=data["kind"],
+        severity=severity,
+        chain=data["chain"],
+        order_key=f"{data['chain']}:{data['address']}",
+        block_height=data["block_height"],
+        status="pending",
+        payload=dumps(body),
+        created_at=1694500100,
+    )
+
+
+def config(type_: str, url: str | None, **extra: Any) -> SinkConfig:
+    secret = {"webhook": "s3cret", "slack": None, "pagerduty": "R0UTING"}[type_]
+    fields: dict[str, Any] = {"name": type_, "type": type_, "url": url, "timeout": 5}
+    if secret:
+        fields["secret"] = Secret(value=secret)
+    fields.update(extra)
+    return SinkConfig(**fields)
+
+
+async def test_webhook_posts_the_stored_bytes_with_keys_and_a_signature() -> None:
+    """The stored payload byte for byte; the alert id, idempotency key, timestamp and signature headers."""
+    sent = message(rev=3)
+    async with Receiver() as rx:
+        sink = WebhookSink(config("webhook", rx.url), "s3cret")
+        before = int(time.time())
+        await sink.send(sent)
+        await sink.close()
+    [request] = rx.requests
+    assert request.body == sent.payload.encode()
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["X-Depositwatch-Id"] == "a1b2c3"
+    assert request.headers["Idempotency-Key"] == "a1b2c3:3" == request.json()["idempotency_key"]
+    stamp = int(request.headers["X-Depositwatch-Timestamp"])
+    assert stamp >= before
+    assert request.headers["X-Depositwatch-Signature"].startswith("v1=")
+    assert verify("s3cret", request.headers, request.body) == stamp
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "permanent", "retry_after"),
+    [
+        (500, {}, False, None),
+        (502, {}, False, None),
+        (503, {"Retry-After": "7"}, False, 7.0),
+        (429, {"Retry-After": "30"}, False, 30.0),
+        (429, {}, False, None),
+        (408, {}, False, None),
+        (409, {}, False, None),
+        (425, {}, False, None),
+        (400, {}, True, None),
+        (401, {}, True, None),
+        (404, {}, True, None),
+        (410, {"Retry-After": "5"}, True, None),
+        (301, {"Location": "http://elsewhere.invalid/"}, False, None),
+    ],
+)
+async def test_failures_are_classified(
+    status: int, headers: dict[str, str], permanent: bool, retry_after: float | None
+) -> None:
+    """5xx retry; 429/503 carry Retry-After; 4xx (but 408/409/425/429) are rejections; redirects are not followed."""
+    async with Receiver(lambda _req, _rx: Reply(status, "no", headers)) as rx:
+        sink = WebhookSink(config("webhook", rx.url), "s3cret")
+        with pytest.raises(DeliveryError) as failure:
+            await sink.send(message())
+        await sink.close()
+    assert failure.value.status == status
+    assert failure.value.permanent is permanent
+    assert failure.value.retry_after == retry_after
+    assert failure.value.reason.startswith(f"HTTP {status}")
+
+
+async def test_unreachable_receiver_is_a_connection_failure() -> None:
+    """Nobody listening: a retryable DeliveryError, not an exception of the HTTP library."""
+    rx = await Receiver().start()
+    url = rx.url
+    await rx.stop()
+    sink = WebhookSink(config("webhook", url), "s3cret")
+    with pytest.raises(DeliveryError, match="connection failed") as failure:
+        await sink.send(message())
+    await sink.close()
+    assert not failure.value.permanent and failure.value.status is None
+
+
+def test_retry_after_seconds_or_http_date() -> None:
+    """Retry-After as delta-seconds or as an HTTP date; garbage is ignored."""
+    now = 1_800_000_000.0
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(formatdate(now + 90, usegmt=True), now=now) == pytest.approx(90, abs=1)
+    assert parse_retry_after(formatdate(now - 90, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def _fields(document: dict[str, Any]) -> dict[str, str]:
+    [section] = [b for b in document["blocks"] if b["type"] == "section" and "fields" in b]
+    found = {}
+    for field in section["fields"]:
+        label, _, value = field["text"].partition("\n")
+        found[label.strip("*")] = value
+    return found
+
+
+async def test_slack_message_has_what_a_person_needs() -> None:
+    """Title with kind and event; amount and asset, chain, address with label and owner, revoked_at, the
+    txid linked to etherscan, block and confirmations, the alert id: posted as JSON to the webhook URL."""
+    sent = message()
+    async with Receiver() as rx:
+        sink = SlackSink(config("slack", None, secret=Secret(value=rx.url)), rx.url)
+        await sink.send(sent)
+        await sink.close()
+    document = rx.requests[0].json()
+    header = document["blocks"][0]
+    assert header["type"] == "header"
+    assert header["text"]["text"].startswith("[CRITICAL] revoked_incoming detected: 5.25 USDT")
+    assert len(header["text"]["text"]) <= 150
+    assert "revoked_incoming detected" in document["text"] and ETH_ADDRESS in document["text"]
+    fields = _fields(document)
+    assert fields["Amount"].startswith("5.25 USDT") and USDT_CONTRACT in fields["Amount"]
+    assert fields["Chain"] == "eth (chain id 1)"
+    assert ETH_ADDRESS in fields["Address"] and "hot-7" in fields["Address"] and "cust-42" in fields["Address"]
+    assert fields["Revoked at"] == "2023-09-12T03:00:00Z"
+    assert fields["Transaction"] == f"<https://etherscan.io/tx/{TXID}|{TXID}> (index 3) on etherscan.io"
+    assert fields["Block"] == "block 18000000, 2 confirmations"
+    context = str(document["blocks"][-1])
+    assert "a1b2c3" in context and "a1b2c3:1" in context
+
+
+def test_slack_explorer_links_only_for_known_mainnets_and_escapes_data() -> None:
+    """mempool.space for Bitcoin mainnet, a plain txid elsewhere; labels cannot inject Slack markup."""
+    btc = message(
+        chain="btc",
+        chain_id=None,
+        address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+        txid="ff" * 32,
+        asset_symbol="BTC",
+        asset_decimals=8,
+        asset_contract=None,
+        idx=0,
+    )
+    assert _fields(slack_message(btc, loads(btc.payload)))["Transaction"].startswith(
+        f"<https://mempool.space/tx/{'ff' * 32}|"
+    )
+    regtest = message(
+        chain="btc",
+        chain_id=None,
+        address="bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+        txid="ee" * 32,
+        asset_contract=None,
+    )
+    assert _fields(slack_message(regtest, loads(regtest.payload)))["Transaction"] == f"`{'ee' * 32}` (index 3)"
+    sepolia = message(chain_id=11155111)
+    assert _fields(slack_message(sepolia, loads(sepolia.payload)))["Transaction"].startswith(f"`{TXID}`")
+    # the configured chains decide when given: a chain named like mainnet but configured as regtest
+    chains = [ChainConfig(name="btc", kind="bitcoin", network="regtest", rpc_urls=["http://127.0.0.1:1"])]
+    assert explorer_url(loads(btc.payload), explorers_for(chains)) is None
+    sneaky = message(label="<!channel> & <http://evil|click>", owner="o>")
+    text = _fields(slack_message(sneaky, loads(sneaky.payload)))["Address"]
+    assert "&lt;!channel&gt; &amp; &lt;http://evil|click&gt;" in text and "<!channel>" not in text
+
+
+def test_slack_retraction_and_mempool_wording() -> None:
+    """A retraction says so in the title and where the transaction was; a mempool sighting says unconfirmed."""
+    gone = message(AlertEvent.RETRACTED, rev=2)
+    document = slack_message(gone, loads(gone.payload))
+    assert "revoked_incoming retracted: 5.25 USDT, RETRACTED" in document["blocks"][0]["text"]["text"]
+    assert _fields(document)["Block"] == "was in block 18000000, now orphaned"
+    pending = message(block_height=None, block_hash=None, block_time=None, confirmations=0)
+    assert _fields(slack_message(pending, loads(pending.payload)))["Block"] == "mempool (unconfirmed)"
+
+
+async def test_pagerduty_trigger_and_resolve() -> None:
+    """Events v2: trigger with dedup key = alert id, summary within 1024 chars, severity mapped, the body as
+    custom details; a retraction resolves the same dedup key; 202 is success."""
+    detected = message(label="x" * 3000)
+    async with Receiver(ok(202)) as rx:
+        sink = PagerDutySink(config("pagerduty", rx.url), "R0UTING")
+        await sink.send(detected)
+        await sink.send(message(AlertEvent.RETRACTED, rev=2))
+        await sink.close()
+    trigger, resolve = (r.json() for r in rx.requests)
+    assert trigger["routing_key"] == "R0UTING" and trigger["event_action"] == "trigger"
+    assert trigger["dedup_key"] == "a1b2c3"
+    payload = trigger["payload"]
+    assert len(payload["summary"]) <= 1024 and payload["summary"].startswith("[CRITICAL] revoked_incoming detected")
+    assert payload["source"] == "depositwatch" and payload["severity"] == "critical"
+    assert payload["timestamp"] == "2023-09-12T06:28:20Z"
+    assert payload["component"] == "eth" and payload["group"] == "revoked_incoming" and payload["class"] == "detected"
+    assert payload["custom_details"] == loads(detected.payload)
+    assert trigger["links"] == [{"href": f"https://etherscan.io/tx/{TXID}", "text": "Transaction on etherscan.io"}]
+    assert resolve == {"routing_key": "R0UTING", "event_action": "resolve", "dedup_key": "a1b2c3"}
+
+
+def test_pagerduty_severity_mapping_and_default_url() -> None:
+    """critical/warning/info map to the same PagerDuty severities; the default endpoint is Events v2."""
+    for ours in ("critical", "warning", "info"):
+        sent = message(severity=ours)
+        assert pagerduty_event("k", sent, loads(sent.payload))["payload"]["severity"] == ours
+    assert PagerDutySink(config("pagerduty", None), "k").url == EVENTS_URL == "https://events.pagerduty.com/v2/enqueue"
+
+
+async def test_pagerduty_rejection_is_permanent() -> None:
+    """PagerDuty's 400 (invalid event) is reported as a rejection."""
+    async with Receiver(always(400, body='{"status":"invalid event"}')) as rx:
+        sink = PagerDutySink(config("pagerduty", rx.url), "R0UTING")
+        with pytest.raises(DeliveryError, match="invalid event") as failure:
+            await sink.send(message())
+        await sink.close()
+    assert failure.value.permanent
+
+
+def test_burst_summaries() -> None:
+    """A burst: count, totals per asset, the first addresses, how to list them; PagerDuty's stable key."""
+    messages = tuple(message(seq=100 + i, address=f"0x{i:040x}", amount=str(1_000_000 * (i + 1))) for i in range(30))
+    burst = Burst("eth", 18_000_000, "revoked_incoming", "detected", messages)
+    assert burst.totals() == ["465 USDT"]
+    document = slack_burst(burst)
+    flat = dumps(document)
+    assert document["blocks"][0]["text"]["text"].startswith("[CRITICAL] Burst: 30 × revoked_incoming detected")
+    assert "0x" + f"{0:040x}" in flat and "0x" + f"{4:040x}" in flat and "0x" + f"{5:040x}" not in flat
+    assert "and 25 more" in flat and "depositwatch alerts list --kind revoked_incoming" in flat
+    assert "outbox seq 100–129" in flat
+    event = pagerduty_burst("k", burst)
+    assert event["dedup_key"] == "burst:eth:18000000:revoked_incoming"
+    assert event["payload"]["custom_details"]["count"] == 30
+    assert len(event["payload"]["custom_details"]["first_addresses"]) == 5
+    retracted = Burst("eth", 18_000_000, "revoked_incoming", "retracted", messages)
+    assert pagerduty_burst("k", retracted) == {
+        "routing_key": "k",
+        "event_action": "resolve",
+        "dedup_key": "burst:eth:18000000:revoked_incoming",
+    }
+
+
+def test_build_sinks_resolves_secrets_and_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets come from the environment at build time; a missing one is named; kinds and min_severity filter."""
+    monkeypatch.setenv("HOOK_SECRET", "from-env")
+    monkeypatch.setenv("SLACK_URL", "https://hooks.slack.invalid/services/T/B/X")
+    configs = [
+        SinkConfig(name="hook", type="webhook", url="http://127.0.0.1:1/", secret=Secret(env="HOOK_SECRET")),
+        SinkConfig(
+            name="slack",
+            type="slack",
+            secret=Secret(env="SLACK_URL"),
+            min_severity=Severity.CRITICAL,
+            kinds=["revoked_outgoing"],
+        ),
+    ]
+    hook, slack = build_sinks(configs)
+    assert isinstance(hook, WebhookSink) and hook._secret == b"from-env"
+    assert isinstance(slack, SlackSink) and slack._url.endswith("/T/B/X")
+    assert slack.summarizes_bursts
+    assert not hook.summarizes_bursts
+    incoming, sweep = message(), message(kind="revoked_outgoing")
+    assert hook.accepts(incoming) and not hook.accepts(message(kind="deposit"))
+    assert slack.accepts(sweep) and not slack.accepts(incoming)
+    assert not slack.accepts(message(kind="revoked_outgoing", severity="warning"))
+    monkeypatch.delenv("HOOK_SECRET")
+    with pytest.raises(ConfigError, match="HOOK_SECRET"):
+        build_sinks(configs[:1])
