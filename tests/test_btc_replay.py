@@ -171,7 +171,7 @@ async def test_replay_with_a_config_and_a_store(
 async def test_ad_hoc_replay_refuses_a_node_on_another_network(
     scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path
 ) -> None:
-    node, chain = scenario
+    node, _ = scenario
     watch = tmp_path / "watch.csv"
     watch.write_text("chain,address,status\n")
     url = node.url.replace("http://", f"http://{node.user}:{node.password}@")
