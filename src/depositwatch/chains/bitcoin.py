@@ -234,7 +234,8 @@ class BitcoinSource:
             blocks = []
             for offset, (hash_, task) in enumerate(zip(hashes, tasks, strict=True)):
                 raw = await task
-                blocks.append(self.decode(start + offset, hash_, raw, scan))
+                # Decoding in a worker thread lets the event loop keep reading the later blocks meanwhile.
+                blocks.append(await asyncio.to_thread(self._decode, start + offset, hash_, raw, scan))
             return blocks
         finally:
             for task in tasks:
@@ -288,12 +289,18 @@ class BitcoinSource:
             outpoints = {outpoint_key(txid, vout) for txid, vout in self._tracker.outputs}
         return scripts, outpoints, book.revoked
 
-    def decode(
+    def decode_blocks(self, start: int, hashes: list[str], raws: list[bytes]) -> list[Block]:
+        """Check and decode consecutive raw blocks fetched as `hashes` from height `start`, as `fetch`
+        does (the watched path once `watch` was called)."""
+        scan = self._scan_state()
+        return [self._decode(start + i, h, raw, scan) for i, (h, raw) in enumerate(zip(hashes, raws, strict=True))]
+
+    def _decode(
         self,
         height: int,
         hash_: str,
         raw: bytes,
-        scan: tuple[Container[bytes], set[bytes], dict[bytes, int]] | None = None,
+        scan: tuple[Container[bytes], set[bytes], dict[bytes, int]] | None,
     ) -> Block:
         """Check and decode one raw block fetched as `hash_` at `height`."""
         call = f"getblock {hash_} 0" if not self.config.rest_url else f"REST block {hash_}"
