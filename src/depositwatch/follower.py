@@ -83,6 +83,7 @@ class Follower:
         self._log = log.bind(chain=self.chain, scope=scope.name)
         self._stopping = asyncio.Event()
         self.heartbeat = time.monotonic()  # last loop iteration, for the systemd watchdog
+        self.failing: str | None = None  # the node error while the node is failing, for health
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class Follower:
             try:
                 committed = await self.step()
             except ChainError as exc:
+                self.failing = str(exc) or type(exc).__name__
                 if self.metrics is not None:
                     self.metrics.rpc_errors.labels(self.chain).inc()
                 now = loop.time()
@@ -265,6 +267,7 @@ class Follower:
                 await self._sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, max(5.0, self.settings.poll_interval))
                 continue
+            self.failing = None
             if failing_since is not None:
                 self._log.info("node connection restored", down_for=round(loop.time() - failing_since, 1))
                 failing_since, last_report, backoff = None, 0.0, 0.25

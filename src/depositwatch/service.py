@@ -51,19 +51,33 @@ class ChainState:
         """Blocks behind the node, when following."""
         return None if self.follower is None else self.follower.lag
 
+    @property
+    def current(self) -> str:
+        """The state, with a failing node shown as `node-down` even while its follower retries."""
+        if self.state == "following" and self.follower is not None and self.follower.failing:
+            return "node-down"
+        return self.state
+
+    @property
+    def current_error(self) -> str | None:
+        """The latest error, if the chain is not following cleanly."""
+        if self.follower is not None and self.follower.failing:
+            return self.follower.failing
+        return self.error
+
     def status(self) -> str:
         """`eth 21000000 (lag 1)` or `eth standby`."""
         name = self.config.name
-        if self.state == "following" and self.follower is not None and self.follower.cursor is not None:
+        if self.current == "following" and self.follower is not None and self.follower.cursor is not None:
             return f"{name} {self.follower.cursor.height} (lag {self.lag if self.lag is not None else '?'})"
-        return f"{name} {self.state}"
+        return f"{name} {self.current}"
 
     def healthy(self) -> bool:
         """Following within the allowed lag, or a healthy standby."""
         if self.state == "standby":
             return True
         lag = self.lag
-        return self.state == "following" and lag is not None and lag <= self.config.max_lag_blocks
+        return self.current == "following" and lag is not None and lag <= self.config.max_lag_blocks
 
 
 class Service:

@@ -1,0 +1,402 @@
+"""The real daemon as a subprocess, against anvil, PostgreSQL and webhook receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from depositwatch.devnet import Anvil, send_eth, wait_receipt
+from tests.receivers import Receiver
+
+CHAIN_ID = 31337
+REVOKED = "0x" + "a1" * 20
+ACTIVE = "0x" + "c3" * 20
+SECRET = "daemon-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NotifySocket:
+    """A notify socket the test owns, standing in for systemd."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[tuple[float, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append((time.monotonic(), data.decode()))
+
+    async def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for _, m in self.drain()):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {text!r} from the daemon; got {[m for _, m in self.messages][-5:]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen[bytes]
+    notify: NotifySocket
+    http: str
+    log: Path
+    config: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Setup:
+    tmp: Path
+    node: Anvil
+    store_url: str
+    receiver: Receiver
+    started: list[Daemon]
+
+    def config(self, *, rpc_url: str | None = None, sinks: str | None = None, http_port: int = 0) -> Path:
+        path = self.tmp / f"config-{len(list(self.tmp.glob('config-*')))}.toml"
+        path.write_text(
+            f'[store]\nurl = "{self.store_url}"\n'
+            f'[http]\nlisten = "127.0.0.1:{http_port}"\n'
+            "[alerts]\npoll_interval = 0.05\nshutdown_grace = 5\n"
+            '[[chains]]\nname = "eth"\nkind = "evm"\n'
+            f'chain_id = {CHAIN_ID}\nrpc_urls = ["{rpc_url or self.node.http_url}"]\n'
+            "confirmations = 3\npoll_interval = 0.1\nmax_lag_blocks = 5\nbatch_blocks = 3\nstart_height = 1\n"
+            + (sinks if sinks is not None else self.sink(self.receiver.url))
+        )
+        return path
+
+    @staticmethod
+    def sink(url: str, name: str = "hook") -> str:
+        return (
+            f'[[sinks]]\nname = "{name}"\ntype = "webhook"\nurl = "{url}"\nsecret = {{ value = "{SECRET}" }}\n'
+            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
+        )
+
+    async def start(self, config: Path, *, watchdog_usec: int | None = None, wait_ready: bool = True) -> Daemon:
+        n = len(self.started)
+        notify = NotifySocket(self.tmp / f"notify-{n}.sock")
+        http_port = free_port()
+        own = self.tmp / f"run-{n}.toml"  # each instance its own copy: its own HTTP port
+        own.write_text(config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{http_port}"'))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        log = self.tmp / f"daemon-{n}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "depositwatch", "--config", str(own), "--log-format", "json", "run"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        daemon = Daemon(process, notify, f"http://127.0.0.1:{http_port}", log, own)
+        self.started.append(daemon)
+        if wait_ready:
+            try:
+                await notify.wait_for("READY=1")
+            except AssertionError:
+                raise AssertionError(daemon.output()) from None
+        return daemon
+
+
+async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    if daemon.process.poll() is None:
+        daemon.process.send_signal(sig)
+    for _ in range(int(timeout / 0.05)):
+        code = daemon.process.poll()
+        if code is not None:
+            return code
+        await asyncio.sleep(0.05)
+    daemon.process.kill()
+    raise AssertionError("the daemon did not stop in time:\n" + daemon.output())
+
+
+async def book(store_url: str, tmp: Path) -> None:
+    csv = tmp / "book.csv"
+    csv.write_text(
+        "chain,address,status,label,owner,revoked_at,reason\n"
+        f"eth,{REVOKED},revoked,r1,cust-r1,2020-01-01T00:00:00Z,breach\n"
+        f"eth,{ACTIVE},active,a1,cust-a1,,\n"
+    )
+    done = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "depositwatch",
+        "addresses",
+        "import",
+        str(csv),
+        "--store",
+        store_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == 0, out.decode()
+
+
+@pytest.fixture(params=["postgres"])
+async def setup(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[Setup]:
+    async with Anvil(chain_id=CHAIN_ID) as node, Receiver() as receiver:
+        await book(pg_url, tmp_path)
+        s = Setup(tmp_path, node, pg_url, receiver, [])
+        try:
+            yield s
+        finally:
+            for daemon in s.started:
+                if daemon.process.poll() is None:
+                    daemon.process.kill()
+                    daemon.process.wait()
+                daemon.notify.close()
+
+
+@pytest.fixture
+async def sqlite_setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    url = f"sqlite:///{tmp_path}/state.db"
+    async with Anvil(chain_id=CHAIN_ID) as node, Receiver() as receiver:
+        await book(url, tmp_path)
+        s = Setup(tmp_path, node, url, receiver, [])
+        try:
+            yield s
+        finally:
+            for daemon in s.started:
+                if daemon.process.poll() is None:
+                    daemon.process.kill()
+                    daemon.process.wait()
+                daemon.notify.close()
+
+
+def detected(receiver: Receiver) -> list[str]:
+    """Alert ids of the `detected` messages acknowledged, with repeats."""
+    return [r.json()["id"] for r in receiver.accepted if r.json()["event"] == "detected"]
+
+
+def keys_consistent(receiver: Receiver) -> bool:
+    """Any repeat carries the same idempotency key and the same body."""
+    bodies: dict[str | None, bytes] = {}
+    return all(bodies.setdefault(r.key, r.body) == r.body for r in receiver.accepted)
+
+
+async def pay(node: Anvil, to: str, n: int) -> list[str]:
+    txids = []
+    for _ in range(n):
+        txid = await send_eth(node.w3, node.accounts[1].address, to, 10**15)
+        await wait_receipt(node.w3, txid)
+        txids.append(txid)
+    return txids
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_sigterm_mid_stream_then_restart_misses_and_repeats_nothing(setup: Setup) -> None:
+    """SIGTERM while blocks arrive exits 0; the restarted daemon neither misses nor repeats an alert."""
+    config = setup.config()
+    first = await setup.start(config)
+    sending = asyncio.create_task(pay(setup.node, REVOKED, 12))
+    await wait_for(lambda: len(detected(setup.receiver)) >= 3, what="first alerts")
+    assert await stop(first) == 0, first.output()
+    txids = await sending
+    txids += await pay(setup.node, REVOKED, 4)  # mined while the daemon is down
+    second = await setup.start(config)
+    await wait_for(lambda: len(set(detected(setup.receiver))) >= 16, what="all 16 alerts")
+    ids = detected(setup.receiver)
+    assert len(set(ids)) == 16
+    assert {r.json()["txid"] for r in setup.receiver.accepted if r.json()["event"] == "detected"} == set(txids)
+    assert keys_consistent(setup.receiver)
+    assert await stop(second) == 0
+
+
+async def test_metrics_and_health_follow_the_chain(setup: Setup) -> None:
+    """/metrics reports heights and lag; /healthz is 200 while following and 503 when the node is gone."""
+    daemon = await setup.start(setup.config())
+    await pay(setup.node, ACTIVE, 2)
+    tip = await setup.node.block_number()
+    async with aiohttp.ClientSession() as http:
+
+        async def metric(name: str) -> float | None:
+            async with http.get(f"{daemon.http}/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith(name + "{"):
+                        return float(line.rsplit(" ", 1)[1])
+            return None
+
+        await wait_until_async(lambda: metric("depositwatch_processed_height"), lambda v: v == tip)
+        assert await metric("depositwatch_lag_blocks") == 0
+        assert await metric("depositwatch_node_height") == tip
+        assert (await metric("depositwatch_matches_total")) is not None
+        async with http.get(f"{daemon.http}/healthz") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["chains"]["eth"]["state"] == "following"
+        await setup.node.stop()
+
+        async def unhealthy() -> int:
+            async with http.get(f"{daemon.http}/healthz") as resp:
+                return resp.status
+
+        await wait_until_async(unhealthy, lambda status: status == 503)
+        assert "STATUS=eth" in " ".join(m for _, m in daemon.notify.drain())
+    assert await stop(daemon) == 0
+
+
+async def wait_until_async(get: Callable[[], object], ok: Callable[[object], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await get()  # type: ignore[misc]
+        if ok(value):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"last value {value!r}")
+
+
+async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup: Setup) -> None:
+    """A revocation by the CLI applies within a second; SIGHUP brings in a new sink without a restart."""
+    s = sqlite_setup
+    config = s.config()
+    daemon = await s.start(config)
+    await pay(s.node, ACTIVE, 1)
+    listing = s.tmp / "leaked.txt"
+    listing.write_text(ACTIVE + "\n")
+    revoke = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "depositwatch",
+        "addresses",
+        "revoke",
+        "--chain",
+        "eth",
+        "--file",
+        str(listing),
+        "--at",
+        "2021-01-01T00:00:00Z",
+        "--reason",
+        "leak",
+        "--store",
+        s.store_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await revoke.communicate()
+    assert revoke.returncode == 0, out.decode()
+    await asyncio.sleep(1.0)
+    [txid] = await pay(s.node, ACTIVE, 1)
+    await wait_for(lambda: txid in {r.json()["txid"] for r in s.receiver.accepted}, what="alert after revocation")
+
+    async with Receiver() as second:
+        daemon.config.write_text(daemon.config.read_text() + Setup.sink(second.url, "second"))
+        daemon.process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        [txid2] = await pay(s.node, REVOKED, 1)
+        await wait_for(lambda: txid2 in {r.json()["txid"] for r in second.accepted}, what="alert to the new sink")
+    assert daemon.process.poll() is None
+    assert await stop(daemon) == 0
+
+
+async def test_sqlite_runs_a_single_instance(sqlite_setup: Setup) -> None:
+    """A second daemon on the same SQLite store refuses to start and says why."""
+    s = sqlite_setup
+    config = s.config()
+    first = await s.start(config)
+    second = await s.start(config, wait_ready=False)
+    code = await asyncio.to_thread(second.process.wait, 30)
+    assert code != 0
+    assert "SQLite runs a single instance" in second.output()
+    assert first.process.poll() is None
+    assert await stop(first) == 0
+
+
+async def test_standby_takes_over_when_the_leader_dies(setup: Setup) -> None:
+    """Two instances on PostgreSQL: kill -9 the leader, the standby follows on; the alert set is exact."""
+    config = setup.config()
+    leader = await setup.start(config)
+    await wait_for(lambda: "chain:eth" in leader.output() or "lease acquired" in leader.output(), what="lease")
+    standby = await setup.start(config)
+    txids = await pay(setup.node, REVOKED, 3)
+    await wait_for(lambda: len(set(detected(setup.receiver))) >= 3, what="alerts from the leader")
+    assert "standing by" in standby.output()
+    leader.process.kill()
+    leader.process.wait()
+    txids += await pay(setup.node, REVOKED, 3)
+    await wait_for(lambda: len(set(detected(setup.receiver))) >= 6, timeout=60, what="alerts after failover")
+    got = [r.json()["txid"] for r in setup.receiver.accepted if r.json()["event"] == "detected"]
+    assert set(got) == set(txids)
+    assert keys_consistent(setup.receiver)
+    assert await stop(standby) == 0
+
+
+async def test_watchdog_pings_stop_when_a_loop_hangs(tmp_path: Path, sqlite_url: str) -> None:
+    """With WATCHDOG_USEC set the daemon pings; when the chain loop hangs on its node, the pings stop."""
+    hang = asyncio.Event()
+
+    async with Anvil(chain_id=CHAIN_ID) as node, Receiver() as receiver, aiohttp.ClientSession() as client:
+
+        async def proxy(request: web.Request) -> web.Response:
+            body = await request.read()
+            if hang.is_set():
+                await asyncio.sleep(3600)
+            async with client.post(node.http_url, data=body, headers={"Content-Type": "application/json"}) as resp:
+                return web.Response(body=await resp.read(), content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/", proxy)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        await book(sqlite_url, tmp_path)
+        s = Setup(tmp_path, node, sqlite_url, receiver, [])
+        daemon = await s.start(s.config(rpc_url=f"http://127.0.0.1:{port}/"), watchdog_usec=1_000_000)
+        try:
+            await daemon.notify.wait_for("WATCHDOG=1")
+            hang.set()
+            for _ in range(35):  # read as they come: a message's time is when it was read
+                daemon.notify.drain()
+                await asyncio.sleep(0.1)
+            cut = time.monotonic() - 1.0
+            recent = [m for t, m in daemon.notify.messages if t > cut]
+            assert any("STATUS=" in m for m in recent), recent  # the main loop itself is alive
+            assert not any("WATCHDOG=1" in m for m in recent), recent
+            assert "withholding the watchdog ping" in daemon.output()
+        finally:
+            daemon.process.kill()
+            daemon.process.wait()
+            daemon.notify.close()
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
