@@ -99,6 +99,11 @@ class Receiver:
                 await asyncio.wait_for(self.arrived.wait(), remaining)
 
 
+def _is(txid: str, **fields: str) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for the alert about `txid` with these field values."""
+    return lambda alert: alert["txid"] == txid and all(alert[k] == v for k, v in fields.items())
+
+
 def _show(say: Callable[[str], None], alert: dict[str, Any]) -> None:
     address = alert["address"]
     say(
@@ -184,20 +189,14 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 eth_in = await send_eth(w3, customer, revoked, 15 * 10**17)
                 usdt_in = await send_token(w3, usdt, customer, revoked, 250 * 10**6)
                 for txid in (eth_in, usdt_in):
-                    alert = await receiver.wait_for(
-                        lambda a, t=txid: a["txid"] == t and a["event"] == "detected", f"transfer {txid}"
-                    )
-                    _show(say, alert)
+                    _show(say, await receiver.wait_for(_is(txid, event="detected"), f"transfer {txid}"))
 
                 say("\n[5/6] the attacker, holding the leaked key, sweeps the revoked address")
                 await impersonate(w3, revoked)
                 eth_out = await send_eth(w3, revoked, attacker, 14 * 10**17)
                 usdt_out = await send_token(w3, usdt, revoked, attacker, 250 * 10**6)
                 for txid in (eth_out, usdt_out):
-                    alert = await receiver.wait_for(
-                        lambda a, t=txid: a["txid"] == t and a["kind"] == "revoked_outgoing", f"sweep {txid}"
-                    )
-                    _show(say, alert)
+                    _show(say, await receiver.wait_for(_is(txid, kind="revoked_outgoing"), f"sweep {txid}"))
 
                 say("\n[6/6] a customer deposits 100 USDT to an ACTIVE address: recorded, no alert")
                 deposit = await send_token(w3, usdt, customer, active, 100 * 10**6)
@@ -205,9 +204,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                 await _wait_for_deposit(service, deposit)
                 for _ in range(3):  # deepen the chain so alerts reach their confirmations
                     await send_eth(w3, deployer, deployer, 1)
-                await receiver.wait_for(
-                    lambda a: a["txid"] == usdt_out and a["event"] == "confirmed", "the sweep's confirmation"
-                )
+                await receiver.wait_for(_is(usdt_out, event="confirmed"), "the sweep's confirmation")
                 say(f"    deposit {deposit} recorded for customer-4712 (deposits are not alerts)")
             finally:
                 service.stop()

@@ -37,19 +37,19 @@ class OutputTracker:
         spent: list[tuple[str, int, str]] = []
         if self.outputs:
             for spend in block.spends:
-                out = self.outputs.pop((spend.prev_txid, spend.prev_vout), None)
-                if out is None:
+                paid = self.outputs.pop((spend.prev_txid, spend.prev_vout), None)
+                if paid is None:
                     continue
-                spent.append((out.txid, out.vout, spend.txid))
+                spent.append((paid.txid, paid.vout, spend.txid))
                 sweeps.append(
                     Transfer(
                         self.asset,
-                        out.amount,
+                        paid.amount,
                         spend.txid,
                         spend.index,
                         to_key=None,
-                        from_key=out.script,
-                        from_address=bitcoin_script_to_address(out.script, self.network),
+                        from_key=paid.script,
+                        from_address=bitcoin_script_to_address(paid.script, self.network),
                     )
                 )
         if sweeps:

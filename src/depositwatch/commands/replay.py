@@ -7,7 +7,7 @@ import contextlib
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_import_csv, read_text
 from depositwatch.commands import CommandError, add_store_option, err, load, store_from
@@ -61,7 +61,7 @@ async def _replay(args: argparse.Namespace) -> int:
 async def _ad_hoc(args: argparse.Namespace) -> int:
     if not args.watch:
         raise CommandError("the ad-hoc form needs --watch FILE.csv (columns chain,address,status,...)")
-    kind = "bitcoin" if args.chain in {"btc", "bitcoin"} else "evm"
+    kind: Literal["bitcoin", "evm"] = "bitcoin" if args.chain in {"btc", "bitcoin"} else "evm"
     chain_id = args.chain_id
     if kind == "evm" and chain_id is None:
         chain_id = await _node_chain_id(args.rpc_url)
