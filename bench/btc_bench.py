@@ -29,6 +29,7 @@ import gc
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import statistics
@@ -39,6 +40,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 if __package__ in (None, ""):  # run as `python bench/btc_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -333,6 +336,56 @@ async def part_two(info: dict[str, Any], watched_scripts: int) -> dict[str, Any]
     }
 
 
+# --- part 3: the RPC transport ----------------------------------------------------------------------
+
+
+async def part_three(info: dict[str, Any], runs: int) -> dict[str, Any]:
+    """bitcoinrpc 0.7 (httpx) against this client (aiohttp + orjson) on the same node and block."""
+    import httpx
+    from bitcoinrpc import BitcoinRPC
+
+    from depositwatch.chains.btc_rpc import BitcoinRpc, Call
+
+    url, auth = info["url"], (info["user"], info["password"])
+    listed = BitcoinRPC.from_config(url, auth, timeout=httpx.Timeout(60.0))
+    ours = BitcoinRpc([url], user=auth[0], password=auth[1], max_in_flight=8)
+    big = await ours.call("getblockhash", info["last"])
+    heights = list(range(100))
+    calls = [Call("getblockhash", (h,)) for h in heights]
+
+    async def listed_batch() -> object:
+        return await asyncio.gather(*(listed.acall("getblockhash", [h]) for h in heights))
+
+    jobs: dict[str, Callable[[], Any]] = {
+        "bitcoinrpc: getblock HASH 0": lambda: listed.acall("getblock", [big, 0]),
+        "aiohttp client: getblock HASH 0": lambda: ours.call("getblock", big, 0),
+        "bitcoinrpc: 100 getblockhash (no batches: gathered calls)": listed_batch,
+        "aiohttp client: one batch of 100 getblockhash": lambda: ours.batch(calls),
+        "bitcoinrpc: one getblockhash": lambda: listed.acall("getblockhash", [1]),
+        "aiohttp client: one getblockhash": lambda: ours.call("getblockhash", 1),
+    }
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    try:
+        for job in jobs.values():
+            await job()
+        size = len(await ours.call("getblock", big, 0)) // 2
+        for _ in range(runs):
+            for name, job in jobs.items():
+                began = time.perf_counter()
+                await job()
+                times[name].append(time.perf_counter() - began)
+    finally:
+        await listed.aclose()
+        await ours.close()
+    return {
+        "block_bytes": size,
+        "rows": [
+            {"what": name, "median_ms": round(statistics.median(t) * 1000, 2), "min_ms": round(min(t) * 1000, 2)}
+            for name, t in times.items()
+        ],
+    }
+
+
 def start_server(blocks: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve", "--blocks", str(blocks)],
@@ -349,7 +402,7 @@ def start_server(blocks: int) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     return child, json.loads(line)
 
 
-def report(one: dict[str, Any] | None, two: dict[str, Any] | None, command: str) -> str:
+def report(one: dict[str, Any] | None, two: dict[str, Any] | None, three: dict[str, Any] | None, command: str) -> str:
     lines = ["## Bitcoin", "", f"`{command}`", "", f"Machine: {machine_line()}.", ""]
     if one is not None:
         lines += [
@@ -374,16 +427,27 @@ def report(one: dict[str, Any] | None, two: dict[str, Any] | None, command: str)
         ]
         lines += [f"| {name} | {rate} | {mbs} |" for name, (rate, mbs) in two["rates"].items()]
         lines.append("")
+    if three is not None:
+        lines += [
+            f"**RPC transport** against the same stand-in: `bitcoinrpc` 0.7 (httpx) and `depositwatch.chains.btc_rpc` "
+            f"(aiohttp + orjson), a {three['block_bytes']:,}-byte block and 100 block hashes; interleaved runs.",
+            "",
+            "| what | median ms | min ms |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [f"| {r['what']} | {r['median_ms']} | {r['min_ms']} |" for r in three["rows"]]
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scripts", type=int, default=10_000_000, help="watched scripts for part 1")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--blocks", type=int, default=40, help="full-size blocks for part 2")
     parser.add_argument("--replay-scripts", type=int, default=100_000, help="watched scripts for part 2")
-    parser.add_argument("--only", choices=["decode", "replay"], help="run one part")
+    parser.add_argument("--only", choices=["decode", "replay", "transport"], help="run one part")
     parser.add_argument("--append", help="append the section to this markdown file (docs/performance.md)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -392,20 +456,24 @@ def main() -> None:
         return
     command = "python bench/btc_bench.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--append"))
     command = command.replace(f" {args.append}", "") if args.append else command
-    one = two = None
-    if args.only in (None, "replay"):
+    one = two = three = None
+    if args.only in (None, "replay", "transport"):
         child, info = start_server(args.blocks)
         try:
-            two = asyncio.run(part_two(info, args.replay_scripts))
+            if args.only in (None, "replay"):
+                two = asyncio.run(part_two(info, args.replay_scripts))
+                print(json.dumps(two, indent=1), flush=True)
+            if args.only in (None, "transport"):
+                three = asyncio.run(part_three(info, args.runs * 2))
+                print(json.dumps(three, indent=1), flush=True)
         finally:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=30)
-        print(json.dumps(two, indent=1), flush=True)
     if args.only in (None, "decode"):
         one = part_one(args.scripts, args.runs)
         print(json.dumps(one, indent=1), flush=True)
-    text = report(one, two, command.strip())
+    text = report(one, two, three, command.strip())
     print(text)
     if args.append:
         with open(args.append, "a", encoding="utf-8") as out:

@@ -21,18 +21,23 @@ What it does, after Bitcoin Core's documented behaviour:
 - **Load**: at most `max_in_flight` requests in flight (Bitcoin Core's work queue is 16 deep; keep
   it at 8 or fewer). Batches are one HTTP request.
 
-Why aiohttp and not the `bitcoinrpc` package (0.7, httpx): measured on this machine (2 cores, a
-busy one: medians of 30 runs against a local aiohttp server answering like bitcoind, client and
-server in separate processes):
+Why aiohttp and not the `bitcoinrpc` package (0.7, httpx-based, the listed dependency): measured on
+this machine (2 cores, other work running), client and node in separate processes, medians of
+interleaved runs (`python bench/btc_bench.py --only transport`, against the regtest stand-in, whose
+own JSON writing is part of every figure):
 
-- `getblock HASH 0` of the 999,887-byte block 413,567 (a 2 MB hex string): bitcoinrpc 10.1 ms
-  (min 4.9), aiohttp + orjson 7.4 ms (min 2.3);
-- 100 `getblockhash`: bitcoinrpc, which has no batches, as 100 gathered calls: 416 ms (min 296);
-  one aiohttp JSON-RPC batch: 2.0 ms (min 0.8). One call alone: 1.74 ms against 0.54 ms.
+| call                                     | bitcoinrpc (httpx)  | this client (aiohttp + orjson) |
+| ---------------------------------------- | ------------------- | ------------------------------ |
+| `getblock HASH 0`, a 992,848-byte block   | 17.0 ms (min 14.6)  | 13.1 ms (min 11.5)             |
+| 100 `getblockhash` (bitcoinrpc: no batch, | 275 ms (min 153)    | 2.2 ms (min 1.6), one batch    |
+|   so 100 gathered calls)                 |                     |                                |
+| one `getblockhash`                       | 1.73 ms             | 0.53 ms                        |
 
-Batches are what a range fetch needs (hundreds of hashes per step), and httpx's per-request cost is
-three times aiohttp's, so the client speaks JSON-RPC over aiohttp with orjson directly, with the
-same keep-alive session for every request. bitcoinrpc stays a dependency of nothing here.
+Against a bare aiohttp server answering with a prepared body (so the client's cost alone), the
+999,887-byte block 413,567 took 10.1 ms with bitcoinrpc and 7.4 ms with aiohttp; 100 `getblockhash`
+416 ms against 2.0 ms. A range fetch needs batches (hundreds of hashes per step) and bitcoinrpc has
+none; httpx's per-request cost is about three times aiohttp's. So the client speaks JSON-RPC over
+aiohttp with orjson directly, one keep-alive session for every request; bitcoinrpc is not used.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from depositwatch.config import ChainConfig, ConfigError, redact_url
 log = structlog.get_logger(__name__)
 
 REPORT_EVERY = 60.0  # seconds between two "still failing" log lines
+MAX_IN_FLIGHT_ADVISED = 8  # half of Bitcoin Core's default -rpcworkqueue
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -219,6 +225,13 @@ class BitcoinRpc:
         password = config.rpc_password.resolve() if config.rpc_password is not None else None
         if password is not None and config.rpc_user is None:
             raise ConfigError(f"chain {config.name}: rpc_password is set but rpc_user is not")
+        if config.max_in_flight > MAX_IN_FLIGHT_ADVISED:
+            log.warning(
+                "max_in_flight is above what Bitcoin Core's default RPC work queue (16) handles well",
+                chain=config.name,
+                max_in_flight=config.max_in_flight,
+                advised=MAX_IN_FLIGHT_ADVISED,
+            )
         return cls(
             config.rpc_urls,
             chain=config.name,
