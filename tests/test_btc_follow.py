@@ -489,3 +489,28 @@ async def test_scan_revoked_finds_old_coins_so_their_sweep_is_caught(
         assert (row["kind"], row["txid"], row["idx"], row["amount"]) == ("revoked_outgoing", sweep.txid, 0, "22000")
     finally:
         await rig.stop()
+
+
+async def test_a_restarted_watcher_drops_nothing_before_it_has_looked_at_the_whole_mempool(
+    node: BitcoinRegtestServer, store: SqlStore
+) -> None:
+    revoked = script_of("p2tr", 17)
+    registry = await load_book(store, [], [revoked])
+    rig = Rig(node, store, registry)
+    await rig.start(start_height=node.chain.height + 1)
+    try:
+        for i in range(3):
+            node.chain.send([(script_of("p2wpkh", 30 + i), 5_000)])
+        node.chain.send([(revoked, 8_000)])  # last in getrawmempool's order
+        assert await rig.watcher().step() == 1
+        assert rig.source is not None
+        restarted = MempoolWatcher(  # a big mempool, worked through one transaction a step
+            rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), rig.config,
+            lambda: True, drop_grace=0, max_new=1,
+        )  # fmt: skip
+        for _ in range(4):
+            assert await restarted.step() == 0
+            assert [r["status"] for r in await store.matches(Scope.live())] == ["mempool"]
+        assert len(restarted.known) == 4
+    finally:
+        await rig.stop()

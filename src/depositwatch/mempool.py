@@ -101,7 +101,8 @@ class MempoolWatcher:
         for txid in self.known - current:
             self._forget(txid)
         self.known &= current
-        new = [txid for txid in answer if txid not in self.known][: self.max_new]
+        waiting = [txid for txid in answer if txid not in self.known]
+        new = waiting[: self.max_new]
         queued = 0
         if new:
             matches = await self._look_at(new)
@@ -112,7 +113,9 @@ class MempoolWatcher:
                     self._log.info(
                         "mempool match", kind=str(match.kind), txid=match.transfer.txid, index=match.transfer.index
                     )
-        queued += await self._retract_dropped()
+        if len(waiting) <= self.max_new:
+            # Only once every transaction in the mempool has been looked at can a match be missing from it.
+            queued += await self._retract_dropped()
         return queued
 
     def _forget(self, txid: str) -> None:
