@@ -99,3 +99,17 @@ def test_check_config_redacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert secret not in captured.out
     assert "written inline" in captured.err
     assert main(["--config", str(tmp_path / "missing.toml"), "check-config"]) == 2
+
+
+def test_chain_examples_are_valid_together() -> None:
+    """Every example chain section validates, with unique names, and token contracts pass EIP-55."""
+    import tomllib
+
+    chains = []
+    for path in sorted((EXAMPLE.parent / "chains").glob("*.toml")):
+        chains += tomllib.loads(path.read_text())["chains"]
+    config = parse_config({"chains": chains}, "config/chains")
+    by_name = {c.name: c for c in config.chains}
+    assert {"eth", "bsc", "polygon", "arbitrum", "optimism", "base", "avalanche", "btc"} <= set(by_name)
+    assert {t.symbol: t.decimals for t in by_name["bsc"].tokens}["USDT"] == 18
+    assert {t.symbol: t.decimals for t in by_name["eth"].tokens}["USDT"] == 6
