@@ -57,8 +57,7 @@ async def open_store(config: StoreConfig | str, *, migrate: bool = False) -> Sql
     try:
         if migrate:
             await store.migrate()
-        else:
-            await store.check_schema()
+        await store.check_schema()  # also refuses a schema newer than this program
     except BaseException:
         await store.close()
         raise
