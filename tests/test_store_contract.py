@@ -306,3 +306,13 @@ async def test_unrouted_and_test_alerts(store: SqlStore) -> None:
     test = await store.enqueue_test_alert({"severity": "info", "chain": "eth"}, "hook")
     assert loads(test.payload)["test"] is True
     assert [m.seq for m in await store.due("hook", 10**10, 10)] == [test.seq]
+
+
+async def test_newer_schema_is_refused(store_url: str) -> None:
+    """A store migrated by a newer program is refused, even when asked to migrate."""
+    store = await open_store(store_url, migrate=True)
+    async with store.db.transaction() as conn:
+        await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+    await store.close()
+    with pytest.raises(SchemaError, match="newer than this program"):
+        await open_store(store_url, migrate=True)
