@@ -272,16 +272,34 @@ class Service:
                 state.heartbeat = follower.heartbeat
                 await asyncio.sleep(0.5)
 
-        guard_task = asyncio.create_task(guard())
-        beat_task = asyncio.create_task(beat())
+        helpers = [asyncio.create_task(guard()), asyncio.create_task(beat())]
+        if state.config.kind == "bitcoin" and state.config.mempool:
+            helpers.append(asyncio.create_task(self._mempool(state, follower)))
         try:
             await follower.run()
         finally:
-            guard_task.cancel()
-            beat_task.cancel()
-            await asyncio.gather(guard_task, beat_task, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
         if not self._stopping.is_set():
             state.state = "standby"
+
+    async def _mempool(self, state: ChainState, follower: Follower) -> None:
+        """Early `revoked_incoming` alerts from the node's mempool, while this instance leads the chain."""
+        from depositwatch.chains.bitcoin import BitcoinSource
+        from depositwatch.mempool import MempoolWatcher
+
+        assert self.store is not None and isinstance(state.source, BitcoinSource)
+        watcher = MempoolWatcher(
+            state.source,
+            self.store,
+            self.registry,
+            make_policy(state.config, self.config.alerts),
+            Scope.live(),
+            state.config,
+            caught_up=lambda: follower.lag == 0,
+        )
+        await watcher.run()
 
     async def _committed(self, _: Any) -> None:
         if self.dispatcher is not None:

@@ -1,0 +1,109 @@
+"""The daemon following Bitcoin: the regtest stand-in, mempool first sight, mined, confirmed, a sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
+from tests.receivers import Receiver
+from tests.test_daemon import SECRET, Daemon, NotifySocket, free_port, stop
+
+pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
+
+REVOKED = p2wpkh(b"\xa1" * 20)
+ACTIVE = p2tr(b"\xc3" * 32)
+
+
+def events(receiver: Receiver, txid: str) -> list[tuple[str, str, int, bool]]:
+    return [
+        (b["kind"], b["event"], b["confirmations"], b["mempool"])
+        for b in (r.json() for r in receiver.accepted)
+        if b["txid"] == txid
+    ]
+
+
+async def wait_for(receiver: Receiver, txid: str, event: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e[1] == event for e in events(receiver, txid)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {event} for {txid}: {events(receiver, txid)}")
+        await asyncio.sleep(0.05)
+
+
+async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg_url: str) -> None:
+    """Mempool sighting alerts at once (0 confirmations), then `mined` and `confirmed`; a sweep alerts too."""
+    async with BitcoinRegtestServer() as node, Receiver() as receiver:
+        chain = node.chain
+        chain.mine(101)
+        revoked_address = script_to_address(REVOKED, "regtest")
+        active_address = script_to_address(ACTIVE, "regtest")
+        book = tmp_path / "book.csv"
+        book.write_text(
+            "chain,address,status,label,owner,revoked_at,reason\n"
+            f"btc,{revoked_address},revoked,old-1,cust-1,2020-01-01T00:00:00Z,breach\n"
+            f"btc,{active_address},active,new-1,cust-2,,\n"
+        )
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[store]\nurl = "{pg_url}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n[alerts]\npoll_interval = 0.05\n'
+            '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
+            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
+            f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = true\n"
+            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
+            'kinds = ["revoked_incoming", "revoked_outgoing", "deposit"]\n'
+            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
+        )
+        importer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "depositwatch",
+            "--config",
+            str(config),
+            "addresses",
+            "import",
+            str(book),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await importer.communicate()
+        assert importer.returncode == 0, out.decode()
+        notify = NotifySocket(tmp_path / "notify.sock")
+        log = tmp_path / "daemon.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
+            )
+        daemon = Daemon(process, notify, "", log, config)
+        try:
+            await notify.wait_for("READY=1")
+            pay = chain.send([(REVOKED, 70_000), (ACTIVE, 30_000)])
+            await wait_for(receiver, pay.txid, "detected")
+            assert events(receiver, pay.txid)[0] == ("revoked_incoming", "detected", 0, True)
+            chain.mine(1)
+            await wait_for(receiver, pay.txid, "mined")
+            chain.mine(1)
+            await wait_for(receiver, pay.txid, "confirmed")
+            # the deposit to the active address is final at 2 confirmations and goes to the deposits sink
+            assert ("deposit", "confirmed", 2, False) in events(receiver, pay.txid)
+
+            sweep = chain.send([(p2wpkh(b"\x66" * 20), 60_000)], from_script=REVOKED)
+            chain.mine(1)
+            await wait_for(receiver, sweep.txid, "detected")
+            kinds = {e[0] for e in events(receiver, sweep.txid)}
+            assert "revoked_outgoing" in kinds
+            assert await stop(daemon) == 0, daemon.output()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            notify.close()
