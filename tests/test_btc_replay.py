@@ -4,6 +4,7 @@ credentials in it, `--watch FILE.csv`) and with a config; exactly the expected J
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from depositwatch.addressbook import ChainDirectory, ChainInfo, read_import_csv
 from depositwatch.addresses import parse_bitcoin_address
+from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.cli import main
-from depositwatch.store import open_store
+from depositwatch.replay import replay, run_id
+from depositwatch.store import Scope, open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh, script_to_address
-from tests.test_btc_source import script_of
+from tests.test_btc_source import btc_config, script_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
 
@@ -180,3 +184,45 @@ async def test_ad_hoc_replay_refuses_a_node_on_another_network(
             "replay", "--chain", "btc", "--from", "1", "--to", "2", "--rpc-url", url, "--network", "signet",
             "--watch", str(watch),
         )  # fmt: skip
+
+
+async def test_prevouts_let_a_replay_see_the_sweep_of_an_output_paid_before_its_range(
+    scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path
+) -> None:
+    """The revoked outputs are paid in block `first + 2` and swept in `first + 3`; a replay of
+    `first + 3` alone sees only the sweep's inputs. With the spent outputs found by `getblock HASH 3`
+    stored in the run's scope first, it reports the sweep."""
+    node, chain = scenario
+    config = btc_config(node, confirmations=1)
+    start = stop = chain.first + 3
+    source = BitcoinSource(config)
+    await source.open()
+    try:
+        identity = await source.identity()
+        revoked = {chain.revoked, chain.late}
+        found = await source.prevouts_paying(start, stop + 1, revoked)
+        assert await source.prevouts_paying(chain.first + 2, stop + 1, revoked) == []  # paid inside the range
+    finally:
+        await source.close()
+    assert sorted((o.txid, o.vout, o.amount, o.script, o.height) for o in found) == sorted(
+        [
+            (chain.pay_late.txid, 0, 66_666, chain.late, chain.first + 2),
+            (chain.pay_revoked.txid, 1, 123_456_789, chain.revoked, chain.first + 2),
+        ]
+    )
+    outputs: dict[bool, list[dict[str, Any]]] = {}
+    for prevouts in (False, True):
+        store = await open_store(f"sqlite:///{tmp_path}/prevouts-{prevouts}.db", migrate=True)
+        try:
+            directory = ChainDirectory({"btc": ChainInfo("bitcoin", "regtest")})
+            await store.import_addresses(read_import_csv(chain.csv(), directory))
+            if prevouts:
+                scope = Scope.replay(run_id("btc", start, stop, identity), False)
+                assert await store.add_watched_outputs("btc", found, scope) == 2
+            out = io.StringIO()
+            await replay(chain=config, store=store, start=start, stop=stop, output=out)
+            outputs[prevouts] = [json.loads(line) for line in out.getvalue().splitlines()]
+        finally:
+            await store.close()
+    assert outputs[False] == []  # the sweep spends outputs this range never saw paid
+    assert [{k: line[k] for k in FIELDS} for line in outputs[True]] == chain.expected()[-2:]

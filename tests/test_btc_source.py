@@ -426,3 +426,22 @@ async def test_wait_for_head_wakes_on_zmq(node: BitcoinRegtestServer) -> None:
         await src.close()
         publisher.close(linger=0)
         context.term()
+
+
+async def test_malformed_prevouts_are_bad_node_answers(node: BitcoinRegtestServer, source: BitcoinSource) -> None:
+    paid = node.chain.send([(p2wpkh(b"\x05" * 20), 9_000)])
+    node.chain.mine()
+    node.chain.spend([(paid.txid, 0)], [(p2wpkh(b"\x06" * 20), 8_000)])
+    node.chain.mine()
+    height = node.chain.height
+    assert [o.amount for o in await source.prevouts_paying(height, height + 1, {p2wpkh(b"\x05" * 20)})] == [9_000]
+
+    def strip(params: list[Any], result: Any) -> Any:
+        for tx in result["tx"]:
+            for txin in tx["vin"]:
+                txin.pop("prevout", None)
+        return result
+
+    tamper(node, "getblock", strip)
+    with pytest.raises(BadNodeAnswer, match=r"getblock \w+ 3: malformed prevout"):
+        await source.prevouts_paying(height, height + 1, {p2wpkh(b"\x05" * 20)})

@@ -40,7 +40,7 @@ import structlog
 
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
-from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, RpcError
+from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, RpcError, btc_to_sats
 from depositwatch.chains.btc_wire import (
     BlockDecodeError,
     block_hash,
@@ -49,7 +49,7 @@ from depositwatch.chains.btc_wire import (
     scan_block,
 )
 from depositwatch.config import ChainConfig
-from depositwatch.models import Asset, Block, BlockRef, Spend, Transfer
+from depositwatch.models import Asset, Block, BlockRef, Spend, Transfer, WatchedOutput
 
 if TYPE_CHECKING:
     from depositwatch.registry import AddressRegistry
@@ -86,6 +86,27 @@ def _block_hash_text(value: Any, call: str, chain: str) -> str:
     if not isinstance(value, str) or not _HASH.match(value):
         raise BadNodeAnswer(f"chain {chain}: {call}: answer {value!r:.100} is not a 64-digit block hash")
     return value
+
+
+def _spent_outputs(block: Any, before: int, scripts: Container[bytes]) -> list[WatchedOutput]:
+    """From a `getblock HASH 3` answer: the spent outputs paying `scripts` that were made before `before`."""
+    found = []
+    for tx in block["tx"]:
+        for txin in tx["vin"]:
+            if "coinbase" in txin:
+                continue
+            prevout = txin["prevout"]
+            script = bytes.fromhex(prevout["scriptPubKey"]["hex"])
+            height = prevout["height"]
+            if not isinstance(height, int) or isinstance(height, bool):
+                raise ValueError(f"prevout height {height!r}")
+            if script not in scripts or height >= before:
+                continue
+            txid, vout = txin["txid"], txin["vout"]
+            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int):
+                raise ValueError(f"outpoint {txid!r}:{vout!r}")
+            found.append(WatchedOutput(txid, vout, script, btc_to_sats(prevout["value"]), height))
+    return found
 
 
 class BitcoinSource:
@@ -242,6 +263,30 @@ class BitcoinSource:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def prevouts_paying(self, start: int, stop: int, scripts: Container[bytes]) -> list[WatchedOutput]:
+        """Outputs paid to `scripts` before block `start` and spent in blocks `start` to `stop - 1`.
+
+        A replay that starts after an output was paid to a revoked script never sees the payment, so
+        the sweep would pass unnoticed; `getblock HASH 3` gives every input's spent output (`prevout`,
+        from the node's undo data), and this returns those paying a watched script, for
+        `store.add_watched_outputs(chain, outputs, scope)` before the replay's follower starts.
+        Verbosity 3 is JSON and about 20 times slower than the raw block: worth it only on demand.
+        """
+        found: dict[tuple[str, int], WatchedOutput] = {}
+        hashes = await self.hashes(start, stop)
+        for low in range(0, len(hashes), self.config.batch_blocks):
+            chunk = hashes[low : low + self.config.batch_blocks]
+            blocks = await asyncio.gather(*(self.rpc.call("getblock", h, 3) for h in chunk))
+            for hash_, block in zip(chunk, blocks, strict=True):
+                try:
+                    for out in _spent_outputs(block, start, scripts):
+                        found.setdefault((out.txid, out.vout), out)
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise BadNodeAnswer(
+                        f"chain {self.name}: getblock {hash_} 3: malformed prevout data ({exc!r:.200})"
+                    ) from None
+        return list(found.values())
 
     async def wait_for_head(self, timeout: float) -> None:
         """Return when a new block may be there (ZMQ wake-up, or a changed best hash), or after `timeout`."""
