@@ -28,8 +28,6 @@ from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, p2pkh, p2sh, p2tr, p2wpkh, p2wsh, script_to_address
 from tests.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
 
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
-
 REVOKED_AT = int(time.time()) - 3600
 OTHER = p2wpkh(b"\xee" * 20)
 

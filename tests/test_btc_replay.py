@@ -22,8 +22,6 @@ from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh, script_to_address
 from tests.test_btc_source import btc_config, script_of
 
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
-
 FIELDS = (
     "kind", "chain", "asset", "amount", "amount_decimal", "from", "to", "txid", "index", "block_height", "block_hash",
     "label", "owner",

@@ -37,9 +37,6 @@ from tests.btcnode import (
     script_to_address,
 )
 
-# tests/btcnode/server.py passes shutdown_timeout to TCPSite, which aiohttp 3.14 deprecates (reported).
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
-
 # One script of each type, distinct per seed.
 SCRIPT_MAKERS: dict[str, Callable[[bytes], bytes]] = {
     "p2pkh": lambda seed: p2pkh(seed[:20]),
