@@ -162,11 +162,11 @@ async def test_snapshot_and_revert_make_a_reorg(node: Anvil) -> None:
     w3, alice, bob, carol = node.w3, *(a.address for a in node.accounts[:3])
     await node.mine(2)
     saved = await snapshot(w3)
-    await send_eth(w3, alice, bob, 1)
+    await wait_receipt(w3, await send_eth(w3, alice, bob, 1))  # mined before the block is read
     first = await rpc(w3, "eth_getBlockByNumber", "0x3", False)
     assert await node.revert(saved)
     assert await node.block_number() == 2
-    await send_eth(w3, alice, carol, 2)
+    await wait_receipt(w3, await send_eth(w3, alice, carol, 2))
     second = await rpc(w3, "eth_getBlockByNumber", "0x3", False)
     assert second["hash"] != first["hash"]
     assert second["parentHash"] == first["parentHash"]
