@@ -476,8 +476,9 @@ def main() -> None:
     text = report(one, two, three, command.strip())
     print(text)
     if args.append:
-        with open(args.append, "a", encoding="utf-8") as out:
-            out.write(("\n" if Path(args.append).stat().st_size else "") + text)
+        target = Path(args.append)
+        with target.open("a", encoding="utf-8") as out:
+            out.write(("\n" if out.tell() else "") + text)
 
 
 if __name__ == "__main__":
