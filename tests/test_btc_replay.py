@@ -171,17 +171,20 @@ async def test_replay_with_a_config_and_a_store(
 
 
 async def test_ad_hoc_replay_refuses_a_node_on_another_network(
-    scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path
+    scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The CLI exits non-zero with a message naming both networks, not a traceback."""
     node, _ = scenario
     watch = tmp_path / "watch.csv"
     watch.write_text("chain,address,status\n")
     url = node.url.replace("http://", f"http://{node.user}:{node.password}@")
-    with pytest.raises(Exception, match="follows Bitcoin 'regtest'"):
-        await run_cli(
-            "replay", "--chain", "btc", "--from", "1", "--to", "2", "--rpc-url", url, "--network", "signet",
-            "--watch", str(watch),
-        )  # fmt: skip
+    code = await run_cli(
+        "replay", "--chain", "btc", "--from", "1", "--to", "2", "--rpc-url", url, "--network", "signet",
+        "--watch", str(watch),
+    )  # fmt: skip
+    assert code == 1
+    message = capsys.readouterr().err
+    assert "follows Bitcoin 'regtest'" in message and "Traceback" not in message
 
 
 async def test_prevouts_let_a_replay_see_the_sweep_of_an_output_paid_before_its_range(

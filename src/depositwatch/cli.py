@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from depositwatch import __version__
+from depositwatch.chains.base import ChainError, WrongChain
 from depositwatch.commands import CommandError, command_modules
 from depositwatch.config import ConfigError
 from depositwatch.logging import setup_logging
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreError as exc:
         print(f"depositwatch: store: {exc}", file=sys.stderr)
+        return 1
+    except (ChainError, WrongChain) as exc:
+        print(f"depositwatch: node: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

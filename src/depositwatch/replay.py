@@ -14,7 +14,7 @@ from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
 from depositwatch.jsonutil import dumps
 from depositwatch.models import Asset
-from depositwatch.pipeline import make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Scope, SqlStore
 from depositwatch.timeutil import iso
@@ -88,6 +88,7 @@ async def replay(
     alerts: AlertsConfig | None = None,
     progress: bool = False,
     restart: bool = False,
+    prevouts: bool = False,
     on_commit: Callable[[Sequence[BlockEffects]], Any] | None = None,
 ) -> ReplaySummary:
     """Replay blocks `start..stop` (inclusive) of one chain; write each match as a JSON line to `output`."""
@@ -125,6 +126,16 @@ async def replay(
             if on_commit is not None:
                 await on_commit(effects)
 
+        hook = make_hook(chain)
+        attach(source, registry, hook)
+        if prevouts:
+            # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
+            from depositwatch.chains.bitcoin import BitcoinSource
+
+            if not isinstance(source, BitcoinSource):
+                raise ValueError("--prevouts is for Bitcoin chains")
+            found = await source.prevouts_paying(start, stop + 1, registry.book(chain.name).revoked)
+            await store.add_watched_outputs(chain.name, found, scope)
         follower = Follower(
             source=source,
             store=store,
@@ -133,7 +144,7 @@ async def replay(
             scope=scope,
             cursor_name=scope.name,
             settings=make_settings(chain, start_height=start, stop_height=stop),
-            hook=make_hook(chain),
+            hook=hook,
             on_commit=committed,
         )
         cursor = await follower.start()

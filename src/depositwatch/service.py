@@ -19,7 +19,7 @@ from depositwatch.config import ChainConfig, Config, load_config
 from depositwatch.follower import Follower, ReorgTooDeep
 from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
 from depositwatch.metrics import Metrics
-from depositwatch.pipeline import make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, sqlite_path
@@ -186,6 +186,13 @@ class Service:
         log.info("reloading (SIGHUP)")
         self.registry.version = -1
         self._book_changed.set()
+        for state in self.chains.values():  # outputs found by `btc scan-revoked` since the start
+            hook = state.follower.hook if state.follower is not None else None
+            if hook is not None and self.store is not None:
+                try:
+                    await hook.load(self.store, Scope.live())
+                except Exception as exc:
+                    log.error("reloading the chain's watched outputs failed", chain=state.config.name, error=str(exc))
         if self.config_path is None or self.dispatcher is None:
             return
         try:
@@ -221,6 +228,8 @@ class Service:
                     await state.source.close()
                     await state.source.open()
                     await self.store.check_identity(name, await state.source.identity())
+                hook = make_hook(state.config)
+                attach(state.source, self.registry, hook)
                 follower = Follower(
                     source=state.source,
                     store=self.store,
@@ -230,7 +239,7 @@ class Service:
                     cursor_name=f"live:{name}",
                     settings=make_settings(state.config),
                     metrics=self.metrics,
-                    hook=make_hook(state.config),
+                    hook=hook,
                     on_commit=self._committed,
                 )
                 state.follower = follower

@@ -35,6 +35,11 @@ def register(sub: Any) -> None:
     p.add_argument("--output", "-o", help="write matches here instead of stdout")
     p.add_argument("--send-alerts", action="store_true", help="also send alerts (never re-sends a live alert)")
     p.add_argument("--restart", action="store_true", help="discard an earlier run of the same range and start over")
+    p.add_argument(
+        "--prevouts",
+        action="store_true",
+        help="Bitcoin: also find outputs paid to revoked scripts before --from (getblock HASH 3) to see their sweeps",
+    )
     p.add_argument("--rpc-url", help="ad hoc: the node (http://USER:PASS@HOST:PORT for Bitcoin Core)")
     p.add_argument("--network", default="mainnet", help="ad hoc Bitcoin: mainnet, testnet, signet or regtest")
     p.add_argument("--watch", help="ad hoc: the addresses to watch, as an import CSV")
@@ -120,6 +125,7 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
                 alerts=config.alerts,
                 progress=sys.stderr.isatty(),
                 restart=args.restart,
+                prevouts=args.prevouts,
                 on_commit=None if dispatcher is None else _waker(dispatcher),
             )
         except ValueError as exc:
