@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,9 +23,11 @@ SECRET = "cli-secret"
 
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
-    """The CLI points structlog at the captured stderr; put it back for the tests that follow."""
+    """The CLI points structlog and the root logger at the captured stderr, closed after the test: put
+    both back, or the next test's first log line raises ValueError (I/O operation on closed file)."""
     yield
     structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
 
 
 def write_config(tmp_path: Path, url: str, *, max_attempts: int = 20, concurrency: int = 4, timeout: float = 5) -> Path:
@@ -201,19 +204,24 @@ async def test_crash_mid_delivery_loses_nothing(tmp_path: Path, store_url: str) 
 
 
 @pytest.mark.slow
-async def test_deliver_stops_cleanly_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
-    """`alerts deliver` runs until SIGTERM, lets the deliveries in flight finish, and exits 0."""
+async def test_deliver_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
+    """`alerts deliver` runs until SIGTERM; SIGHUP reloads the sinks (pending messages follow the sink's new
+    URL); SIGTERM lets the deliveries in flight finish and exits 0."""
     store = await open_store(sqlite_url, migrate=True)
-    made = await AlertMaker(store).block([(i, 1) for i in range(20)])
+    made = await AlertMaker(store).block([(i, 1) for i in range(40)])
     log = tmp_path / "deliver.log"
-    async with Receiver(slow(0.2)) as rx:
-        config = write_config(tmp_path, rx.url)
+    async with Receiver(slow(0.2)) as old, Receiver(slow(0.2)) as new:
+        config = write_config(tmp_path, old.url)
         process = await _spawn(_deliver_command(config, sqlite_url), log)
-        await rx.wait_until(lambda r: r.in_flight_total() > 0, timeout=60)
+        await old.wait_until(lambda r: r.in_flight_total() > 0, timeout=60)
+        write_config(tmp_path, new.url)
+        process.send_signal(signal.SIGHUP)
+        await new.wait_until(lambda r: r.in_flight_total() > 0, timeout=60)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0, log.read_text()[-3000:]
-        answered = len(rx.accepted)
+        answered = len(old.accepted) + len(new.accepted)
     counts = await store.outbox_counts()
     assert counts["delivered"] == answered and answered < len(made)
     assert counts["pending"] == len(made) - answered
+    assert "reconfigured" in log.read_text()
     await store.close()

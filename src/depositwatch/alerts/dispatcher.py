@@ -441,9 +441,8 @@ class Dispatcher:
         if final or attempts >= retry.max_attempts:
             await self._record_failure(sink.name, seqs, failure.reason, None)
             self._count(sink.name, "dead", len(seqs))
-            log.error(
-                "alert delivery dead after its last attempt; `depositwatch alerts redeliver` retries it", **context
-            )
+            why = "a one-off attempt failed" if final else "its last attempt failed"
+            log.error(f"alert delivery dead: {why}; `depositwatch alerts redeliver` retries it", **context)
             return Attempt(sink.name, seqs, "dead", failure.reason, attempts)
         delay = backoff(attempts, retry, self._rand)
         if failure.retry_after is not None:
