@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import gc
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from depositwatch.models import AddressStatus
 
@@ -37,6 +38,26 @@ class ChainBook:
 
 
 _EMPTY = ChainBook()
+_REVOKED = AddressStatus.REVOKED
+_ACTIVE_HIT = (AddressStatus.ACTIVE, None)  # one shared answer: no tuple built per lookup
+
+
+async def _fill(books: dict[str, ChainBook], chunks: AsyncIterator[list[Any]]) -> None:
+    """Add bare `(chain, key, revoked_at)` rows, revoked_at None for an active key, to the books."""
+    # chain -> (active.add, revoked): one dict lookup per row rather than attribute chains.
+    sinks: dict[str, tuple[Callable[[bytes], None], dict[bytes, int]]] = {}
+    stamps: dict[int, int] = {}
+    async for rows in chunks:
+        for chain, key, revoked_at in rows:
+            sink = sinks.get(chain)
+            if sink is None:
+                book = books.setdefault(chain, ChainBook())
+                sink = sinks[chain] = (book.active.add, book.revoked)
+            if revoked_at is None:
+                sink[0](key)
+            else:
+                sink[1][key] = stamps.setdefault(revoked_at, revoked_at)
+        del rows
 
 
 class AddressRegistry:
@@ -57,9 +78,9 @@ class AddressRegistry:
             return None
         revoked_at = book.revoked.get(key)
         if revoked_at is not None:
-            return AddressStatus.REVOKED, revoked_at
+            return _REVOKED, revoked_at
         if key in book.active:
-            return AddressStatus.ACTIVE, None
+            return _ACTIVE_HIT
         return None
 
     def __len__(self) -> int:
@@ -83,19 +104,30 @@ class AddressRegistry:
 
     @classmethod
     async def load(cls, store: SqlStore, chains: Sequence[str] | None = None) -> AddressRegistry:
-        """Load the book from the store, streaming it in chunks."""
+        """Load the book from the store, streaming it in chunks.
+
+        Each chunk's rows are dropped once their keys are in the books, so the keys are the only
+        per-address objects that stay. Revocation times are shared between keys revoked at the
+        same second (a mass revocation), rather than one int object per key.
+
+        The cyclic garbage collector is paused meanwhile: every chunk of driver rows it sees
+        promoted triggers a full collection, and a full collection walks every key already in the
+        books, which made a 10-million-key load quadratic (47 s instead of 10.5 s from PostgreSQL).
+        """
         version = await store.address_book_version()
         books: dict[str, ChainBook] = {}
-        revoked = AddressStatus.REVOKED
-        async for rows in store.iter_registry(chains):
-            for row in rows:
-                book = books.get(row.chain)
-                if book is None:
-                    book = books[row.chain] = ChainBook()
-                if row.status is revoked:
-                    book.revoked[row.key] = row.revoked_at or 0
-                else:
-                    book.active.add(row.key)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if hasattr(store, "iter_registry_keys"):
+                await _fill(books, store.iter_registry_keys(chains))
+            else:
+                async for chunk in store.iter_registry(chains):
+                    for row in chunk:
+                        books.setdefault(row.chain, ChainBook()).add(row.key, row.status, row.revoked_at)
+        finally:
+            if collecting:
+                gc.enable()
         return cls(books, version)
 
     async def reload(self, store: SqlStore, chains: Sequence[str] | None = None) -> bool:

@@ -30,6 +30,7 @@ _TYPES = {
 }
 NOTIFY_CHANNEL = "depositwatch_addresses"
 _ADDRESS_COLUMNS = "chain, key, address, type, status, label, owner, revoked_at, reason, created_at"
+_STATUS = {str(status): status for status in AddressStatus}
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -304,8 +305,24 @@ class SqlStore(FollowMixin, OutboxMixin):
         if chains is not None:
             sql += f" WHERE chain IN ({_marks(chains, 1)})"
             args = tuple(chains)
+        status = _STATUS
         async for rows in self.db.stream(sql, *args):
-            yield [RegistryRow(r[0], bytes(r[1]), AddressStatus(r[2]), r[3]) for r in rows]
+            yield [RegistryRow(r[0], bytes(r[1]), status[r[2]], r[3]) for r in rows]
+
+    async def iter_registry_keys(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[Any]]:
+        """The book in chunks of bare `(chain, key, revoked_at)` rows, for loading millions of keys.
+
+        `key` is bytes; `revoked_at` is None for an active address and the revocation time (0 if
+        unknown) for a revoked one. No object is made per row beyond what the driver returns, which
+        makes a load of the whole book several times faster than through `iter_registry`.
+        """
+        sql = "SELECT chain, key, CASE WHEN status = 'revoked' THEN COALESCE(revoked_at, 0) END FROM addresses"
+        args: tuple[Any, ...] = ()
+        if chains is not None:
+            sql += f" WHERE chain IN ({_marks(chains, 1)})"
+            args = tuple(chains)
+        async for rows in self.db.stream(sql, *args):
+            yield rows
 
     async def address_book_version(self) -> int:
         """A number that changes whenever the book changes."""
