@@ -337,6 +337,22 @@ async def test_sqlite_runs_a_single_instance(sqlite_setup: Setup) -> None:
     code = await asyncio.to_thread(second.process.wait, 30)
     assert code != 0
     assert "SQLite runs a single instance" in second.output()
+    # a stand-alone dispatcher next to the daemon would deliver everything twice: refused too
+    deliver = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "depositwatch",
+        "--config",
+        str(first.config),
+        "alerts",
+        "deliver",
+        "--until-empty",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    text, _ = await deliver.communicate()
+    assert deliver.returncode == 2, text.decode()
+    assert "SQLite runs a single instance" in text.decode()
     assert first.process.poll() is None
     assert await stop(first) == 0
 

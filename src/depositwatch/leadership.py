@@ -7,10 +7,13 @@ import fcntl
 import hashlib
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import asyncpg
 import structlog
+
+if TYPE_CHECKING:
+    from depositwatch.store import SqlStore
 
 log = structlog.get_logger(__name__)
 
@@ -120,3 +123,22 @@ class SingleInstance:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+async def take_dispatcher(store: SqlStore, password: str | None = None) -> Leases:
+    """The right to deliver alerts from this store, for a dispatcher running outside the daemon.
+
+    Raises AlreadyRunning when the daemon (or another dispatcher) delivers from the same store: two
+    dispatchers would send every message twice (same keys, but twice the noise).
+    """
+    from depositwatch.store.drivers import PostgresDriver, SqliteDriver
+
+    if isinstance(store.db, PostgresDriver):
+        leases = PostgresLeases(store.db.url, password)
+        if not await leases.try_acquire("dispatcher"):
+            raise AlreadyRunning("another instance delivers alerts from this PostgreSQL store (the daemon?)")
+        return leases
+    assert isinstance(store.db, SqliteDriver)
+    single = SingleInstance(store.db.path)
+    single.acquire()
+    return single

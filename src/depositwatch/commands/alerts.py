@@ -16,6 +16,7 @@ from depositwatch.alerts.sinks import AlertSink, build_sinks
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
 from depositwatch.config import Config, ConfigError, SinkConfig, load_config
 from depositwatch.jsonutil import dumps, loads
+from depositwatch.leadership import AlreadyRunning, take_dispatcher
 from depositwatch.models import MatchKind
 from depositwatch.store import OutboxMessage, SqlStore
 from depositwatch.store.base import Delivery
@@ -255,6 +256,12 @@ async def _deliver(args: argparse.Namespace) -> int:
     config = load(args)
     sinks = _sinks(config)
     store = await store_from(args, config)
+    try:
+        password = config.store.password.resolve() if config.store.password else None
+        leases = await take_dispatcher(store, password)
+    except AlreadyRunning as exc:
+        await store.close()
+        raise CommandError(str(exc)) from None
     dispatcher = Dispatcher(store, sinks, config.alerts)
     try:
         if args.until_empty:
@@ -263,6 +270,7 @@ async def _deliver(args: argparse.Namespace) -> int:
         return 0
     finally:
         await dispatcher.stop(config.alerts.shutdown_grace)
+        await leases.release_all()
         await store.close()
 
 
