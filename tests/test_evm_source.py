@@ -276,6 +276,7 @@ async def test_snapshot_revert_reorg_changes_the_block(node: Anvil) -> None:
     await node.mine(3)
     saved = await snapshot(w3)
     old_tx = await send_eth(w3, alice, bob, 1)
+    await wait_receipt(w3, old_tx)  # under load the node's tip can trail the returned hash
     source = await opened(chain_config(node, {}))
     try:
         (old,) = await source.fetch(4, 5)
@@ -283,6 +284,7 @@ async def test_snapshot_revert_reorg_changes_the_block(node: Anvil) -> None:
         assert await node.revert(saved)
         assert await source.hash_at(4) is None
         new_tx = await send_eth(w3, alice, carol, 2)
+        await wait_receipt(w3, new_tx)
         (new,) = await source.fetch(4, 5)
         assert new.hash != old.hash
         assert new.parent_hash == old.parent_hash
@@ -296,7 +298,7 @@ async def test_anvil_reorg_changes_the_blocks(node: Anvil) -> None:
     w3 = node.w3
     alice, bob = node.accounts[0].address, node.accounts[1].address
     for n in range(4):
-        await send_eth(w3, alice, bob, n + 1)
+        await wait_receipt(w3, await send_eth(w3, alice, bob, n + 1))
     source = await opened(chain_config(node, {}))
     try:
         before = await source.fetch(1, 5)
