@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ import pytest
 
 from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, Daemon, NotifySocket, free_port, stop
+from tests.test_daemon import SECRET, free_port, launch, reap, stop
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
 
@@ -74,16 +72,8 @@ async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg
         )
         out, _ = await importer.communicate()
         assert importer.returncode == 0, out.decode()
-        notify = NotifySocket(tmp_path / "notify.sock")
-        log = tmp_path / "daemon.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-            )
-        daemon = Daemon(process, notify, "", log, config)
+        daemon = launch(config, tmp_path, 0)
+        notify = daemon.notify
         try:
             await notify.wait_for("READY=1")
             pay = chain.send([(REVOKED, 70_000), (ACTIVE, 30_000)])
@@ -103,7 +93,4 @@ async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg
             assert "revoked_outgoing" in kinds
             assert await stop(daemon) == 0, daemon.output()
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            notify.close()
+            reap([daemon])

@@ -105,29 +105,41 @@ class Setup:
 
     async def start(self, config: Path, *, watchdog_usec: int | None = None, wait_ready: bool = True) -> Daemon:
         n = len(self.started)
-        notify = NotifySocket(self.tmp / f"notify-{n}.sock")
         http_port = free_port()
         own = self.tmp / f"run-{n}.toml"  # each instance its own copy: its own HTTP port
         own.write_text(config.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{http_port}"'))
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
-        if watchdog_usec is not None:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
-        log = self.tmp / f"daemon-{n}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "depositwatch", "--config", str(own), "--log-format", "json", "run"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        daemon = Daemon(process, notify, f"http://127.0.0.1:{http_port}", log, own)
+        env = {} if watchdog_usec is None else {"WATCHDOG_USEC": str(watchdog_usec)}
+        daemon = launch(own, self.tmp, n, env, http=f"http://127.0.0.1:{http_port}")
         self.started.append(daemon)
         if wait_ready:
             try:
-                await notify.wait_for("READY=1")
+                await daemon.notify.wait_for("READY=1")
             except AssertionError:
                 raise AssertionError(daemon.output()) from None
         return daemon
+
+
+def launch(config: Path, tmp: Path, n: int, env: dict[str, str] | None = None, *, http: str = "") -> Daemon:
+    """Start `depositwatch run` as a subprocess with a notify socket the test owns."""
+    notify = NotifySocket(tmp / f"notify-{n}.sock")
+    log = tmp / f"daemon-{n}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify.path), **(env or {})},
+        )
+    return Daemon(process, notify, http, log, config)
+
+
+def reap(daemons: list[Daemon]) -> None:
+    """Kill what is still running and close the notify sockets."""
+    for daemon in daemons:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        daemon.notify.close()
 
 
 async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
@@ -165,35 +177,26 @@ async def book(store_url: str, tmp: Path) -> None:
     assert done.returncode == 0, out.decode()
 
 
-@pytest.fixture(params=["postgres"])
-async def setup(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[Setup]:
+async def _setup(tmp_path: Path, store_url: str) -> AsyncIterator[Setup]:
     async with Anvil(chain_id=CHAIN_ID) as node, Receiver() as receiver:
-        await book(pg_url, tmp_path)
-        s = Setup(tmp_path, node, pg_url, receiver, [])
+        await book(store_url, tmp_path)
+        s = Setup(tmp_path, node, store_url, receiver, [])
         try:
             yield s
         finally:
-            for daemon in s.started:
-                if daemon.process.poll() is None:
-                    daemon.process.kill()
-                    daemon.process.wait()
-                daemon.notify.close()
+            reap(s.started)
+
+
+@pytest.fixture(params=["postgres"])
+async def setup(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> AsyncIterator[Setup]:
+    async for s in _setup(tmp_path, pg_url):
+        yield s
 
 
 @pytest.fixture
 async def sqlite_setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    url = f"sqlite:///{tmp_path}/state.db"
-    async with Anvil(chain_id=CHAIN_ID) as node, Receiver() as receiver:
-        await book(url, tmp_path)
-        s = Setup(tmp_path, node, url, receiver, [])
-        try:
-            yield s
-        finally:
-            for daemon in s.started:
-                if daemon.process.poll() is None:
-                    daemon.process.kill()
-                    daemon.process.wait()
-                daemon.notify.close()
+    async for s in _setup(tmp_path, f"sqlite:///{tmp_path}/state.db"):
+        yield s
 
 
 def detected(receiver: Receiver) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +13,7 @@ import pytest
 
 from depositwatch.devnet import Anvil, deploy_token, mint_token, send_eth, send_token, wait_receipt
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, Daemon, NotifySocket, free_port, stop
+from tests.test_daemon import SECRET, Daemon, free_port, launch, reap, stop
 
 REVOKED = "0x" + "a1" * 20
 LATER = "0x" + "b2" * 20
@@ -76,16 +74,7 @@ class World:
         return out.decode()
 
     async def start(self, config: Path) -> Daemon:
-        notify = NotifySocket(self.tmp / f"notify-{len(self.daemons)}.sock")
-        log = self.tmp / f"daemon-{len(self.daemons)}.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "NOTIFY_SOCKET": str(notify.path)},
-            )
-        daemon = Daemon(process, notify, "", log, config)
+        daemon = launch(config, self.tmp, len(self.daemons))
         self.daemons.append(daemon)
         return daemon
 
@@ -109,11 +98,7 @@ async def world(tmp_path: Path, pg_url: str) -> AsyncIterator[World]:
             try:
                 yield w
             finally:
-                for daemon in w.daemons:
-                    if daemon.process.poll() is None:
-                        daemon.process.kill()
-                        daemon.process.wait()
-                    daemon.notify.close()
+                reap(w.daemons)
     finally:
         await eth_node.stop()
         await bsc_node.stop()
