@@ -74,19 +74,6 @@ HASH_BATCH = 500  # getblockhash calls per JSON-RPC batch
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 
 
-class _Either:
-    """Membership in either of two containers (the book's active set and its revoked dict)."""
-
-    __slots__ = ("first", "second")
-
-    def __init__(self, first: Container[bytes], second: Container[bytes]) -> None:
-        self.first = first
-        self.second = second
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.first or key in self.second
-
-
 def _block_hash_text(value: Any, call: str, chain: str) -> str:
     if not isinstance(value, str) or not _HASH.match(value):
         raise BadNodeAnswer(f"chain {chain}: {call}: answer {value!r:.100} is not a 64-digit block hash")
@@ -322,22 +309,15 @@ class BitcoinSource:
 
     # decoding --------------------------------------------------------------------------------------
 
-    def _scan_state(self) -> tuple[Container[bytes], set[bytes], dict[bytes, int]] | None:
-        """For the watched path: the scripts to look for, the outpoints to look for, the revoked book."""
+    def _scan_state(self) -> tuple[set[bytes], set[bytes], dict[bytes, int]] | None:
+        """For the watched path: the book's active scripts, the outpoints to look for, its revoked scripts."""
         if self._registry is None:
             return None
         book = self._registry.book(self.name)
-        scripts: Container[bytes]
-        if not book.revoked:
-            scripts = book.active
-        elif not book.active:
-            scripts = book.revoked
-        else:
-            scripts = _Either(book.active, book.revoked)
         outpoints: set[bytes] = set()
         if self._tracker is not None:
             outpoints = {outpoint_key(txid, vout) for txid, vout in self._tracker.outputs}
-        return scripts, outpoints, book.revoked
+        return book.active, outpoints, book.revoked
 
     def decode_blocks(self, start: int, hashes: list[str], raws: list[bytes]) -> list[Block]:
         """Check and decode consecutive raw blocks fetched as `hashes` from height `start`, as `fetch`
@@ -350,7 +330,7 @@ class BitcoinSource:
         height: int,
         hash_: str,
         raw: bytes,
-        scan: tuple[Container[bytes], set[bytes], dict[bytes, int]] | None,
+        scan: tuple[set[bytes], set[bytes], dict[bytes, int]] | None,
     ) -> Block:
         """Check and decode one raw block fetched as `hash_` at `height`."""
         call = f"getblock {hash_} 0" if not self.config.rest_url else f"REST block {hash_}"
@@ -391,27 +371,28 @@ class BitcoinSource:
         height: int,
         hash_: str,
         raw: bytes,
-        scripts: Container[bytes],
+        active: set[bytes],
         outpoints: set[bytes],
         revoked: dict[bytes, int],
     ) -> Block:
-        found = scan_block(raw, scripts, outpoints)
+        # The active set and the revoked dict are looked up as they are (no merged set to build), and
+        # only the outputs paying revoked scripts are followed to their spends: the tracker's sweeps.
+        if revoked:
+            found = scan_block(raw, active, outpoints, more_scripts=revoked, follow=revoked)
+        else:
+            found = scan_block(raw, active, outpoints, follow=revoked)
         asset, network = self.asset, self.network
         transfers = []
         for hit in found.outputs:
             if hit.value <= 0:
                 continue
+            script = hit.script
             transfers.append(
                 Transfer(
-                    asset,
-                    hit.value,
-                    hit.txid,
-                    hit.vout,
-                    hit.script,
-                    to_address=bitcoin_script_to_address(hit.script, network),
+                    asset, hit.value, hit.txid, hit.vout, script, to_address=bitcoin_script_to_address(script, network)
                 )
             )
-            if hit.script in revoked:  # a sweep of it later in this fetch must be seen
+            if script in revoked:  # a sweep of it later in this fetch must be seen
                 outpoints.add(outpoint_key(hit.txid, hit.vout))
         spends = tuple(Spend(s.txid, s.vin, s.prev_txid, s.prev_vout) for s in found.spends)
         header = found.header

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Container, Sequence
+from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass
+from operator import eq
 from typing import Any
 
 __all__ = [
@@ -496,7 +497,7 @@ def _merkle(hashes: list[bytes]) -> tuple[bytes, bool]:
     level = hashes
     while len(level) > 1:
         if not mutated:
-            mutated = any(a == b for a, b in zip(level[0::2], level[1::2], strict=False))
+            mutated = any(map(eq, level[0::2], level[1::2]))
         if len(level) & 1:
             level = [*level, level[-1]]
         pairs = iter(level)
@@ -576,50 +577,77 @@ def decode_block(raw: bytes | bytearray | memoryview) -> RawBlock:
     return RawBlock(header, tuple(txs))
 
 
+# One byte of an output script's length -> the length; of a witness item's -> how far to move past
+# the item. A long CompactSize (0xfd to 0xff) gives `_ASTRAY` instead: every later read
+# is then out of range, so the transaction is read again by `_scan_tx`, which handles it exactly.
+_ASTRAY = -(1 << 60)
+_SCRIPT_LEN = (*range(0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
+_ITEM_STEP = (*range(1, 1 + 0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
+
+
 def scan_block(
     raw: bytes | bytearray | memoryview,
     scripts: Container[bytes],
-    outpoints: Container[bytes] = frozenset(),
+    outpoints: Collection[bytes] = frozenset(),
     *,
     verify_merkle: bool = True,
+    more_scripts: Container[bytes] | None = None,
+    follow: Container[bytes] | None = None,
 ) -> BlockScan:
-    """Decode + match in one pass: the outputs paying a script in `scripts` and the inputs spending an
-    outpoint in `outpoints` (keys from `outpoint_key`), or an output of this block that was a hit.
+    """Decode + match in one pass: the outputs paying a script in `scripts` (or in `more_scripts`) and
+    the inputs spending an outpoint in `outpoints` (keys from `outpoint_key`), or an output of this
+    block that was a hit (with `follow`, only a hit paying a script in `follow`).
 
     The block is checked as by `decode_block`, except for the witness commitment: witness data is
     skipped, never returned, and the txids cover everything that is. `verify_merkle=False` also skips
     the merkle tree (a fifth of the time), for a caller that trusts where the bytes come from, for
     instance its own node, having checked that `block_hash(raw[:80])` is the hash it asked for.
+
+    Each transaction is first read on a fast path that takes every length to be one byte, looks the
+    outpoints up only once there is one to look for, and slices nothing but the output scripts. A long
+    length, a truncation or anything odd sends it to `_scan_tx`, which reads it again exactly as
+    `decode_block` does and raises the same errors.
     """
     buf = bytes(raw)
     n = len(buf)
     header, count, off = _block_start(buf)
     sha = _sha256
+    script_len, item_step = _SCRIPT_LEN, _ITEM_STEP
     txids: list[bytes] = []
+    append_txid = txids.append
     out_hits: list[tuple[int, int, int, int]] = []  # tx, vout, script start, script end
     spend_hits: list[tuple[int, int, int]] = []  # tx, vin, outpoint offset
-    spent = outpoints  # becomes `_Either(outpoints, fresh)` once an output is a hit
-    fresh: set[bytes] = set()  # the outpoints of this block's hits, for spends later in the block
+    # the outpoints to look for: None while there are none, then the caller's, then a set of ours
+    spent: Collection[bytes] | None = outpoints if outpoints else None
+    own: set[bytes] | None = None
+    heads = {key[0] for key in outpoints if key}  # their first bytes: a cheap test before the slice
     hit = False
-    start = off
-    with memoryview(buf) as mv:
+    for i in range(count):
+        start = off
         try:
-            for i in range(count):
-                start = off
-                body = off + 4
+            body = off + 4
+            nin = buf[body]
+            segwit = nin == 0
+            if segwit:
+                if buf[body + 1] != 1:
+                    raise _bad_flag(buf[body + 1], body + 1)
+                body += 2
                 nin = buf[body]
-                segwit = nin == 0
-                if segwit:
-                    if buf[body + 1] != 1:
-                        raise _bad_flag(buf[body + 1], body + 1)
-                    body += 2
-                    nin = buf[body]
-                if nin < 0xFD:
-                    off = body + 1
-                else:
-                    nin, off = _read_count(buf, body, 41)
+            if nin < 0xFD:
+                off = body + 1
+            else:
+                nin, off = _read_count(buf, body, 41)
+            if spent is None:
+                for _ in range(nin):
+                    ln = buf[off + 36]
+                    if ln < 0xFD:
+                        off += 41 + ln
+                    else:  # a long script: multisig spends have them often enough to read it here
+                        ln, s = _read_long_varint(buf, off + 36)
+                        off = s + ln + 4
+            else:
                 for vin in range(nin):
-                    if buf[off : off + 36] in spent:
+                    if buf[off] in heads and buf[off : off + 36] in spent:
                         spend_hits.append((i, vin, off))
                     ln = buf[off + 36]
                     if ln < 0xFD:
@@ -627,61 +655,70 @@ def scan_block(
                     else:
                         ln, s = _read_long_varint(buf, off + 36)
                         off = s + ln + 4
-                nout = buf[off]
-                if nout < 0xFD:
-                    off += 1
-                else:
-                    nout, off = _read_count(buf, off, 9)
+            nout = buf[off]
+            if nout < 0xFD:
+                off += 1
+            else:
+                nout, off = _read_count(buf, off, 9)
+            if more_scripts is None:
                 for vout in range(nout):
-                    ln = buf[off + 8]
-                    if ln < 0xFD:
-                        s = off + 9
-                    else:
-                        ln, s = _read_long_varint(buf, off + 8)
-                    off = s + ln
+                    s = off + 9
+                    off = s + script_len[buf[off + 8]]
                     if buf[s:off] in scripts:
                         out_hits.append((i, vout, s, off))
                         hit = True
-                if segwit:
-                    wit_start = off
-                    any_witness = False
-                    for _ in range(nin):
-                        nitems = buf[off]
-                        if nitems < 0xFD:
-                            off += 1
-                        else:
-                            nitems, off = _read_count(buf, off, 1)
-                        if nitems:
-                            any_witness = True
-                        for _ in range(nitems):
-                            ln = buf[off]
-                            if ln < 0xFD:
-                                off += 1 + ln
-                            else:
-                                ln, s = _read_long_varint(buf, off)
-                                off = s + ln
-                    if not any_witness:
-                        raise _superfluous(start)
-                    end = off + 4
-                    if end > n:
-                        raise _truncated(start, buf)
-                    h = sha(mv[start : start + 4])
-                    h.update(mv[body:wit_start])
-                    h.update(mv[off:end])
-                    txid = sha(h.digest()).digest()
-                else:
-                    end = off + 4
-                    if end > n:
-                        raise _truncated(start, buf)
-                    txid = sha(sha(mv[start:end]).digest()).digest()
-                txids.append(txid)
-                if hit:
-                    hit = False
-                    fresh.update(txid + _P32(vout) for j, vout, _, _ in out_hits if j == i)
-                    spent = _Either(outpoints, fresh)
-                off = end
-        except _TRUNCATED:
-            raise _truncated(start, buf) from None
+            else:
+                for vout in range(nout):
+                    s = off + 9
+                    off = s + script_len[buf[off + 8]]
+                    script = buf[s:off]
+                    if script in scripts or script in more_scripts:
+                        out_hits.append((i, vout, s, off))
+                        hit = True
+            if segwit:
+                wit_start = off
+                for _ in range(nin):
+                    nitems = buf[off]
+                    if nitems < 0xFD:
+                        off += 1
+                    else:
+                        nitems, off = _read_count(buf, off, 1)
+                    for _ in range(nitems):
+                        off += item_step[buf[off]]
+                # each stack takes one byte when empty and at least two otherwise
+                if off - wit_start == nin:
+                    raise _superfluous(start)
+                end = off + 4
+                if not start < end <= n:
+                    raise IndexError
+                h = sha(buf[start : start + 4])
+                h.update(buf[body:wit_start])
+                h.update(buf[off:end])
+                txid = sha(h.digest()).digest()
+            else:
+                end = off + 4
+                if not start < end <= n:
+                    raise IndexError
+                txid = sha(sha(buf[start:end]).digest()).digest()
+        except IndexError:
+            while out_hits and out_hits[-1][0] == i:
+                out_hits.pop()
+            while spend_hits and spend_hits[-1][0] == i:
+                spend_hits.pop()
+            end, txid, hit = _scan_tx(buf, start, i, scripts, more_scripts, spent, out_hits, spend_hits)
+        append_txid(txid)
+        if hit:
+            hit = False
+            fresh = [
+                txid + _P32(vout) for j, vout, s, e in out_hits if j == i and (follow is None or buf[s:e] in follow)
+            ]
+            if fresh:
+                if own is None:
+                    own = set(outpoints)
+                    spent = own
+                own.update(fresh)
+                heads.update(key[0] for key in fresh)
+        off = end
     _block_end(buf, off, txids, verify_merkle)
     return BlockScan(
         header,
@@ -697,20 +734,94 @@ def scan_block(
     )
 
 
+def _scan_tx(
+    buf: bytes,
+    start: int,
+    i: int,
+    scripts: Container[bytes],
+    more_scripts: Container[bytes] | None,
+    spent: Container[bytes] | None,
+    out_hits: list[tuple[int, int, int, int]],
+    spend_hits: list[tuple[int, int, int]],
+) -> tuple[int, bytes, bool]:
+    """`scan_block`'s exact reading of transaction `i` at `start`: every CompactSize read and checked,
+    a truncation raised as such. Appends its hits; returns its end, its txid and whether it had a hit."""
+    n = len(buf)
+    hit = False
+    try:
+        body = start + 4
+        nin = buf[body]
+        segwit = nin == 0
+        if segwit:
+            if buf[body + 1] != 1:
+                raise _bad_flag(buf[body + 1], body + 1)
+            body += 2
+            nin = buf[body]
+        if nin < 0xFD:
+            off = body + 1
+        else:
+            nin, off = _read_count(buf, body, 41)
+        for vin in range(nin):
+            if spent is not None and buf[off : off + 36] in spent:
+                spend_hits.append((i, vin, off))
+            ln = buf[off + 36]
+            if ln < 0xFD:
+                off += 41 + ln
+            else:
+                ln, s = _read_long_varint(buf, off + 36)
+                off = s + ln + 4
+        nout = buf[off]
+        if nout < 0xFD:
+            off += 1
+        else:
+            nout, off = _read_count(buf, off, 9)
+        for vout in range(nout):
+            ln = buf[off + 8]
+            if ln < 0xFD:
+                s = off + 9
+            else:
+                ln, s = _read_long_varint(buf, off + 8)
+            off = s + ln
+            script = buf[s:off]
+            if script in scripts or (more_scripts is not None and script in more_scripts):
+                out_hits.append((i, vout, s, off))
+                hit = True
+        if segwit:
+            wit_start = off
+            any_witness = False
+            for _ in range(nin):
+                nitems = buf[off]
+                if nitems < 0xFD:
+                    off += 1
+                else:
+                    nitems, off = _read_count(buf, off, 1)
+                if nitems:
+                    any_witness = True
+                for _ in range(nitems):
+                    ln = buf[off]
+                    if ln < 0xFD:
+                        off += 1 + ln
+                    else:
+                        ln, s = _read_long_varint(buf, off)
+                        off = s + ln
+            if not any_witness:
+                raise _superfluous(start)
+            end = off + 4
+            if end > n:
+                raise _truncated(start, buf)
+            h = _sha256(buf[start : start + 4])
+            h.update(buf[body:wit_start])
+            h.update(buf[off:end])
+            return end, _sha256(h.digest()).digest(), hit
+        end = off + 4
+        if end > n:
+            raise _truncated(start, buf)
+        return end, sha256d(buf[start:end]), hit
+    except _TRUNCATED:
+        raise _truncated(start, buf) from None
+
+
 def _value_offset(script_start: int, script_end: int) -> int:
     """Where an output's value is, from its script's position (its CompactSize length is canonical)."""
     ln = script_end - script_start
     return script_start - 8 - (1 if ln < 0xFD else 3 if ln <= 0xFFFF else 5)
-
-
-class _Either:
-    """Membership in either of two containers."""
-
-    __slots__ = ("first", "second")
-
-    def __init__(self, first: Container[bytes], second: Container[bytes]) -> None:
-        self.first = first
-        self.second = second
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.first or key in self.second
