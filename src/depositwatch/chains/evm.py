@@ -17,8 +17,15 @@ blocks, and halved again when the node says the answer is too large), JSON-RPC b
 `batch_blocks` `eth_getBlockByNumber(n, true)` calls, then one batch of `eth_getBlockReceipts` for the
 blocks that need statuses (a value-carrying transaction, or a token log), or `eth_getTransactionReceipt`
 for just those transactions when the node lacks `eth_getBlockReceipts`. At most `max_in_flight`
-requests are in flight; chunks are pipelined. Every answer is validated; anything malformed raises
-`BadNodeAnswer` naming the method and block, and connection failures raise `NodeUnavailable`.
+requests are in flight; chunks are pipelined. When a whole range was there and the node has the next
+one (replay, catching up), the next range of the same size is read ahead while the caller matches and
+commits this one. Every answer is validated; anything malformed raises `BadNodeAnswer` naming the method
+and block, and connection failures raise `NodeUnavailable`.
+
+`set_log_filter(keys)` narrows the work to the watched addresses: transfers touching none of them are
+left out, receipts are asked only for blocks where a key sends or receives, and up to
+`LOG_FILTER_MAX_KEYS` keys go to the node as `eth_getLogs` topic OR-lists (Transfer from a key, and
+Transfer to a key) instead of every Transfer log of the configured tokens.
 
 Bulk block and receipt fetching goes through a lean JSON-RPC path (aiohttp + orjson, batched) over the
 same keep-alive session web3 uses for the single calls (chain id, tip, block hashes): web3 costs about
@@ -45,7 +52,7 @@ import asyncio
 import contextlib
 import itertools
 import re
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -73,6 +80,11 @@ _NOT_SUPPORTED = re.compile(
     r"|(unsupported|unknown) method|not (supported|implemented)",
     re.IGNORECASE,
 )
+
+# A watched set up to this size is sent to the node as eth_getLogs topic OR-lists (geth refuses more than
+# 1,000 sub-topics a position, some hosted endpoints more than 100); a larger one is filtered here.
+LOG_FILTER_MAX_KEYS = 100
+_TOPIC_PAD = "0x" + "00" * 12
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
@@ -159,6 +171,43 @@ class _RawBlock:
     txs: list[_Tx]
     statuses: dict[str, bool] = field(default_factory=dict)
     internal: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    """The keys given to `set_log_filter`, in the forms the fetch path compares."""
+
+    keys: frozenset[bytes]
+    hex: frozenset[str]  # "0x" + lower-case hex, as transactions carry them
+    topics: list[str] | None  # 32-byte topics for the node, when there are few enough keys
+
+    def tx(self, tx: _Tx) -> bool:
+        return tx.sender in self.hex or tx.to in self.hex
+
+    def log(self, item: _Log) -> bool:
+        return item.sender in self.keys or item.recipient in self.keys
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadAhead:
+    """A range fetched ahead of the caller (the task's answer or error waits there)."""
+
+    start: int
+    stop: int
+    watch: _Watch | None
+    task: asyncio.Future[list[Block]]
+
+    def drop(self) -> None:
+        """Cancel it without waiting (where no await is possible)."""
+        if not self.task.done():
+            self.task.cancel()
+        # Fetch the outcome so an error of a range nobody asked for is never reported as unretrieved.
+        self.task.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    async def cancel(self) -> None:
+        """Cancel it and wait until it has stopped."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +443,35 @@ class EvmSource:
         self._ws_live = False
         self._head = asyncio.Event()
         self._ids = itertools.count(1)
+        self._watch: _Watch | None = None
+        self._node_filter = True  # topic OR-lists in eth_getLogs; off after a node refuses them
+        self._known_tip = -1  # the node's height at the last eth_blockNumber
+        self._ahead: _ReadAhead | None = None
+
+    # what to fetch
+
+    def set_log_filter(self, keys: Collection[bytes] | None) -> None:
+        """Fetch only what concerns `keys` (20-byte addresses); None, the default, fetches every transfer.
+
+        With keys set, `fetch` leaves out every transfer whose sender and recipient are both outside
+        them: matching is unchanged as long as the keys cover the chain's whole book (active and
+        revoked). It saves the node work: receipts are asked only for blocks where a value transfer or
+        a token log touches a key, and with at most `LOG_FILTER_MAX_KEYS` keys `eth_getLogs` filters on
+        the node by topic OR-lists (Transfer from a key, and separately Transfer to a key) instead of
+        returning every Transfer log of the configured tokens. A node that refuses such a filter is
+        asked again without it, and the source stops sending topic lists. Each `fetch` uses the keys
+        set when it starts: call this again whenever the book changes, before the new book is used.
+        """
+        if keys is None:
+            self._watch = None
+            return
+        frozen = frozenset(keys)
+        for key in frozen:
+            if not isinstance(key, bytes) or len(key) != 20:
+                raise ValueError(f"chain {self.name}: log filter key {key!r} is not 20 bytes")
+        topics = sorted(_TOPIC_PAD + key.hex() for key in frozen) if len(frozen) <= LOG_FILTER_MAX_KEYS else None
+        self._watch = _Watch(frozen, frozenset("0x" + key.hex() for key in frozen), topics)
+        self._drop_ahead()  # read with the old keys
 
     # connection
 
@@ -499,6 +577,9 @@ class EvmSource:
 
     async def close(self) -> None:
         """Stop the head subscription and release connections."""
+        if self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            await ahead.cancel()
         if self._ws_task is not None:
             self._ws_task.cancel()
             await asyncio.gather(self._ws_task, return_exceptions=True)
@@ -538,7 +619,8 @@ class EvmSource:
         result = await self.rpc.call("eth_blockNumber", [], "the tip")
         if not isinstance(result, str) or not _QUANTITY.match(result):
             raise BadNodeAnswer(f"chain {self.name}: eth_blockNumber: answer {result!r:.100} is not a quantity")
-        return int(result, 16)
+        self._known_tip = int(result, 16)
+        return self._known_tip
 
     async def tip(self) -> BlockRef:
         """The node's latest block."""
@@ -564,40 +646,68 @@ class EvmSource:
         return "0x" + hash_.hex()
 
     async def fetch(self, start: int, stop: int) -> list[Block]:
-        """Blocks `start` to `stop - 1` with their transfers, in order; fewer if the tip is lower."""
+        """Blocks `start` to `stop - 1` with their transfers, in order; fewer if the tip is lower.
+
+        When the whole range was there and the node has the next one (as when replaying or catching
+        up), the next range of the same size is read ahead while the caller matches and commits this
+        one; a `fetch` that asks for it (or for its beginning) gets it from there.
+        """
         if start < 0:
             raise ValueError(f"start {start} is negative")
         if stop <= start:
             return []
-        stop = min(stop, await self._block_number() + 1)
-        if stop <= start:
-            return []
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.start == start and stop <= ahead.stop and ahead.watch is self._watch:
+            blocks = (await ahead.task)[: stop - start]
+        else:
+            if ahead is not None:
+                await ahead.cancel()
+            stop = min(stop, await self._block_number() + 1)
+            if stop <= start:
+                return []
+            blocks = await self._fetch_range(start, stop, self._watch)
+        following = start + len(blocks)
+        if following == stop and following <= self._known_tip:
+            end = min(following + (stop - start), self._known_tip + 1)
+            task = asyncio.ensure_future(self._fetch_range(following, end, self._watch))
+            self._ahead = _ReadAhead(following, end, self._watch, task)
+        return blocks
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.drop()
+            self._ahead = None
+
+    async def _fetch_range(self, start: int, stop: int, watch: _Watch | None) -> list[Block]:
+        """Blocks `start` to `stop - 1` (at most; fewer if the node's tip moved back below them)."""
         logs_task: asyncio.Future[dict[int, list[_Log]]] | None = None
-        if self.tokens:
-            logs_task = asyncio.ensure_future(self._logs(start, stop))
+        if self.tokens and (watch is None or watch.keys):
+            logs_task = asyncio.ensure_future(self._logs(start, stop, watch))
         try:
             parts = await _run_all(
-                self._fetch_chunk(chunk, logs_task) for chunk in _chunks(start, stop, self.config.batch_blocks)
+                self._fetch_chunk(chunk, logs_task, watch) for chunk in _chunks(start, stop, self.config.batch_blocks)
             )
             logs = await logs_task if logs_task is not None else {}
         finally:
             if logs_task is not None and not logs_task.done():
                 logs_task.cancel()
                 await asyncio.gather(logs_task, return_exceptions=True)
-        return self._assemble(start, parts, logs)
+        return self._assemble(start, parts, logs, watch)
 
-    def _assemble(self, start: int, parts: list[list[_RawBlock]], logs: dict[int, list[_Log]]) -> list[Block]:
+    def _assemble(
+        self, start: int, parts: list[list[_RawBlock]], logs: dict[int, list[_Log]], watch: _Watch | None = None
+    ) -> list[Block]:
         blocks: list[Block] = []
         expected = start
         for part in parts:
             for raw in part:
                 if raw.height != expected:  # a chunk stopped short: the tip moved back; stop at the gap
                     return blocks
-                blocks.append(self._block(raw, logs.get(raw.height, ())))
+                blocks.append(self._block(raw, logs.get(raw.height, ()), watch))
                 expected += 1
         return blocks
 
-    def _block(self, raw: _RawBlock, logs: Sequence[_Log]) -> Block:
+    def _block(self, raw: _RawBlock, logs: Sequence[_Log], watch: _Watch | None = None) -> Block:
         by_tx: dict[str, list[_Log]] = {}
         for item in logs:
             if item.block_hash != raw.hash:
@@ -617,7 +727,7 @@ class EvmSource:
         native = self.native
         for tx in raw.txs:
             status = raw.statuses.get(tx.hash)
-            if tx.value > 0 and tx.to is not None:
+            if tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)):
                 if status is None:
                     raise BadNodeAnswer(f"chain {self.name}: block {raw.height}: no receipt for {tx.hash}")
                 if status:
@@ -637,6 +747,8 @@ class EvmSource:
             if status and tx.hash in raw.internal:
                 for n, (frm, to, value) in enumerate(raw.internal[tx.hash]):
                     sender, recipient = bytes.fromhex(frm[2:]), bytes.fromhex(to[2:])
+                    if watch is not None and sender not in watch.keys and recipient not in watch.keys:
+                        continue
                     transfers.append(
                         Transfer(
                             asset=native,
@@ -680,7 +792,7 @@ class EvmSource:
     # fetching
 
     async def _fetch_chunk(
-        self, heights: range, logs_task: asyncio.Future[dict[int, list[_Log]]] | None
+        self, heights: range, logs_task: asyncio.Future[dict[int, list[_Log]]] | None, watch: _Watch | None = None
     ) -> list[_RawBlock]:
         calls = [_Call("eth_getBlockByNumber", [hex(h), True], f"block {h}") for h in heights]
         results = await self.rpc.batch(calls)
@@ -697,14 +809,16 @@ class EvmSource:
             b
             for b in blocks
             if b.height in logs
-            or any(tx.value > 0 and tx.to is not None for tx in b.txs)
+            or any(tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)) for tx in b.txs)
             or (self.traces and any(tx.calls_contract for tx in b.txs))
         ]
         if need_receipts:
-            await self._statuses(need_receipts, logs)
+            await self._statuses(need_receipts, logs, watch)
         return blocks
 
-    async def _statuses(self, blocks: list[_RawBlock], logs: dict[int, list[_Log]]) -> None:
+    async def _statuses(
+        self, blocks: list[_RawBlock], logs: dict[int, list[_Log]], watch: _Watch | None = None
+    ) -> None:
         """Fill each block's receipt statuses (and internal transfers, with traces) in one batch."""
         calls: list[_Call] = []
         wanted: list[tuple[str, _RawBlock, str | None]] = []  # (kind, block, tx hash)
@@ -716,7 +830,7 @@ class EvmSource:
                 with_logs = {item.tx_hash for item in logs.get(block.height, ())}
                 for tx in block.txs:
                     if (
-                        (tx.value > 0 and tx.to is not None)
+                        (tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)))
                         or tx.hash in with_logs
                         or (self.traces and tx.calls_contract)
                     ):
@@ -782,12 +896,15 @@ class EvmSource:
             if moved:
                 block.internal[tx.hash] = moved
 
-    async def _logs(self, start: int, stop: int) -> dict[int, list[_Log]]:
-        """Transfer logs of the configured tokens in [start, stop), by height."""
-        parts = await _run_all(
-            self._logs_range(chunk.start, chunk.stop - 1)
-            for chunk in _chunks(start, stop, self.config.getlogs_max_range)
-        )
+    async def _logs(self, start: int, stop: int, watch: _Watch | None = None) -> dict[int, list[_Log]]:
+        """Transfer logs of the configured tokens in [start, stop), by height (those touching `watch`)."""
+        chunks = _chunks(start, stop, self.config.getlogs_max_range)
+        if watch is not None and watch.topics is not None and self._node_filter:
+            parts = await _run_all(
+                self._filtered_logs_range(chunk.start, chunk.stop - 1, watch.topics) for chunk in chunks
+            )
+        else:
+            parts = await _run_all(self._logs_range(chunk.start, chunk.stop - 1) for chunk in chunks)
         by_height: dict[int, list[_Log]] = {}
         seen: set[tuple[int, int]] = set()
         for part in parts:
@@ -798,24 +915,57 @@ class EvmSource:
                         f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} twice"
                     )
                 seen.add(key)
-                by_height.setdefault(item.height, []).append(item)
+                if watch is None or watch.log(item):
+                    by_height.setdefault(item.height, []).append(item)
         return by_height
 
-    async def _logs_range(self, first: int, last: int) -> list[_Log]:
+    async def _filtered_logs_range(self, first: int, last: int, topics: list[str]) -> list[_Log]:
+        """Transfers from a key, then to a key (a log between two keys comes in both: kept once)."""
+        try:
+            sent, received = await _run_all(
+                [
+                    self._logs_range(first, last, [TRANSFER_TOPIC, topics]),
+                    self._logs_range(first, last, [TRANSFER_TOPIC, None, topics]),
+                ]
+            )
+        except BadNodeAnswer as exc:
+            if not self._node_filter:
+                raise
+            self._node_filter = False
+            log.warning(
+                "the node refused an eth_getLogs topic filter; filtering Transfer logs here instead",
+                chain=self.name,
+                error=str(exc),
+            )
+            return await self._logs_range(first, last)
+        found = {(item.height, item.index): item for item in sent}
+        for item in received:
+            other = found.setdefault((item.height, item.index), item)
+            if other != item:
+                raise BadNodeAnswer(
+                    f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} differs "
+                    "between two answers"
+                )
+        return sorted(found.values(), key=lambda item: (item.height, item.index))
+
+    async def _logs_range(self, first: int, last: int, topics: list[Any] | None = None) -> list[_Log]:
         what = f"block {first}" if first == last else f"blocks {first}-{last}"
         params = [
             {
                 "fromBlock": hex(first),
                 "toBlock": hex(last),
                 "address": list(self.tokens),
-                "topics": [TRANSFER_TOPIC],
+                "topics": topics or [TRANSFER_TOPIC],
             }
         ]
         ((result, error),) = await self.rpc.replies([_Call("eth_getLogs", params, what)])
         if error is not None:
-            if first < last and _GETLOGS_TOO_LARGE.search(str(error.get("message"))):
+            message = str(error.get("message"))
+            if first < last and _GETLOGS_TOO_LARGE.search(message) and not (topics and "topic" in message.lower()):
                 middle = (first + last) // 2
-                low, high = await _run_all([self._logs_range(first, middle), self._logs_range(middle + 1, last)])
+                low, high = await _run_all(
+                    [self._logs_range(first, middle, topics), self._logs_range(middle + 1, last, topics)]
+                )
                 return low + high
             raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {_rpc_error(error)}")
         try:
