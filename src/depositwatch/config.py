@@ -123,6 +123,7 @@ class ChainConfig(_Strict):
             parts = urlsplit(str(url))
             if parts.scheme not in {"http", "https", "ws", "wss", "tcp", "ipc"} or not (parts.netloc or parts.path):
                 raise ValueError(f"not a usable URL: {url!r}")
+            _ = parts.port  # ValueError for a port that is not a number in 0-65535
         return value
 
     @model_validator(mode="after")
@@ -282,7 +283,7 @@ def redact_url(url: str) -> str:
     """Hide a password embedded in a URL (http://user:pass@host)."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = f"{parts.username}:{REDACTED}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{parts.username}:{REDACTED}@{parts.netloc.rpartition('@')[2]}"
         return parts._replace(netloc=netloc).geturl()
     return url
 
