@@ -136,6 +136,9 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
         "floor: double SHA-256 of every transaction": floor,
         "watched path: decode_blocks + match_block + OutputTracker": follow(watched_source, watched_tracker),
         "full path: decode_blocks + match_block + OutputTracker": follow(full_source, full_tracker),
+        "btc_wire.scan_block as the watched path calls it (active set, revoked dict followed)": lambda: scan_block(
+            raw, book.active, set(), more_scripts=book.revoked, follow=book.revoked
+        ),
         "btc_wire.scan_block, merkle checked (active set only)": lambda: scan_block(raw, book.active),
         "btc_wire.scan_block, merkle skipped (active set only)": lambda: scan_block(
             raw, book.active, verify_merkle=False
@@ -153,6 +156,7 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
     assert found[0] == found[1] and found[0], "the two paths disagree"
     watched_found = found[0]
     times: dict[str, list[float]] = {name: [] for name in jobs}
+    load_before = os.getloadavg()[0]
     gc.collect()
     gc.disable()
     try:
@@ -182,6 +186,8 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
         "book_seconds": round(built, 1),
         "rss_mb": round(rss_mb()),
         "matches": len(watched_found),
+        "runs": runs,
+        "load": (round(load_before, 2), round(os.getloadavg()[0], 2)),
         "rows": rows,
     }
 
@@ -409,7 +415,9 @@ def report(one: dict[str, Any] | None, two: dict[str, Any] | None, three: dict[s
             f"**Decode and match block 413,567** (999,887 bytes, 1,557 transactions) against "
             f"{one['scripts']:,} watched scripts (the book took {one['book_seconds']} s to build; process "
             f"resident memory {one['rss_mb']:,} MB); {one['matches']} matches and sweeps found, the same on both "
-            "paths. Median of interleaved runs; ratio = median over the floor's median (best-run ratio beside it).",
+            f"paths. Median of {one['runs']} interleaved runs (one-minute load average {one['load'][0]} before, "
+            f"{one['load'][1]} after, on {os.cpu_count()} CPUs); ratio = median over the floor's median (best-run "
+            "ratio beside it).",
             "",
             "| what | median ms | × floor | best × floor |",
             "| --- | ---: | ---: | ---: |",

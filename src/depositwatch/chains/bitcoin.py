@@ -17,8 +17,8 @@
   same, but only outputs paying a watched script (active or revoked) become transfers, and only
   inputs spending a watched output (the tracker's, or one paid to a revoked script earlier in the same
   fetch) become spends. Matching those gives exactly the matches and sweeps of the full block (the
-  tests check it), at a fraction of the cost: block 413,567 against 10 million scripts takes 4.3
-  times what hashing its transactions takes, against 25 times for the full path (which spends two
+  tests check it), at a fraction of the cost: block 413,567 against 10 million scripts takes about 4
+  times what hashing its transactions takes, against 26 times for the full path (which spends two
   thirds of its time encoding addresses); replaying full 1 MB segwit blocks runs at 34 blocks/s
   against 1.8 (`docs/performance.md`, `bench/btc_bench.py`). `tx_count` is the block's either way;
   `transfers` then counts the watched outputs only.
