@@ -268,7 +268,7 @@ def _redact(node: Any) -> None:
         for key, value in node.items():
             if key in {"secret", "password", "rpc_password"} and isinstance(value, dict) and value.get("value"):
                 value["value"] = REDACTED
-            elif key in {"url", "rest_url", "ws_url"} and isinstance(value, str):
+            elif key in {"url", "rest_url", "ws_url", "zmq_url"} and isinstance(value, str):
                 node[key] = redact_url(value)
             elif key == "rpc_urls" and isinstance(value, list):
                 node[key] = [redact_url(v) for v in value]
