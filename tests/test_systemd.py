@@ -53,8 +53,17 @@ def test_main_unit_has_the_promised_settings() -> None:
     """Type=notify with a watchdog, a dynamic user, state and config directories, credentials, restarts."""
     text = (UNITS / "depositwatch.service").read_text()
     for setting in (
-        "Type=notify", "WatchdogSec=", "DynamicUser=yes", "StateDirectory=depositwatch",
-        "ConfigurationDirectory=depositwatch", "LoadCredential=", "Restart=on-failure", "ProtectSystem=strict",
-        "NoNewPrivileges=yes", "PrivateTmp=yes", "RestrictAddressFamilies=", "SystemCallFilter=",
+        "Type=notify",
+        "WatchdogSec=",
+        "DynamicUser=yes",
+        "StateDirectory=depositwatch",
+        "ConfigurationDirectory=depositwatch",
+        "LoadCredential=",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=",
+        "SystemCallFilter=",
     ):
         assert setting in text, setting

@@ -125,7 +125,9 @@ class OutboxMixin:
                     await conn.execute(
                         "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
                         f" last_error = NULL WHERE sink = $2 AND status = 'pending' AND outbox_seq IN ({marks})",
-                        int(now), sink, *batch,
+                        int(now),
+                        sink,
+                        *batch,
                     )
             await self._refresh_many(conn, sorted({seq for seq, _ in acknowledged}))
 
@@ -137,7 +139,11 @@ class OutboxMixin:
                     "UPDATE deliveries SET status = $1, attempts = attempts + 1, last_error = $2,"
                     " next_attempt_at = COALESCE($3, next_attempt_at)"
                     " WHERE outbox_seq = $4 AND sink = $5 AND status = 'pending'",
-                    "dead" if next_attempt_at is None else "pending", error[:2000], next_attempt_at, seq, sink,
+                    "dead" if next_attempt_at is None else "pending",
+                    error[:2000],
+                    next_attempt_at,
+                    seq,
+                    sink,
                 )
                 await self._refresh(conn, seq)
 
