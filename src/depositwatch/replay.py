@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
 from depositwatch.jsonutil import dumps
@@ -128,6 +129,10 @@ async def replay(
 
         hook = make_hook(chain)
         attach(source, registry, hook)
+        if isinstance(source, EvmSource):
+            # The book is fixed for the run: the node can leave out what touches none of its keys.
+            book = registry.book(chain.name)
+            source.set_log_filter(book.active | book.revoked.keys())
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
             from depositwatch.chains.bitcoin import BitcoinSource
