@@ -67,6 +67,18 @@ def _credential_path(path: Path) -> Path:
     return path
 
 
+def check_url(url: str, schemes: set[str]) -> None:
+    """ValueError unless `url` parses, with one of `schemes`, a place to go and a numeric port if any."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number in 0-65535
+        _ = parts.hostname  # an unclosed IPv6 bracket
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL: {url!r} ({exc})") from None
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ValueError(f"not a usable URL: {url!r} (expected {' or '.join(sorted(schemes))})")
+
+
 class TokenConfig(_Strict):
     """An ERC-20 token to follow."""
 
@@ -120,10 +132,7 @@ class ChainConfig(_Strict):
         for url in value if isinstance(value, list) else [value]:
             if url is None:
                 continue
-            parts = urlsplit(str(url))
-            if parts.scheme not in {"http", "https", "ws", "wss", "tcp", "ipc"} or not (parts.netloc or parts.path):
-                raise ValueError(f"not a usable URL: {url!r}")
-            _ = parts.port  # ValueError for a port that is not a number in 0-65535
+            check_url(str(url), {"http", "https", "ws", "wss", "tcp", "ipc"})
         return value
 
     @model_validator(mode="after")
@@ -165,6 +174,8 @@ class StoreConfig(_Strict):
             raise ValueError(f"store URL scheme must be sqlite or postgresql, not {scheme!r}")
         if scheme == "sqlite" and not value.startswith("sqlite:///") and value != "sqlite://:memory:":
             raise ValueError("sqlite URLs look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme != "sqlite":
+            check_url(value, {"postgresql", "postgres"})
         return value
 
 
@@ -192,6 +203,13 @@ class SinkConfig(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     burst_threshold: Annotated[int, Field(ge=1)] = 20
     retry: RetryConfig = RetryConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url(value, {"http", "https"})
+        return value
 
     @model_validator(mode="after")
     def _needs(self) -> SinkConfig:
@@ -314,9 +332,11 @@ def load_config(path: str | Path | None = None) -> Config:
         if chosen is None:
             raise ConfigError(f"no config file: pass --config or set {CONFIG_ENV}")
     try:
-        data = tomllib.loads(chosen.read_text())
+        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{chosen}: not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
     return parse_config(data, str(chosen))

@@ -25,7 +25,7 @@ def parse_timestamp(text: str) -> int:
     """
     text = text.strip()
     if text.isdigit():
-        return int(text)
+        return _in_range(int(text), text)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -37,4 +37,14 @@ def parse_timestamp(text: str) -> int:
             parsed = parsed.replace(tzinfo=UTC)
         else:
             raise ValueError(f"timestamp {text!r} has no time zone (add Z or an offset like +00:00)")
-    return int(parsed.timestamp())
+    return _in_range(int(parsed.timestamp()), text)
+
+
+# Bitcoin's genesis block to the end of year 9999: anything else is a typo, and would not fit the store.
+_EARLIEST, _LATEST = 1_231_006_505, 253_402_300_799
+
+
+def _in_range(ts: int, text: str) -> int:
+    if not _EARLIEST <= ts <= _LATEST:
+        raise ValueError(f"timestamp {text!r} is outside 2009-01-03 .. 9999-12-31")
+    return ts

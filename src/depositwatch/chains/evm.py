@@ -606,7 +606,8 @@ class EvmSource:
             raise
         except Web3RPCError as exc:
             raise BadNodeAnswer(f"chain {self.name}: {where}: {exc.message}") from exc
-        except (Web3Exception, ValueError, TypeError, KeyError) as exc:
+        except (Web3Exception, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # web3's formatters meet the node's answer first: a malformed one surfaces as any of these
             raise BadNodeAnswer(f"chain {self.name}: {where}: malformed answer ({_describe(exc)})") from exc
 
     # ChainSource
@@ -624,7 +625,10 @@ class EvmSource:
 
     async def tip(self) -> BlockRef:
         """The node's latest block."""
-        block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block("latest"), "latest")
+        try:
+            block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block("latest"), "latest")
+        except BlockNotFound as exc:  # a node always has a latest block: null is a broken answer
+            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest answered null") from exc
         number, hash_ = block.get("number"), block.get("hash")
         if not isinstance(number, int) or not isinstance(hash_, bytes) or len(hash_) != 32:
             raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest: malformed block")
