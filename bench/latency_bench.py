@@ -206,7 +206,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 5))
     for r in results:
         values = sorted(r["latencies_ms"])
         share = [(i + 1) / len(values) for i in range(len(values))]
@@ -217,7 +217,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     ax.set_ylim(0, 1.01)
     ax.set_title(f"Ethereum alert latency, daemon against anvil ({results[0]['blocks']} blocks per mode)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -290,6 +290,22 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def render(saved: dict[str, Any], args: argparse.Namespace) -> None:
+    results = saved["results"]
+    for r in results:
+        print(
+            f"{label(r['mode'])}: p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms over {r['blocks']} blocks "
+            f"(bad signatures: {r['bad_signatures']})"
+        )
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    text = section(results, saved["command"], saved["load_before"], saved["minutes"], saved["anvil"])
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=200, help="measured blocks per mode")
@@ -298,7 +314,11 @@ def main() -> None:
     parser.add_argument("--plot", default=str(REPO / "docs" / "img" / "latency_eth.png"))
     parser.add_argument("--markdown", help="write the `## Alert latency` section to this file")
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "latency_bench.json"))
+    parser.add_argument("--report", type=Path, help="only print the report of a saved --json result")
     args = parser.parse_args()
+    if args.report:
+        render(json.loads(args.report.read_text()), args)
+        return
     shown = [a for a in sys.argv[1:] if a not in (args.markdown, "--markdown") and not a.startswith("--markdown=")]
     command = " ".join(["python bench/latency_bench.py", *shown])
     began = time.perf_counter()
@@ -308,20 +328,16 @@ def main() -> None:
     anvil = subprocess.run([str(find_anvil()), "--version"], capture_output=True, text=True, check=False)
     anvil_version = anvil.stdout.splitlines()[0].replace("anvil Version: ", "") if anvil.stdout else "unknown"
     results = asyncio.run(main_async(args))
-    for r in results:
-        print(
-            f"{label(r['mode'])}: p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms over {r['blocks']} blocks "
-            f"(bad signatures: {r['bad_signatures']})"
-        )
+    saved = {
+        "command": command,
+        "load_before": load_before,
+        "minutes": (time.perf_counter() - began) / 60,
+        "anvil": anvil_version,
+        "results": results,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"plot: {args.plot}")
-    text = section(results, command, load_before, (time.perf_counter() - began) / 60, anvil_version)
-    print(text)
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    Path(args.json).write_text(json.dumps(saved, indent=1) + "\n")
+    render(saved, args)
 
 
 if __name__ == "__main__":
