@@ -25,7 +25,10 @@ and block, and connection failures raise `NodeUnavailable`.
 `set_log_filter(keys)` narrows the work to the watched addresses: transfers touching none of them are
 left out, receipts are asked only for blocks where a key sends or receives, and up to
 `LOG_FILTER_MAX_KEYS` keys go to the node as `eth_getLogs` topic OR-lists (Transfer from a key, and
-Transfer to a key) instead of every Transfer log of the configured tokens.
+Transfer to a key) instead of every Transfer log of the configured tokens. Measured by
+`bench/eth_bench.py` on 3,000 anvil blocks of 15 transactions (docs/performance.md): with 20 keys, anvil's
+CPU falls from 2.9 to 2.6 ms a block and this source's from 0.9 to 0.2 ms (the blocks themselves must
+still be fetched for ETH); with 5,000 keys, filtered here, the client's from 0.9 to 0.7 ms.
 
 Bulk block and receipt fetching goes through a lean JSON-RPC path (aiohttp + orjson, batched) over the
 same keep-alive session web3 uses for the single calls (chain id, tip, block hashes): web3 costs about
