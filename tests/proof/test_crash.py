@@ -1,0 +1,527 @@
+"""Crash suite: the daemon and replay killed with SIGKILL at random points, restarted each time.
+
+Kill points, drawn with a seeded RNG (DEPOSITWATCH_PROOF_SEED, printed):
+
+- `start`: while the process starts (imports, migrations, node checks), after a random delay;
+- `random`: at a random instant of a running daemon;
+- `fetch`: while a block fetch is under way (the fault proxy holds the fetch's request);
+- `commit`: inside the block commit's transaction, after its writes and before COMMIT (the test holds
+  the cursor row's lock in PostgreSQL, so the commit waits at its last statement; then the kill);
+- `delivery`: while the receiver is answering an alert (it answers some requests slowly).
+
+Blocks with transfers to revoked, late-revoked, active and unwatched addresses, sweeps and a reverted
+transfer are produced throughout. At the end: the `detected` alert ids acknowledged equal the expected
+set exactly, repeats carry the same idempotency key and body, every block from the start is in the
+store with the node's hash, every expected transfer is matched exactly once, the outbox holds one
+`detected` message per alert, and the cursor is the node's tip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from depositwatch.devnet import Anvil
+from depositwatch.replay import run_id
+from depositwatch.store import Scope
+from tests.btcnode import BitcoinRegtestServer
+from tests.proof.faultproxy import Fault, FaultProxy
+from tests.proof.harness import (
+    EVM_CHAIN_ID,
+    FULL,
+    SEED,
+    AlertFigures,
+    BtcTraffic,
+    EvmTraffic,
+    Proc,
+    Runner,
+    Want,
+    btc_book,
+    btc_chain_toml,
+    check_alerts,
+    check_store,
+    config_toml,
+    cursor_at,
+    eventually,
+    evm_book,
+    evm_chain_toml,
+    form_param,
+    import_book,
+    jittery,
+    report,
+    store_view,
+    until_done,
+)
+from tests.receivers import Receiver
+
+# Kills per suite: (CI, full).
+LIVE_EVM_KILLS = (14, 150)
+LIVE_BTC_KILLS = (8, 80)
+REPLAY_KILLS = (8, 60)
+REPLAY_BLOCKS = (130, 900)
+
+EVM_FETCH_METHODS = ("eth_getLogs", "eth_getBlockReceipts")
+
+
+def n(pair: tuple[int, int]) -> int:
+    return pair[1] if FULL else pair[0]
+
+
+@dataclass
+class Trial:
+    number: int
+    point: str
+    landed: bool
+    after: float  # seconds from spawn to the kill (or to the exit)
+    detail: str = ""
+    exited: int | None = None  # the process finished by itself before the kill (a replay's last run)
+
+    def line(self) -> str:
+        if self.exited is not None:
+            return f"#{self.number:>3} finished by itself (exit {self.exited}) at {self.after:5.2f}s"
+        where = self.point if self.landed else f"{self.point} (not reached: killed at random)"
+        return f"#{self.number:>3} {where:<42} at {self.after:5.2f}s {self.detail}"
+
+
+class Killer:
+    """Lands a SIGKILL at a chosen point of a running process."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        proxy: FaultProxy | None = None,
+        fetch_methods: tuple[str, ...] = (),
+        receiver: Receiver | None = None,
+        pg_url: str | None = None,
+        cursor_like: str = "",
+        random_window: tuple[float, float] = (1.6, 4.0),
+    ) -> None:
+        self.rng = rng
+        self.proxy = proxy
+        self.fetch_methods = fetch_methods
+        self.receiver = receiver
+        self.pg_url = pg_url
+        self.cursor_like = cursor_like
+        self.random_window = random_window
+
+    @property
+    def points(self) -> list[str]:
+        found = ["start", "random"]
+        if self.proxy is not None:
+            found.append("fetch")
+        if self.pg_url is not None:
+            found.append("commit")
+        if self.receiver is not None:
+            found.append("delivery")
+        return found
+
+    def schedule(self, count: int) -> list[str]:
+        """Every point about as often, in a random order (the first run is never killed in a commit:
+        there is no cursor row to hold yet)."""
+        points = self.points
+        plan = [points[i % len(points)] for i in range(count)]
+        self.rng.shuffle(plan)
+        if plan and plan[0] == "commit":
+            swap = next((i for i, p in enumerate(plan) if p != "commit"), 0)
+            plan[0], plan[swap] = plan[swap], plan[0]
+        return plan
+
+    async def kill(self, proc: Proc, point: str, number: int, wait: float = 10.0) -> Trial:
+        rng = self.rng
+        landed = True
+        detail = ""
+        if point == "start":
+            await _within(lambda: False, rng.uniform(0.05, 1.6), proc)
+        elif point == "random":
+            await _within(lambda: False, rng.uniform(*self.random_window), proc)
+        elif point == "fetch":
+            assert self.proxy is not None
+            arrived = self.proxy.hold(self.fetch_methods)
+            landed = await _within(arrived.is_set, wait, proc)
+            if landed:
+                await asyncio.sleep(rng.uniform(0.0, 0.02))
+        elif point == "delivery":
+            assert self.receiver is not None
+            receiver = self.receiver
+            before = len(receiver.requests)  # requests of earlier, killed runs may still be pending
+
+            def delivering() -> bool:
+                return any(r.status is None for r in receiver.requests[before:])
+
+            landed = await _within(delivering, wait, proc)
+            if landed:
+                await asyncio.sleep(rng.uniform(0.0, 0.05))
+        elif point == "commit":
+            assert self.pg_url is not None
+            detail = await self._kill_in_commit(proc, wait)
+            landed = detail != ""
+        after = time.monotonic() - proc.started
+        exited = None
+        if proc.alive:
+            proc.kill()
+        elif proc.returncode != -signal.SIGKILL:
+            exited = proc.returncode
+        if self.proxy is not None:
+            self.proxy.release()
+        return Trial(number, point, landed and exited is None, after, detail, exited)
+
+    async def _kill_in_commit(self, proc: Proc, wait: float) -> str:
+        """Hold the cursor row locked; when the process's commit waits for it, kill; then let go."""
+        assert self.pg_url is not None
+        locker = await asyncpg.connect(self.pg_url)
+        watcher = await asyncpg.connect(self.pg_url)
+        deadline = time.monotonic() + wait
+        try:
+            while proc.alive and time.monotonic() < deadline:
+                async with locker.transaction():
+                    held = await locker.fetch(
+                        "SELECT name FROM cursors WHERE name LIKE $1 FOR UPDATE", self.cursor_like
+                    )
+                    if not held:  # the run has not made its cursor yet
+                        await asyncio.sleep(0.02)
+                        continue
+
+                    async def waiting() -> bool:
+                        return bool(
+                            await watcher.fetchval(
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND wait_event_type = 'Lock' AND query LIKE '%INTO cursors%'"
+                            )
+                        )
+
+                    if not await _within(waiting, deadline - time.monotonic(), proc):
+                        return ""
+                    # The commit's transaction has written its rows and waits at its last statement.
+                    writing = await watcher.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND backend_xid IS NOT NULL"
+                    )
+                    proc.kill()
+                    return "(its transaction had written rows)" if writing else "(waiting)"
+            return ""
+        finally:
+            await locker.close()
+            await watcher.close()
+
+
+async def _within(check: Callable[[], bool | Awaitable[bool]], timeout: float, proc: Proc) -> bool:
+    """Whether `check` comes true within `timeout` (False if the process ended meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while proc.alive and time.monotonic() < deadline:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+def landed_line(trials: list[Trial], points: list[str], seconds: float) -> str:
+    kills = [t for t in trials if t.exited is None]
+    landed = Counter(t.point for t in kills if t.landed)
+    return f"{len(kills)} SIGKILLs in {seconds:.0f}s, landed: " + ", ".join(f"{p} {landed[p]}" for p in points)
+
+
+# --- the live daemon on anvil ------------------------------------------------------------------------
+
+
+@form_param(timeout_ci=170, timeout_full=3600)
+async def test_live_daemon_on_anvil_killed_at_random_points_loses_and_repeats_nothing(
+    form: str, tmp_path: Path, pg_url: str
+) -> None:
+    rng = random.Random(SEED)
+    book = evm_book()
+    runner = Runner(tmp_path, "daemon")
+    async with Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as node:
+        traffic = EvmTraffic(node, book, random.Random(rng.random()))
+        start = await traffic.setup()
+        async with (
+            FaultProxy(node.http_url) as proxy,
+            Receiver(jittery(random.Random(rng.random()))) as receiver,
+        ):
+            await import_book(pg_url, book)
+            config = tmp_path / "config.toml"
+            chain = evm_chain_toml(proxy.url, token=traffic.token, start=start, batch_blocks=3)
+            config.write_text(config_toml(pg_url, chain, receiver.url))
+            killer = Killer(
+                rng,
+                proxy=proxy,
+                fetch_methods=EVM_FETCH_METHODS,
+                receiver=receiver,
+                pg_url=pg_url,
+                cursor_like="live:eth",
+            )
+            stop = asyncio.Event()
+            producing = asyncio.create_task(traffic.run(stop))
+            trials: list[Trial] = []
+            began = time.monotonic()
+            try:
+                for number, point in enumerate(killer.schedule(n(LIVE_EVM_KILLS)), start=1):
+                    proc = runner.daemon(config)
+                    trial = await killer.kill(proc, point, number)
+                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
+                    trials.append(trial)
+                stop.set()
+                await producing
+                await node.mine(3)  # every match reaches its confirmation depth
+                tip = await traffic.tip()
+                last = await finish_live(runner, config, pg_url, "live:eth", tip, receiver, traffic.wants)
+            finally:
+                stop.set()
+                producing.cancel()
+                runner.close()
+            figures = check_alerts(receiver, traffic.wants, mode="live")
+            view = await store_view(pg_url, "live:eth", Scope.live())
+            stored = check_store(view, traffic.wants, await traffic.hashes(start - 1, tip[0]), start - 1, tip)
+    report(
+        f"crash: live daemon on anvil and PostgreSQL ({form}, seed {SEED})",
+        [
+            landed_line(trials, killer.points, time.monotonic() - began),
+            f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
+            f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts",
+            last,
+            *outcome_lines(figures, stored, tip),
+            *[t.line() for t in trials],
+        ],
+    )
+
+
+async def finish_live(
+    runner: Runner,
+    config: Path,
+    store_url: str,
+    cursor: str,
+    tip: tuple[int, str],
+    receiver: Receiver,
+    wants: list[Want],
+) -> str:
+    """Start once more, unkilled: wait for the tip, every alert and every confirmation; stop with SIGTERM."""
+    final = runner.daemon(config)
+    await final.wait_ready()
+    await eventually(lambda: _caught_up(store_url, cursor, tip), 90, "the restarted daemon to reach the tip")
+    # Messages of one address go out one at a time, in order, so a backlog left by many kills drains
+    # at the receiver's pace: wait while it moves, fail if it stalls.
+    alerts = {w.id for w in wants if w.alert}
+    everything = {w.id for w in wants}
+    backlog = len(alerts - {b["id"] for b in _bodies(receiver, "detected")})
+    seconds = await until_done(
+        lambda: len(alerts & {b["id"] for b in _bodies(receiver, "detected")}), len(alerts), "alerts"
+    )
+    seconds += await until_done(
+        lambda: len(everything & {b["id"] for b in _bodies(receiver, "confirmed")}), len(everything), "confirmations"
+    )
+    assert await final.terminate() == 0, final.tail()
+    return f"last run: tip reached, then {backlog} alerts still undelivered drained in {seconds:.0f}s; SIGTERM, exit 0"
+
+
+def outcome_lines(figures: AlertFigures, stored: dict[str, int], tip: tuple[int, str]) -> list[str]:
+    return [
+        f"receiver: {figures.deliveries} acknowledged deliveries, {figures.alerts} alerts, each `detected` id "
+        f"expected and every expected id detected; {figures.repeats} repeats, each with the same key and body; "
+        f"events {dict(figures.events)}",
+        f"store: cursor at the node's tip {tip[0]}, {stored['blocks']} blocks with the node's hashes, "
+        f"{stored['matches']} matches = the expected ones, once each; one `detected` per alert among "
+        f"{stored['outbox']} outbox messages",
+    ]
+
+
+def _bodies(receiver: Receiver, event: str) -> list[dict[str, Any]]:
+    return [b for b in (r.json() for r in receiver.accepted) if b["event"] == event]
+
+
+async def _caught_up(store_url: str, cursor: str, tip: tuple[int, str]) -> bool:
+    return await cursor_at(store_url, cursor) == tip
+
+
+# --- the live daemon on the Bitcoin regtest stand-in ----------------------------------------------------
+
+
+@form_param(timeout_ci=120, timeout_full=3600)
+async def test_live_daemon_on_bitcoin_killed_at_random_points_loses_and_repeats_nothing(
+    form: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    rng = random.Random(SEED + 1)
+    book = btc_book()
+    runner = Runner(tmp_path, "btcd")
+    async with BitcoinRegtestServer() as node:
+        traffic = BtcTraffic(node.chain, book, random.Random(rng.random()))
+        start = traffic.setup()
+        async with (
+            FaultProxy(node.url) as proxy,
+            Receiver(jittery(random.Random(rng.random()))) as receiver,
+        ):
+            await import_book(sqlite_url, book)
+            config = tmp_path / "config.toml"
+            config.write_text(config_toml(sqlite_url, btc_chain_toml(node, proxy.url, start=start), receiver.url))
+            killer = Killer(rng, proxy=proxy, fetch_methods=("getblock",), receiver=receiver)
+            stop = asyncio.Event()
+            producing = asyncio.create_task(traffic.run(stop))
+            trials: list[Trial] = []
+            began = time.monotonic()
+            try:
+                for number, point in enumerate(killer.schedule(n(LIVE_BTC_KILLS)), start=1):
+                    proc = runner.daemon(config)
+                    trial = await killer.kill(proc, point, number)
+                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
+                    trials.append(trial)
+                stop.set()
+                await producing
+                node.chain.mine(3)
+                tip = traffic.tip()
+                last = await finish_live(runner, config, sqlite_url, "live:btc", tip, receiver, traffic.wants)
+            finally:
+                stop.set()
+                producing.cancel()
+                runner.close()
+            figures = check_alerts(receiver, traffic.wants, mode="live")
+            view = await store_view(sqlite_url, "live:btc", Scope.live())
+            stored = check_store(view, traffic.wants, traffic.hashes(start - 1, tip[0]), start - 1, tip)
+    mempool_first = sum(1 for b in _bodies(receiver, "detected") if b["mempool"])
+    report(
+        f"crash: live daemon on the Bitcoin regtest stand-in and SQLite, mempool on ({form}, seed {SEED + 1})",
+        [
+            landed_line(trials, killer.points, time.monotonic() - began),
+            f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
+            f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts "
+            f"({mempool_first} first seen in the mempool)",
+            last,
+            *outcome_lines(figures, stored, tip),
+            *[t.line() for t in trials],
+        ],
+    )
+
+
+# --- replay --------------------------------------------------------------------------------------------
+
+
+@form_param(timeout_ci=150, timeout_full=3600)
+async def test_replay_killed_and_rerun_until_done_outputs_exactly_the_expected_matches(
+    form: str, tmp_path: Path, pg_url: str
+) -> None:
+    """`depositwatch replay --output FILE --send-alerts`, killed and run again until it finishes.
+
+    The output file is opened for appending and a resumed run first writes again what earlier runs
+    committed, so the file holds every run's lines; the last run's lines (from the file's size before it
+    started) must be exactly the expected matches, once each.
+    """
+    rng = random.Random(SEED + 2)
+    book = evm_book()
+    runner = Runner(tmp_path, "replay")
+    async with Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as node:
+        traffic = EvmTraffic(node, book, random.Random(rng.random()))
+        first = await traffic.setup()
+        while traffic.blocks < n(REPLAY_BLOCKS):
+            await traffic.block()
+        last, _ = await traffic.tip()
+        await node.mine(2)
+        async with (
+            FaultProxy(node.http_url) as proxy,
+            Receiver(jittery(random.Random(rng.random()))) as receiver,
+        ):
+            # A node a little slower than loopback anvil, so that kills land while the range is worked
+            # through (the full form's longer range needs it slower still); later runs only deliver.
+            proxy.set(Fault("delay", seconds=0.03 if FULL else 0.005))
+            await import_book(pg_url, book)
+            config = tmp_path / "config.toml"
+            chain = evm_chain_toml(proxy.url, token=traffic.token, start=first, batch_blocks=2)
+            config.write_text(config_toml(pg_url, chain, receiver.url))
+            output = tmp_path / "matches.jsonl"
+            argv = ["--config", str(config), "replay", "--chain", "eth", "--from", str(first), "--to", str(last)]
+            argv += ["--output", str(output), "--send-alerts"]
+            killer = Killer(
+                rng,
+                proxy=proxy,
+                fetch_methods=EVM_FETCH_METHODS,
+                receiver=receiver,
+                pg_url=pg_url,
+                cursor_like="replay:%",
+                random_window=(1.5, 4.5),
+            )
+            plan = killer.schedule(n(REPLAY_KILLS))
+            trials: list[Trial] = []
+            offsets: list[int] = []
+            began = time.monotonic()
+            try:
+                while True:
+                    offsets.append(output.stat().st_size if output.exists() else 0)
+                    proc = runner.spawn(*argv)
+                    if len(trials) >= len(plan):
+                        code = await proc.wait(120)
+                        trials.append(Trial(len(trials) + 1, "none", False, time.monotonic() - proc.started, "", code))
+                        break
+                    trial = await killer.kill(proc, plan[len(trials)], len(trials) + 1)
+                    trials.append(trial)
+                    if trial.exited is not None:
+                        break
+                final = runner.procs[-1]
+                assert trials[-1].exited == 0, final.tail()
+            finally:
+                runner.close()
+            wants = [w for w in traffic.wants if first <= w.height <= last]
+            figures = check_alerts(receiver, wants, mode="replay")
+            rid = run_id("eth", first, last, str(EVM_CHAIN_ID))
+            scope = Scope.replay(rid, True)
+            view = await store_view(pg_url, scope.name, scope)
+            tip = (last, (await traffic.hashes(last, last))[last])
+            stored = check_store(view, wants, await traffic.hashes(first - 1, last), first - 1, tip)
+            hashes = await traffic.hashes(first, last)
+    data = output.read_bytes()
+    last_run = check_replay_output(data[offsets[-1] :], wants, hashes)
+    whole = file_figures(data)
+    report(
+        f"crash: replay on anvil and PostgreSQL, --send-alerts ({form}, seed {SEED + 2})",
+        [
+            landed_line(trials, killer.points, time.monotonic() - began) + f"; {len(trials)} runs in all",
+            f"range {first}..{last}: {traffic.blocks} blocks, {len(wants)} expected matches, "
+            f"{sum(w.alert for w in wants)} alerts",
+            f"last run's output: {last_run} lines = the expected matches, once each, every field checked",
+            f"whole file: {whole['lines']} lines from {len(offsets)} runs, {whole['distinct']} distinct, "
+            f"{whole['torn']} torn (a killed run's unfinished line, glued to the next run's first)",
+            *outcome_lines(figures, stored, tip),
+            *[t.line() for t in trials],
+        ],
+    )
+
+
+def check_replay_output(data: bytes, wants: list[Want], hashes: dict[int, str]) -> int:
+    """The lines of one complete run: every expected match once, nothing else, the fields right."""
+    assert data.endswith(b"\n"), "the last run's output does not end with a complete line"
+    lines = [json.loads(line) for line in data.decode().splitlines()]
+    got = Counter((line["kind"], line["txid"].lower(), line["index"]) for line in lines)
+    expected = Counter(w.triple for w in wants)
+    assert got == expected, (
+        f"replay output differs: missing {list(expected - got)[:5]}, extra {list(got - expected)[:5]}"
+    )
+    by_triple = {w.triple: w for w in wants}
+    for line in lines:
+        want = by_triple[(line["kind"], line["txid"].lower(), line["index"])]
+        assert int(line["amount"]) == want.amount, (line, want)
+        assert line["block_height"] == want.height and line["block_hash"] == hashes[want.height], (line, want)
+        assert line["address"].lower()[2:] == want.key, (line, want)
+    return len(lines)
+
+
+def file_figures(data: bytes) -> dict[str, int]:
+    lines = data.decode(errors="replace").splitlines()
+    torn = 0
+    distinct = set()
+    for line in lines:
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        distinct.add((parsed["kind"], parsed["txid"], parsed["index"]))
+    return {"lines": len(lines), "distinct": len(distinct), "torn": torn}
