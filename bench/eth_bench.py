@@ -156,7 +156,7 @@ def ensure_etl() -> str:
         check = subprocess.run([str(ETL), "--help"], capture_output=True, check=False)
         if check.returncode != 0 and b"getargspec" in check.stderr:
             # Python 3.11 removed inspect.getargspec, which parsimonious 0.8 (pinned through eth-abi 2) uses.
-            subprocess.run([*pip, "--no-deps", "parsimonious==0.9.0"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([*pip, "--no-deps", "parsimonious==0.9.0", "regex"], check=True, stdout=subprocess.DEVNULL)
     out = subprocess.run(
         [str(ETL_VENV / "bin" / "python"), "-m", "pip", "show", "ethereum-etl"],
         capture_output=True,
