@@ -7,6 +7,7 @@ numbered `?1` form, which binds the same way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -92,6 +93,7 @@ class _SqliteConn:
         await self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
 
+@functools.lru_cache(maxsize=1024)
 def _sqlite_sql(sql: str) -> str:
     return _PLACEHOLDER.sub(r"?\1", sql)
 
