@@ -34,7 +34,6 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from web3.exceptions import BlockNotFound
 
 from depositwatch.addressbook import BadRows, ChainDirectory, read_import_csv
 from depositwatch.addresses import (
@@ -66,26 +65,6 @@ def examples(n: int) -> settings:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         database=None,
     )
-
-
-# Known bugs, reported and not yet fixed. Each has a deterministic reproduction at the end of this file,
-# marked xfail(strict=True): when the bug is fixed the reproduction passes, which fails the run, so the
-# marker and the entry here are removed together. Meanwhile the fuzz tests count the inputs that hit
-# exactly these failures (and still check everything else) instead of failing on them.
-KNOWN_BUGS = {
-    "config-utf8": "load_config lets UnicodeDecodeError escape for a config file that is not UTF-8",
-    "csv-int64": "the import CSV accepts revoked_at beyond int64; the store then fails with OverflowError",
-    "evm-null-latest": "EvmSource.tip lets web3's BlockNotFound escape when the node answers null for `latest`",
-    "evm-web3-malformed": "EvmSource._web3 lets AttributeError escape when web3's formatters meet a malformed block",
-    "config-url-checks": "store and sink URLs are not parsed when the config is validated; a malformed one "
-    "(`http://u:p@[::1`) passes, then Config.redacted() (check-config) raises ValueError",
-}
-known_hits: dict[str, int] = {}
-
-
-def known(name: str) -> None:
-    assert name in KNOWN_BUGS
-    known_hits[name] = known_hits.get(name, 0) + 1
 
 
 class Loop:
@@ -382,8 +361,6 @@ def test_config_files_of_any_content_raise_only_config_errors(form: str) -> None
                 load_config(path)
             except ConfigError:
                 pass
-            except UnicodeDecodeError:
-                known("config-utf8")
 
         check()
 
@@ -484,11 +461,6 @@ def test_a_rejected_import_leaves_the_store_unchanged(form: str, store_url: str)
             except ImportRejected:
                 outcomes["refused by the store"] = outcomes.get("refused by the store", 0) + 1
                 assert loop.run(book()) == before, "a rejected import changed the book"
-                return
-            except OverflowError:
-                known("csv-int64")
-                assert any(e.revoked_at is not None and e.revoked_at >= 2**63 for _, e in entries)
-                assert loop.run(book()) == before, "a failed import changed the book"
                 return
             outcomes["applied"] = outcomes.get("applied", 0) + 1
             after = {(e.chain, e.key): e for e in loop.run(store.list_addresses())}
@@ -754,16 +726,6 @@ async def _exercise(url: str) -> list[str]:
             except (BadNodeAnswer, NodeUnavailable) as exc:
                 done.append(f"{name}: {type(exc).__name__}")
                 continue
-            except BlockNotFound:
-                assert name == "tip"
-                known("evm-null-latest")
-                done.append(f"{name}: BlockNotFound (known bug)")
-                continue
-            except AttributeError:
-                assert name in ("tip", "hash_at")  # the calls that go through web3
-                known("evm-web3-malformed")
-                done.append(f"{name}: AttributeError (known bug)")
-                continue
             done.append(name)
             if name == "fetch":
                 assert isinstance(result, list)
@@ -836,67 +798,43 @@ def test_any_url_in_the_config_is_refused_or_shown_redacted(form: str) -> None:
             config = parse_config(data, "fuzz.toml")
         except ConfigError:
             return
-        try:
-            text = orjson.dumps(config.redacted()).decode()
-        except ValueError:
-            assert where[0] in ("store", "sinks"), (where, url)
-            known("config-url-checks")
-            return
+        text = orjson.dumps(config.redacted()).decode()
         assert ":p@" not in text, text  # an accepted URL's password is never shown
 
     check()
 
 
-# --- known bugs: deterministic reproductions ----------------------------------------------------------
+# --- regressions: the bugs these suites found, one input each -------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["config-utf8"])
-def test_known_bug_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "depositwatch.toml"
     path.write_bytes(b'[store]\nurl = "sqlite:///x\x80.db"\n')
     with pytest.raises(ConfigError):
         load_config(path)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["csv-int64"])
-def test_known_bug_the_import_csv_refuses_a_revocation_time_the_store_cannot_hold() -> None:
+def test_the_import_csv_refuses_a_revocation_time_the_store_cannot_hold() -> None:
     text = f"chain,address,status,revoked_at\neth,{ETH_POOL[0]},revoked,99999999999999999999999\n"
     with pytest.raises(BadRows):
         read_import_csv(text, ChainDirectory(ChainDirectory.DEFAULTS))
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["evm-null-latest"])
-async def test_known_bug_a_node_answering_null_for_the_latest_block_is_a_chain_error() -> None:
+@pytest.mark.parametrize("latest", ["null", "list"])
+async def test_a_node_with_no_usable_latest_block_is_a_chain_error(latest: str) -> None:
     node = HostileNode()
     await node.start()
     try:
-        node.corruption = Corruption("eth_getBlockByNumber", "null")
+        mode = "null" if latest == "null" else "result"
+        node.corruption = Corruption("eth_getBlockByNumber", mode, value=[])
         steps = await _exercise(node.url)
     finally:
         await node.stop()
-    assert "tip: BlockNotFound (known bug)" not in steps, steps
+    assert "tip: BadNodeAnswer" in steps or "tip: NodeUnavailable" in steps, steps
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["evm-web3-malformed"])
-async def test_known_bug_a_node_answering_a_list_for_the_latest_block_is_a_chain_error() -> None:
-    node = HostileNode()
-    await node.start()
-    try:
-        node.corruption = Corruption("eth_getBlockByNumber", "result", value=[])
-        steps = await _exercise(node.url)
-    finally:
-        await node.stop()
-    assert "tip: AttributeError (known bug)" not in steps, steps
-
-
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["config-url-checks"])
-def test_known_bug_a_malformed_sink_url_is_a_config_error() -> None:
+def test_a_malformed_sink_url_is_a_config_error() -> None:
     data: Any = orjson.loads(orjson.dumps(VALID_CONFIG))
     data["sinks"][0]["url"] = "http://user:pw@[::1"
     with pytest.raises(ConfigError):
         parse_config(data, "fuzz.toml").redacted()
-
-
-def test_known_bug_tallies_are_reported() -> None:
-    """Not a check: prints how often the fuzz tests met each known bug in this session."""
-    print(f"\nknown bugs met by the fuzz tests: {known_hits or 'none'}")
