@@ -234,7 +234,7 @@ class HttpSink:
 
     async def send_burst(self, burst: Burst) -> None:
         """Sinks that do not summarise send every message; the dispatcher never calls this for them."""
-        raise NotImplementedError(f"sink {self.name} does not summarise bursts")
+        raise TypeError(f"sink {self.name} does not summarise bursts: deliver each message instead")
 
     async def close(self) -> None:
         """Close the session (idempotent)."""
