@@ -84,6 +84,7 @@ class Follower:
         self._stopping = asyncio.Event()
         self.heartbeat = time.monotonic()  # last loop iteration, for the systemd watchdog
         self.failing: str | None = None  # the node error while the node is failing, for health
+        self._behind = False
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -129,6 +130,8 @@ class Follower:
         self.node_height = tip.height
         self._observe_heights()
         last = tip.height if self.settings.stop_height is None else min(tip.height, self.settings.stop_height)
+        if tip.height >= cursor.height:
+            self._behind = False
         if cursor.height >= last:
             if cursor.height >= tip.height >= 0:
                 # At or above the node's tip: is the node's tip block ours?
@@ -139,7 +142,8 @@ class Follower:
                 )
                 if ours and ours != tip.hash:
                     await self._reorg(cursor)
-                elif cursor.height > tip.height:
+                elif cursor.height > tip.height and not self._behind:
+                    self._behind = True  # said once per episode, not on every poll
                     self._log.warning("node is behind the cursor", node_height=tip.height, cursor_height=cursor.height)
             return 0
         stop = min(last, cursor.height + self.settings.batch_blocks) + 1
