@@ -45,6 +45,7 @@ from bench.common import (
     scratch_schema,
     with_search_path,
 )
+from depositwatch.store.sql import ADDRESS_COLUMNS
 
 CHUNK = 100_000  # rows per generated chunk; the book of size N is the first N rows of one sequence
 SEED = 20240611
@@ -52,19 +53,7 @@ REVOKED_SHARE = 0.10
 REVOKED_AT = 1_700_000_000
 BTC, ETH = "btc", "eth"
 BTC_TYPES = ("p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr")
-COLUMNS = [
-    "chain",
-    "key",
-    "address",
-    "type",
-    "status",
-    "label",
-    "owner",
-    "revoked_at",
-    "reason",
-    "created_at",
-    "updated_at",
-]
+COLUMNS = list(ADDRESS_COLUMNS)
 TARGET_RSS_BYTES = 1.5e9  # 10M addresses in at most 1.5 GB
 WELL_UNDER_NS = 500  # "well under a microsecond", read as at most half of one
 TARGET_PG_LOAD_S = 60.0  # 10M from PostgreSQL in under a minute

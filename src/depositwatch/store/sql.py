@@ -29,7 +29,11 @@ _TYPES = {
     "postgres": {"{BLOB}": "BYTEA", "{SERIAL}": "BIGSERIAL PRIMARY KEY"},
 }
 NOTIFY_CHANNEL = "depositwatch_addresses"
-_ADDRESS_COLUMNS = "chain, key, address, type, status, label, owner, revoked_at, reason, created_at"
+# The columns of `addresses`, in the order imports write them.
+ADDRESS_COLUMNS = (
+    "chain", "key", "address", "type", "status", "label", "owner", "revoked_at", "reason", "created_at", "updated_at",
+)  # fmt: skip
+_ADDRESS_COLUMNS = ", ".join(ADDRESS_COLUMNS)
 _STATUS = {str(status): status for status in AddressStatus}
 
 
@@ -163,20 +167,7 @@ class SqlStore(FollowMixin, OutboxMixin):
             ]
             await conn.copy_rows(
                 "staging_addresses",
-                [
-                    "chain",
-                    "key",
-                    "address",
-                    "type",
-                    "status",
-                    "label",
-                    "owner",
-                    "revoked_at",
-                    "reason",
-                    "created_at",
-                    "updated_at",
-                    "line",
-                ],
+                [*ADDRESS_COLUMNS, "line"],
                 rows,
             )
             unrevoking = await conn.fetch(
@@ -213,8 +204,8 @@ class SqlStore(FollowMixin, OutboxMixin):
                     f" FROM staging_addresses s WHERE a.chain = s.chain AND a.key = s.key AND ({differs})"
                 )
                 await conn.execute(
-                    f"INSERT INTO addresses ({_ADDRESS_COLUMNS}, updated_at)"
-                    f" SELECT {_ADDRESS_COLUMNS}, updated_at FROM staging_addresses s"
+                    f"INSERT INTO addresses ({_ADDRESS_COLUMNS})"
+                    f" SELECT {_ADDRESS_COLUMNS} FROM staging_addresses s"
                     " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.chain = s.chain AND a.key = s.key)"
                 )
                 await self._bump_book(conn)
