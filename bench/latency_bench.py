@@ -119,7 +119,8 @@ def config_text(mode: str, tmp: Path, node: Anvil, hook_url: str) -> str:
     )
 
 
-async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, Any]:
+async def start_hook() -> tuple[Hook, web.AppRunner, int]:
+    """The webhook receiver on a free loopback port."""
     hook = Hook()
     app = web.Application()
     app.router.add_post("/hook", hook.handle)
@@ -127,28 +128,46 @@ async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, 
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    return hook, runner, port
+
+
+def start_daemon(config: Path, book_rows: str, folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """Import the address book, then start `depositwatch run` logging to folder/daemon.log."""
+    book = folder / "book.csv"
+    book.write_text("chain,address,status,label,owner,revoked_at,reason\n" + book_rows)
+    subprocess.run(
+        [str(PY), "-m", "depositwatch", "--config", str(config), "addresses", "import", str(book)],
+        check=True,
+        capture_output=True,
+    )
+    log = folder / "daemon.log"
+    with log.open("wb") as sink:
+        daemon = subprocess.Popen(
+            [str(PY), "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return daemon, log
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    daemon.terminate()
+    try:
+        daemon.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, Any]:
+    hook, runner, port = await start_hook()
     folder = tmp / mode
     folder.mkdir()
     async with Anvil(chain_id=CHAIN_ID, no_mining=True) as node:
         config = folder / "depositwatch.toml"
         config.write_text(config_text(mode, folder, node, f"http://127.0.0.1:{port}/hook"))
-        book = folder / "book.csv"
-        book.write_text(
-            "chain,address,status,label,owner,revoked_at,reason\n"
-            f"eth,{REVOKED},revoked,hot-1,cust-1,2020-01-01T00:00:00Z,bench\n"
-        )
-        subprocess.run(
-            [str(PY), "-m", "depositwatch", "--config", str(config), "addresses", "import", str(book)],
-            check=True,
-            capture_output=True,
-        )
-        log = folder / "daemon.log"
-        with log.open("wb") as sink:
-            daemon = subprocess.Popen(
-                [str(PY), "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        daemon, log = start_daemon(config, f"eth,{REVOKED},revoked,hot-1,cust-1,2020-01-01T00:00:00Z,bench\n", folder)
         sender = node.accounts[0].address
         rng = random.Random(7)
         pause = 0.2 if mode == "ws" else float(mode.split("-", 1)[1])
@@ -174,12 +193,7 @@ async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, 
                     latencies.append((arrived - mined) * 1000)
                 await asyncio.sleep(rng.uniform(0.05, 0.05 + pause))
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_daemon(daemon)
             await runner.cleanup()
     result = {
         "mode": mode,

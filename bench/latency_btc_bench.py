@@ -15,33 +15,24 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address  # noqa: E402
 
-from bench.latency_bench import PY, SECRET, Hook, free_port, load_avg, percentile  # noqa: E402
+from bench.latency_bench import SECRET, load_avg, percentile, start_daemon, start_hook, stop_daemon  # noqa: E402
 
 REVOKED = p2wpkh(b"\x5e" * 20)
 
 
 async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str, Any]:
-    hook = Hook()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    hook, runner, port = await start_hook()
     folder = tmp / f"poll-{poll}"
     folder.mkdir()
     async with BitcoinRegtestServer() as node:
@@ -56,23 +47,8 @@ async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str
             f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:{port}/hook"\n'
             f'secret = {{ value = "{SECRET}" }}\nretry = {{ initial_backoff = 0.05, max_backoff = 0.5 }}\n'
         )
-        book = folder / "book.csv"
-        book.write_text(
-            "chain,address,status,label,owner,revoked_at,reason\n"
-            f"btc,{script_to_address(REVOKED, 'regtest')},revoked,old-1,cust-1,2020-01-01T00:00:00Z,bench\n"
-        )
-        subprocess.run(
-            [str(PY), "-m", "depositwatch", "--config", str(config), "addresses", "import", str(book)],
-            check=True,
-            capture_output=True,
-        )
-        log = folder / "daemon.log"
-        with log.open("wb") as sink:
-            daemon = subprocess.Popen(
-                [str(PY), "-m", "depositwatch", "--config", str(config), "--log-format", "json", "run"],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        revoked = script_to_address(REVOKED, "regtest")
+        daemon, log = start_daemon(config, f"btc,{revoked},revoked,old-1,cust-1,2020-01-01T00:00:00Z,bench\n", folder)
         rng = random.Random(7)
         latencies: list[float] = []
         try:
@@ -89,12 +65,7 @@ async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str
                     latencies.append((arrived - announced) * 1000)
                 await asyncio.sleep(rng.uniform(0.05, 0.05 + poll))
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_daemon(daemon)
             await runner.cleanup()
     result = {
         "mode": f"bitcoin, polling every {poll:g} s",
