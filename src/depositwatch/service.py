@@ -331,7 +331,7 @@ class Service:
         listener = None
         if isinstance(self.store.db, PostgresDriver):
             listener = await self.store.db.pool.acquire()
-            await listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._book_changed.set())
+            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -347,8 +347,12 @@ class Service:
                     await asyncio.sleep(1.0)
         finally:
             if listener is not None and isinstance(self.store.db, PostgresDriver):
-                await listener.remove_listener(NOTIFY_CHANNEL, lambda *_: None)
+                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
                 await self.store.db.pool.release(listener)
+
+    def _on_notify(self, *_: object) -> None:
+        """PostgreSQL NOTIFY on the address-book channel: reload now."""
+        self._book_changed.set()
 
     async def _heartbeat(self) -> None:
         """STATUS and WATCHDOG for systemd, outbox metrics. Pings stop when a chain loop hangs."""
