@@ -316,3 +316,50 @@ async def test_newer_schema_is_refused(store_url: str) -> None:
     await store.close()
     with pytest.raises(SchemaError, match="newer than this program"):
         await open_store(store_url, migrate=True)
+
+
+async def test_batch_commit_of_many_blocks_keeps_order_and_revisions(store: SqlStore) -> None:
+    """One commit of many blocks: more matches than one `IN` list holds, a match both detected and
+    confirmed in the same commit (revisions 1 then 2, in that order), a match listed twice (recorded
+    once), an output created and spent inside the batch; the same result as block by block."""
+    from depositwatch.models import WatchedOutput
+
+    await seed(store)
+    registry = await AddressRegistry.load(store)
+    blocks = [
+        block(
+            10 + i,
+            transfers=tuple(Transfer(ETH, i * 1000 + j, f"0x{i:03x}{j:03x}", None, A_REVOKED) for j in range(60)),
+        )
+        for i in range(12)
+    ]
+    effects = [BlockEffects(b, matches_for(b, registry)) for b in blocks]
+    assert sum(len(e.matches) for e in effects) == 720  # over the 500 keys of one lookup
+    first = effects[0].matches[0]
+    effects[0] = BlockEffects(
+        blocks[0],
+        [*effects[0].matches, first],
+        new_outputs=[WatchedOutput("aa" * 32, 0, b"\x00\x14" + b"\x22" * 20, 5, 10)],
+        spent_outputs=[("aa" * 32, 0, "bb" * 32)],
+    )
+    cursor = Cursor("live:eth", "eth", 9, "h9")
+    # the tip makes the first 10 blocks final inside this very commit
+    await store.commit_blocks(LIVE, cursor, POLICY, effects, tip_height=blocks[-1].height)
+    rows = await store.matches(LIVE)
+    assert len(rows) == 720
+    assert {r["status"] for r in rows if r["block_height"] <= 19} == {"confirmed"}
+    assert {r["status"] for r in rows if r["block_height"] > 19} == {"seen"}
+    messages = await store.outbox(limit=10_000)
+    by_id: dict[str, list[tuple[int, str]]] = {}
+    for m in sorted(messages, key=lambda m: m.seq):
+        by_id.setdefault(m.alert_id, []).append((m.rev, m.event))
+    assert len(by_id) == 720
+    assert by_id[first.id] == [(1, "detected"), (2, "confirmed")]
+    final = {r["id"] for r in rows if r["status"] == "confirmed"}
+    assert all(by_id[i] == [(1, "detected"), (2, "confirmed")] for i in final)
+    assert all(v == [(1, "detected")] for i, v in by_id.items() if i not in final)
+    confirmed = [m for m in messages if m.event == "confirmed"]
+    assert {loads(m.payload)["confirmations"] for m in confirmed} >= {POLICY.confirmations, 12}
+    # all detected messages precede the confirmations written after them
+    assert max(m.seq for m in messages if m.event == "detected") < min(m.seq for m in confirmed)
+    assert await store.watched_outputs("eth") == []  # created and spent within the batch

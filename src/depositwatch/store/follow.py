@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from depositwatch.alerts.payload import build_payload
@@ -26,6 +26,53 @@ _MATCH_COLUMNS = (
     " to_address, key, address, label, owner, revoked_at, txid, idx, block_height, block_hash, block_time,"
     " first_seen, updated_at"
 )
+
+
+_INSERT_MATCH = f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 24))})"
+_IN_CHUNK = 500  # keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
+
+
+async def _fetch_in(conn: Conn, sql: str, args: Sequence[Any], keys: Collection[Any], tail: str = "") -> list[Any]:
+    """`sql IN (keys) tail` for any number of keys, in chunks; `sql` ends with the column compared
+    and its other parameters are `args`."""
+    ordered = list(keys)
+    rows: list[Any] = []
+    for i in range(0, len(ordered), _IN_CHUNK):
+        batch = ordered[i : i + _IN_CHUNK]
+        marks = ", ".join(f"${len(args) + j + 1}" for j in range(len(batch)))
+        rows += await conn.fetch(f"{sql} IN ({marks}){tail}", *args, *batch)
+    return rows
+
+
+def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int) -> tuple[Any, ...]:
+    """The values of a new `matches` row, in `_MATCH_COLUMNS` order."""
+    t = match.transfer
+    block = match.block
+    return (
+        scope.name,
+        match.id,
+        match.chain,
+        str(match.kind),
+        status,
+        t.asset.symbol,
+        t.asset.contract,
+        t.asset.decimals,
+        str(t.amount),
+        t.from_address,
+        t.to_address,
+        match.key,
+        info["address"] if info else (t.to_address or t.from_address or match.key.hex()),
+        info["label"] if info else "",
+        info["owner"] if info else "",
+        info["revoked_at"] if info else None,
+        t.txid,
+        t.index,
+        block.height if block else None,
+        block.hash if block else None,
+        match.block_time,
+        stamp,
+        stamp,
+    )
 
 
 def _cursor(row: Any) -> Cursor:
@@ -112,21 +159,16 @@ class FollowMixin:
         stamp = now()
         async with self.db.transaction() as conn:
             await self._expect_cursor(conn, cursor)
-            for effect in effects:
-                block = effect.block
-                await conn.execute(
-                    "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
-                    " ON CONFLICT (cursor, height) DO UPDATE SET hash = excluded.hash,"
-                    " parent_hash = excluded.parent_hash, time = excluded.time",
-                    cursor.name,
-                    block.height,
-                    block.hash,
-                    block.parent_hash,
-                    block.time,
-                )
-                if effect.matches:
-                    await self._upsert_matches(conn, scope, policy, effect.matches, tip_height, stamp)
-                await self._record_outputs(conn, scope, policy.chain, effect)
+            await conn.executemany(
+                "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (cursor, height) DO UPDATE SET hash = excluded.hash,"
+                " parent_hash = excluded.parent_hash, time = excluded.time",
+                [(cursor.name, e.block.height, e.block.hash, e.block.parent_hash, e.block.time) for e in effects],
+            )
+            matches = [match for effect in effects for match in effect.matches]
+            if matches:
+                await self._upsert_matches(conn, scope, policy, matches, tip_height, stamp)
+            await self._record_outputs(conn, scope, policy.chain, effects)
             await self._confirm(conn, scope, policy, tip_height, stamp)
             await conn.execute(
                 "DELETE FROM blocks WHERE cursor = $1 AND height < $2", cursor.name, last.height - policy.keep_blocks
@@ -142,45 +184,37 @@ class FollowMixin:
                 "another instance is following this chain"
             )
 
-    async def _record_outputs(self, conn: Conn, scope: Scope, chain: str, effect: BlockEffects) -> None:
-        height = effect.block.height
-        for out in effect.new_outputs:
-            await conn.execute(
+    async def _record_outputs(self, conn: Conn, scope: Scope, chain: str, effects: Sequence[BlockEffects]) -> None:
+        # Every insert before any spend: a spend in a later block of the batch finds its output, and
+        # an output created and spent in one block is inserted, then marked spent, as in chain order.
+        created = [
+            (scope.name, chain, out.txid, out.vout, out.script, out.amount, effect.block.height)
+            for effect in effects
+            for out in effect.new_outputs
+        ]
+        if created:
+            await conn.executemany(
                 "INSERT INTO watched_outputs (scope, chain, txid, vout, script, amount, height)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                scope.name,
-                chain,
-                out.txid,
-                out.vout,
-                out.script,
-                out.amount,
-                height,
+                created,
             )
-        for txid, vout, spender in effect.spent_outputs:
-            await conn.execute(
+        spent = [
+            (spender, effect.block.height, scope.name, chain, txid, vout)
+            for effect in effects
+            for txid, vout, spender in effect.spent_outputs
+        ]
+        if spent:
+            await conn.executemany(
                 "UPDATE watched_outputs SET spent_txid = $1, spent_height = $2"
                 " WHERE scope = $3 AND chain = $4 AND txid = $5 AND vout = $6",
-                spender,
-                height,
-                scope.name,
-                chain,
-                txid,
-                vout,
+                spent,
             )
 
     async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
-        found: dict[bytes, Any] = {}
-        ordered = list(keys)
-        for i in range(0, len(ordered), 500):
-            batch = ordered[i : i + 500]
-            marks = ", ".join(f"${j + 2}" for j in range(len(batch)))
-            for row in await conn.fetch(
-                f"SELECT key, address, label, owner, revoked_at FROM addresses WHERE chain = $1 AND key IN ({marks})",
-                chain,
-                *batch,
-            ):
-                found[bytes(row["key"])] = row
-        return found
+        rows = await _fetch_in(
+            conn, "SELECT key, address, label, owner, revoked_at FROM addresses WHERE chain = $1 AND key", [chain], keys
+        )
+        return {bytes(row["key"]): row for row in rows}
 
     async def _upsert_matches(
         self,
@@ -191,57 +225,44 @@ class FollowMixin:
         tip_height: int,
         stamp: int,
     ) -> None:
+        """Insert new matches, move known ones, and enqueue their alerts: one lookup of the known ids,
+        one multi-row insert and one outbox write for the whole list, in the list's order."""
         details = await self._address_details(conn, policy.chain, {m.key for m in matches})
+        rows = await _fetch_in(
+            conn, "SELECT id, status FROM matches WHERE scope = $1 AND id", [scope.name], {m.id for m in matches}
+        )
+        known: dict[str, str] = {row["id"]: row["status"] for row in rows}
+        inserts: list[tuple[Any, ...]] = []
+        alerts: list[tuple[str, AlertEvent, int]] = []
+
+        async def flush() -> None:
+            if inserts:
+                await conn.executemany(_INSERT_MATCH, inserts)
+                inserts.clear()
+            await self._enqueue_many(conn, scope, policy, alerts, stamp)
+            alerts.clear()
+
         for match in matches:
-            existing = await conn.fetchrow(
-                "SELECT status FROM matches WHERE scope = $1 AND id = $2", scope.name, match.id
-            )
             block = match.block
-            if existing is None:
-                info = details.get(match.key)
-                t = match.transfer
+            status = known.get(match.id)
+            if status is None:
                 status = "seen" if block is not None else "mempool"
-                await conn.execute(
-                    f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES"
-                    " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
-                    " $21, $22, $23)",
-                    scope.name,
-                    match.id,
-                    match.chain,
-                    str(match.kind),
-                    status,
-                    t.asset.symbol,
-                    t.asset.contract,
-                    t.asset.decimals,
-                    str(t.amount),
-                    t.from_address,
-                    t.to_address,
-                    match.key,
-                    info["address"] if info else (t.to_address or t.from_address or match.key.hex()),
-                    info["label"] if info else "",
-                    info["owner"] if info else "",
-                    info["revoked_at"] if info else None,
-                    t.txid,
-                    t.index,
-                    block.height if block else None,
-                    block.hash if block else None,
-                    match.block_time,
-                    stamp,
-                    stamp,
-                )
+                inserts.append(_match_row(scope, match, details.get(match.key), status, stamp))
+                known[match.id] = status
                 event = AlertEvent.DETECTED
             else:
-                status = existing["status"]
                 if block is None:
                     continue  # a mempool sighting of a transfer already recorded
+                await flush()  # the row must exist, and its earlier alerts be written, before it moves
                 if status in ("seen", "confirmed"):
                     await self._move_match(conn, scope, match, status, stamp)
                     continue
                 event = AlertEvent.MINED if status == "mempool" else AlertEvent.DETECTED
                 await self._move_match(conn, scope, match, "seen", stamp)
+                known[match.id] = "seen"
             if match.is_alert:
-                confirmations = tip_height - block.height + 1 if block else 0
-                await self._enqueue(conn, scope, policy, match.id, event, confirmations, stamp)
+                alerts.append((match.id, event, tip_height - block.height + 1 if block else 0))
+        await flush()
 
     async def _move_match(self, conn: Conn, scope: Scope, match: Match, status: str, stamp: int) -> None:
         block = match.block
@@ -276,10 +297,9 @@ class FollowMixin:
             policy.chain,
             deepest,
         )
-        for row in rows:
-            # Deposits are not alerts; the deposits sink hears of them once, when they are final.
-            confirmations = tip_height - int(row["block_height"]) + 1
-            await self._enqueue(conn, scope, policy, row["id"], AlertEvent.CONFIRMED, confirmations, stamp)
+        # Deposits are not alerts; the deposits sink hears of them once, when they are final.
+        alerts = [(row["id"], AlertEvent.CONFIRMED, tip_height - int(row["block_height"]) + 1) for row in rows]
+        await self._enqueue_many(conn, scope, policy, alerts, stamp)
 
     async def _enqueue(
         self,
@@ -291,45 +311,82 @@ class FollowMixin:
         confirmations: int,
         stamp: int,
     ) -> None:
-        if not scope.send_alerts:
+        await self._enqueue_many(conn, scope, policy, [(match_id, event, confirmations)], stamp)
+
+    async def _enqueue_many(
+        self,
+        conn: Conn,
+        scope: Scope,
+        policy: ChainPolicy,
+        alerts: Sequence[tuple[str, AlertEvent, int]],
+        stamp: int,
+    ) -> None:
+        """Outbox messages (match id, event, confirmations) in this order, each from its match's row
+        as it stands now; a match's messages take the next revisions after what the outbox holds."""
+        if not scope.send_alerts or not alerts:
             return
-        # A replay announces first sightings only, and nothing the live daemon (or an earlier replay)
-        # already sent for the same id: the receivers have heard of it.
-        if scope.mode == "replay" and (
-            event is not AlertEvent.DETECTED
-            or await conn.fetchval("SELECT 1 FROM outbox WHERE alert_id = $1", match_id)
-        ):
-            return
-        row = await conn.fetchrow("SELECT * FROM matches WHERE scope = $1 AND id = $2", scope.name, match_id)
-        assert row is not None
-        kind = MatchKind(row["kind"])
-        rev = int(await conn.fetchval("SELECT COALESCE(MAX(rev), 0) FROM outbox WHERE alert_id = $1", match_id)) + 1
-        severity = str(policy.severities.get(kind, "info"))
-        payload = build_payload(
-            row,
-            alert_id=match_id,
-            rev=rev,
-            event=event,
-            severity=severity,
-            chain_id=policy.chain_id,
-            confirmations=confirmations,
-            mode=scope.mode,
-            detected_at=stamp,
-        )
-        await conn.execute(
+        ids = {match_id for match_id, _, _ in alerts}
+        if scope.mode == "replay":
+            # A replay announces first sightings only, and nothing the live daemon (or an earlier
+            # replay) already sent for the same id: the receivers have heard of it.
+            told = {
+                row[0] for row in await _fetch_in(conn, "SELECT DISTINCT alert_id FROM outbox WHERE alert_id", [], ids)
+            }
+            fresh = []
+            for alert in alerts:
+                if alert[1] is AlertEvent.DETECTED and alert[0] not in told:
+                    fresh.append(alert)
+                    told.add(alert[0])
+            alerts = fresh
+            ids = {match_id for match_id, _, _ in alerts}
+            if not alerts:
+                return
+        rows = {
+            row["id"]: row
+            for row in await _fetch_in(conn, "SELECT * FROM matches WHERE scope = $1 AND id", [scope.name], ids)
+        }
+        revs: dict[str, int] = {
+            row[0]: int(row[1])
+            for row in await _fetch_in(
+                conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
+            )
+        }
+        messages = []
+        for match_id, event, confirmations in alerts:
+            row = rows[match_id]
+            kind = MatchKind(row["kind"])
+            rev = revs[match_id] = revs.get(match_id, 0) + 1
+            severity = str(policy.severities.get(kind, "info"))
+            payload = build_payload(
+                row,
+                alert_id=match_id,
+                rev=rev,
+                event=event,
+                severity=severity,
+                chain_id=policy.chain_id,
+                confirmations=confirmations,
+                mode=scope.mode,
+                detected_at=stamp,
+            )
+            messages.append(
+                (
+                    match_id,
+                    rev,
+                    str(event),
+                    str(kind),
+                    severity,
+                    row["chain"],
+                    f"{row['chain']}:{row['address']}",
+                    row["block_height"],
+                    dumps(payload),
+                    stamp,
+                )
+            )
+        await conn.executemany(
             "INSERT INTO outbox (alert_id, rev, event, kind, severity, chain, order_key, block_height, payload,"
             " status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'new', $10)"
             " ON CONFLICT (alert_id, rev) DO NOTHING",
-            match_id,
-            rev,
-            str(event),
-            str(kind),
-            severity,
-            row["chain"],
-            f"{row['chain']}:{row['address']}",
-            row["block_height"],
-            dumps(payload),
-            stamp,
+            messages,
         )
 
     async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor:
@@ -345,16 +402,17 @@ class FollowMixin:
                 policy.chain,
                 to.height,
             )
-            for row in rows:
-                await conn.execute(
-                    "UPDATE matches SET status = 'retracted', updated_at = $1 WHERE scope = $2 AND id = $3",
-                    stamp,
-                    scope.name,
-                    row["id"],
-                )
-                # A deposit was only announced once final; retract only what was announced.
-                if row["kind"] != MatchKind.DEPOSIT or row["status"] == "confirmed":
-                    await self._enqueue(conn, scope, policy, row["id"], AlertEvent.RETRACTED, 0, stamp)
+            await conn.executemany(
+                "UPDATE matches SET status = 'retracted', updated_at = $1 WHERE scope = $2 AND id = $3",
+                [(stamp, scope.name, row["id"]) for row in rows],
+            )
+            # A deposit was only announced once final; retract only what was announced.
+            retracted = [
+                (row["id"], AlertEvent.RETRACTED, 0)
+                for row in rows
+                if row["kind"] != MatchKind.DEPOSIT or row["status"] == "confirmed"
+            ]
+            await self._enqueue_many(conn, scope, policy, retracted, stamp)
             await conn.execute("DELETE FROM blocks WHERE cursor = $1 AND height > $2", cursor.name, to.height)
             await conn.execute(
                 "DELETE FROM watched_outputs WHERE scope = $1 AND chain = $2 AND height > $3",
