@@ -2,8 +2,8 @@
 # The whole test suite: set up, start PostgreSQL if needed, lint, type-check, test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-system-tools.sh # first: the compiled Bitcoin scan needs libssl-dev to build
 bash scripts/bootstrap.sh
-bash scripts/install-system-tools.sh
 bash scripts/ensure-postgres.sh
 echo "== ruff"
 .venv/bin/ruff check src tests bench

@@ -27,6 +27,13 @@ Two ways to read a block: `decode_block` builds the whole object tree; `scan_blo
 as much but only looks each output script and each spent outpoint up in the caller's sets and
 builds objects for the hits: that is the hot path of a watcher.
 
+`scan_block` has an optional compiled fast path, `depositwatch.chains._btcscan` (C, SHA-256 from
+OpenSSL's libcrypto), built by `pip install` where a compiler and libcrypto's headers are found. It
+reads the block exactly as the Python does and returns the same facts, but it never reports an error
+of its own: on anything irregular it gives up and the pure-Python scan (`_scan_block_py`, the
+reference) reads the block again and raises the exact error. Setting the environment variable
+`DEPOSITWATCH_PURE_PYTHON=1` (read at import) turns the extension off.
+
 Frozen dataclasses are slow to construct (every field goes through `object.__setattr__`), and a
 block has thousands of inputs and outputs, so the decoder fills a plain slotted twin of each class
 and then sets its `__class__` to the frozen one: same layout, same result, about four times
@@ -36,11 +43,19 @@ cheaper. `tests/test_btc_wire.py` checks the objects are exactly what the constr
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass
 from operator import eq
 from typing import Any
+
+try:
+    from depositwatch.chains import _btcscan
+except ImportError:  # not built (no compiler or no libcrypto headers): the pure-Python scan does it all
+    _btcscan = None  # type: ignore[assignment]
+_BUILT: bool = _btcscan is not None
+"""Whether the compiled fast path of `scan_block` was built and imported."""
 
 __all__ = [
     "COINBASE_VOUT",
@@ -584,6 +599,9 @@ _ASTRAY = -(1 << 60)
 _SCRIPT_LEN = (*range(0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
 _ITEM_STEP = (*range(1, 1 + 0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
 
+_USE_EXTENSION = _BUILT and os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") in ("", "0")
+"""Whether `scan_block` tries the extension: built, and `DEPOSITWATCH_PURE_PYTHON` not set."""
+
 
 def scan_block(
     raw: bytes | bytearray | memoryview,
@@ -600,8 +618,60 @@ def scan_block(
 
     The block is checked as by `decode_block`, except for the witness commitment: witness data is
     skipped, never returned, and the txids cover everything that is. `verify_merkle=False` also skips
-    the merkle tree (a fifth of the time), for a caller that trusts where the bytes come from, for
-    instance its own node, having checked that `block_hash(raw[:80])` is the hash it asked for.
+    the merkle tree, for a caller that trusts where the bytes come from, for instance its own node,
+    having checked that `block_hash(raw[:80])` is the hash it asked for.
+
+    The compiled extension reads the block when it is there (see the module docstring); a block it
+    does not take, and every block without it, goes through `_scan_block_py`. Both give the same
+    `BlockScan`, and the errors are always the pure path's. An exception raised by a container's
+    lookup propagates either way.
+    """
+    buf = bytes(raw)
+    if _USE_EXTENSION:
+        found = _scan_block_ext(buf, scripts, outpoints, verify_merkle, more_scripts, follow)
+        if found is not None:
+            return found
+    return _scan_block_py(
+        buf, scripts, outpoints, verify_merkle=verify_merkle, more_scripts=more_scripts, follow=follow
+    )
+
+
+def _scan_block_ext(
+    buf: bytes,
+    scripts: Container[bytes],
+    outpoints: Collection[bytes],
+    verify_merkle: bool,
+    more_scripts: Container[bytes] | None,
+    follow: Container[bytes] | None,
+) -> BlockScan | None:
+    """`scan_block` through the extension (whatever `DEPOSITWATCH_PURE_PYTHON` says): the same
+    `BlockScan`, or None for a block it does not take, or when it is not built."""
+    if not _BUILT:
+        return None
+    found = _btcscan.scan(buf, scripts, outpoints, more_scripts, follow, verify_merkle)
+    if found is None:
+        return None
+    count, outs, spends = found
+    return BlockScan(
+        decode_header(buf[:80]),
+        count,
+        tuple(OutputHit(i, txid[::-1].hex(), vout, value, script) for i, txid, vout, value, script in outs),
+        tuple(
+            SpendHit(i, txid[::-1].hex(), vin, prev[::-1].hex(), prev_vout) for i, txid, vin, prev, prev_vout in spends
+        ),
+    )
+
+
+def _scan_block_py(
+    raw: bytes | bytearray | memoryview,
+    scripts: Container[bytes],
+    outpoints: Collection[bytes] = frozenset(),
+    *,
+    verify_merkle: bool = True,
+    more_scripts: Container[bytes] | None = None,
+    follow: Container[bytes] | None = None,
+) -> BlockScan:
+    """`scan_block` in pure Python: the reference, and the reader of every block the extension gives up on.
 
     Each transaction is first read on a fast path that takes every length to be one byte, looks the
     outpoints up only once there is one to look for, and slices nothing but the output scripts. A long
