@@ -31,7 +31,7 @@ from depositwatch.devnet import (
     wait_receipt,
 )
 from depositwatch.follower import Follower
-from depositwatch.models import AddressEntry, AddressStatus
+from depositwatch.models import AddressEntry, AddressStatus, Block
 from depositwatch.pipeline import make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.replay import replay
@@ -288,3 +288,50 @@ async def test_catch_up_after_long_downtime(world: World, store: SqlStore) -> No
     found = {r["txid"] for r in await store.matches(Scope.live())}
     assert set(sent) <= found and len(found) == 7
     await g.source.close()
+
+
+async def test_live_log_filter_keeps_up_with_book_changes(world: World, store: SqlStore) -> None:
+    """A small book is filtered on the node (topic lists); an address added while the source was
+    fetching with the old keys is not missed: the follower reads that range again with the new ones."""
+    from depositwatch.chains.evm import EvmSource
+    from depositwatch.pipeline import attach
+
+    await book(store, world)
+    w3, customer = world.node.w3, world.customer
+    newcomer = "0x" + "d4" * 20
+    start = await world.node.block_number() + 1
+    before = await wait_receipt(w3, await send_token(w3, world.usdt, customer, newcomer, 11))
+    config = chain(world)
+    registry = await AddressRegistry.load(store)
+    live = follower(world, store, config, registry, start)
+    source = live.source
+    assert isinstance(source, EvmSource)
+    attach(source, registry, None)
+    await source.open()
+    await live.start()
+    await drain(live)
+    assert await store.matches(Scope.live()) == []  # not watched yet: nothing
+
+    # The address is revoked while a fetch with the old keys is under way (the node leaves its logs out).
+    during = await wait_receipt(w3, await send_token(w3, world.usdt, customer, newcomer, 22))
+    fetch, calls = source.fetch, []
+
+    async def fetch_then_revoke(begin: int, stop: int) -> list[Block]:
+        blocks = await fetch(begin, stop)
+        calls.append(begin)
+        if len(calls) == 1:
+            assert not any(t.to_address == newcomer for b in blocks for t in b.transfers)
+            entry = AddressEntry("eth", newcomer, key(newcomer), AddressStatus.REVOKED, "n", "cust-n", 1)
+            await store.import_addresses([(2, entry)])
+            assert await registry.reload(store)
+        return blocks
+
+    source.fetch = fetch_then_revoke  # type: ignore[method-assign]
+    await drain(live)
+    await source.close()
+    assert calls[:2] == [calls[0], calls[0]]  # the same range, read again with the new keys
+    rows = await store.matches(Scope.live())
+    assert [(r["kind"], r["txid"], r["amount"]) for r in rows] == [
+        ("revoked_incoming", during["transactionHash"], "22")
+    ]
+    assert before["blockNumber"] != during["blockNumber"]

@@ -147,7 +147,14 @@ class Follower:
                     self._log.warning("node is behind the cursor", node_height=tip.height, cursor_height=cursor.height)
             return 0
         stop = min(last, cursor.height + self.settings.batch_blocks) + 1
-        blocks = await self.source.fetch(cursor.height + 1, stop)
+        while True:
+            generation = self.registry.generation
+            blocks = await self.source.fetch(cursor.height + 1, stop)
+            if generation == self.registry.generation:
+                break
+            # The book changed while the source read: it may have left out what the new book
+            # watches (a log filter, Bitcoin's watched decoding). Read again, shaped by the new one.
+            self._log.debug("address book changed during a fetch; fetching again", start=cursor.height + 1)
         if not blocks:
             return 0
         chain = _consecutive(cursor, blocks)

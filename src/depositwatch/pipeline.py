@@ -33,13 +33,30 @@ def make_hook(chain: ChainConfig) -> BlockHook | None:
 
 
 def attach(source: ChainSource, registry: AddressRegistry, hook: BlockHook | None) -> None:
-    """Let a source build only what matching needs: Bitcoin decodes just the outputs paying watched
-    scripts and the spends of watched outputs (20 times faster on full blocks, same matches)."""
+    """Let a source build only what matching needs, kept in step with the book as it reloads.
+
+    Bitcoin decodes just the outputs paying watched scripts and the spends of watched outputs (20
+    times faster on full blocks, same matches). An EVM source whose book is small enough for the
+    node to filter (`LOG_FILTER_MAX_KEYS`) asks the node only for the logs of its keys; each reload
+    sets the new keys before the new book is used, and the follower reads again any range fetched
+    while the book changed. A larger book fetches everything: filtering it in the client saves
+    little CPU and would hold a second copy of every key.
+    """
     from depositwatch.chains.bitcoin import BitcoinSource
+    from depositwatch.chains.evm import LOG_FILTER_MAX_KEYS, EvmSource
     from depositwatch.sweeps import OutputTracker
 
     if isinstance(source, BitcoinSource) and isinstance(hook, OutputTracker):
         source.watch(registry, hook)
+    elif isinstance(source, EvmSource):
+        evm = source
+
+        def narrow(incoming: AddressRegistry) -> None:
+            book = incoming.book(evm.name)
+            evm.set_log_filter(book.active | book.revoked.keys() if len(book) <= LOG_FILTER_MAX_KEYS else None)
+
+        narrow(registry)
+        registry.before_swap(f"log-filter:{evm.name}", narrow)
 
 
 def make_policy(chain: ChainConfig, alerts: AlertsConfig) -> ChainPolicy:

@@ -66,6 +66,16 @@ class AddressRegistry:
     def __init__(self, books: dict[str, ChainBook] | None = None, version: int = -1) -> None:
         self._books: dict[str, ChainBook] = books or {}
         self.version = version
+        # Bumped by every swap: a reader that took data shaped by the old books (a source that
+        # fetched only what they watch) compares it before and after to know it must read again.
+        self.generation = 0
+        self._before_swap: dict[str, Callable[[AddressRegistry], None]] = {}
+
+    def before_swap(self, name: str, listener: Callable[[AddressRegistry], None]) -> None:
+        """Call `listener(incoming)` before each reload swaps new books in (one listener per name:
+        a later one replaces it). A listener that narrows a source to the incoming keys thus never
+        leaves the source narrower than the books in use."""
+        self._before_swap[name] = listener
 
     def book(self, chain: str) -> ChainBook:
         """The chain's book (an empty one if the chain has no addresses)."""
@@ -135,5 +145,8 @@ class AddressRegistry:
         if await store.address_book_version() == self.version:
             return False
         fresh = await AddressRegistry.load(store, chains)
+        for listener in list(self._before_swap.values()):
+            listener(fresh)
         self._books, self.version = fresh._books, fresh.version
+        self.generation += 1
         return True

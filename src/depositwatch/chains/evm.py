@@ -905,6 +905,8 @@ class EvmSource:
 
     async def _logs(self, start: int, stop: int, watch: _Watch | None = None) -> dict[int, list[_Log]]:
         """Transfer logs of the configured tokens in [start, stop), by height (those touching `watch`)."""
+        if watch is not None and not watch.keys:
+            return {}  # an empty book: no token transfer can concern it
         chunks = _chunks(start, stop, self.config.getlogs_max_range)
         if watch is not None and watch.topics is not None and self._node_filter:
             parts = await _run_all(
