@@ -86,6 +86,12 @@ class Run:
         return self.blocks / self.wall
 
 
+def pin_cpus() -> tuple[set[int], set[int]]:
+    """The node's CPU and the clients' CPU(s) for `--pin`: the first one allowed, and the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {cpus[0]}, set(cpus[1:])
+
+
 def load_avg() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -135,14 +141,14 @@ def version_of(cmd: list[str]) -> str:
 
 
 def etl_python() -> str:
-    """A Python ethereum-etl runs on: its pinned web3 5 needs parsimonious < 0.9, which fails on 3.11+."""
-    for name in ("python3.10", "python3.9", "python3.8"):
-        found = shutil.which(name)
-        if found:
-            return found
+    """A Python ethereum-etl runs on: its pinned web3 5 needs parsimonious < 0.9, which fails on 3.11+.
+    Each candidate is run once: a pyenv shim is on PATH even where its version is not selected."""
     pyenv = Path.home() / ".pyenv" / "versions"
-    for candidate in sorted(pyenv.glob("3.10.*/bin/python")) + sorted(pyenv.glob("3.9.*/bin/python")):
-        return str(candidate)
+    found = [shutil.which(name) for name in ("python3.10", "python3.9", "python3.8")]
+    found += map(str, sorted(pyenv.glob("3.10.*/bin/python")) + sorted(pyenv.glob("3.9.*/bin/python")))
+    for candidate in filter(None, found):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False).returncode == 0:
+            return candidate
     return sys.executable  # 3.11+: patched below
 
 
@@ -807,6 +813,12 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "bench" / "out" / "eth_bench.json"))
     parser.add_argument("--workload", type=Path, default=OUT, help="where the generated chain is kept")
     parser.add_argument("--report", type=Path, help="only print the report of a saved --json result")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the node on CPU 0 and every client on CPU 1, as with a node on its own machine: the minimal "
+        "client's rate is then the node's own limit",
+    )
     args = parser.parse_args()
     if args.report:
         result = json.loads(args.report.read_text())
@@ -824,7 +836,14 @@ def main() -> None:
     first, last = w.first, w.last
     anvil = version_of([str(w.node().command()[0]), "--version"]).replace("anvil Version: ", "")
     loop = asyncio.new_event_loop()
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            raise SystemExit("--pin needs two CPUs")
+        node_cpus, client_cpus = pin_cpus()
+        os.sched_setaffinity(0, node_cpus)  # anvil and its threads inherit this
     node = loop.run_until_complete(_serve(w))
+    if args.pin:
+        os.sched_setaffinity(0, client_cpus)  # this process and every client it starts
     try:
         url, pid = node.http_url, node.pid
         assert pid is not None
@@ -898,6 +917,7 @@ def main() -> None:
         "compare": compare,
         "sweep": sweep,
         "sweep_blocks": sweep_last - first + 1,
+        "pinned": args.pin,
         "sweep_repeat": args.sweep_repeat,
         "filter": filters,
         "filter_batch": 20,
