@@ -9,9 +9,11 @@ Part 1: block 413,567 (`shared/realdata/btc/block413567.raw`, 999,887 bytes, 1,5
 follower does it: `BitcoinSource.decode_blocks` (header hash check, merkle root check), `match_block`,
 and the `OutputTracker` hook. Both ways the source can decode: the watched path (`watch(registry,
 tracker)`: `btc_wire.scan_block` builds only the hits) and the full path (every output a `Transfer`
-with its address, every input a `Spend`). The floor is the double SHA-256 of every transaction's
-serialization (without witness), which any decoder must compute for the txids. Runs are interleaved;
-the ratio is median over median.
+with its address, every input a `Spend`). `scan_block` runs on its compiled fast path (the C
+extension `depositwatch.chains._btcscan`, which the bench requires) and, in rows of their own, on the
+pure-Python path it falls back to. The floor is the double SHA-256 of every transaction's
+serialization (without witness) with `hashlib`, which any decoder must compute for the txids. Runs
+are interleaved; the ratio is median over median.
 
 Part 2: a regtest stand-in (`tests/btcnode`) in its own process serves a chain of full-size blocks
 (about 1 MB each: 3,300 transactions with one P2WPKH input and four outputs of mixed script types,
@@ -47,8 +49,10 @@ if __package__ in (None, ""):  # run as `python bench/btc_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_line, rss_mb
+from depositwatch.chains import btc_wire
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.btc_wire import (
+    _scan_block_py,
     block_hash,
     decode_block,
     scan_block,
@@ -100,9 +104,27 @@ def offline_config() -> ChainConfig:
     return ChainConfig(name="btc", kind="bitcoin", network="mainnet", rpc_urls=["http://127.0.0.1:1"])
 
 
+def pure_python(job: Callable[[], object]) -> Callable[[], object]:
+    """`job` with `scan_block` on its pure-Python path (the extension switched off for the call)."""
+
+    def run() -> object:
+        btc_wire._USE_EXTENSION = False
+        try:
+            return job()
+        finally:
+            btc_wire._USE_EXTENSION = True
+
+    return run
+
+
 def part_one(scripts: int, runs: int) -> dict[str, Any]:
     from depositwatch.sweeps import OutputTracker
 
+    if not btc_wire._USE_EXTENSION:
+        raise SystemExit(
+            "the compiled scan is not in use: build it with `pip install -e .` (it needs gcc and libssl-dev) "
+            "and leave DEPOSITWATCH_PURE_PYTHON unset"
+        )
     raw = BLOCK_FILE.read_bytes()
     hash_ = block_hash(raw[:80])
     spans = tx_spans(raw)
@@ -132,15 +154,24 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
 
         return run
 
+    def as_watched(scan: Callable[..., object]) -> Callable[[], object]:
+        return lambda: scan(raw, book.active, set(), more_scripts=book.revoked, follow=book.revoked)
+
     jobs: dict[str, Callable[[], object]] = {
         "floor: double SHA-256 of every transaction": floor,
-        "watched path: decode_blocks + match_block + OutputTracker": follow(watched_source, watched_tracker),
+        "watched path: decode_blocks + match_block + OutputTracker (C scan)": follow(watched_source, watched_tracker),
+        "watched path, pure-Python scan": pure_python(follow(watched_source, watched_tracker)),
         "full path: decode_blocks + match_block + OutputTracker": follow(full_source, full_tracker),
-        "btc_wire.scan_block as the watched path calls it (active set, revoked dict followed)": lambda: scan_block(
-            raw, book.active, set(), more_scripts=book.revoked, follow=book.revoked
+        "btc_wire.scan_block as the watched path calls it (active set, revoked dict followed): C": as_watched(
+            scan_block
         ),
-        "btc_wire.scan_block, merkle checked (active set only)": lambda: scan_block(raw, book.active),
-        "btc_wire.scan_block, merkle skipped (active set only)": lambda: scan_block(
+        "btc_wire.scan_block as the watched path calls it: pure Python": as_watched(_scan_block_py),
+        "btc_wire.scan_block, merkle checked (active set only): C": lambda: scan_block(raw, book.active),
+        "btc_wire.scan_block, merkle checked: pure Python": lambda: _scan_block_py(raw, book.active),
+        "btc_wire.scan_block, merkle skipped (active set only): C": lambda: scan_block(
+            raw, book.active, verify_merkle=False
+        ),
+        "btc_wire.scan_block, merkle skipped: pure Python": lambda: _scan_block_py(
             raw, book.active, verify_merkle=False
         ),
         "btc_wire.decode_block": lambda: decode_block(raw),
@@ -154,6 +185,7 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
         matches = tracker.effects(block, match_block("btc", block, book), registry).matches
         found.append(sorted((str(m.kind), m.transfer.txid, m.transfer.index) for m in matches))
     assert found[0] == found[1] and found[0], "the two paths disagree"
+    assert as_watched(scan_block)() == as_watched(_scan_block_py)(), "the C and Python scans disagree"
     watched_found = found[0]
     times: dict[str, list[float]] = {name: [] for name in jobs}
     load_before = os.getloadavg()[0]
