@@ -209,6 +209,50 @@ async def test_splitting_the_range_changes_nothing(node: Anvil) -> None:
         await split.close()
 
 
+async def test_read_ahead_gives_the_same_blocks_and_follows_the_caller(node: Anvil) -> None:
+    """Ranges read ahead are what a plain fetch gives; a fetch off the path read ahead, a new log
+    filter or a close drops them; ranges are never read ahead past the node's tip."""
+    sc = await build_scenario(node)
+    plain = await opened(chain_config(node, sc.tokens, read_ahead=0))
+    ahead = await opened(chain_config(node, sc.tokens, read_ahead=3))
+    try:
+        tip = (await plain.tip()).height
+        expected = await plain.fetch(0, tip + 1)
+        assert plain._ahead == []
+        got = await ahead.fetch(0, 3)
+        assert [(r.start, r.stop) for r in ahead._ahead] == [(3, 6), (6, 9), (9, 12)]
+        first_ahead = ahead._ahead[0].task
+        got += await ahead.fetch(3, 6)
+        assert first_ahead.done() and [(r.start, r.stop) for r in ahead._ahead] == [(6, 9), (9, 12), (12, 15)]
+        got += await ahead.fetch(6, 8)  # shorter than the range read ahead: the rest is dropped
+        assert [(r.start, r.stop) for r in ahead._ahead] == [(8, 10), (10, 12), (12, 14)]
+        dropped = list(ahead._ahead)
+        got += await ahead.fetch(8, 9)
+        got += await ahead.fetch(9, 10)  # back on a path of its own
+        for low in range(10, tip + 1, 3):
+            got += await ahead.fetch(low, min(low + 3, tip + 1))
+            assert all(r.stop <= tip + 1 for r in ahead._ahead)
+        assert got == expected
+        assert all(r.task.done() for r in dropped)
+        assert ahead._ahead == []  # the last range reached the tip: nothing more to read
+        await ahead.fetch(0, 3)
+        pending = list(ahead._ahead)
+        assert pending
+        ahead.set_log_filter([bytes.fromhex(REVOKED[2:])])
+        assert ahead._ahead == []
+        await asyncio.sleep(0)
+        assert all(r.task.cancelled() or r.task.done() for r in pending)
+        narrowed = await ahead.fetch(0, tip + 1)
+        key = REVOKED.lower()
+        assert rows(narrowed) == [r for r in rows(expected) if key in (r[4].lower(), r[5].lower())]
+        await ahead.fetch(0, 3)
+        assert ahead._ahead
+    finally:
+        await plain.close()
+        await ahead.close()
+    assert ahead._ahead == []
+
+
 async def test_receipts_one_transaction_at_a_time_give_the_same_blocks(node: Anvil) -> None:
     sc = await build_scenario(node)
     source = await opened(chain_config(node, sc.tokens))

@@ -406,6 +406,12 @@ async def _run_all(coros: Iterable[Awaitable[T]]) -> list[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _cancel_all(queue: Sequence[_ReadAhead]) -> None:
+    """Cancel ranges read ahead and wait until they have stopped."""
+    for ahead in queue:
+        await ahead.cancel()
+
+
 def _chunks(start: int, stop: int, size: int) -> list[range]:
     return [range(low, min(low + size, stop)) for low in range(start, stop, size)]
 
@@ -449,7 +455,7 @@ class EvmSource:
         self._watch: _Watch | None = None
         self._node_filter = True  # topic OR-lists in eth_getLogs; off after a node refuses them
         self._known_tip = -1  # the node's height at the last eth_blockNumber
-        self._ahead: _ReadAhead | None = None
+        self._ahead: list[_ReadAhead] = []  # consecutive ranges read ahead, the next one first
 
     # what to fetch
 
@@ -580,9 +586,7 @@ class EvmSource:
 
     async def close(self) -> None:
         """Stop the head subscription and release connections."""
-        if self._ahead is not None:
-            ahead, self._ahead = self._ahead, None
-            await ahead.cancel()
+        await self._cancel_ahead()
         if self._ws_task is not None:
             self._ws_task.cancel()
             await asyncio.gather(self._ws_task, return_exceptions=True)
@@ -655,35 +659,53 @@ class EvmSource:
     async def fetch(self, start: int, stop: int) -> list[Block]:
         """Blocks `start` to `stop - 1` with their transfers, in order; fewer if the tip is lower.
 
-        When the whole range was there and the node has the next one (as when replaying or catching
-        up), the next range of the same size is read ahead while the caller matches and commits this
-        one; a `fetch` that asks for it (or for its beginning) gets it from there.
+        When the whole range was there and the node has more (as when replaying or catching up), the
+        next `read_ahead` ranges of the same size are read ahead while the caller matches and commits
+        this one, so the node never waits for the caller; a `fetch` that asks for the first of them
+        (or for its beginning) gets it from there. Anything else drops them.
         """
         if start < 0:
             raise ValueError(f"start {start} is negative")
         if stop <= start:
             return []
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead.start == start and stop <= ahead.stop and ahead.watch is self._watch:
-            blocks = (await ahead.task)[: stop - start]
+        queue, self._ahead = self._ahead, []
+        head = queue[0] if queue else None
+        if head is not None and head.start == start and stop <= head.stop and head.watch is self._watch:
+            del queue[0]
+            try:
+                blocks = (await head.task)[: stop - start]
+            except BaseException:
+                await _cancel_all(queue)
+                raise
         else:
-            if ahead is not None:
-                await ahead.cancel()
+            await _cancel_all(queue)
+            queue = []
             stop = min(stop, await self._block_number() + 1)
             if stop <= start:
                 return []
             blocks = await self._fetch_range(start, stop, self._watch)
         following = start + len(blocks)
-        if following == stop and following <= self._known_tip:
-            end = min(following + (stop - start), self._known_tip + 1)
-            task = asyncio.ensure_future(self._fetch_range(following, end, self._watch))
-            self._ahead = _ReadAhead(following, end, self._watch, task)
+        if following != stop or (queue and queue[0].start != following):
+            await _cancel_all(queue)  # the tip moved back, or the caller left the path read ahead
+            queue = []
+        if following == stop:
+            nxt = queue[-1].stop if queue else following
+            while len(queue) < self.config.read_ahead and nxt <= self._known_tip:
+                end = min(nxt + (stop - start), self._known_tip + 1)
+                task = asyncio.ensure_future(self._fetch_range(nxt, end, self._watch))
+                queue.append(_ReadAhead(nxt, end, self._watch, task))
+                nxt = end
+        self._ahead = queue
         return blocks
 
     def _drop_ahead(self) -> None:
-        if self._ahead is not None:
-            self._ahead.drop()
-            self._ahead = None
+        queue, self._ahead = self._ahead, []
+        for ahead in queue:
+            ahead.drop()
+
+    async def _cancel_ahead(self) -> None:
+        queue, self._ahead = self._ahead, []
+        await _cancel_all(queue)
 
     async def _fetch_range(self, start: int, stop: int, watch: _Watch | None) -> list[Block]:
         """Blocks `start` to `stop - 1` (at most; fewer if the node's tip moved back below them)."""
