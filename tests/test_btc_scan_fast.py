@@ -122,8 +122,14 @@ def assert_same_for_every_form(raw: bytes, w: Watch) -> None:
 
 def test_the_extension_is_built_and_used() -> None:
     """The project's setup builds it (gcc, the Python headers, libcrypto's headers): not having it is a failure."""
-    import depositwatch.chains._btcscan as ext
-
+    try:
+        import depositwatch.chains._btcscan as ext
+    except ImportError as exc:
+        pytest.fail(
+            f"the compiled Bitcoin scan is not built ({exc}): `pip install -e .` builds it where gcc and "
+            "libssl-dev are installed (scripts/install-system-tools.sh installs them)",
+            pytrace=False,
+        )
     assert btc_wire._BUILT and btc_wire._btcscan is ext
     pure_python = os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") not in ("", "0")
     assert btc_wire._USE_EXTENSION is not pure_python
