@@ -357,7 +357,7 @@ async def part_two(info: dict[str, Any], watched_scripts: int) -> dict[str, Any]
             await store.import_addresses(list(enumerate(entries, 1)))
             out = io.StringIO()
             summary = await timed(
-                "replay() end to end (full path), SQLite store",
+                "replay() end to end (watched path, as the CLI runs it), SQLite store",
                 lambda: replay(chain=config, store=store, start=first, stop=last, output=out),
             )
             matches = summary.kinds
