@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def registry() -> AddressRegistry:
     )
 
 
-def follower(chain: MemoryChain, store: SqlStore, **settings: int) -> Follower:
+def follower(chain: MemoryChain, store: SqlStore, **settings: Any) -> Follower:
     return Follower(
         source=chain,
         store=store,
@@ -189,3 +190,21 @@ async def test_outage_is_retried_and_restored(store: SqlStore) -> None:
     f.stop()
     await asyncio.wait_for(task, 5)
     assert f.cursor is not None and f.cursor.height == 6
+
+
+@pytest.mark.parametrize("log_matches", [True, False])
+async def test_a_log_line_per_match_unless_left_out(store: SqlStore, log_matches: bool) -> None:
+    """The daemon logs every match it commits; replay, whose matches are its output, leaves the lines out."""
+    from structlog.testing import capture_logs
+
+    chain = MemoryChain()
+    for i in range(3):
+        chain.mine(pay(f"0x{i:02x}"))
+    with capture_logs() as logs:
+        f = follower(chain, store, start_height=1, log_matches=log_matches)
+        await f.start()
+        await drain(f)
+    lines = [e for e in logs if e["event"] == "match"]
+    assert len(await store.matches(Scope.live())) == 3
+    assert [e["txid"] for e in lines] == (["0x00", "0x01", "0x02"] if log_matches else [])
+    assert all(e["kind"] == "revoked_incoming" for e in lines)

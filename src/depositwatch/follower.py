@@ -48,6 +48,7 @@ class FollowerSettings:
     poll_interval: float = 2.0
     start_height: int | None = None  # first block to process when there is no cursor yet
     stop_height: int | None = None  # replay: last block to process
+    log_matches: bool = True  # a log line per match (replay leaves it out: its matches are its output)
 
 
 class Follower:
@@ -176,7 +177,7 @@ class Follower:
             effects.append(effect)
             transfers += len(block.transfers)
         self.cursor = await self.store.commit_blocks(self.scope, cursor, self.policy, effects, tip_height)
-        for effect in effects:
+        for effect in effects if self.settings.log_matches else ():
             for match in effect.matches:
                 self._log.info(
                     "match",

@@ -7,7 +7,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from depositwatch.chains.evm import EvmSource
@@ -148,7 +148,7 @@ async def replay(
             policy=make_policy(chain, alerts or AlertsConfig()),
             scope=scope,
             cursor_name=scope.name,
-            settings=make_settings(chain, start_height=start, stop_height=stop),
+            settings=replace(make_settings(chain, start_height=start, stop_height=stop), log_matches=False),
             hook=hook,
             on_commit=committed,
         )
