@@ -8,6 +8,7 @@ from depositwatch.addresses.common import AddressError, ParsedAddress, reject_su
 
 _ADDRESS_LENGTH = 20
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_HIGH_NIBBLES = frozenset("89abcdef")  # keccak hex digits that uppercase the address digit beside them
 
 
 def ethereum_checksum_address(key: bytes) -> str:
@@ -17,7 +18,7 @@ def ethereum_checksum_address(key: bytes) -> str:
     lower = key.hex()
     digest = keccak(lower.encode("ascii")).hex()
     return "0x" + "".join(
-        char.upper() if int(nibble, 16) >= 8 else char for char, nibble in zip(lower, digest, strict=False)
+        char.upper() if nibble in _HIGH_NIBBLES else char for char, nibble in zip(lower, digest, strict=False)
     )
 
 
