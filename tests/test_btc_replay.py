@@ -227,3 +227,59 @@ async def test_prevouts_let_a_replay_see_the_sweep_of_an_output_paid_before_its_
             await store.close()
     assert outputs[False] == []  # the sweep spends outputs this range never saw paid
     assert [{k: line[k] for k in FIELDS} for line in outputs[True]] == chain.expected()[-2:]
+
+
+async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
+    scenario: tuple[BitcoinRegtestServer, Scenario],
+    tmp_path: Path,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A receiver refusing everything: the range is done and its output whole, but the command exits 1 and says
+    how many alerts are still pending (they stay in the outbox). Once a receiver takes them, the same command
+    (the finished run again) delivers them and exits 0."""
+    from depositwatch.commands import replay as replay_command
+    from tests.receivers import Receiver, always, ok
+
+    monkeypatch.setattr(replay_command, "DRAIN_SECONDS", 1.0)
+    node, chain = scenario
+    config = tmp_path / "depositwatch.toml"
+    watch = tmp_path / "watch.csv"
+    watch.write_text(chain.csv())
+    argv = ["--config", str(config), "replay", "--chain", "btc", "--from", str(chain.first), "--to", str(chain.last)]
+    alerts = 4  # two revoked_incoming and two revoked_outgoing; deposits do not alert
+    for responder, code in ((always(500), 1), (ok(), 0)):
+        async with Receiver(responder) as receiver:
+            config.write_text(
+                f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
+                f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\n'
+                f'rpc_password = {{ value = "{node.password}" }}\nbatch_blocks = 2\nconfirmations = 100\n\n'
+                f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "s" }}\n'
+                "retry = { initial_backoff = 0.3, max_backoff = 1.0 }\n"  # a few attempts a second: none dies
+            )
+            if code:
+                assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
+            out = tmp_path / f"out-{code}.jsonl"
+            capsys.readouterr()
+            assert await run_cli(*argv, "--output", str(out), "--send-alerts") == code
+            said = capsys.readouterr().err
+            assert [{k: line[k] for k in FIELDS} for line in read_lines(out)] == chain.expected()
+            if code:
+                store = await open_store(sqlite_url)
+                try:
+                    counts = await store.outbox_counts()
+                finally:
+                    await store.close()
+                assert counts["pending"] == alerts and counts["dead"] == 0, counts
+                assert receiver.requests and not receiver.accepted
+                assert f"{alerts} still pending in the outbox" in said, said
+            else:
+                assert len({r.json()["id"] for r in receiver.accepted}) == alerts
+                assert "still pending" not in said
+    store = await open_store(sqlite_url)
+    try:
+        counts = await store.outbox_counts()
+    finally:
+        await store.close()
+    assert counts["new"] + counts["pending"] == 0 and counts["delivered"] >= alerts

@@ -15,6 +15,8 @@ from depositwatch.config import ChainConfig, Config, TokenConfig
 from depositwatch.replay import replay
 from depositwatch.store import open_store
 
+DRAIN_SECONDS = 60.0  # --send-alerts: how long delivery may go on after the range is done
+
 MAINNET_TOKENS = [
     TokenConfig(symbol="USDT", contract="0xdAC17F958D2ee523a2206206994597C13D831ec7", decimals=6),
     TokenConfig(symbol="USDC", contract="0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", decimals=6),
@@ -112,6 +114,7 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
         if args.output and args.restart:
             output.truncate(0)
         dispatcher = None
+        settled = True
         if args.send_alerts:
             dispatcher = await _start_dispatcher(config, store)
         try:
@@ -132,9 +135,17 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
             raise CommandError(str(exc)) from None
         finally:
             if dispatcher is not None:
-                await dispatcher.drain(timeout=60)
+                settled = await dispatcher.drain(timeout=DRAIN_SECONDS)
                 await dispatcher.stop(grace=5)
     err(summary.text())
+    if not settled:
+        # Nothing is lost (the alerts stay in the outbox), but whoever ran this must know they are not out yet.
+        counts = await store.outbox_counts()
+        err(
+            f"alerts not all delivered after {DRAIN_SECONDS:g} s: {counts['new'] + counts['pending']} still pending "
+            "in the outbox; the daemon's dispatcher or `depositwatch alerts deliver --until-empty` sends them"
+        )
+        return 1
     return 0
 
 
