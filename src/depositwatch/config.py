@@ -123,7 +123,7 @@ class ChainConfig(_Strict):
     batch_blocks: Annotated[int, Field(ge=1, le=1000)] = 20
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     # EVM: ranges of `batch_blocks` read ahead while the follower matches and commits (catching up, replay)
-    read_ahead: Annotated[int, Field(ge=0, le=16)] = 2
+    read_ahead: Annotated[int, Field(ge=0, le=16)] = 4
     mempool: bool = True
     traces: bool = False
     start_height: Annotated[int, Field(ge=0)] | None = None
