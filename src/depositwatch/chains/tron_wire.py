@@ -1,0 +1,308 @@
+"""TRON's signed bytes: the protobuf of transactions and block headers, and the hashes over them.
+
+A TRON node answers JSON, but what is signed are protobuf bytes. Matching must rest on the signed
+bytes, not on the JSON beside them, so this module decodes the fields a deposit watcher uses from
+`raw_data_hex` and recomputes every identity:
+
+- a transaction's `txID` is sha256 of its `raw_data` bytes;
+- a block's `txTrieRoot` is a merkle root (sha256 of each pair, an odd last node carried up unchanged)
+  over sha256 of each whole `Transaction` message (raw data, signatures and results, so the result
+  codes are covered too); an empty block's root is 32 zero bytes;
+- a `blockID` is the height as 8 big-endian bytes followed by the last 24 bytes of sha256 of the
+  header's raw bytes, which the node does not send: they are re-encoded from the header's fields in
+  protobuf's canonical form (fields in number order, defaults left out), as java-tron writes them.
+
+Only the protobuf wire format is needed (varints and length-delimited fields), not generated classes:
+a reader of a few dozen lines with hard bounds gives exact control over which bytes are hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+_MAX_VARINT_BYTES = 10
+_INT64_MAX = 2**63 - 1
+
+# wire types
+_VARINT = 0
+_FIXED64 = 1
+_BYTES = 2
+_FIXED32 = 5
+
+
+class WireError(ValueError):
+    """Bytes that are not the protobuf they claim to be, or identities that do not recompute."""
+
+
+class ContractType(IntEnum):
+    """The `Transaction.Contract.ContractType` values a deposit watcher reads."""
+
+    TRANSFER = 1  # TransferContract: TRX
+    TRANSFER_ASSET = 2  # TransferAssetContract: TRC-10
+    TRIGGER_SMART_CONTRACT = 31  # TriggerSmartContract: TRC-20 calls among others
+
+
+class ContractResult(IntEnum):
+    """`Transaction.Result.contractResult`: how the contract ran (only SUCCESS moves value)."""
+
+    DEFAULT = 0
+    SUCCESS = 1
+    REVERT = 2
+    BAD_JUMP_DESTINATION = 3
+    OUT_OF_MEMORY = 4
+    PRECOMPILED_CONTRACT = 5
+    STACK_TOO_SMALL = 6
+    STACK_TOO_LARGE = 7
+    ILLEGAL_OPERATION = 8
+    STACK_OVERFLOW = 9
+    OUT_OF_ENERGY = 10
+    OUT_OF_TIME = 11
+    JVM_STACK_OVER_FLOW = 12
+    UNKNOWN = 13
+    TRANSFER_FAILED = 14
+    INVALID_CODE = 15
+
+
+# ---------------------------------------------------------------------------------------------------
+# the wire format
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for shift in range(_MAX_VARINT_BYTES):
+        if pos >= len(buf):
+            raise WireError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << (7 * shift)
+        if not byte & 0x80:
+            if value >= 1 << 64:
+                raise WireError("varint beyond 64 bits")
+            return value, pos
+    raise WireError("varint longer than 10 bytes")
+
+
+def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """Each `(field number, wire type, value)` of a message: ints for varints and fixed, bytes otherwise."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
+        elif wire == _BYTES:
+            length, pos = _varint(buf, pos)
+            if length > len(buf) - pos:
+                raise WireError(f"field {number}: {length} bytes announced, {len(buf) - pos} left")
+            yield number, wire, buf[pos : pos + length]
+            pos += length
+        elif wire in (_FIXED64, _FIXED32):
+            size = 8 if wire == _FIXED64 else 4
+            if size > len(buf) - pos:
+                raise WireError(f"field {number}: truncated fixed{size * 8}")
+            yield number, wire, int.from_bytes(buf[pos : pos + size], "little")
+            pos += size
+        else:
+            raise WireError(f"field {number}: unsupported wire type {wire}")
+
+
+def _int64(value: int | bytes, what: str) -> int:
+    """A varint read as protobuf's int64 (two's complement); negative values are refused here."""
+    if not isinstance(value, int):
+        raise WireError(f"{what}: expected a varint")
+    if value > _INT64_MAX:
+        raise WireError(f"{what}: negative or beyond int64")
+    return value
+
+
+def _bytes(value: int | bytes, what: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise WireError(f"{what}: expected length-delimited bytes")
+    return value
+
+
+def _key(number: int, wire: int) -> bytes:
+    return encode_varint(number << 3 | wire)
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer below 2^64."""
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"varint out of range: {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_int(number: int, value: int) -> bytes:
+    """An int64 field, left out when 0 (proto3's default)."""
+    return _key(number, _VARINT) + encode_varint(value) if value else b""
+
+
+def encode_bytes(number: int, value: bytes) -> bytes:
+    """A bytes, string or message field, left out when empty (proto3's default)."""
+    return _key(number, _BYTES) + encode_varint(len(value)) + value if value else b""
+
+
+def encode_repeated(number: int, values: Sequence[bytes]) -> bytes:
+    """A repeated bytes or message field: every element is written, empty ones included."""
+    return b"".join(_key(number, _BYTES) + encode_varint(len(v)) + v for v in values)
+
+
+# ---------------------------------------------------------------------------------------------------
+# transactions
+
+
+@dataclass(frozen=True, slots=True)
+class SignedContract:
+    """The first contract of a transaction's signed raw data, with the fields a watcher uses.
+
+    Accounts are the 21-byte node form (`0x41` + 20 bytes) as signed; `amount` is sun for TRX, the
+    token's base units for TRC-10, `call_value` for a smart-contract call.
+    """
+
+    type: int
+    owner: bytes
+    to: bytes | None  # TransferContract / TransferAssetContract recipient
+    contract: bytes | None  # TriggerSmartContract target
+    amount: int
+    asset: bytes | None  # TRC-10 token id as signed (its text form, e.g. b"1002000")
+    data: bytes  # TriggerSmartContract call data
+
+
+def tx_id(raw: bytes) -> bytes:
+    """A transaction's id: sha256 of its signed raw data."""
+    return hashlib.sha256(raw).digest()
+
+
+def decode_contract(raw: bytes) -> SignedContract:
+    """The first contract of `Transaction.raw` bytes (TRON transactions carry exactly one)."""
+    contracts = [_bytes(v, "raw.contract") for n, _, v in fields(raw) if n == 11]
+    if len(contracts) != 1:
+        raise WireError(f"raw data holds {len(contracts)} contracts, expected 1")
+    kind = 0
+    parameter = b""
+    for number, _, value in fields(contracts[0]):
+        if number == 1:
+            kind = _int64(value, "contract.type")
+        elif number == 2:
+            parameter = _bytes(value, "contract.parameter")
+    inner = b""
+    for number, _, value in fields(parameter):  # google.protobuf.Any: type_url = 1, value = 2
+        if number == 2:
+            inner = _bytes(value, "contract.parameter.value")
+    return _decode_parameter(kind, inner)
+
+
+def _decode_parameter(kind: int, inner: bytes) -> SignedContract:
+    owner = b""
+    to: bytes | None = None
+    contract: bytes | None = None
+    amount = 0
+    asset: bytes | None = None
+    data = b""
+    for number, _, value in fields(inner):
+        if kind == ContractType.TRANSFER:
+            if number == 1:
+                owner = _bytes(value, "TransferContract.owner_address")
+            elif number == 2:
+                to = _bytes(value, "TransferContract.to_address")
+            elif number == 3:
+                amount = _int64(value, "TransferContract.amount")
+        elif kind == ContractType.TRANSFER_ASSET:
+            if number == 1:
+                asset = _bytes(value, "TransferAssetContract.asset_name")
+            elif number == 2:
+                owner = _bytes(value, "TransferAssetContract.owner_address")
+            elif number == 3:
+                to = _bytes(value, "TransferAssetContract.to_address")
+            elif number == 4:
+                amount = _int64(value, "TransferAssetContract.amount")
+        elif kind == ContractType.TRIGGER_SMART_CONTRACT:
+            if number == 1:
+                owner = _bytes(value, "TriggerSmartContract.owner_address")
+            elif number == 2:
+                contract = _bytes(value, "TriggerSmartContract.contract_address")
+            elif number == 3:
+                amount = _int64(value, "TriggerSmartContract.call_value")
+            elif number == 4:
+                data = _bytes(value, "TriggerSmartContract.data")
+        elif number == 1:  # every contract type puts owner_address first
+            owner = _bytes(value, "contract.owner_address")
+    return SignedContract(type=kind, owner=owner, to=to, contract=contract, amount=amount, asset=asset, data=data)
+
+
+def encode_result(contract_ret: int, fee: int = 0) -> bytes:
+    """`Transaction.Result` as the node stores it: fee = 1, ret = 2 (SUCESS is 0), contractRet = 3."""
+    return encode_int(1, fee) + encode_int(3, contract_ret)
+
+
+def transaction_bytes(raw: bytes, signatures: Sequence[bytes], results: Sequence[bytes]) -> bytes:
+    """A whole `Transaction` message: raw_data = 1, signature = 2, ret = 5."""
+    return encode_bytes(1, raw) + encode_repeated(2, signatures) + encode_repeated(5, results)
+
+
+# ---------------------------------------------------------------------------------------------------
+# blocks
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """java-tron's transaction trie root: sha256 over pairs, an odd last node carried up unchanged."""
+    if not leaves:
+        return bytes(32)
+    level = list(leaves)
+    while len(level) > 1:
+        paired = [hashlib.sha256(level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFields:
+    """`BlockHeader.raw` fields, as the node's JSON gives them (hex fields decoded to bytes)."""
+
+    timestamp: int
+    tx_trie_root: bytes
+    parent_hash: bytes
+    number: int
+    witness_id: int
+    witness_address: bytes
+    version: int
+    account_state_root: bytes
+
+
+def header_raw_bytes(header: HeaderFields) -> bytes:
+    """The canonical protobuf of `BlockHeader.raw`, the bytes the block id hashes."""
+    return b"".join(
+        (
+            encode_int(1, header.timestamp),
+            encode_bytes(2, header.tx_trie_root),
+            encode_bytes(3, header.parent_hash),
+            encode_int(7, header.number),
+            encode_int(8, header.witness_id),
+            encode_bytes(9, header.witness_address),
+            encode_int(10, header.version),
+            encode_bytes(11, header.account_state_root),
+        )
+    )
+
+
+def block_id(number: int, raw_header: bytes) -> bytes:
+    """The block id: the height in 8 big-endian bytes, then the last 24 bytes of sha256(raw header)."""
+    if not 0 <= number <= _INT64_MAX:
+        raise WireError(f"block number {number} out of range")
+    return number.to_bytes(8, "big") + hashlib.sha256(raw_header).digest()[8:]
