@@ -27,9 +27,9 @@ def events(receiver: Receiver, txid: str) -> list[tuple[str, str, int, bool]]:
     ]
 
 
-async def wait_for(receiver: Receiver, txid: str, event: str, timeout: float = 30.0) -> None:
+async def wait_for(receiver: Receiver, txid: str, event: str, timeout: float = 30.0, kind: str | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while not any(e[1] == event for e in events(receiver, txid)):
+    while not any(e[1] == event and kind in (None, e[0]) for e in events(receiver, txid)):
         if time.monotonic() > deadline:
             raise AssertionError(f"no {event} for {txid}: {events(receiver, txid)}")
         await asyncio.sleep(0.05)

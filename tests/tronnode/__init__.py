@@ -1,0 +1,1 @@
+"""A TRON-shaped chain for tests: real protobuf encodings, txIDs, trie roots and block ids."""

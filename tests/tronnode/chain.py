@@ -1,0 +1,182 @@
+"""Builds TRON blocks and transaction infos in the HTTP API's exact JSON shapes (`visible=false`).
+
+Everything hashed is real: `raw_data_hex` is the protobuf of `Transaction.raw`, the txID is its
+sha256, `txTrieRoot` is the merkle root over whole transactions (results included) and the block id is
+recomputed from the canonical header bytes, exactly as a java-tron node computes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from depositwatch.chains import tron_wire as wire
+
+TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+_TYPE_NAMES = {1: "TransferContract", 2: "TransferAssetContract", 31: "TriggerSmartContract"}
+
+
+def account(n: int) -> bytes:
+    """A deterministic 20-byte account for tests."""
+    return hashlib.sha256(b"tron-account-%d" % n).digest()[:20]
+
+
+def node_hex(key: bytes) -> str:
+    """The node's hex form: `41` + 20 bytes."""
+    return "41" + key.hex()
+
+
+@dataclass
+class Tx:
+    """One transaction to put into a block, with its result and (optionally) its info."""
+
+    contract_type: int
+    parameter: dict[str, Any]  # JSON form, visible=false
+    result: str = "SUCCESS"
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    internal: list[dict[str, Any]] = field(default_factory=list)
+    receipt_result: str | None = None
+    nonce: int = 0
+
+    def raw(self) -> bytes:
+        value = self.parameter
+        if self.contract_type == 1:
+            inner = (
+                wire.encode_bytes(1, bytes.fromhex(value["owner_address"]))
+                + wire.encode_bytes(2, bytes.fromhex(value["to_address"]))
+                + wire.encode_int(3, value["amount"])
+            )
+        elif self.contract_type == 2:
+            inner = (
+                wire.encode_bytes(1, bytes.fromhex(value["asset_name"]))
+                + wire.encode_bytes(2, bytes.fromhex(value["owner_address"]))
+                + wire.encode_bytes(3, bytes.fromhex(value["to_address"]))
+                + wire.encode_int(4, value["amount"])
+            )
+        else:
+            inner = (
+                wire.encode_bytes(1, bytes.fromhex(value["owner_address"]))
+                + wire.encode_bytes(2, bytes.fromhex(value["contract_address"]))
+                + wire.encode_int(3, value.get("call_value", 0))
+                + wire.encode_bytes(4, bytes.fromhex(value.get("data", "")))
+            )
+        type_url = f"type.googleapis.com/protocol.{_TYPE_NAMES[self.contract_type]}".encode()
+        any_message = wire.encode_bytes(1, type_url) + wire.encode_bytes(2, inner)
+        contract = wire.encode_int(1, self.contract_type) + wire.encode_bytes(2, any_message)
+        return (
+            wire.encode_bytes(1, b"\x00\x01")
+            + wire.encode_bytes(4, self.nonce.to_bytes(8, "big"))
+            + wire.encode_int(8, 1_700_000_060_000)
+            + wire.encode_repeated(11, [contract])
+            + wire.encode_int(14, 1_700_000_000_000 + self.nonce)
+        )
+
+
+def trx(sender: bytes, recipient: bytes, sun: int, **extra: Any) -> Tx:
+    """A TRX transfer."""
+    value = {"owner_address": node_hex(sender), "to_address": node_hex(recipient), "amount": sun}
+    return Tx(1, value, **extra)
+
+
+def trc10(sender: bytes, recipient: bytes, token_id: str, amount: int, **extra: Any) -> Tx:
+    """A TRC-10 transfer; `asset_name` is the token id's text, hex-encoded as the API writes it."""
+    value = {
+        "owner_address": node_hex(sender),
+        "to_address": node_hex(recipient),
+        "asset_name": token_id.encode().hex(),
+        "amount": amount,
+    }
+    return Tx(2, value, **extra)
+
+
+def trc20(
+    sender: bytes, recipient: bytes, contract: bytes, amount: int, *, emitter: bytes | None = None, **extra: Any
+) -> Tx:
+    """A TRC-20 `transfer(address,uint256)` call and the Transfer log its contract (or `emitter`) emits."""
+    data = "a9059cbb" + ("41" + recipient.hex()).rjust(64, "0") + f"{amount:064x}"
+    value = {"owner_address": node_hex(sender), "contract_address": node_hex(contract), "data": data}
+    log = {
+        "address": (emitter or contract).hex(),
+        "topics": [TRANSFER_TOPIC, sender.hex().rjust(64, "0"), recipient.hex().rjust(64, "0")],
+        "data": f"{amount:064x}",
+    }
+    extra.setdefault("receipt_result", "SUCCESS")
+    return Tx(31, value, logs=[log], **extra)
+
+
+def transaction_json(tx: Tx) -> dict[str, Any]:
+    """A transaction as `/wallet/getblockbynum` shows it (visible=false)."""
+    raw = tx.raw()
+    type_name = _TYPE_NAMES[tx.contract_type]
+    return {
+        "ret": [{"contractRet": tx.result}],
+        "signature": [hashlib.sha256(raw + b"sig").digest().hex() * 2 + "1b"],
+        "txID": wire.tx_id(raw).hex(),
+        "raw_data": {
+            "contract": [
+                {
+                    "parameter": {"value": tx.parameter, "type_url": f"type.googleapis.com/protocol.{type_name}"},
+                    "type": type_name,
+                }
+            ],
+        },
+        "raw_data_hex": raw.hex(),
+    }
+
+
+def block_json(height: int, parent: str, txs: list[Tx], *, timestamp: int = 1_700_000_061_000) -> dict[str, Any]:
+    """A block with real identities: txIDs, the trie root over whole transactions, the block id."""
+    items = [transaction_json(tx) for tx in txs]
+    leaves = []
+    for item in items:
+        raw = bytes.fromhex(item["raw_data_hex"])
+        results = [wire.encode_result(wire.ContractResult[r["contractRet"]]) for r in item["ret"]]
+        signatures = [bytes.fromhex(s) for s in item["signature"]]
+        leaves.append(hashlib.sha256(wire.transaction_bytes(raw, signatures, results)).digest())
+    witness = "41" + account(999_999).hex()
+    header = wire.HeaderFields(
+        timestamp=timestamp,
+        tx_trie_root=wire.merkle_root(leaves),
+        parent_hash=bytes.fromhex(parent),
+        number=height,
+        witness_id=0,
+        witness_address=bytes.fromhex(witness),
+        version=31,
+        account_state_root=b"",
+    )
+    raw_header = {
+        "number": height,
+        "txTrieRoot": header.tx_trie_root.hex(),
+        "witness_address": witness,
+        "parentHash": parent,
+        "version": 31,
+        "timestamp": timestamp,
+    }
+    body: dict[str, Any] = {
+        "blockID": wire.block_id(height, wire.header_raw_bytes(header)).hex(),
+        "block_header": {"raw_data": raw_header, "witness_signature": "00" * 65},
+    }
+    if items:
+        body["transactions"] = items
+    return body
+
+
+def infos_json(height: int, txs: list[Tx], *, timestamp: int = 1_700_000_061_000) -> list[dict[str, Any]]:
+    """`/wallet/gettransactioninfobyblocknum` for the block: an info per transaction that has one."""
+    infos = []
+    for tx in txs:
+        info: dict[str, Any] = {
+            "id": wire.tx_id(tx.raw()).hex(),
+            "blockNumber": height,
+            "blockTimeStamp": timestamp,
+            "receipt": {"net_usage": 268},
+        }
+        if tx.receipt_result is not None:
+            info["receipt"]["result"] = tx.receipt_result
+        if tx.logs:
+            info["log"] = tx.logs
+        if tx.internal:
+            info["internal_transactions"] = tx.internal
+        infos.append(info)
+    return infos
