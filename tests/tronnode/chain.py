@@ -8,6 +8,7 @@ recomputed from the canonical header bytes, exactly as a java-tron node computes
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,3 +181,92 @@ def infos_json(height: int, txs: list[Tx], *, timestamp: int = 1_700_000_061_000
             info["internal_transactions"] = tx.internal
         infos.append(info)
     return infos
+
+
+def _visible(block: dict[str, Any]) -> dict[str, Any]:
+    """The `visible=true` form: accounts in base58 (`T...`) instead of `41`-hex; signed bytes unchanged."""
+    from depositwatch.addresses.tron import tron_address
+
+    def b58(text: str) -> str:
+        return tron_address(bytes.fromhex(text)[1:])
+
+    out = json.loads(json.dumps(block))
+    header = out["block_header"]["raw_data"]
+    header["witness_address"] = b58(header["witness_address"])
+    for tx in out.get("transactions", []):
+        value = tx["raw_data"]["contract"][0]["parameter"]["value"]
+        for name in ("owner_address", "to_address", "contract_address"):
+            if name in value:
+                value[name] = b58(value[name])
+        if "asset_name" in value:
+            value["asset_name"] = bytes.fromhex(value["asset_name"]).decode()
+    return out
+
+
+@dataclass
+class _Stored:
+    block: dict[str, Any]
+    infos: list[dict[str, Any]]
+
+
+class TronChain:
+    """A TRON chain in memory: blocks with real identities, reorgs, and the node's internal-tx setting."""
+
+    SOLIDIFY_DEPTH = 19
+
+    def __init__(self, first_height: int = 1000, *, save_internal: bool = True, start_time: int = 1_700_000_000_000):
+        self.first_height = first_height
+        self.save_internal = save_internal
+        self.start_time = start_time
+        self.blocks: list[_Stored] = []
+        self._nonce = 0
+        self.mine()
+
+    @property
+    def tip(self) -> int:
+        return self.first_height + len(self.blocks) - 1
+
+    def next_nonce(self) -> int:
+        self._nonce += 1
+        return self._nonce
+
+    def mine(self, txs: list[Tx] | None = None, count: int = 1) -> list[dict[str, Any]]:
+        """Append `count` blocks; the first carries `txs`. Returns the new blocks."""
+        made = []
+        for n in range(count):
+            height = self.first_height + len(self.blocks)
+            parent = self.blocks[-1].block["blockID"] if self.blocks else f"{height - 1:016x}" + "ab" * 24
+            body = list(txs or []) if n == 0 else []
+            stamp = self.start_time + 3000 * (height - self.first_height)
+            block = block_json(height, parent, body, timestamp=stamp)
+            self.blocks.append(_Stored(block, infos_json(height, body, timestamp=stamp)))
+            made.append(block)
+        return made
+
+    def reorg(self, depth: int, txs: list[Tx] | None = None, count: int | None = None) -> None:
+        """Drop the last `depth` blocks and mine `count` (default depth + 1) new ones, the first with `txs`."""
+        if depth >= len(self.blocks):
+            raise ValueError("cannot reorg the first block")
+        del self.blocks[-depth:]
+        self.start_time += 1  # new timestamps, so the new branch has new ids even when empty
+        self.mine(txs, count if count is not None else depth + 1)
+
+    def stored(self, height: int) -> _Stored | None:
+        index = height - self.first_height
+        return self.blocks[index] if 0 <= index < len(self.blocks) else None
+
+    def block(self, height: int, *, visible: bool = False) -> dict[str, Any]:
+        """`getblockbynum`: the block, or `{}` above the tip (java-tron's answer)."""
+        stored = self.stored(height)
+        if stored is None:
+            return {}
+        return _visible(stored.block) if visible else stored.block
+
+    def infos(self, height: int) -> list[dict[str, Any]]:
+        """`gettransactioninfobyblocknum`; internal transactions only when the node saves them."""
+        stored = self.stored(height)
+        if stored is None:
+            return []
+        if self.save_internal:
+            return stored.infos
+        return [{k: v for k, v in info.items() if k != "internal_transactions"} for info in stored.infos]

@@ -26,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from depositwatch.addresses.tron import tron_address
+from depositwatch.addresses.common import AddressError
+from depositwatch.addresses.tron import parse_tron_address, tron_address
 from depositwatch.chains import tron_wire as wire
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.models import Asset, Block, Transfer
@@ -35,6 +36,7 @@ TRX = Asset(symbol="TRX", decimals=6)
 TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 _INT64_MAX = 2**63 - 1
 _UINT256_MAX = 2**256 - 1
+_BASE58_LENGTH = 34
 _MAX_INTERNAL = 10_000  # per transaction: far above what the energy limit allows
 
 
@@ -90,6 +92,16 @@ def _account(value: Any, height: int, what: str) -> bytes:
     return raw[1:]
 
 
+def _node_account(value: Any, height: int, what: str) -> bytes:
+    """An account as either API form gives it: `41`-hex (visible=false) or base58 (visible=true), as 21 bytes."""
+    if isinstance(value, str) and len(value) == _BASE58_LENGTH and value.startswith("T"):
+        try:
+            return b"\x41" + parse_tron_address(value).key
+        except AddressError:
+            raise _fail(height, f"{what} is not a TRON address") from None
+    return _hex(value, height, what)
+
+
 def _signed_account(raw: bytes, height: int, what: str) -> bytes:
     if len(raw) != 21 or raw[0] != 0x41:
         raise _fail(height, f"{what} in the signed bytes is not a 21-byte 0x41 account")
@@ -113,7 +125,7 @@ def decode_block(block: Any, infos: Any, height: int, tokens: TronTokens, *, int
         parent_hash=_hex(header.get("parentHash", ""), height, "parentHash", 32),
         number=_int(header.get("number", 0), height, "number"),
         witness_id=_int(header.get("witness_id", 0), height, "witness_id"),
-        witness_address=_hex(header.get("witness_address", ""), height, "witness_address"),
+        witness_address=_node_account(header.get("witness_address", ""), height, "witness_address"),
         version=_int(header.get("version", 0), height, "version", 2**31 - 1),
         account_state_root=_hex(header.get("accountStateRoot", ""), height, "accountStateRoot"),
     )
@@ -194,10 +206,12 @@ def _agrees(tx: dict[str, Any], contract: wire.SignedContract, height: int, wher
         shown = value[name]
         if isinstance(signed, int):
             same = shown == signed
-        elif signed is None:
+        elif signed is None or not isinstance(shown, str):
             same = False
-        else:
-            same = isinstance(shown, str) and shown.lower() in (signed.hex(), signed.decode("latin-1"))
+        elif name.endswith("_address"):
+            same = _node_account(shown, height, f"{where}.{name}") == signed
+        else:  # call data is hex; a TRC-10 token id is hex with visible=false and text with visible=true
+            same = shown.lower() == signed.hex() or shown == signed.decode("latin-1")
         if not same:
             raise _fail(height, f"{where}: {name} in the JSON differs from the signed bytes")
 
