@@ -220,6 +220,8 @@ class TronChain:
         self.start_time = start_time
         self.blocks: list[_Stored] = []
         self._nonce = 0
+        # block 0 identifies the network (its id differs per chain id, as mainnet's and Nile's do)
+        self.genesis = _Stored(block_json(0, "00" * 32, [], timestamp=start_time - 10**9), [])
         self.mine()
 
     @property
@@ -252,6 +254,8 @@ class TronChain:
         self.mine(txs, count if count is not None else depth + 1)
 
     def stored(self, height: int) -> _Stored | None:
+        if height == 0:
+            return self.genesis
         index = height - self.first_height
         return self.blocks[index] if 0 <= index < len(self.blocks) else None
 

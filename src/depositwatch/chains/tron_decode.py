@@ -115,11 +115,25 @@ class _Tx:
     success: bool
 
 
-def decode_block(block: Any, infos: Any, height: int, tokens: TronTokens, *, internal: bool = True) -> Block:
-    """Check and decode one block; `height` is the number that was asked for."""
-    block = _dict(block, height, "the block")
-    header = _dict(_dict(block.get("block_header"), height, "block_header").get("raw_data"), height, "header")
-    fields = wire.HeaderFields(
+def decode_header(block: Any, height: int | None = None) -> tuple[int, str, str, int]:
+    """`(number, block id, parent id, time in seconds)` of a block answer, its id recomputed.
+
+    With `height`, the answer must be that block.
+    """
+    where = -1 if height is None else height
+    block = _dict(block, where, "the block")
+    header = _dict(_dict(block.get("block_header"), where, "block_header").get("raw_data"), where, "header")
+    fields = _header_fields(header, where)
+    if height is not None and fields.number != height:
+        raise _fail(height, f"the node answered block {fields.number}")
+    block_id = wire.block_id(fields.number, wire.header_raw_bytes(fields)).hex()
+    if block.get("blockID") != block_id:
+        raise _fail(fields.number, "blockID does not recompute from the header")
+    return fields.number, block_id, fields.parent_hash.hex(), fields.timestamp // 1000
+
+
+def _header_fields(header: dict[str, Any], height: int) -> wire.HeaderFields:
+    return wire.HeaderFields(
         timestamp=_int(header.get("timestamp", 0), height, "timestamp"),
         tx_trie_root=_hex(header.get("txTrieRoot", ""), height, "txTrieRoot", 32),
         parent_hash=_hex(header.get("parentHash", ""), height, "parentHash", 32),
@@ -129,20 +143,40 @@ def decode_block(block: Any, infos: Any, height: int, tokens: TronTokens, *, int
         version=_int(header.get("version", 0), height, "version", 2**31 - 1),
         account_state_root=_hex(header.get("accountStateRoot", ""), height, "accountStateRoot"),
     )
-    if fields.number != height:
-        raise _fail(height, f"the node answered block {fields.number}")
-    block_id = wire.block_id(fields.number, wire.header_raw_bytes(fields)).hex()
-    if block.get("blockID") != block_id:
-        raise _fail(height, "blockID does not recompute from the header")
+
+
+def needs_infos(block: Any) -> bool:
+    """Whether a block has smart-contract calls, the only transactions with logs or internal transfers.
+
+    TRX and TRC-10 transfers either succeed or are not in a block at all, and their result code is
+    in the trie root: blocks without contract calls need no `gettransactioninfobyblocknum` request.
+    """
+    if not isinstance(block, dict):
+        return True
+    for tx in block.get("transactions") or ():
+        contracts = tx.get("raw_data", {}).get("contract") if isinstance(tx, dict) else None
+        if not isinstance(contracts, list) or any(
+            not isinstance(c, dict) or c.get("type") not in ("TransferContract", "TransferAssetContract")
+            for c in contracts
+        ):
+            return True
+    return False
+
+
+def decode_block(block: Any, infos: Any, height: int, tokens: TronTokens, *, internal: bool = True) -> Block:
+    """Check and decode one block; `height` is the number that was asked for."""
+    block = _dict(block, height, "the block")
+    header = _dict(_dict(block.get("block_header"), height, "block_header").get("raw_data"), height, "header")
+    number, block_id, parent, time = decode_header(block, height)
     txs, leaves = _transactions(_list(block.get("transactions"), height, "transactions"), height)
-    if wire.merkle_root(leaves) != fields.tx_trie_root:
+    if wire.merkle_root(leaves) != bytes.fromhex(header["txTrieRoot"]):
         raise _fail(height, "txTrieRoot does not recompute from the transactions")
     transfers = _transfers(txs, _infos(infos, height, txs), height, tokens, internal=internal)
     return Block(
-        height=height,
+        height=number,
         hash=block_id,
-        parent_hash=fields.parent_hash.hex(),
-        time=fields.timestamp // 1000,
+        parent_hash=parent,
+        time=time,
         transfers=tuple(transfers),
         tx_count=len(txs),
     )
