@@ -21,6 +21,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from .chain import TronChain
@@ -39,6 +40,8 @@ class TronNodeServer:
         self._port = port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        # serialized blocks by (id, visible): a benchmark's client, not this server, must be the limit
+        self._encoded: dict[tuple[str, bool], bytes] = {}
 
     async def __aenter__(self) -> TronNodeServer:
         await self.start()
@@ -105,26 +108,44 @@ class TronNodeServer:
             return _error(f"java.lang.NumberFormatException : {exc}")
         if result is None:
             return web.Response(status=404, text="Not Found")
-        return web.json_response(result)
+        body = result if isinstance(result, bytes) else orjson.dumps(result)
+        return web.Response(body=body, content_type="application/json")
+
+    def _block_bytes(self, height: int, *, visible: bool) -> bytes:
+        block = self.chain.block(height, visible=False)
+        if not block:
+            return b"{}"
+        key = (block["blockID"], visible)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            encoded = self._encoded[key] = orjson.dumps(self.chain.block(height, visible=visible))
+        return encoded
 
     def _call(self, api: str, method: str, params: dict[str, Any]) -> Any:
         chain = self.chain
         visible = str(params.get("visible", "false")).lower() == "true"
         top = chain.tip if api == "wallet" else chain.tip - TronChain.SOLIDIFY_DEPTH
         if method == "getnowblock":
-            return chain.block(top, visible=visible)
+            return self._block_bytes(top, visible=visible)
         if method == "getblockbynum":
             num = _number(params.get("num"))
-            return chain.block(num, visible=visible) if num <= top else {}
+            return self._block_bytes(num, visible=visible) if num <= top else {}
         if method == "getblockbylimitnext" and api == "wallet":
             start, end = _number(params.get("startNum")), _number(params.get("endNum"))
             if end <= start or end - start > MAX_RANGE:
                 raise ValueError(f"startNum {start} endNum {end}: at most {MAX_RANGE} blocks")
-            blocks = [chain.block(n, visible=visible) for n in range(start, min(end, top + 1))]
-            return {"block": blocks} if blocks else {}
+            blocks = [self._block_bytes(n, visible=visible) for n in range(start, min(end, top + 1))]
+            return b'{"block":[' + b",".join(blocks) + b"]}" if blocks else {}
         if method == "gettransactioninfobyblocknum":
             num = _number(params.get("num"))
-            return chain.infos(num) if num <= top else []
+            block = chain.block(num)
+            if num > top or not block:
+                return []
+            key = (block["blockID"] + f":infos:{chain.save_internal}", False)
+            encoded = self._encoded.get(key)
+            if encoded is None:
+                encoded = self._encoded[key] = orjson.dumps(chain.infos(num))
+            return encoded
         return None
 
 

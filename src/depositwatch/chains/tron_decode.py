@@ -22,7 +22,7 @@ transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3
 _INT64_MAX = 2**63 - 1
 _UINT256_MAX = 2**256 - 1
 _BASE58_LENGTH = 34
+Watch = Container[bytes] | None  # the keys to build transfers for; None: every transfer
 _MAX_INTERNAL = 10_000  # per transaction: far above what the energy limit allows
 
 
@@ -46,6 +47,24 @@ class TronTokens:
 
     trc20: Mapping[bytes, Asset] = field(default_factory=dict)  # 20-byte contract -> asset
     trc10: Mapping[str, Asset] = field(default_factory=dict)  # token id -> asset
+
+
+def _transfer(
+    asset: Asset, amount: int, txid: str, index: int | None, sender: bytes, recipient: bytes, watch: Watch
+) -> Transfer | None:
+    """A transfer, built only when it touches a watched key (address text is the costly part)."""
+    if watch is not None and sender not in watch and recipient not in watch:
+        return None
+    return Transfer(
+        asset=asset,
+        amount=amount,
+        txid=txid,
+        index=index,
+        to_key=recipient,
+        from_key=sender,
+        from_address=tron_address(sender),
+        to_address=tron_address(recipient),
+    )
 
 
 def _fail(height: int, what: str) -> BadNodeAnswer:
@@ -163,15 +182,21 @@ def needs_infos(block: Any) -> bool:
     return False
 
 
-def decode_block(block: Any, infos: Any, height: int, tokens: TronTokens, *, internal: bool = True) -> Block:
-    """Check and decode one block; `height` is the number that was asked for."""
+def decode_block(
+    block: Any, infos: Any, height: int, tokens: TronTokens, *, internal: bool = True, watch: Watch = None
+) -> Block:
+    """Check and decode one block; `height` is the number that was asked for.
+
+    Every identity is checked whatever `watch` says; with `watch`, only transfers from or to one of its
+    keys are built.
+    """
     block = _dict(block, height, "the block")
     header = _dict(_dict(block.get("block_header"), height, "block_header").get("raw_data"), height, "header")
     number, block_id, parent, time = decode_header(block, height)
     txs, leaves = _transactions(_list(block.get("transactions"), height, "transactions"), height)
     if wire.merkle_root(leaves) != bytes.fromhex(header["txTrieRoot"]):
         raise _fail(height, "txTrieRoot does not recompute from the transactions")
-    transfers = _transfers(txs, _infos(infos, height, txs), height, tokens, internal=internal)
+    transfers = _transfers(txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch)
     return Block(
         height=number,
         hash=block_id,
@@ -277,7 +302,13 @@ def _receipt_ok(info: dict[str, Any] | None, height: int, txid: str) -> bool:
 
 
 def _transfers(
-    txs: Mapping[str, _Tx], infos: Mapping[str, dict[str, Any]], height: int, tokens: TronTokens, *, internal: bool
+    txs: Mapping[str, _Tx],
+    infos: Mapping[str, dict[str, Any]],
+    height: int,
+    tokens: TronTokens,
+    *,
+    internal: bool,
+    watch: Watch,
 ) -> list[Transfer]:
     transfers: list[Transfer] = []
     for txid, tx in txs.items():
@@ -286,42 +317,37 @@ def _transfers(
             continue
         contract = tx.contract
         if contract.type in (wire.ContractType.TRANSFER, wire.ContractType.TRANSFER_ASSET) and contract.amount:
-            transfers.append(_native(contract, txid, height, tokens))
+            native = _native(contract, txid, height, tokens, watch)
+            if native is not None:
+                transfers.append(native)
         if info is None:
             continue
-        transfers.extend(info_transfers(info, height, tokens, internal=internal))
+        transfers.extend(info_transfers(info, height, tokens, internal=internal, watch=watch))
     return transfers
 
 
-def info_transfers(info: Any, height: int, tokens: TronTokens, *, internal: bool = True) -> list[Transfer]:
+def info_transfers(
+    info: Any, height: int, tokens: TronTokens, *, internal: bool = True, watch: Watch = None
+) -> list[Transfer]:
     """The TRC-20 and internal TRX transfers of one transaction info (its transaction succeeded)."""
     info = _dict(info, height, "transaction info")
     txid = info.get("id")
     if not isinstance(txid, str) or len(txid) != 64:
         raise _fail(height, "transaction info without a 32-byte id")
-    transfers = _token_logs(info, txid, height, tokens)
+    transfers = _token_logs(info, txid, height, tokens, watch)
     if internal:
-        transfers.extend(_internal(info, txid, height))
+        transfers.extend(_internal(info, txid, height, watch))
     return transfers
 
 
-def _native(contract: wire.SignedContract, txid: str, height: int, tokens: TronTokens) -> Transfer:
+def _native(contract: wire.SignedContract, txid: str, height: int, tokens: TronTokens, watch: Watch) -> Transfer | None:
     owner = _signed_account(contract.owner, height, f"{txid} owner_address")
     to = _signed_account(contract.to or b"", height, f"{txid} to_address")
     asset = TRX
     if contract.type == wire.ContractType.TRANSFER_ASSET:
         token_id = (contract.asset or b"").decode("ascii", "replace")
         asset = tokens.trc10.get(token_id) or Asset(symbol=token_id, decimals=0)
-    return Transfer(
-        asset=asset,
-        amount=contract.amount,
-        txid=txid,
-        index=None,
-        to_key=to,
-        from_key=owner,
-        from_address=tron_address(owner),
-        to_address=tron_address(to),
-    )
+    return _transfer(asset, contract.amount, txid, None, owner, to, watch)
 
 
 def _topic_account(topic: Any, height: int, where: str) -> bytes:
@@ -331,7 +357,7 @@ def _topic_account(topic: Any, height: int, where: str) -> bytes:
     return word[12:]
 
 
-def _token_logs(info: dict[str, Any], txid: str, height: int, tokens: TronTokens) -> list[Transfer]:
+def _token_logs(info: dict[str, Any], txid: str, height: int, tokens: TronTokens, watch: Watch) -> list[Transfer]:
     transfers: list[Transfer] = []
     for position, item in enumerate(_list(info.get("log"), height, f"{txid} log")):
         where = f"{txid} log {position}"
@@ -345,22 +371,13 @@ def _token_logs(info: dict[str, Any], txid: str, height: int, tokens: TronTokens
         sender = _topic_account(topics[1], height, f"{where}.topics[1]")
         recipient = _topic_account(topics[2], height, f"{where}.topics[2]")
         amount = int.from_bytes(_hex(entry.get("data"), height, f"{where}.data", 32), "big")
-        transfers.append(
-            Transfer(
-                asset=asset,
-                amount=amount,
-                txid=txid,
-                index=position,
-                to_key=recipient,
-                from_key=sender,
-                from_address=tron_address(sender),
-                to_address=tron_address(recipient),
-            )
-        )
+        transfer = _transfer(asset, amount, txid, position, sender, recipient, watch)
+        if transfer is not None:
+            transfers.append(transfer)
     return transfers
 
 
-def _internal(info: dict[str, Any], txid: str, height: int) -> list[Transfer]:
+def _internal(info: dict[str, Any], txid: str, height: int, watch: Watch) -> list[Transfer]:
     transfers: list[Transfer] = []
     items = _list(info.get("internal_transactions"), height, f"{txid} internal_transactions")
     if len(items) > _MAX_INTERNAL:
@@ -379,16 +396,7 @@ def _internal(info: dict[str, Any], txid: str, height: int) -> list[Transfer]:
             continue
         sender = _account(entry.get("caller_address"), height, f"{where}.caller_address")
         recipient = _account(entry.get("transferTo_address"), height, f"{where}.transferTo_address")
-        transfers.append(
-            Transfer(
-                asset=TRX,
-                amount=amount,
-                txid=txid,
-                index=-(position + 1),
-                to_key=recipient,
-                from_key=sender,
-                from_address=tron_address(sender),
-                to_address=tron_address(recipient),
-            )
-        )
+        transfer = _transfer(TRX, amount, txid, -(position + 1), sender, recipient, watch)
+        if transfer is not None:
+            transfers.append(transfer)
     return transfers

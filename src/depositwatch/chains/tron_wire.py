@@ -88,23 +88,32 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def fields(buf: bytes) -> Iterator[tuple[int, int, int | bytes]]:
     """Each `(field number, wire type, value)` of a message: ints for varints and fixed, bytes otherwise."""
     pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
+    end = len(buf)
+    while pos < end:
+        key = buf[pos]
+        if key < 0x80:  # one-byte keys (fields 1 to 15) are nearly all of them
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise WireError("field number 0")
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos)
-            yield number, wire, value
-        elif wire == _BYTES:
-            length, pos = _varint(buf, pos)
-            if length > len(buf) - pos:
-                raise WireError(f"field {number}: {length} bytes announced, {len(buf) - pos} left")
+        if wire == _BYTES:
+            if pos < end and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
+            else:
+                length, pos = _varint(buf, pos)
+            if length > end - pos:
+                raise WireError(f"field {number}: {length} bytes announced, {end - pos} left")
             yield number, wire, buf[pos : pos + length]
             pos += length
+        elif wire == _VARINT:
+            value, pos = _varint(buf, pos)
+            yield number, wire, value
         elif wire in (_FIXED64, _FIXED32):
             size = 8 if wire == _FIXED64 else 4
-            if size > len(buf) - pos:
+            if size > end - pos:
                 raise WireError(f"field {number}: truncated fixed{size * 8}")
             yield number, wire, int.from_bytes(buf[pos : pos + size], "little")
             pos += size
