@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import pickle
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,17 @@ def test_hardened_child_is_refused() -> None:
     key, _ = parse_extended_public_key(WALLETS_ETH_XPUB)
     with pytest.raises(ValueError, match="cannot be derived from a public key"):
         child(key, HARDENED)
+
+
+def test_derive_bench_runs_and_reports_every_script_type() -> None:
+    """bench/derive_bench.py, the command docs/performance.md records, prints a row per script type."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "derive_bench.py"), "--sample", "200", "--million", ""],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[2:] == [script.value for script in ScriptType]
