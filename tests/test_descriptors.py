@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from depositwatch.addresses.base58 import b58check_encode
 from depositwatch.addresses.common import AddressError
 from depositwatch.addresses.derive import derive
 from depositwatch.addresses.descriptors import (
@@ -223,3 +224,32 @@ def test_parse_of_render_is_identity(
     assert isinstance(tree, KeyTree)
     assert parse_tree(chain, tree.descriptor) == tree
     assert tree.descriptor.split("#")[0] == text
+
+
+def _xprv(secret: bytes, version: str = "0488ade4") -> str:
+    body = bytes.fromhex(version) + bytes(9) + bytes(range(32)) + b"\x00" + secret
+    return b58check_encode(body)
+
+
+_SECRETS = st.binary(min_size=32, max_size=32).filter(lambda raw: any(raw))
+
+
+@given(secret=_SECRETS, chain=st.sampled_from(["bitcoin", "evm", "tron"]), form=st.integers(0, 5))
+def test_any_private_key_is_refused_without_echo(secret: bytes, chain: str, form: int) -> None:
+    """Random secrets as xprv, tprv, zprv, an xprv under the xpub version, WIF and hex: never shown."""
+    texts = [
+        _xprv(secret),
+        _xprv(secret, "04358394"),
+        _xprv(secret, "04b2430c"),
+        _xprv(secret, "0488b21e"),
+        b58check_encode(b"\x80" + secret + b"\x01"),
+        secret.hex(),
+    ]
+    text = texts[form]
+    for entry in (text, f"{text}/0/*", f"wpkh([deadbeef/84h/0h/0h]{text}/<0;1>/*)"):
+        with pytest.raises(KeyTreeError) as caught:
+            parse_trees(chain, entry)
+        shown = str(caught.value) + repr(caught.value) + "".join(traceback.format_exception(caught.value))
+        assert text not in shown
+        assert secret.hex() not in shown
+        assert text[10:26] not in shown
