@@ -253,3 +253,24 @@ def test_any_private_key_is_refused_without_echo(secret: bytes, chain: str, form
         assert text not in shown
         assert secret.hex() not in shown
         assert text[10:26] not in shown
+
+
+MNEMONIC = WALLETS["mnemonic"]
+
+
+@pytest.mark.parametrize("chain", ["bitcoin", "evm", "tron"])
+@pytest.mark.parametrize(
+    "text",
+    [MNEMONIC, f" {MNEMONIC}\n", f"wpkh({MNEMONIC})", "0x" + "5a" * 32],
+    ids=["phrase", "phrase-with-whitespace", "phrase-in-wrapper", "0x-hex"],
+)
+def test_seed_phrases_and_prefixed_hex_are_refused_without_echo(chain: str, text: str) -> None:
+    """A pasted seed phrase or 0x-prefixed private key is refused and its words or digits not shown."""
+    with pytest.raises(KeyTreeError) as caught:
+        parse_trees(chain, text)
+    shown = str(caught.value) + repr(caught.value)
+    assert "abandon abandon" not in shown
+    assert "abandon about" not in shown
+    assert "5a5a5a5a" not in shown
+    if "(" not in text:
+        assert isinstance(caught.value, PrivateKeyRefused)

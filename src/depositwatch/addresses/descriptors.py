@@ -224,10 +224,13 @@ def parse_trees(chain: TreeChain | str, text: str, default_path: str = DEFAULT_P
     anything else; neither message contains key material.
     """
     family = TreeChain(chain)
+    kind = private_material_kind(text)
+    if kind is not None:
+        raise PrivateKeyRefused(text, f"{kind}: give the account's extended public key, never a private key")
     if text != text.strip():
         raise KeyTreeError(text, "leading or trailing whitespace")
     body = strip_checksum(text)
-    kind = private_material_kind(body)
+    kind = private_material_kind(body)  # the same material with a checksum appended
     if kind is not None:
         raise PrivateKeyRefused(text, f"{kind}: give the account's extended public key, never a private key")
     wrapper, key_text = _unwrap(text, body) if family is TreeChain.BITCOIN else (None, body)

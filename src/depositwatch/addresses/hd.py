@@ -32,12 +32,16 @@ _KEY_LENGTH = 33
 _MAX_KEY_TEXT = 120  # 82 bytes in base58 are 111 or 112 characters; a little room to name a wrong length
 # Long runs of base58 or hex are key material (public or private); errors show their length instead.
 _KEY_LIKE = re.compile(r"[1-9A-HJ-NP-Za-km-z]{24,}|[0-9a-fA-F]{24,}")
+# Three or more words in a row may be a seed phrase: errors show how many words, not which.
+_WORDS = re.compile(r"[A-Za-z]+(?:\s+[A-Za-z]+){2,}")
+_SEED_PHRASE = re.compile(r"\s*[a-z]+(?:\s+[a-z]+){11,23}\s*")
 _MAX_ECHO = 200
 
 
 def redact(text: str) -> str:
     """`text` with every key-like run replaced by its length, shortened: safe for errors and logs."""
-    shown = _KEY_LIKE.sub(lambda run: f"<{len(run.group())} characters>", text)
+    shown = _WORDS.sub(lambda run: f"<{len(run.group().split())} words>", text)
+    shown = _KEY_LIKE.sub(lambda run: f"<{len(run.group())} characters>", shown)
     return shown if len(shown) <= _MAX_ECHO else shown[:_MAX_ECHO] + "..."
 
 
@@ -154,7 +158,10 @@ def private_material_kind(text: str) -> str | None:
 
     Decodes without raising, so that no exception carrying the text is ever chained to the caller's.
     """
-    if len(text) == 64 and all(char in "0123456789abcdefABCDEF" for char in text):
+    if _SEED_PHRASE.fullmatch(text):
+        return "a seed phrase (BIP39 words)"
+    digits = text[2:] if text.startswith(("0x", "0X")) else text
+    if len(digits) == 64 and all(char in "0123456789abcdefABCDEF" for char in digits):
         return "64 hex digits (a raw private key; a tree needs an extended public key)"
     payload = _b58check_payload(text)
     if payload is None:
