@@ -31,14 +31,15 @@ import orjson
 if __package__ in (None, ""):  # run as `python bench/tron_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.tronnode.chain import TronChain, Tx, account, trc20, trx
+from tests.tronnode.server import TronNodeServer
+
 from bench.common import machine_line
 from depositwatch.addresses.tron import parse_tron_address
 from depositwatch.chains import tron_wire as wire
 from depositwatch.chains.tron import RANGE_LIMIT, TronSource
 from depositwatch.chains.tron_decode import TronTokens, decode_block, needs_infos
 from depositwatch.models import Asset
-from tests.tronnode.chain import TronChain, Tx, account, trc20, trx
-from tests.tronnode.server import TronNodeServer
 
 USDT_KEY = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t").key
 TOKENS = TronTokens(trc20={USDT_KEY: Asset("USDT", 6, "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")})
@@ -148,10 +149,11 @@ async def bench_fetch(chain: TronChain, rounds: int) -> None:
             source_rates.append(len(blocks) / (time.perf_counter() - began))
             await source.close()
     bare, fetched = max(bare_rates), max(source_rates)
-    print(
-        f"fetch: source {fetched:.1f} blocks/s, bare client {bare:.1f} blocks/s: {fetched / bare:.2f} of the bare client"
-        f" (rounds: source {', '.join(f'{r:.1f}' for r in source_rates)}; bare {', '.join(f'{r:.1f}' for r in bare_rates)})"
+    rounds_text = (
+        f"source {', '.join(f'{r:.1f}' for r in source_rates)}; bare {', '.join(f'{r:.1f}' for r in bare_rates)}"
     )
+    print(f"fetch: source {fetched:.1f} blocks/s, bare client {bare:.1f} blocks/s: {fetched / bare:.2f} of it")
+    print(f"  rounds: {rounds_text}")
 
 
 def main() -> None:
