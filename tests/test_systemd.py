@@ -29,17 +29,18 @@ def units(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def base_system(root: Path) -> None:
-    """What the units rely on from the system itself: systemd's own units and /bin/kill (ExecReload=), and
-    the program at ExecStart's path (this checkout's launcher stands in for the installed one)."""
+def base_system(root: Path, *, program: bool = True) -> None:
+    """What the units rely on from the system itself: systemd's own units and /bin/kill (ExecReload=); with
+    `program`, this checkout's launcher at ExecStart's path standing in for the installed program."""
     (root / "usr" / "lib" / "systemd").mkdir(parents=True, exist_ok=True)
     shutil.copytree("/usr/lib/systemd/system", root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    (root / "etc" / "systemd" / "system").mkdir(parents=True, exist_ok=True)
     (root / "bin").mkdir(exist_ok=True)
     shutil.copy2("/bin/kill", root / "bin" / "kill")
-    program = root / INSTALLED.lstrip("/")
-    if not program.exists():
-        program.parent.mkdir(parents=True)
-        shutil.copy2(Path(sys.executable).with_name("depositwatch"), program)
+    if program:
+        launcher = root / INSTALLED.lstrip("/")
+        launcher.parent.mkdir(parents=True)
+        shutil.copy2(Path(sys.executable).with_name("depositwatch"), launcher)
 
 
 def analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
