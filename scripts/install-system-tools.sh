@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages the project uses: systemd-analyze (package systemd) checks the unit files in the
-# tests; a C compiler and OpenSSL's headers (libssl-dev) build the compiled Bitcoin scan
-# (src/depositwatch/chains/_btcscan.c), which `pip install` leaves out, quietly, without them.
+# Debian packages the project uses: systemd-analyze and systemd-sysusers (package systemd) check the
+# unit files and the system user in the tests; sqlite3 and setpriv (util-linux) take the documented
+# backup and run the documented steps as the service user; a C compiler and OpenSSL's headers
+# (libssl-dev) build the compiled Bitcoin scan (src/depositwatch/chains/_btcscan.c), which
+# `pip install` leaves out, quietly, without them.
 # Run it before `pip install` (scripts/test.sh does).
 set -euo pipefail
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v systemd-sysusers >/dev/null || missing+=(systemd)
+# The install walk (tests/test_install.py): SQLite backups, and running steps as the service's uid.
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v setpriv >/dev/null || missing+=(util-linux)
 command -v gcc >/dev/null || missing+=(gcc)
 [ -f /usr/include/openssl/sha.h ] || missing+=(libssl-dev)
 if [ ${#missing[@]} -eq 0 ]; then
