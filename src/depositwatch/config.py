@@ -253,7 +253,8 @@ class SinkConfig(_Strict):
             "telegram": "secret (the bot token)",
         }
         if self.type in needs and self.secret is None:
-            raise ValueError(f"a {self.type} sink needs {needs[self.type]}")
+            article = "an" if self.type == "opsgenie" else "a"
+            raise ValueError(f"{article} {self.type} sink needs {needs[self.type]}")
         if self.type == "telegram" and self.chat_id is None:
             raise ValueError("a telegram sink needs chat_id")
         if self.type == "email":
