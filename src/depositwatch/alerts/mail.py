@@ -4,10 +4,12 @@ plus HTML, and one digest per burst."""
 from __future__ import annotations
 
 import html
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.policy import SMTP
+from email.utils import formatdate
 
 import aiosmtplib
 
@@ -20,6 +22,9 @@ from depositwatch.store.base import OutboxMessage
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 SUBJECT_LIMIT = 200
 MESSAGE_ID_DOMAIN = "depositwatch"
+_MSGID_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+# CRLF line ends; headers folded only past the RFC 5322 hard limit, so a subject stays on its line
+MAIL_POLICY = SMTP.clone(max_line_length=998)
 
 
 def _subject(text: str) -> str:
@@ -65,12 +70,12 @@ def build_email(config: SinkConfig, subject: str, plain: str, rich: str, key: st
     """A multipart/alternative message; its Message-ID comes from the idempotency key, so a resent
     alert carries the same one and mail clients can fold the copies."""
     assert config.from_ is not None and config.to
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["Subject"] = _subject(subject)
     message["From"] = config.from_
     message["To"] = ", ".join(config.to)
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(idstring=key.replace(":", "."), domain=MESSAGE_ID_DOMAIN)
+    message["Message-ID"] = f"<{_MSGID_UNSAFE.sub('.', key)}@{MESSAGE_ID_DOMAIN}>"
     message["X-Depositwatch-Key"] = key
     message.set_content(plain)
     message.add_alternative(rich, subtype="html")
@@ -121,8 +126,13 @@ class EmailSink:
     async def _deliver(self, email: EmailMessage) -> None:
         tls = self.config.tls
         try:
+            # flattened here, with our policy: aiosmtplib's own would fold a long subject onto a line
+            # of its own, which some readers show with a leading space
+            assert self.config.from_ is not None and self.config.to
             await aiosmtplib.send(
-                email,
+                email.as_bytes(policy=MAIL_POLICY),
+                sender=self.config.from_,
+                recipients=list(self.config.to),
                 hostname=self.host,
                 port=self.port,
                 username=self.config.username,
