@@ -277,3 +277,26 @@ async def test_relay_down_is_retryable(unused_tcp_port: int) -> None:
     with pytest.raises(DeliveryError, match="SMTP failed") as failure:
         await sink.send(message())
     assert not failure.value.permanent
+
+
+def test_check_config_covers_the_smtp_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`check-config` warns about an inline SMTP password, never prints it, and with --resolve-secrets
+    names a missing one."""
+    from depositwatch.cli import main
+
+    monkeypatch.delenv("SMTP_PASSWORD_UNSET", raising=False)
+    sink = (
+        '[[sinks]]\nname = "mail"\ntype = "email"\nhost = "127.0.0.1"\nfrom = "a@b.example"\n'
+        'to = ["c@d.example"]\nusername = "u"\n'
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(sink + 'password = { value = "hunter5-smtp" }\n')
+    assert main(["--config", str(path), "check-config"]) == 0
+    captured = capsys.readouterr()
+    assert "hunter5-smtp" not in captured.out + captured.err
+    assert "sinks.mail.password is written inline" in captured.err
+    path.write_text(sink + 'password = { env = "SMTP_PASSWORD_UNSET" }\n')
+    assert main(["--config", str(path), "check-config", "--resolve-secrets"]) == 2
+    assert "sinks.mail.password: environment variable SMTP_PASSWORD_UNSET is not set" in capsys.readouterr().err
