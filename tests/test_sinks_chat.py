@@ -18,6 +18,7 @@ from depositwatch.alerts.teams import TeamsSink
 from depositwatch.alerts.telegram import TelegramSink
 from depositwatch.config import AlertsConfig, ChainConfig, RetryConfig, Secret, SinkConfig
 from depositwatch.jsonutil import dumps
+from depositwatch.metrics import Metrics
 from depositwatch.models import AlertEvent
 from depositwatch.store import SqlStore
 from tests.receivers import AlertMaker, Receiver, Reply, ok
@@ -200,17 +201,18 @@ async def test_telegram_send_message_html() -> None:
 @pytest.mark.parametrize("make", [opsgenie, teams, discord, telegram])
 async def test_each_message_then_a_burst_summary_and_retries_through_the_dispatcher(store: SqlStore, make: Any) -> None:
     """Through the real dispatcher and store: two quiet alerts one by one, then a 30-alert block as one
-    summary, all after the receiver failed the first three requests (500, then 429, then 503)."""
+    summary, all after the receiver failed the first four requests (500, 429, 503, then no answer in time)."""
     maker = AlertMaker(store)
     quiet = await maker.block([(1, 10**18), (2, 2 * 10**18)])
     burst = await maker.block([(100 + i, 10**15) for i in range(30)])
-    answers = iter([Reply(500, "down"), Reply(429, "{}", {"Retry-After": "0"}), Reply(503, "busy")])
+    slow = Reply(202, '{"ok":true}', delay=5)  # past the sink's timeout: a timed-out attempt
+    answers = iter([Reply(500, "down"), Reply(429, "{}", {"Retry-After": "0"}), Reply(503, "busy"), slow])
 
     def respond(_req: Any, _rx: Any) -> Reply:
         return next(answers, Reply(202, '{"ok":true}'))
 
     async with Receiver(respond, path=ANY_PATH) as rx:
-        dispatcher = Dispatcher(store, build_sinks([make(rx, burst_threshold=10)]), ALERTS)
+        dispatcher = Dispatcher(store, build_sinks([make(rx, burst_threshold=10, timeout=1.0)]), ALERTS, Metrics())
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     accepted = [r.body.decode() for r in rx.accepted]
@@ -222,6 +224,8 @@ async def test_each_message_then_a_burst_summary_and_retries_through_the_dispatc
     for message_ in quiet + burst:
         [delivery] = await store.deliveries(message_.seq)
         assert delivery.status == "delivered"
+    assert dispatcher.metrics is not None
+    assert dispatcher.metrics.deliveries.labels(dispatcher.sinks[0].name, "timeout")._value.get() >= 1
 
 
 async def test_opsgenie_burst_retraction_closes_the_burst_alias() -> None:

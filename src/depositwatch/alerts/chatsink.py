@@ -6,10 +6,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiohttp
+
 from depositwatch.alerts.redact import scrubbed
 from depositwatch.alerts.sinks import DeliveryError, HttpSink
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes
+
+ANSWER_LIMIT = 64 * 1024  # a receiver's answer is read this far: enough for any error it means to give
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit: int = ANSWER_LIMIT) -> str:
+    """The answer's text, at most `limit` bytes of it (a hostile receiver cannot fill memory)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
 
 
 class JsonChatSink(HttpSink):

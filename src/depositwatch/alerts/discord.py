@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from depositwatch.alerts.chatsink import JsonChatSink
+from depositwatch.alerts.chatsink import JsonChatSink, read_answer
 from depositwatch.alerts.redact import scrubbed, secret_parts
 from depositwatch.alerts.sinks import Burst, DeliveryError, http_failure
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
@@ -125,7 +125,7 @@ class DiscordSink(JsonChatSink):
                 headers={"Content-Type": "application/json"},
                 allow_redirects=False,
             ) as resp:
-                text = await resp.text(errors="replace")
+                text = await read_answer(resp)
                 if 200 <= resp.status < 300:
                     return
                 failure = http_failure(resp.status, resp.headers, text)

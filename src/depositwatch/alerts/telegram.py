@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from depositwatch.alerts.chatsink import read_answer
 from depositwatch.alerts.discord import rate_limit_wait
 from depositwatch.alerts.redact import scrubbed
 from depositwatch.alerts.sinks import Burst, DeliveryError, HttpSink, http_failure
@@ -98,7 +99,7 @@ class TelegramSink(HttpSink):
                 headers={"Content-Type": "application/json"},
                 allow_redirects=False,
             ) as resp:
-                answer = await resp.text(errors="replace")
+                answer = await read_answer(resp)
                 if 200 <= resp.status < 300 and _ok(answer):
                     return
                 failure = http_failure(resp.status, resp.headers, _description(answer))
