@@ -333,3 +333,23 @@ def test_validation_names_the_key() -> None:
         with pytest.raises(ConfigError) as failure:
             parse_config({"sinks": [{"name": "s", **sink}]}, "dw.toml")
         assert f"dw.toml: {expected}" in str(failure.value), (sink, str(failure.value))
+
+
+def test_every_new_channel_filters_by_kind_and_severity() -> None:
+    """kinds and min_severity route messages to each of the six channels as to Slack and PagerDuty."""
+    common: dict[str, Any] = {"kinds": ["revoked_outgoing"], "min_severity": "critical"}
+    configs = [
+        sink_config("og", "opsgenie", secret=Secret(value="k"), **common),
+        sink_config("teams", "teams", secret=Secret(value="https://t.example/w"), **common),
+        sink_config("discord", "discord", secret=Secret(value="https://d.example/w"), **common),
+        sink_config("tg", "telegram", secret=Secret(value="1:t"), chat_id="@security_room", **common),
+        SinkConfig.model_validate(
+            {"name": "mail", "type": "email", "host": "h", "from": "a@b.example", "to": ["c@d.example"], **common}
+        ),
+        sink_config("exec", "exec", command=["/bin/true"], **common),
+    ]
+    for sink in build_sinks(configs):
+        assert sink.summarizes_bursts, sink.name
+        assert sink.accepts(message(kind="revoked_outgoing")), sink.name
+        assert not sink.accepts(message(kind="revoked_incoming")), sink.name
+        assert not sink.accepts(message(kind="revoked_outgoing", severity="warning")), sink.name

@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
-from depositwatch.alerts.sinks import Burst, DeliveryError, severity_rank
+from depositwatch.alerts.routing import Routed
+from depositwatch.alerts.sinks import Burst, DeliveryError
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.models import SEVERITY_ORDER
 from depositwatch.store.base import OutboxMessage
 
 log = structlog.get_logger("depositwatch.alerts")
@@ -33,22 +33,15 @@ PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class ExecSink:
+class ExecSink(Routed):
     """Runs `command` per alert (and once per burst, with every alert of it)."""
 
     summarizes_bursts = True
 
     def __init__(self, config: SinkConfig) -> None:
         assert config.command
-        self.name = config.name
-        self.config = config
+        super().__init__(config)
         self.command = list(config.command)
-        self._kinds = frozenset(config.kinds)
-        self._min_rank = SEVERITY_ORDER[config.min_severity]
-
-    def accepts(self, message: OutboxMessage) -> bool:
-        """Kind in the sink's list and severity high enough."""
-        return message.kind in self._kinds and severity_rank(message.severity) >= self._min_rank
 
     async def send(self, message: OutboxMessage) -> None:
         """Run the command with the stored alert body on stdin."""
@@ -113,9 +106,9 @@ class ExecSink:
             raise DeliveryError(f"cannot run {program}: {exc.strerror or exc}") from None
         kept = bytearray()
         discarded = 0
+        feeder = asyncio.create_task(_feed(process, stdin))
         try:
             async with asyncio.timeout(self.config.timeout):
-                feeder = asyncio.create_task(_feed(process, stdin))
                 assert process.stdout is not None
                 while chunk := await process.stdout.read(READ_CHUNK):
                     room = OUTPUT_LIMIT - len(kept)
@@ -135,6 +128,9 @@ class ExecSink:
             if process.returncode is None:  # cancelled (shutdown or the dispatcher's own timeout)
                 _kill_group(process)
                 await asyncio.shield(_reap(process))
+            if not feeder.done():  # still writing to a program that is gone
+                feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
         self._log_output(kept, discarded, status)
         if status != 0:
             output = " ".join(bytes(kept).decode(errors="replace").split())

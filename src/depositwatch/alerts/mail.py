@@ -14,6 +14,7 @@ from email.utils import formatdate
 import aiosmtplib
 
 from depositwatch.alerts.redact import scrub
+from depositwatch.alerts.routing import Routed
 from depositwatch.alerts.sinks import Burst, DeliveryError
 from depositwatch.alerts.text import AlertText, BurstText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
@@ -82,29 +83,18 @@ def build_email(config: SinkConfig, subject: str, plain: str, rich: str, key: st
     return message
 
 
-class EmailSink:
+class EmailSink(Routed):
     """An SMTP relay; one connection per message (alerts are rare; a burst is one digest)."""
 
     summarizes_bursts = True
 
     def __init__(self, config: SinkConfig, password: str | None, explorers: Mapping[str, str] | None = None) -> None:
-        from depositwatch.models import SEVERITY_ORDER
-
         assert config.host is not None and config.to and config.from_ is not None
-        self.name = config.name
-        self.config = config
+        super().__init__(config)
         self.host = config.host
         self.port = config.port or DEFAULT_PORTS[config.tls]
         self._password = password
         self._explorers = explorers
-        self._kinds = frozenset(config.kinds)
-        self._min_rank = SEVERITY_ORDER[config.min_severity]
-
-    def accepts(self, message: OutboxMessage) -> bool:
-        """Kind in the sink's list and severity high enough."""
-        from depositwatch.alerts.sinks import severity_rank
-
-        return message.kind in self._kinds and severity_rank(message.severity) >= self._min_rank
 
     def tls_context(self) -> ssl.SSLContext:
         """The system's trust store, or the configured CA bundle; certificates and names are checked."""
