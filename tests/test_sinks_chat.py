@@ -4,6 +4,7 @@ dispatcher and store: exact formats, retraction, burst summaries, retries, no se
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -353,3 +354,34 @@ def test_every_new_channel_filters_by_kind_and_severity() -> None:
         assert sink.accepts(message(kind="revoked_outgoing")), sink.name
         assert not sink.accepts(message(kind="revoked_incoming")), sink.name
         assert not sink.accepts(message(kind="revoked_outgoing", severity="warning")), sink.name
+
+
+async def test_alerts_test_command_reaches_a_new_channel(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, sqlite_url: str
+) -> None:
+    """`depositwatch alerts test --sink` on a telegram sink: a message marked as a test, no funds moved."""
+    import logging
+
+    import structlog
+
+    from tests.test_alerts_cli import cli
+
+    async with Receiver(telegram_ok, path=ANY_PATH) as rx:
+        path = tmp_path / "depositwatch.toml"
+        path.write_text(
+            f'[[sinks]]\nname = "tg"\ntype = "telegram"\nurl = "{base(rx)}"\nchat_id = "@security_room"\n'
+            f'secret = {{ value = "{BOT_TOKEN}" }}\nkinds = ["revoked_incoming", "test"]\n'
+        )
+        try:
+            code, stdout, _ = await cli(
+                capsys, "--config", str(path), "alerts", "test", "--sink", "tg", "--store", sqlite_url
+            )
+        finally:
+            structlog.reset_defaults()
+            logging.getLogger().handlers.clear()
+    assert code == 0 and "delivered to tg" in stdout
+    [request] = rx.accepted
+    document = request.json()
+    assert document["chat_id"] == "@security_room"
+    assert document["text"].startswith("<b>[TEST] test detected: depositwatch test alert, no funds moved</b>")
+    assert "This is a test alert; no funds moved." in document["text"]
