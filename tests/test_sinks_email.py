@@ -300,3 +300,26 @@ def test_check_config_covers_the_smtp_password(
     path.write_text(sink + 'password = { env = "SMTP_PASSWORD_UNSET" }\n')
     assert main(["--config", str(path), "check-config", "--resolve-secrets"]) == 2
     assert "sinks.mail.password: environment variable SMTP_PASSWORD_UNSET is not set" in capsys.readouterr().err
+
+
+async def test_a_relay_that_never_answers_times_out() -> None:
+    """A server that accepts and says nothing: a timed-out, retryable failure within the sink's timeout."""
+    import asyncio
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sink = EmailSink(email_config(port, tls="none", timeout=0.5), None)
+        with pytest.raises(DeliveryError, match=r"no answer within 0\.5 s") as failure:
+            await sink.send(message())
+        assert failure.value.timed_out and not failure.value.permanent
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
