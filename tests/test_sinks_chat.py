@@ -307,6 +307,10 @@ def test_validation_names_the_key() -> None:
         ({"type": "telegram", "secret": {"value": "t"}}, "sinks.0: a telegram sink needs chat_id"),
         ({"type": "email", "from": "a@b.example", "to": ["c@d.example"]}, "sinks.0: an email sink needs host"),
         ({"type": "email", "host": "smtp.example", "from": "a@b.example"}, "sinks.0: an email sink needs to"),
+        (
+            {"type": "telegram", "secret": {"value": "t"}, "chat_id": 10**30},
+            "sinks.0.chat_id.constrained-int: Input should be less than or equal to 9007199254740992",
+        ),
         ({"type": "exec", "command": "notify.sh --now"}, "sinks.0.command: Input should be a valid list"),
         ({"type": "exec", "command": ["notify.sh", 5]}, "sinks.0.command.1: Input should be a valid string"),
         ({"type": "exec", "command": []}, "sinks.0.command: List should have at least 1 item"),

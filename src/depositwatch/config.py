@@ -221,7 +221,11 @@ class SinkConfig(_Strict):
     burst_threshold: Annotated[int, Field(ge=1)] = 20
     retry: RetryConfig = RetryConfig()
     # telegram: the chat, group or channel (a numeric id, or @channelusername)
-    chat_id: int | Annotated[str, Field(pattern=r"^@[A-Za-z][A-Za-z0-9_]{3,31}$")] | None = None
+    chat_id: (
+        Annotated[int, Field(ge=-(2**53), le=2**53)]
+        | Annotated[str, Field(pattern=r"^@[A-Za-z][A-Za-z0-9_]{3,31}$")]
+        | None
+    ) = None
     # email: the SMTP relay, envelope and header addresses, and how the connection is protected
     host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
