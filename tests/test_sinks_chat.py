@@ -317,6 +317,11 @@ def test_validation_names_the_key() -> None:
         ({"type": "discord"}, "sinks.0: a discord sink needs secret"),
         ({"type": "opsgenie"}, "sinks.0: an opsgenie sink needs secret"),
         ({"type": "teams", "secret": {"value": "u"}, "chat_id": 5}, "sinks.0: chat_id is not a key of a teams sink"),
+        ({"type": "exec", "command": ["x"], "url": "http://h/"}, "sinks.0: url is not a key of an exec sink"),
+        (
+            {"type": "discord", "secret": {"value": "u"}, "url": "http://h/"},
+            "sinks.0: url is not a key of a discord sink",
+        ),
         (
             {"type": "email", "host": "h", "from": "a@b.example", "to": ["x@y.example\r\nBcc: evil@z.example"]},
             "sinks.0.to.0: String should match pattern",

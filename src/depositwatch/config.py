@@ -257,8 +257,7 @@ class SinkConfig(_Strict):
             "telegram": "secret (the bot token)",
         }
         if self.type in needs and self.secret is None:
-            article = "an" if self.type == "opsgenie" else "a"
-            raise ValueError(f"{article} {self.type} sink needs {needs[self.type]}")
+            raise ValueError(f"{_a(self.type)} sink needs {needs[self.type]}")
         if self.type == "telegram" and self.chat_id is None:
             raise ValueError("a telegram sink needs chat_id")
         if self.type == "email":
@@ -273,6 +272,8 @@ class SinkConfig(_Strict):
             raise ValueError("an exec sink needs command (a list: program and arguments)")
         # keys of another channel are mistakes (a `to` on a telegram sink reaches nobody)
         own = {
+            "url": {"webhook", "slack", "pagerduty", "opsgenie", "telegram"},
+            "secret": {"webhook", "slack", "pagerduty", "opsgenie", "teams", "discord", "telegram"},
             "chat_id": {"telegram"},
             "host": {"email"},
             "port": {"email"},
@@ -287,7 +288,9 @@ class SinkConfig(_Strict):
         given = self.model_fields_set
         stray = sorted(key.rstrip("_") for key, types in own.items() if self.type not in types and key in given)
         if stray:
-            raise ValueError(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not a key of a {self.type} sink")
+            raise ValueError(
+                f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not a key of {_a(self.type)} sink"
+            )
         return self
 
     @model_validator(mode="after")
@@ -299,6 +302,11 @@ class SinkConfig(_Strict):
         if self.type == "pagerduty" and self.secret is None:
             raise ValueError("a pagerduty sink needs secret (the routing key)")
         return self
+
+
+def _a(word: str) -> str:
+    """`a webhook`, `an email`."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 class AlertsConfig(_Strict):
