@@ -37,6 +37,7 @@ class Received:
     body: bytes
     at: float
     status: int | None = None  # what was answered; None while pending or when the sender gave up
+    query: str = ""  # the raw query string
 
     @property
     def key(self) -> str | None:
@@ -159,6 +160,7 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         received = Received(len(self.requests) + 1, request.path, dict(request.headers), body, time.time())
+        received.query = request.query_string
         self.requests.append(received)
         self._keys[received.key] += 1
         self._handling += 1

@@ -15,6 +15,8 @@ from depositwatch.models import MatchKind, Severity
 DEFAULT_CONFIG_PATHS = (Path("/etc/depositwatch/depositwatch.toml"),)
 CONFIG_ENV = "DEPOSITWATCH_CONFIG"
 REDACTED = "********"
+# An address in an email header or envelope: no spaces, angle brackets or line breaks (header injection).
+EMAIL_PATTERN = r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9.-]{1,253}$"
 
 
 class ConfigError(Exception):
@@ -127,6 +129,17 @@ class ChainConfig(_Strict):
     mempool: bool = True
     traces: bool = False
     start_height: Annotated[int, Field(ge=0)] | None = None
+    # a block explorer's transaction page, `{txid}` standing for the transaction id (alerts link to it)
+    explorer_tx_url: str | None = None
+
+    @field_validator("explorer_tx_url")
+    @classmethod
+    def _explorer(cls, value: str | None) -> str | None:
+        if value is not None:
+            if value.count("{txid}") != 1:
+                raise ValueError("explorer_tx_url must contain {txid} exactly once")
+            check_url(value.replace("{txid}", "0"), {"http", "https"})
+        return value
 
     @field_validator("rpc_urls", "ws_url", "rest_url", "zmq_url", mode="before")
     @classmethod
@@ -193,9 +206,11 @@ class SinkConfig(_Strict):
     """An alert destination."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    type: Literal["webhook", "slack", "pagerduty"]
+    type: Literal["webhook", "slack", "pagerduty", "opsgenie", "teams", "discord", "telegram", "email", "exec"]
     url: str | None = None
-    secret: Secret | None = None  # webhook HMAC secret, Slack webhook URL, PagerDuty routing key
+    # webhook HMAC secret, Slack/Teams/Discord webhook URL, PagerDuty routing key, Opsgenie API key,
+    # Telegram bot token
+    secret: Secret | None = None
     kinds: list[Literal["revoked_incoming", "revoked_outgoing", "deposit", "test"]] = [
         "revoked_incoming",
         "revoked_outgoing",
@@ -205,6 +220,26 @@ class SinkConfig(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     burst_threshold: Annotated[int, Field(ge=1)] = 20
     retry: RetryConfig = RetryConfig()
+    # telegram: the chat, group or channel (a numeric id, or @channelusername)
+    chat_id: (
+        Annotated[int, Field(ge=-(2**53), le=2**53)]
+        | Annotated[str, Field(pattern=r"^@[A-Za-z][A-Za-z0-9_]{3,31}$")]
+        | None
+    ) = None
+    # email: the SMTP relay, envelope and header addresses, and how the connection is protected
+    host: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    from_: Annotated[str, Field(pattern=EMAIL_PATTERN)] | None = Field(default=None, alias="from")
+    to: Annotated[list[Annotated[str, Field(pattern=EMAIL_PATTERN)]], Field(min_length=1, max_length=100)] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    password: Secret | None = None
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: Path | None = None  # email: trust this CA bundle instead of the system's (a private relay)
+    # exec: program and arguments, run without a shell
+    command: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(min_length=1, max_length=256)]
+        | None
+    ) = None
 
     @field_validator("url")
     @classmethod
@@ -212,6 +247,51 @@ class SinkConfig(_Strict):
         if value is not None:
             check_url(value, {"http", "https"})
         return value
+
+    @model_validator(mode="after")
+    def _needs_per_channel(self) -> SinkConfig:
+        needs = {
+            "opsgenie": "secret (the API key)",
+            "teams": "secret (the workflow webhook URL)",
+            "discord": "secret (the webhook URL)",
+            "telegram": "secret (the bot token)",
+        }
+        if self.type in needs and self.secret is None:
+            raise ValueError(f"{_a(self.type)} sink needs {needs[self.type]}")
+        if self.type == "telegram" and self.chat_id is None:
+            raise ValueError("a telegram sink needs chat_id")
+        if self.type == "email":
+            missing = [key for key, value in (("host", self.host), ("from", self.from_), ("to", self.to)) if not value]
+            if missing:
+                raise ValueError(f"an email sink needs {', '.join(missing)}")
+            if (self.username is None) != (self.password is None):
+                raise ValueError("an email sink needs both username and password for AUTH, or neither")
+            if self.password is not None and self.tls == "none":
+                raise ValueError('tls = "none" with a password would send it in clear: use "starttls" or "tls"')
+        if self.type == "exec" and self.command is None:
+            raise ValueError("an exec sink needs command (a list: program and arguments)")
+        # keys of another channel are mistakes (a `to` on a telegram sink reaches nobody)
+        own = {
+            "url": {"webhook", "slack", "pagerduty", "opsgenie", "telegram"},
+            "secret": {"webhook", "slack", "pagerduty", "opsgenie", "teams", "discord", "telegram"},
+            "chat_id": {"telegram"},
+            "host": {"email"},
+            "port": {"email"},
+            "from_": {"email"},
+            "to": {"email"},
+            "username": {"email"},
+            "password": {"email"},
+            "tls": {"email"},
+            "ca_file": {"email"},
+            "command": {"exec"},
+        }
+        given = self.model_fields_set
+        stray = sorted(key.rstrip("_") for key, types in own.items() if self.type not in types and key in given)
+        if stray:
+            raise ValueError(
+                f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} not a key of {_a(self.type)} sink"
+            )
+        return self
 
     @model_validator(mode="after")
     def _needs(self) -> SinkConfig:
@@ -222,6 +302,11 @@ class SinkConfig(_Strict):
         if self.type == "pagerduty" and self.secret is None:
             raise ValueError("a pagerduty sink needs secret (the routing key)")
         return self
+
+
+def _a(word: str) -> str:
+    """`a webhook`, `an email`."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 class AlertsConfig(_Strict):

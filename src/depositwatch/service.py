@@ -129,7 +129,9 @@ class Service:
         for chain in config.chains:
             self.chains[chain.name] = ChainState(chain, make_source(chain))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
-        self.dispatcher = Dispatcher(store, build_sinks(config.sinks), config.alerts, metrics=self.metrics)
+        self.dispatcher = Dispatcher(
+            store, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
+        )
         if config.http.enabled:
             await self._start_http()
 
@@ -199,7 +201,7 @@ class Service:
             return
         try:
             fresh = load_config(self.config_path)
-            self.dispatcher.reconfigure(build_sinks(fresh.sinks))
+            self.dispatcher.reconfigure(build_sinks(fresh.sinks, fresh.chains))
         except Exception as exc:  # a bad edit must not take the daemon down
             log.error("config reload failed; keeping the running settings", error=str(exc))
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from depositwatch.alerts.payload import FORMAT_VERSION
 from depositwatch.config import ChainConfig
@@ -31,10 +32,13 @@ DESCRIPTIONS = {
 
 
 def explorers_for(chains: Sequence[ChainConfig]) -> dict[str, str]:
-    """Explorer URL prefix per configured chain name; empty string where none is known (no link)."""
+    """Explorer URL prefix (or `{txid}` template) per configured chain name; empty string where none is
+    known (no link). A chain's `explorer_tx_url` wins over the defaults."""
     found = {}
     for chain in chains:
-        if chain.kind == "bitcoin":
+        if chain.explorer_tx_url:
+            found[chain.name] = chain.explorer_tx_url
+        elif chain.kind == "bitcoin":
             found[chain.name] = BITCOIN_EXPLORER if chain.network == "mainnet" else ""
         else:
             found[chain.name] = EVM_EXPLORERS.get(chain.chain_id or 0, "")
@@ -63,7 +67,9 @@ def explorer_url(body: Mapping[str, Any], explorers: Mapping[str, str] | None = 
     else:
         address = str((body.get("address") or {}).get("address") or "")
         prefix = BITCOIN_EXPLORER if _looks_bitcoin_mainnet(address) else ""
-    return f"{prefix}{txid}" if prefix else None
+    if not prefix:
+        return None
+    return prefix.replace("{txid}", quote(str(txid), safe="")) if "{txid}" in prefix else f"{prefix}{txid}"
 
 
 def explorer_name(url: str) -> str:

@@ -288,9 +288,13 @@ def build_sinks(configs: Sequence[SinkConfig], chains: Sequence[ChainConfig] = (
             url = secret or config.url
             assert url is not None
             sinks.append(SlackSink(config, url, explorers))
-        else:
+        elif config.type == "pagerduty":
             assert secret is not None
             sinks.append(PagerDutySink(config, secret, explorers))
+        else:
+            from depositwatch.alerts.channels import build_channel_sink
+
+            sinks.append(build_channel_sink(config, secret, explorers))
     return sinks
 
 

@@ -162,7 +162,7 @@ async def _start_dispatcher(config: Config, store: Any) -> Any:
 
     if not config.sinks:
         raise CommandError("--send-alerts needs sinks in the config")
-    return Dispatcher(store, build_sinks(config.sinks), config.alerts)
+    return Dispatcher(store, build_sinks(config.sinks, config.chains), config.alerts)
 
 
 def _token(text: str) -> TokenConfig:

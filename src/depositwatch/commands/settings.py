@@ -23,6 +23,7 @@ async def _check(args: argparse.Namespace) -> int:
     secrets = [("store.password", config.store.password)]
     secrets += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
     secrets += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
+    secrets += [(f"sinks.{s.name}.password", s.password) for s in config.sinks]  # email
     for where, secret in secrets:
         if secret is None:
             continue
