@@ -107,3 +107,43 @@ async def test_node_error_answers_are_typed() -> None:
                 await source._call("/wallet/getblockbylimitnext", {"startNum": 5, "endNum": 1})
         finally:
             await source.close()
+
+
+async def test_watched_fetch_gives_the_same_matches_as_the_full_fetch() -> None:
+    """With a registry attached, only transfers touching its keys are built, and matching them gives the
+    same matches as matching every transfer."""
+    from depositwatch.matcher import match_block
+    from depositwatch.models import AddressStatus
+    from depositwatch.registry import AddressRegistry, ChainBook
+
+    chain = TronChain()
+    watched_active, watched_revoked = account(2), account(3)
+    for n in range(5):
+        chain.mine(
+            [
+                trx(account(1), watched_active, 10 + n, nonce=chain.next_nonce()),
+                trx(account(1), account(9), 99, nonce=chain.next_nonce()),
+                trc20(watched_revoked, account(8), USDT_KEY, 20 + n, nonce=chain.next_nonce()),
+                trc20(account(7), account(8), USDT_KEY, 30 + n, nonce=chain.next_nonce()),
+            ]
+        )
+    book = ChainBook()
+    book.add(watched_active, AddressStatus.ACTIVE, None)
+    book.add(watched_revoked, AddressStatus.REVOKED, 0)
+    registry = AddressRegistry({"tron": book})
+    async with TronNodeServer(chain) as node:
+        full = TronSource("tron", Transport(node.url), TOKENS, internal=False)
+        narrow = TronSource("tron", Transport(node.url), TOKENS, internal=False)
+        narrow.watch(registry)
+        try:
+            every, watched = await full.fetch(1000, chain.tip + 1), await narrow.fetch(1000, chain.tip + 1)
+        finally:
+            await full.close()
+            await narrow.close()
+    assert sum(len(b.transfers) for b in every) == 20
+    assert sum(len(b.transfers) for b in watched) == 10
+    assert [b.hash for b in every] == [b.hash for b in watched]
+    full_matches = [m for b in every for m in match_block("tron", b, registry.book("tron"))]
+    narrow_matches = [m for b in watched for m in match_block("tron", b, registry.book("tron"))]
+    assert full_matches == narrow_matches
+    assert len(full_matches) == 10

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
 from depositwatch.chains.tron_decode import TronTokens, decode_block, decode_header, needs_infos
 from depositwatch.models import Block, BlockRef
+
+if TYPE_CHECKING:
+    from depositwatch.registry import AddressRegistry, ChainBook
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +60,18 @@ def _node_error(answer: Any) -> str | None:
     return error[:200] if isinstance(error, str) else None
 
 
+class _Watched:
+    """A chain book's keys, active and revoked, as one container (read at each fetch: reloads are seen)."""
+
+    __slots__ = ("book",)
+
+    def __init__(self, book: ChainBook) -> None:
+        self.book = book
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.book.revoked or key in self.book.active
+
+
 class TronSource:
     """A TRON node's view of one chain, reduced to `Block` records."""
 
@@ -80,6 +95,12 @@ class TronSource:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._genesis: str | None = None
         self._head: int | None = None
+        self._registry: AddressRegistry | None = None
+
+    def watch(self, registry: AddressRegistry) -> None:
+        """Build transfers only for keys of the registry's book for this chain. Every block is still
+        checked whole; the matches are the same (tested), the address text is built for hits only."""
+        self._registry = registry
 
     async def _call(self, path: str, body: dict[str, Any]) -> Any:
         async with self._in_flight:
@@ -185,8 +206,9 @@ class TronSource:
 
         infos = await asyncio.gather(*(infos_for(start + n, block) for n, block in enumerate(raw)))
         internal = bool(self.internal)
+        watch = _Watched(self._registry.book(self.name)) if self._registry is not None else None
         return [
-            decode_block(block, block_infos, start + n, self.tokens, internal=internal)
+            decode_block(block, block_infos, start + n, self.tokens, internal=internal, watch=watch)
             for n, (block, block_infos) in enumerate(zip(raw, infos, strict=True))
         ]
 
