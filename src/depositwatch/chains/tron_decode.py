@@ -207,34 +207,54 @@ def decode_block(
     )
 
 
+# The usual `ret` entry, `{"contractRet": NAME}` with no fee, encoded once per name.
+_RESULT_BYTES = {name: wire.encode_result(code) for name, code in wire.ContractResult.__members__.items()}
+_SUCCESSFUL = frozenset({wire.ContractResult.SUCCESS, wire.ContractResult.DEFAULT})
+
+
+def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], str | None]:
+    """The encoded `Transaction.Result` messages and the first result's name."""
+    encoded: list[bytes] = []
+    first: str | None = None
+    for ret in _list(tx.get("ret"), height, f"{where}.ret"):
+        ret = _dict(ret, height, f"{where}.ret")
+        name = ret.get("contractRet", "DEFAULT")
+        plain = _RESULT_BYTES.get(name) if isinstance(name, str) else None
+        if plain is None:
+            raise _fail(height, f"{where}: unknown contractRet {str(name)[:40]!r}")
+        if first is None:
+            first = name
+        fee = ret.get("fee", 0)
+        encoded.append(
+            plain if not fee else wire.encode_result(wire.ContractResult[name], _int(fee, height, f"{where}.ret.fee"))
+        )
+    return encoded, first
+
+
 def _transactions(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
     txs: dict[str, _Tx] = {}
     leaves: list[bytes] = []
+    sha256 = hashlib.sha256
     for position, item in enumerate(items):
         where = f"transaction {position}"
         tx = _dict(item, height, where)
         raw = _hex(tx.get("raw_data_hex"), height, f"{where}.raw_data_hex")
-        txid = wire.tx_id(raw).hex()
+        txid = sha256(raw).hexdigest()
         if tx.get("txID") != txid:
             raise _fail(height, f"{where}: txID is not sha256(raw_data_hex)")
         signatures = [_hex(s, height, f"{where}.signature") for s in _list(tx.get("signature"), height, where)]
-        codes = []
-        for ret in _list(tx.get("ret"), height, f"{where}.ret"):
-            name = _dict(ret, height, f"{where}.ret").get("contractRet", "DEFAULT")
-            if name not in wire.ContractResult.__members__:
-                raise _fail(height, f"{where}: unknown contractRet {str(name)[:40]!r}")
-            codes.append(wire.ContractResult[name])
-        fee = [_int(_dict(r, height, where).get("fee", 0), height, f"{where}.ret.fee") for r in tx.get("ret") or []]
-        results = [wire.encode_result(code, f) for code, f in zip(codes, fee, strict=True)]
-        leaves.append(hashlib.sha256(wire.transaction_bytes(raw, signatures, results)).digest())
+        results, first = _results(tx, height, where)
+        leaves.append(sha256(wire.transaction_bytes(raw, signatures, results)).digest())
         try:
             contract = wire.decode_contract(raw)
         except wire.WireError as exc:
             raise _fail(height, f"{where}: {exc}") from None
         _agrees(tx, contract, height, where)
-        success = not codes or codes[0] in (wire.ContractResult.SUCCESS, wire.ContractResult.DEFAULT)
+        code = wire.ContractResult[first] if first is not None else None
         if contract.type == wire.ContractType.TRIGGER_SMART_CONTRACT:
-            success = bool(codes) and codes[0] == wire.ContractResult.SUCCESS
+            success = code is wire.ContractResult.SUCCESS
+        else:
+            success = code is None or code in _SUCCESSFUL
         txs[txid] = _Tx(txid=txid, contract=contract, success=success)
     return txs, leaves
 
@@ -258,18 +278,20 @@ def _agrees(tx: dict[str, Any], contract: wire.SignedContract, height: int, wher
         raise _fail(height, f"{where}: {len(entries)} contracts in the JSON, expected 1")
     parameter = _dict(_dict(entries[0], height, where).get("parameter"), height, f"{where}.parameter")
     value = _dict(parameter.get("value"), height, f"{where}.parameter.value")
-    for name, attribute in _JSON_FIELDS.items():
-        if name not in value:
+    for name, shown in value.items():
+        attribute = _JSON_FIELDS.get(name)
+        if attribute is None:
             continue
         signed = getattr(contract, attribute)
-        shown = value[name]
         if isinstance(signed, int):
             same = shown == signed
         elif signed is None or not isinstance(shown, str):
             same = False
-        elif name.endswith("_address"):
+        elif shown == signed.hex():  # visible=false: the node's hex, lowercase
+            same = True
+        elif name.endswith("_address"):  # visible=true: base58
             same = _node_account(shown, height, f"{where}.{name}") == signed
-        else:  # call data is hex; a TRC-10 token id is hex with visible=false and text with visible=true
+        else:  # hex in another case, or a TRC-10 token id as text (visible=true)
             same = shown.lower() == signed.hex() or shown == signed.decode("latin-1")
         if not same:
             raise _fail(height, f"{where}: {name} in the JSON differs from the signed bytes")

@@ -142,6 +142,8 @@ def _key(number: int, wire: int) -> bytes:
 
 def encode_varint(value: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative integer below 2^64."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     if not 0 <= value < 1 << 64:
         raise ValueError(f"varint out of range: {value}")
     out = bytearray()
@@ -153,6 +155,9 @@ def encode_varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+_ONE_BYTE = [bytes([n]) for n in range(0x80)]
 
 
 def encode_int(number: int, value: int) -> bytes:
@@ -196,9 +201,54 @@ def tx_id(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
+def _length_delimited(buf: bytes, wanted: int) -> list[bytes]:
+    """Every length-delimited field `wanted` of a message, skipping the others without building them.
+
+    The same checks as `fields`, in one loop: this runs for every transaction of every block.
+    """
+    found: list[bytes] = []
+    pos, end = 0, len(buf)
+    while pos < end:
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos)
+        number, kind = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if kind == _BYTES:
+            if pos < end and buf[pos] < 0x80:
+                length = buf[pos]
+                pos += 1
+            else:
+                length, pos = _varint(buf, pos)
+            if length > end - pos:
+                raise WireError(f"field {number}: {length} bytes announced, {end - pos} left")
+            if number == wanted:
+                found.append(buf[pos : pos + length])
+            pos += length
+        elif kind == _VARINT:
+            if number == wanted:
+                raise WireError(f"field {number}: expected length-delimited bytes")
+            start = pos
+            while pos < end and buf[pos] & 0x80:
+                pos += 1
+            pos += 1
+            if pos > end or pos - start > _MAX_VARINT_BYTES:
+                raise WireError("truncated or overlong varint")
+        elif kind in (_FIXED64, _FIXED32):
+            pos += 8 if kind == _FIXED64 else 4
+            if pos > end:
+                raise WireError(f"field {number}: truncated fixed{32 if kind == _FIXED32 else 64}")
+        else:
+            raise WireError(f"field {number}: unsupported wire type {kind}")
+    return found
+
+
 def decode_contract(raw: bytes) -> SignedContract:
     """The first contract of `Transaction.raw` bytes (TRON transactions carry exactly one)."""
-    contracts = [_bytes(v, "raw.contract") for n, _, v in fields(raw) if n == 11]
+    contracts = _length_delimited(raw, 11)
     if len(contracts) != 1:
         raise WireError(f"raw data holds {len(contracts)} contracts, expected 1")
     kind = 0
@@ -260,7 +310,12 @@ def encode_result(contract_ret: int, fee: int = 0) -> bytes:
 
 def transaction_bytes(raw: bytes, signatures: Sequence[bytes], results: Sequence[bytes]) -> bytes:
     """A whole `Transaction` message: raw_data = 1, signature = 2, ret = 5."""
-    return encode_bytes(1, raw) + encode_repeated(2, signatures) + encode_repeated(5, results)
+    parts = [b"\x0a", encode_varint(len(raw)), raw] if raw else []
+    for signature in signatures:
+        parts += (b"\x12", encode_varint(len(signature)), signature)
+    for result in results:
+        parts += (b"\x2a", encode_varint(len(result)), result)
+    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------
