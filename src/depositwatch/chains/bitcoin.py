@@ -70,6 +70,7 @@ NODE_CHAINS: dict[str, tuple[str, ...]] = {
     "regtest": ("regtest",),
 }
 OP_RETURN = 0x6A
+MAX_HEIGHT = 2**63 - 1  # the store's signed 64-bit columns; a taller height is a hostile answer
 HASH_BATCH = 500  # getblockhash calls per JSON-RPC batch
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -90,12 +91,12 @@ def _spent_outputs(block: Any, before: int, scripts: Container[bytes]) -> list[W
             prevout = txin["prevout"]
             script = bytes.fromhex(prevout["scriptPubKey"]["hex"])
             height = prevout["height"]
-            if not isinstance(height, int) or isinstance(height, bool):
-                raise ValueError(f"prevout height {height!r}")
+            if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
+                raise ValueError(f"prevout height {height!r:.100}")
             if script not in scripts or height >= before:
                 continue
             txid, vout = txin["txid"], txin["vout"]
-            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int):
+            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int) or not 0 <= vout < 2**32:
                 raise ValueError(f"outpoint {txid!r}:{vout!r}")
             found.append(WatchedOutput(txid, vout, script, btc_to_sats(prevout["value"]), height))
     return found
@@ -189,8 +190,8 @@ class BitcoinSource:
         if not isinstance(header, dict) or header.get("hash") != best:
             raise BadNodeAnswer(f"chain {self.name}: {call}: answered {header!r:.200}")
         height = header.get("height")
-        if not isinstance(height, int) or isinstance(height, bool) or height < 0:
-            raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r} is not a block height")
+        if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
+            raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r:.100} is not a block height")
         self._best = best
         return BlockRef(height, best)
 

@@ -93,6 +93,10 @@ _HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}\Z")
 _DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*\Z")
+# Field domains: heights, times and indices fit the store's signed 64-bit columns; values are uint256
+# (the quantity pattern's 64 hex digits already bound them). Anything wider is a hostile answer.
+MAX_INDEX = 2**63 - 1
+MAX_VALUE = 2**256 - 1
 
 log = structlog.get_logger(__name__)
 
@@ -111,11 +115,22 @@ def _checksum(key: bytes) -> str:
 # --- field validation --------------------------------------------------------------------------------
 
 
-def _quantity(obj: dict[str, Any], name: str) -> int:
+def _quantity(obj: dict[str, Any], name: str, maximum: int = MAX_INDEX) -> int:
+    """A hex quantity within 0..`maximum` (heights, times and indices by default; MAX_VALUE for values)."""
     value = obj.get(name)
     if not isinstance(value, str) or not _QUANTITY.match(value):
-        raise _Invalid(f"{name} is {value!r}, not a hex quantity")
-    return int(value, 16)
+        raise _Invalid(f"{name} is {value!r:.100}, not a hex quantity")
+    number = int(value, 16)
+    if number > maximum:
+        raise _Invalid(f"{name} is {value}, above its largest possible value {maximum}")
+    return number
+
+
+def _word_address(topic: str, name: str) -> bytes:
+    """The address in a 32-byte topic word: its upper 12 bytes must be zero (ABI encoding of `address`)."""
+    if topic[2:26].strip("0"):
+        raise _Invalid(f"{name} {topic} is not an address word (its upper 12 bytes are not zero)")
+    return bytes.fromhex(topic[-40:])
 
 
 def _hash(obj: dict[str, Any], name: str) -> str:
@@ -230,10 +245,12 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
     number = _quantity(block, "number")
     if number != height:
         raise _Invalid(f"the node answered with block {number}")
+    block_hash = _hash(block, "hash")
     txs_raw = _list(block.get("transactions"), "transactions")
     txs = []
     for position, item in enumerate(txs_raw):
         tx = _dict(item, f"transaction {position}")  # a bare hash here means the node ignored `true`
+        _same_block(tx, f"transaction {position}", number, block_hash)
         to = _optional_address(tx, "to")
         data = tx.get("input", tx.get("data", "0x"))
         txs.append(
@@ -241,17 +258,25 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
                 hash=_hash(tx, "hash"),
                 sender=_address(tx, "from"),
                 to=to,
-                value=_quantity(tx, "value"),
+                value=_quantity(tx, "value", MAX_VALUE),
                 calls_contract=to is not None and isinstance(data, str) and len(data) > 2,
             )
         )
     return _RawBlock(
         height=number,
-        hash=_hash(block, "hash"),
+        hash=block_hash,
         parent_hash=_hash(block, "parentHash"),
         time=_quantity(block, "timestamp"),
         txs=txs,
     )
+
+
+def _same_block(item: dict[str, Any], what: str, height: int, block_hash: str) -> None:
+    """A transaction, receipt or log that names its block must name this one (nodes may leave the fields out)."""
+    if item.get("blockHash") is not None and _hash(item, "blockHash") != block_hash:
+        raise _Invalid(f"{what} names block {item.get('blockHash')}, but it came in block {block_hash}")
+    if item.get("blockNumber") is not None and _quantity(item, "blockNumber") != height:
+        raise _Invalid(f"{what} names block number {item.get('blockNumber')}, but it came in block {height}")
 
 
 def _receipt_status(receipt: dict[str, Any]) -> bool:
@@ -280,7 +305,7 @@ def _internal_transfers(frame: dict[str, Any]) -> list[tuple[str, str, int]]:
         kind = child.get("type")
         if not isinstance(kind, str):
             raise _Invalid(f"call frame type is {kind!r}")
-        value = _quantity(child, "value") if child.get("value") is not None else 0
+        value = _quantity(child, "value", MAX_VALUE) if child.get("value") is not None else 0
         if value > 0 and kind.upper() in _VALUE_FRAMES:
             recipient = _optional_address(child, "to")
             if recipient is not None:
@@ -895,8 +920,7 @@ class EvmSource:
             tx_hash = _hash(receipt, "transactionHash")
             if tx_hash not in known or tx_hash in block.statuses:
                 raise _Invalid(f"receipt of {tx_hash}, which is not (or no longer) expected in the block")
-            if "blockHash" in receipt and _hash(receipt, "blockHash") != block.hash:
-                raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+            _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
             block.statuses[tx_hash] = _receipt_status(receipt)
 
     @staticmethod
@@ -908,6 +932,7 @@ class EvmSource:
             raise _Invalid(f"receipt of {receipt.get('transactionHash')} where {tx_hash} was asked")
         if _hash(receipt, "blockHash") != block.hash:
             raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+        _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
         block.statuses[tx_hash] = _receipt_status(receipt)
 
     @staticmethod
@@ -1040,8 +1065,8 @@ class EvmSource:
                     tx_hash=tx_hash,
                     index=index,
                     asset=asset,
-                    sender=bytes.fromhex(topics[1][-40:]),
-                    recipient=bytes.fromhex(topics[2][-40:]),
+                    sender=_word_address(topics[1], "topic 1 (from)"),
+                    recipient=_word_address(topics[2], "topic 2 (to)"),
                     amount=int(data, 16),
                 )
             )
