@@ -3,7 +3,10 @@ oversized answers, redirects, failover and chain switches (issue 13, items 1, 2,
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +169,154 @@ async def test_bitcoin_heights_out_of_domain_are_refused(height: int) -> None:
             await source.close()
     assert f"getblockheader {best}" in str(caught.value)
     assert "is not a block height" in str(caught.value)
+
+
+# --- item 1: a deeply nested answer is a typed error, never a crash ---------------------------------
+
+_DEEP_EVM = """
+import asyncio, sys
+import web3  # noqa: F401  (its py_ecc raises the recursion limit to 100,000, as in a process that has it)
+from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.evm import EvmSource
+from depositwatch.config import ChainConfig
+
+async def main(url: str, block: int) -> None:
+    config = ChainConfig(name="eth", kind="evm", chain_id=1, rpc_urls=[url])
+    source = EvmSource(config)
+    await source.open()
+    print("open", flush=True)
+    input()  # the server turns hostile now
+    for name, call in [
+        ("tip", source.tip),
+        ("hash_at", lambda: source.hash_at(block)),
+        ("fetch", lambda: source.fetch(block, block + 1)),
+        ("open", source.open),
+    ]:
+        try:
+            await call()
+        except BadNodeAnswer as exc:
+            print(name, "BadNodeAnswer", str(exc)[:200], flush=True)
+        else:
+            print(name, "no error", flush=True)
+    await source.close()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+_DEEP_BTC = """
+import asyncio, sys
+import web3  # noqa: F401
+from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.bitcoin import BitcoinSource
+from depositwatch.config import ChainConfig, Secret
+
+async def main(url: str, user: str, password: str) -> None:
+    config = ChainConfig(
+        name="btc", kind="bitcoin", network="regtest", rpc_urls=[url], rpc_user=user,
+        rpc_password=Secret(value=password),
+    )
+    source = BitcoinSource(config, retry_for=0.2)
+    await source.open()
+    print("open", flush=True)
+    input()
+    for name, call in [
+        ("identity", source.identity),
+        ("tip", source.tip),
+        ("hash_at", lambda: source.hash_at(1)),
+        ("fetch", lambda: source.fetch(1, 2)),
+        ("open", source.open),
+    ]:
+        try:
+            await call()
+        except BadNodeAnswer as exc:
+            print(name, "BadNodeAnswer", str(exc)[:200], flush=True)
+        else:
+            print(name, "no error", flush=True)
+    await source.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def _run_hostile(script: str, args: list[str], turn: Callable[[], None]) -> tuple[int, list[str]]:
+    """Run `script` in a fresh interpreter; call `turn` once it has opened its source."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        while (line := await process.stdout.readline()).strip() != b"open":  # log lines come first
+            assert line, "the script ended before opening its source"
+        turn()
+        process.stdin.write(b"\n")
+        await process.stdin.drain()
+        out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    lines = [line for line in out.decode().splitlines() if not line.startswith("20")]  # leave out log lines
+    if process.returncode != 0:
+        lines.append(err.decode()[-2000:])
+    return process.returncode, lines
+
+
+async def test_a_deeply_nested_answer_to_every_evm_call_is_a_bad_node_answer() -> None:
+    async with RecordedNode(mainnet_17173049()) as node:
+        deep = b"[" * 100_000 + b"]" * 100_000
+
+        def turn() -> None:
+            node.raw_body = deep
+
+        code, lines = await _run_hostile(_DEEP_EVM, [node.url, str(MAINNET_BLOCK)], turn)
+    assert code == 0, lines  # a stack overflow ends the process with 139 (SIGSEGV)
+    assert [line.split()[:2] for line in lines] == [
+        [name, "BadNodeAnswer"] for name in ("tip", "hash_at", "fetch", "open")
+    ]
+
+
+async def test_a_deeply_nested_answer_to_every_bitcoin_call_is_a_bad_node_answer() -> None:
+    async with BitcoinRegtestServer() as node, FaultProxy(node.url) as proxy:
+        node.chain.mine(3)
+        code, lines = await _run_hostile(
+            _DEEP_BTC, [proxy.url, node.user, node.password], lambda: proxy.set(Fault("deep"))
+        )
+    assert code == 0, lines
+    assert [line.split()[:2] for line in lines] == [
+        [name, "BadNodeAnswer"] for name in ("identity", "tip", "hash_at", "fetch", "open")
+    ]
+    assert all("recursion" in line or "not JSON" in line for line in lines), lines
+
+
+async def test_ad_hoc_replay_survives_a_deeply_nested_chain_id(tmp_path: Path) -> None:
+    watch = tmp_path / "watch.csv"
+    watch.write_text("chain,address,status\neth,0x000000000000000000000000000000000000dEaD,active\n")
+    async with RecordedNode(mainnet_17173049(), raw_body=b"[" * 100_000 + b"]" * 100_000) as node:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys, web3; from depositwatch.cli import main; sys.exit(main(sys.argv[1:]))",
+            "replay",
+            "--chain",
+            "eth",
+            "--rpc-url",
+            node.url,
+            "--watch",
+            str(watch),
+            "--from",
+            "1",
+            "--to",
+            "2",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+    assert process.returncode == 2, (out, err)
+    assert b"cannot read eth_chainId" in err
+    assert b"Traceback" not in err

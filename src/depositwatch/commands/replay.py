@@ -176,17 +176,20 @@ def _token(text: str) -> TokenConfig:
 
 
 async def _node_chain_id(url: str) -> int:
-    import aiohttp
+    """The chain id the node at `url` reports, through the node client (bounded, depth-limited parsing)."""
+    from depositwatch.chains.base import ChainError
+    from depositwatch.chains.rpc import NodeClient
 
-    from depositwatch.config import redact_url
-
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    client = NodeClient([url], chain="adhoc", kind="evm", request_timeout=15.0, retry_for=0.0)
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=15)) as resp,
-        ):
-            answer = await resp.json(content_type=None)
-        return int(answer["result"], 16)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-        raise CommandError(f"cannot read eth_chainId from {redact_url(url)}: {exc!r}") from None
+        answer = await client.call("eth_chainId", what="the chain id")
+    except ChainError as exc:
+        raise CommandError(f"cannot read eth_chainId: {exc}") from None
+    finally:
+        await client.close()
+    if not isinstance(answer, str) or not answer.startswith("0x") or not 0 < len(answer) - 2 <= 16:
+        raise CommandError(f"cannot read eth_chainId: the answer {answer!r:.100} is not a chain id")
+    try:
+        return int(answer, 16)
+    except ValueError:
+        raise CommandError(f"cannot read eth_chainId: the answer {answer!r:.100} is not a chain id") from None
