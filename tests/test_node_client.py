@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.base import BadNodeAnswer, WrongChain
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.evm import EvmSource
+from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
 from depositwatch.config import ChainConfig, Secret
 from tests.btcnode import BitcoinRegtestServer
 from tests.proof.faultproxy import Fault, FaultProxy
@@ -178,6 +180,7 @@ import asyncio, sys
 import web3  # noqa: F401  (its py_ecc raises the recursion limit to 100,000, as in a process that has it)
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.evm import EvmSource
+from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
 from depositwatch.config import ChainConfig
 
 async def main(url: str, block: int) -> None:
@@ -320,3 +323,133 @@ async def test_ad_hoc_replay_survives_a_deeply_nested_chain_id(tmp_path: Path) -
     assert process.returncode == 2, (out, err)
     assert b"cannot read eth_chainId" in err
     assert b"Traceback" not in err
+
+
+# --- item 4: answers longer than max_response_bytes -------------------------------------------------
+
+
+async def test_an_endless_evm_answer_fails_the_request_with_answer_too_large() -> None:
+    async with RecordedNode(mainnet_17173049()) as node, FaultProxy(node.url) as proxy:
+        source = EvmSource(evm_config(proxy.url, max_response_bytes=1024 * 1024))
+        await source.open()
+        try:
+            proxy.set(Fault("endless"))
+            for call in (source.tip, lambda: source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)):
+                with pytest.raises(AnswerTooLarge, match="longer than max_response_bytes = 1048576"):
+                    await call()
+        finally:
+            await source.close()
+    assert proxy.sent < 64 * 1024 * 1024  # the client hung up; it did not read on
+
+
+async def test_an_endless_bitcoin_answer_and_rest_block_fail_with_answer_too_large() -> None:
+    async with BitcoinRegtestServer() as node, FaultProxy(node.url) as proxy:
+        node.chain.mine(3)
+        config = btc_config(proxy.url, node=node, rest_url=proxy.url, max_response_bytes=1024 * 1024)
+        source = BitcoinSource(config, retry_for=0.2)
+        await source.open()
+        try:
+            proxy.set(Fault("endless"))
+            with pytest.raises(AnswerTooLarge):
+                await source.tip()
+            with pytest.raises(AnswerTooLarge, match="REST"):
+                await source.rpc.rest(f"/rest/block/{node.chain.tip.hash}.bin")
+        finally:
+            await source.close()
+
+
+def test_the_size_cap_is_configurable_and_defaults_to_64_mib() -> None:
+    assert evm_config("http://127.0.0.1:1").max_response_bytes == 64 * 1024 * 1024
+    assert evm_config("http://127.0.0.1:1", max_response_bytes=2048).max_response_bytes == 2048
+
+
+# --- item 7: no redirects, credentials only to the configured origin --------------------------------
+
+
+class Recorder:
+    """A loopback server that records every request it gets (the host a redirect points to)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Recorder:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.json_response({"jsonrpc": "2.0", "id": 1, "result": "0x1"})
+
+
+@pytest.mark.parametrize("status", [307, 308, 302])
+async def test_evm_client_follows_no_redirect_and_sends_no_credentials_elsewhere(status: int) -> None:
+    async with RecordedNode(mainnet_17173049()) as node, FaultProxy(node.url) as proxy, Recorder() as other:
+        config = evm_config(proxy.url, rpc_user="watcher", rpc_password=Secret(value="s3cret-pw"))
+        source = EvmSource(config)
+        await source.open()
+        try:
+            proxy.set(Fault("redirect", status=status, location=other.url))
+            with pytest.raises(NodeRedirect, match=f"HTTP {status}"):
+                await source.tip()
+            with pytest.raises(NodeRedirect):
+                await source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)
+        finally:
+            await source.close()
+    assert other.requests == []
+
+
+async def test_bitcoin_client_follows_no_redirect_and_sends_no_credentials_elsewhere() -> None:
+    async with BitcoinRegtestServer() as node, FaultProxy(node.url) as proxy, Recorder() as other:
+        node.chain.mine(2)
+        source = BitcoinSource(btc_config(proxy.url, node=node), retry_for=0.2)
+        await source.open()
+        try:
+            proxy.set(Fault("redirect", status=307, location=other.url))
+            with pytest.raises(NodeRedirect):
+                await source.tip()
+        finally:
+            await source.close()
+    assert other.requests == []
+
+
+# --- item 12 and 6: failover across every URL, and the chain id checked again after it ------------
+
+
+async def test_evm_source_fails_over_to_the_next_url() -> None:
+    async with RecordedNode(mainnet_17173049()) as first, RecordedNode(mainnet_17173049()) as second:
+        source = EvmSource(evm_config(first.url, second.url))
+        await source.open()
+        try:
+            first.http_status = 503
+            (block,) = await source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)
+            assert (await source.tip()).height == MAINNET_BLOCK
+        finally:
+            await source.close()
+    assert block.height == MAINNET_BLOCK and block.transfers
+    assert "eth_chainId" in second.methods()  # asked again of the node failed over to
+    assert "eth_getBlockByNumber" in second.methods()
+
+
+async def test_a_node_on_another_chain_after_failover_is_wrong_chain() -> None:
+    other_chain = mainnet_17173049()
+    other_chain.chain_id = 5
+    async with RecordedNode(mainnet_17173049()) as first, RecordedNode(other_chain) as second:
+        source = EvmSource(evm_config(first.url, second.url))
+        await source.open()
+        try:
+            first.http_status = 503
+            with pytest.raises(WrongChain, match="reports chain id 5, config says 1"):
+                await source.tip()
+        finally:
+            await source.close()
