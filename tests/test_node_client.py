@@ -453,3 +453,17 @@ async def test_a_node_on_another_chain_after_failover_is_wrong_chain() -> None:
                 await source.tip()
         finally:
             await source.close()
+
+
+async def test_a_bitcoin_node_on_another_network_after_failover_is_wrong_chain() -> None:
+    async with BitcoinRegtestServer() as node, FaultProxy(node.url) as first, FaultProxy(node.url) as second:
+        node.chain.mine(2)
+        source = BitcoinSource(btc_config(first.url, second.url, node=node), retry_for=0.5)
+        await source.open()
+        try:
+            first.set(Fault("status", status=503))
+            second.set(Fault("answer", methods=frozenset({"getblockchaininfo"}), result={"chain": "main"}))
+            with pytest.raises(WrongChain, match="follows Bitcoin 'main'"):
+                await source.tip()
+        finally:
+            await source.close()

@@ -120,6 +120,8 @@ class BitcoinSource:
         self._head = asyncio.Event()
         self._best: str | None = None
         self._zmq_task: asyncio.Task[None] | None = None
+        self._genesis = ""  # found in open()
+        self._checked_switches = -1  # the client's `switches` when the node's chain was last checked
 
     # set-up ----------------------------------------------------------------------------------------
 
@@ -144,6 +146,39 @@ class BitcoinSource:
 
     async def _open(self) -> None:
         await self.rpc.open()
+        switches = self.rpc.switches
+        info = await self._check_network()
+        self._genesis = await self.identity()
+        if self.rpc.switches == switches:
+            self._checked_switches = switches
+        if self.config.zmq_url and self._zmq_task is None:
+            self._zmq_task = asyncio.create_task(self._listen_zmq(self.config.zmq_url), name=f"{self.name}-zmq")
+        log.info(
+            "bitcoin node checked",
+            chain=self.name,
+            url=self.rpc.url,
+            node_chain=self.node_chain,
+            blocks=info.get("blocks"),
+            blocks_from="rest" if self.config.rest_url else "rpc",
+            new_blocks="zmq and polling" if self.config.zmq_url else "polling",
+        )
+
+    async def _same_chain(self) -> None:
+        """After any failed request (a reconnect, a failover) the node may be another one: check its network
+        and genesis block again before its next answer is believed (`WrongChain` if either changed)."""
+        while self.rpc.switches != self._checked_switches:
+            switches = self.rpc.switches
+            await self._check_network()
+            genesis = await self.identity()
+            if genesis != self._genesis:
+                raise WrongChain(
+                    f"chain {self.name}: the node at {self.rpc.url} has genesis block {genesis}, but this chain's "
+                    f"is {self._genesis}"
+                )
+            if self.rpc.switches == switches:
+                self._checked_switches = switches
+
+    async def _check_network(self) -> dict[str, Any]:
         info = await self.rpc.call("getblockchaininfo")
         chain = info.get("chain") if isinstance(info, dict) else None
         if not isinstance(chain, str):
@@ -156,17 +191,8 @@ class BitcoinSource:
                 "point rpc_urls at the right node or fix network"
             )
         self.node_chain = chain
-        if self.config.zmq_url and self._zmq_task is None:
-            self._zmq_task = asyncio.create_task(self._listen_zmq(self.config.zmq_url), name=f"{self.name}-zmq")
-        log.info(
-            "bitcoin node checked",
-            chain=self.name,
-            url=self.rpc.url,
-            node_chain=chain,
-            blocks=info.get("blocks"),
-            blocks_from="rest" if self.config.rest_url else "rpc",
-            new_blocks="zmq and polling" if self.config.zmq_url else "polling",
-        )
+        assert isinstance(info, dict)
+        return info
 
     async def close(self) -> None:
         """Stop the ZMQ listener and close connections."""
@@ -183,7 +209,9 @@ class BitcoinSource:
         return _block_hash_text(await self.rpc.call("getblockhash", 0), "getblockhash 0", self.name)
 
     async def tip(self) -> BlockRef:
-        """The node's best block: `getbestblockhash`, and its header for the height."""
+        """The node's best block: `getbestblockhash`, and its header for the height (the node's network and
+        genesis are checked again first after any failed request)."""
+        await self._same_chain()
         best = _block_hash_text(await self.rpc.call("getbestblockhash"), "getbestblockhash", self.name)
         header = await self.rpc.call("getblockheader", best, True)
         call = f"getblockheader {best}"
@@ -193,6 +221,7 @@ class BitcoinSource:
         if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
             raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r:.100} is not a block height")
         self._best = best
+        await self._same_chain()
         return BlockRef(height, best)
 
     async def hash_at(self, height: int) -> str | None:
@@ -250,6 +279,7 @@ class BitcoinSource:
                 raw = await task
                 # Decoding in a worker thread lets the event loop keep reading the later blocks meanwhile.
                 blocks.append(await asyncio.to_thread(self._decode, start + offset, hash_, raw, scan))
+            await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
             return blocks
         finally:
             for task in tasks:
