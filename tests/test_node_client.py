@@ -17,6 +17,7 @@ from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.evm import EvmSource
 from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
 from depositwatch.config import ChainConfig, Secret
+from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
@@ -212,6 +213,7 @@ import web3  # noqa: F401
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.config import ChainConfig, Secret
+from depositwatch.devnet import Anvil
 
 async def main(url: str, user: str, password: str) -> None:
     config = ChainConfig(
@@ -467,3 +469,81 @@ async def test_a_bitcoin_node_on_another_network_after_failover_is_wrong_chain()
                 await source.tip()
         finally:
             await source.close()
+
+
+# --- item 5: replay gives up on a permanently bad answer, and a chain switch is a clean exit ---------
+
+
+async def _replay_cli(url: str, watch: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "depositwatch",
+        "replay",
+        "--chain",
+        "devnet",
+        "--rpc-url",
+        url,
+        "--chain-id",
+        "31337",
+        "--watch",
+        str(watch),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for a state another process brings about (a proxy's counters), polling."""
+    while not condition():  # noqa: ASYNC110 (the state lives in counters, not an event)
+        await asyncio.sleep(0.005)
+
+
+async def _at_first_fetch(proxy: FaultProxy, fault: Fault) -> None:
+    """Hold the follower's first fetch, switch `fault` on, let the fetch go on into it."""
+    await _until(lambda: proxy.methods_seen["eth_blockNumber"] >= 1)  # the source's open
+    fetching = proxy.hold({"eth_blockNumber"})  # the next one: the follower's first fetch
+    await asyncio.wait_for(fetching.wait(), 60)
+    proxy.set(fault)
+    proxy.release()
+
+
+def _watch_file(tmp_path: Path) -> Path:
+    watch = tmp_path / "watch.csv"
+    watch.write_text("chain,address,status\ndevnet,0x000000000000000000000000000000000000dEaD,active\n")
+    return watch
+
+
+async def test_replay_gives_up_on_a_permanently_bad_answer(tmp_path: Path) -> None:
+    async with Anvil(chain_id=31337) as node, FaultProxy(node.http_url) as proxy:
+        await node.mine(5)
+        process = await _replay_cli(proxy.url, _watch_file(tmp_path), "--from", "1", "--to", "5")
+        await _at_first_fetch(proxy, Fault("answer", methods=frozenset({"eth_getBlockByNumber"}), result={"x": 1}))
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 120)  # a guard only: it used to never end
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 1, err
+    assert b"giving up after 6 failed attempts in a row" in err
+    assert b"Traceback" not in err
+
+
+async def test_replay_ends_cleanly_when_the_node_switches_chain(tmp_path: Path) -> None:
+    async with Anvil(chain_id=31337) as node, FaultProxy(node.http_url) as proxy:
+        await node.mine(5)
+        process = await _replay_cli(proxy.url, _watch_file(tmp_path), "--from", "1", "--to", "5")
+        await _at_first_fetch(proxy, Fault("status", status=503))  # the node goes away mid-fetch ...
+        await _until(lambda: proxy.applied["status"] >= 1)
+        proxy.set(Fault("chain_id", chain_id=5))  # ... and comes back on another chain
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert process.returncode == 1, err
+    assert b"reports chain id 5, config says 31337" in err
+    assert b"Traceback" not in err

@@ -107,6 +107,7 @@ class FaultProxy:
         self._rng = rng
         self._cleared = asyncio.Event()
         self._trap: _Trap | None = None
+        self._holding: _Trap | None = None  # the trap whose request is being held
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -166,10 +167,11 @@ class FaultProxy:
         return self._trap.arrived
 
     def release(self) -> None:
-        """Let a held request go on."""
-        if self._trap is not None:
-            self._trap.released.set()
-            self._trap = None
+        """Let a held request go on (or, before one has come, disarm the trap)."""
+        for trap in (self._trap, self._holding):
+            if trap is not None:
+                trap.released.set()
+        self._trap = self._holding = None
 
     # the proxy ----------------------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class FaultProxy:
         try:
             trap = self._trap
             if trap is not None and any(m in trap.methods for m in methods):
-                self._trap = None
+                self._trap, self._holding = None, trap
                 trap.arrived.set()
                 await trap.released.wait()
             fault = self.fault

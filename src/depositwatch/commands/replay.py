@@ -12,6 +12,7 @@ from typing import Any, Literal
 from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_import_csv, read_text
 from depositwatch.commands import CommandError, add_store_option, err, load, store_from
 from depositwatch.config import ChainConfig, Config, TokenConfig
+from depositwatch.follower import ReorgTooDeep
 from depositwatch.replay import replay
 from depositwatch.store import open_store
 
@@ -133,6 +134,9 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except ReorgTooDeep as exc:  # the node's chain no longer holds the blocks replayed so far
+            err(f"depositwatch: node: {exc}")
+            return 1
         finally:
             if dispatcher is not None:
                 settled = await dispatcher.drain(timeout=DRAIN_SECONDS)
