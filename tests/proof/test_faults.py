@@ -329,3 +329,55 @@ async def test_daemon_survives_a_node_with_no_usable_latest_block(answer: Any, t
                 await eventually(lambda: _at(sqlite_url, tip), 30, "catching up")
             finally:
                 runner.close()
+
+
+async def test_daemon_fails_over_to_the_second_node_url_mid_stream(tmp_path: Path, sqlite_url: str) -> None:
+    """Two URLs for one anvil, each through its own proxy; the first dies mid-stream: no gap, no duplicate,
+    and the alerts of the blocks after the switch arrive."""
+    book = evm_book()
+    runner = Runner(tmp_path, "daemon")
+    async with Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as node, Receiver() as receiver:
+        traffic = EvmTraffic(node, book, random.Random(SEED + 20))
+        start = await traffic.setup()
+        async with FaultProxy(node.http_url) as first, FaultProxy(node.http_url) as second:
+            await import_book(sqlite_url, book)
+            config = tmp_path / "config.toml"
+            chain = evm_chain_toml(first.url, token=traffic.token, start=start).replace(
+                f'rpc_urls = ["{first.url}"]', f'rpc_urls = ["{first.url}", "{second.url}"]'
+            )
+            config.write_text(config_toml(sqlite_url, chain, receiver.url))
+            daemon = runner.daemon(config)
+            try:
+                await daemon.wait_ready()
+                for _ in range(3):
+                    await traffic.block()
+                early = await traffic.tip()
+                await eventually(lambda: _at(sqlite_url, early), 30, "following through the first URL")
+                assert second.requests == 0  # the second URL is not used while the first works
+                before = {w.id for w in traffic.wants if w.alert}
+                dying = first.hold({"eth_getLogs", "eth_getBlockByNumber"})
+                await traffic.block()
+                await asyncio.wait_for(dying.wait(), 30)
+                await first.stop()  # the first node goes away in the middle of a fetch
+                for _ in range(3):
+                    await traffic.block()
+                tip = await traffic.tip()
+                await eventually(lambda: _at(sqlite_url, tip), 60, "catching up through the second URL")
+                after = {w.id for w in traffic.wants if w.alert} - before
+                await eventually(
+                    lambda: (
+                        {r.json()["id"] for r in receiver.accepted if r.json()["event"] == "detected"} >= before | after
+                    ),
+                    60,
+                    "every alert, those after the switch included",
+                )
+                assert daemon.alive, daemon.tail()
+                assert await daemon.terminate() == 0, daemon.tail()
+            finally:
+                runner.close()
+            assert second.methods_seen["eth_chainId"] >= 1  # the chain id was checked on the second node
+            assert second.methods_seen["eth_getBlockByNumber"] >= 1
+            assert after, "the traffic after the switch had alerts"
+            check_alerts(receiver, traffic.wants, mode="live")
+            view = await store_view(sqlite_url, "live:eth", Scope.live())
+            check_store(view, traffic.wants, await traffic.hashes(start - 1, tip[0]), start - 1, tip)
