@@ -166,7 +166,7 @@ class BitcoinSource:
     async def _same_chain(self) -> None:
         """After any failed request (a reconnect, a failover) the node may be another one: check its network
         and genesis block again before its next answer is believed (`WrongChain` if either changed)."""
-        while self.rpc.switches != self._checked_switches:
+        while self._genesis and self.rpc.switches != self._checked_switches:  # (nothing to compare before open)
             switches = self.rpc.switches
             await self._check_network()
             genesis = await self.identity()
