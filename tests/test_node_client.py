@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from depositwatch.chains.base import BadNodeAnswer, WrongChain
+from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.evm import EvmSource
 from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
@@ -547,3 +547,28 @@ async def test_replay_ends_cleanly_when_the_node_switches_chain(tmp_path: Path) 
     assert process.returncode == 1, err
     assert b"reports chain id 5, config says 31337" in err
     assert b"Traceback" not in err
+
+
+async def test_an_announced_length_above_the_cap_is_refused_before_reading() -> None:
+    async with RecordedNode(mainnet_17173049()) as node:
+        source = EvmSource(evm_config(node.url, max_response_bytes=300_000))
+        await source.open()  # the start-up answers are smaller (the largest, the block's receipts: 239,291)
+        try:
+            node.raw_body = b'{"jsonrpc": "2.0", "id": 1, "result": "' + b"0" * 400_000 + b'"}'
+            with pytest.raises(AnswerTooLarge, match="announced 400"):
+                await source.tip()
+        finally:
+            await source.close()
+
+
+async def test_read_timeout_is_configurable_and_a_silent_node_is_node_unavailable() -> None:
+    async with RecordedNode(mainnet_17173049()) as node, FaultProxy(node.url) as proxy:
+        source = EvmSource(evm_config(proxy.url, read_timeout=0.5))
+        await source.open()
+        try:
+            proxy.set(Fault("hang"))
+            with pytest.raises(NodeUnavailable, match="Timeout on reading data from socket"):
+                await source.tip()
+        finally:
+            proxy.clear()
+            await source.close()
