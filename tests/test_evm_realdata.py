@@ -197,7 +197,7 @@ async def test_wrong_chain() -> None:
             WrongChain, match=r"chain eth: node at http://127\.0\.0\.1:[0-9]+ reports chain id 1, config says 5"
         ):
             await source.open()
-        assert source._session is None  # a failed open releases its connections
+        assert source.client._session is None  # a failed open releases its connections
 
 
 async def test_tip_and_hash_at() -> None:

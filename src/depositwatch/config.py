@@ -126,6 +126,12 @@ class ChainConfig(_Strict):
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     # EVM: ranges of `batch_blocks` read ahead while the follower matches and commits (catching up, replay)
     read_ahead: Annotated[int, Field(ge=0, le=16)] = 4
+    # Node requests: seconds to connect, to wait for each read on the socket, and for a whole request
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0
+    read_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    request_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # A longer node answer fails that request (every body is held in memory: at most max_in_flight of them)
+    max_response_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 64 * 1024 * 1024
     mempool: bool = True
     traces: bool = False
     start_height: Annotated[int, Field(ge=0)] | None = None

@@ -29,6 +29,10 @@ class ReorgTooDeep(Exception):
     """The node's chain forked below the configured reorg depth; following stops rather than guess."""
 
 
+class GaveUp(ChainError):
+    """A bounded run (replay) met node trouble `max_failures` times in a row and stopped."""
+
+
 class BlockHook(Protocol):
     """Chain-specific work around matching (Bitcoin: outputs that paid revoked scripts, and their spends)."""
 
@@ -49,6 +53,8 @@ class FollowerSettings:
     start_height: int | None = None  # first block to process when there is no cursor yet
     stop_height: int | None = None  # replay: last block to process
     log_matches: bool = True  # a log line per match (replay leaves it out: its matches are its output)
+    # Consecutive node failures before `run` gives up with GaveUp; None (live following) retries forever.
+    max_failures: int | None = None
 
 
 class Follower:
@@ -85,6 +91,7 @@ class Follower:
         self._stopping = asyncio.Event()
         self.heartbeat = time.monotonic()  # last loop iteration, for the systemd watchdog
         self.failing: str | None = None  # the node error while the node is failing, for health
+        self.failures = 0  # consecutive failed steps (0 while healthy), for health and metrics
         self._behind = False
 
     # start-up ---------------------------------------------------------------------------------------
@@ -267,8 +274,15 @@ class Follower:
                 committed = await self.step()
             except ChainError as exc:
                 self.failing = str(exc) or type(exc).__name__
+                self.failures += 1
                 if self.metrics is not None:
                     self.metrics.rpc_errors.labels(self.chain).inc()
+                limit = self.settings.max_failures
+                if limit is not None and self.failures >= limit:
+                    raise GaveUp(
+                        f"chain {self.chain}: giving up after {self.failures} failed attempts in a row; "
+                        f"the last: {self.failing}"
+                    ) from exc
                 now = loop.time()
                 if failing_since is None:
                     failing_since = now
@@ -280,6 +294,7 @@ class Follower:
                 backoff = min(backoff * 2, max(5.0, self.settings.poll_interval))
                 continue
             self.failing = None
+            self.failures = 0
             if failing_since is not None:
                 self._log.info("node connection restored", down_for=round(loop.time() - failing_since, 1))
                 failing_since, last_report, backoff = None, 0.0, 0.25

@@ -19,5 +19,10 @@ def dumps_bytes(value: Any) -> bytes:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON; raises orjson.JSONDecodeError (a ValueError) on bad input."""
+    """Parse JSON; raises orjson.JSONDecodeError (a ValueError) on bad input.
+
+    orjson refuses nesting deeper than 1,024 levels with that error: every node answer is parsed
+    here, never by the standard library's `json`, whose recursion a deeply nested answer turns into a
+    C stack overflow once the recursion limit has been raised (py_ecc, imported by web3, sets 100,000).
+    """
     return orjson.loads(text)

@@ -20,6 +20,10 @@ from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Scope, SqlStore
 from depositwatch.timeutil import iso
 
+# A replay stops after this many failed attempts in a row at the same step (with the follower's
+# backoff, 0.25 s doubling: about 15 s), where the daemon would keep trying.
+REPLAY_MAX_FAILURES = 6
+
 
 def run_id(chain: str, start: int, stop: int, identity: str) -> str:
     """A replay run's id: the same range of the same chain resumes the same run."""
@@ -148,7 +152,11 @@ async def replay(
             policy=make_policy(chain, alerts or AlertsConfig()),
             scope=scope,
             cursor_name=scope.name,
-            settings=replace(make_settings(chain, start_height=start, stop_height=stop), log_matches=False),
+            settings=replace(
+                make_settings(chain, start_height=start, stop_height=stop),
+                log_matches=False,
+                max_failures=REPLAY_MAX_FAILURES,
+            ),
             hook=hook,
             on_commit=committed,
         )

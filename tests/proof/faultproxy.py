@@ -20,7 +20,11 @@ Faults:
 - `answer`: answer the selected calls with `result` (say, null for `eth_getBlockByNumber`);
 - `pad`: forward, then pad the JSON answer to `factor` times its size (whitespace and an extra key);
 - `delay`: forward after `seconds` (a slow node or receiver);
-- `forward_then_fail`: forward (the server handles the request), then answer the client `status`.
+- `forward_then_fail`: forward (the server handles the request), then answer the client `status`;
+- `deep`: a 200 answer that is an array nested `depth` levels deep (a stack-overflow attempt);
+- `endless`: a 200 answer streamed without a length that never ends (until the client hangs up);
+  `sent` counts the bytes written;
+- `redirect`: answer `status` (307 by default for it) with `Location: location`.
 
 `hold(methods)` arms a one-shot trap instead: the next request naming one of `methods` is held until
 `release()`, and the returned event is set when it arrives (to kill a client in the middle of a
@@ -63,6 +67,8 @@ class Fault:
     seconds: float = 0.0
     probability: float = 1.0  # the share of selected requests that get the fault
     note: str = ""
+    depth: int = 100_000  # `deep`
+    location: str = ""  # `redirect`
 
     def selects(self, methods: list[str]) -> bool:
         """Whether a request naming `methods` is one this fault applies to."""
@@ -97,9 +103,11 @@ class FaultProxy:
         self.requests = 0
         self.methods_seen: Counter[str] = Counter()
         self.in_flight = 0
+        self.sent = 0  # bytes written by `endless`
         self._rng = rng
         self._cleared = asyncio.Event()
         self._trap: _Trap | None = None
+        self._holding: _Trap | None = None  # the trap whose request is being held
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -159,10 +167,11 @@ class FaultProxy:
         return self._trap.arrived
 
     def release(self) -> None:
-        """Let a held request go on."""
-        if self._trap is not None:
-            self._trap.released.set()
-            self._trap = None
+        """Let a held request go on (or, before one has come, disarm the trap)."""
+        for trap in (self._trap, self._holding):
+            if trap is not None:
+                trap.released.set()
+        self._trap = self._holding = None
 
     # the proxy ----------------------------------------------------------------------------------------
 
@@ -175,7 +184,7 @@ class FaultProxy:
         try:
             trap = self._trap
             if trap is not None and any(m in trap.methods for m in methods):
-                self._trap = None
+                self._trap, self._holding = None, trap
                 trap.arrived.set()
                 await trap.released.wait()
             fault = self.fault
@@ -222,6 +231,13 @@ class FaultProxy:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             html = f"<html><body><h1>{fault.status}</h1>upstream trouble</body></html>"
             return web.Response(status=fault.status, text=html, content_type="text/html", headers=headers)
+        if kind == "deep":
+            deep = b"[" * fault.depth + b"]" * fault.depth
+            return web.Response(status=200, body=deep, content_type="application/json")
+        if kind == "endless":
+            return await self._endless(request)
+        if kind == "redirect":
+            return web.Response(status=fault.status, headers={"Location": fault.location})
         if kind == "invalid_json":
             return web.Response(status=200, body=b"<html>not json {", content_type="application/json")
         if kind == "delay":
@@ -253,6 +269,17 @@ class FaultProxy:
         if kind == "pad":
             return self._answer(status, headers, _pad(answer, fault.factor))
         raise ValueError(f"unknown fault {kind!r}")
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b"[" + b" " * 65_535
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while self.sent < 2**32:  # a bound, so a client that never hangs up cannot keep this forever
+                await response.write(chunk)
+                self.sent += len(chunk)
+        return response
 
     async def _rewrite(self, request: web.Request, body: bytes, fixed: dict[str, Any]) -> web.Response:
         """Answer the calls named in `fixed` locally, forward the others; keep single/batch shape."""

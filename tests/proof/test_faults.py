@@ -329,3 +329,162 @@ async def test_daemon_survives_a_node_with_no_usable_latest_block(answer: Any, t
                 await eventually(lambda: _at(sqlite_url, tip), 30, "catching up")
             finally:
                 runner.close()
+
+
+async def test_daemon_fails_over_to_the_second_node_url_mid_stream(tmp_path: Path, sqlite_url: str) -> None:
+    """Two URLs for one anvil, each through its own proxy; the first dies mid-stream: no gap, no duplicate,
+    and the alerts of the blocks after the switch arrive."""
+    book = evm_book()
+    runner = Runner(tmp_path, "daemon")
+    async with Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as node, Receiver() as receiver:
+        traffic = EvmTraffic(node, book, random.Random(SEED + 20))
+        start = await traffic.setup()
+        async with FaultProxy(node.http_url) as first, FaultProxy(node.http_url) as second:
+            await import_book(sqlite_url, book)
+            config = tmp_path / "config.toml"
+            chain = evm_chain_toml(first.url, token=traffic.token, start=start).replace(
+                f'rpc_urls = ["{first.url}"]', f'rpc_urls = ["{first.url}", "{second.url}"]'
+            )
+            config.write_text(config_toml(sqlite_url, chain, receiver.url))
+            daemon = runner.daemon(config)
+            try:
+                await daemon.wait_ready()
+                for _ in range(3):
+                    await traffic.block()
+                early = await traffic.tip()
+                await eventually(lambda: _at(sqlite_url, early), 30, "following through the first URL")
+                assert second.requests == 0  # the second URL is not used while the first works
+                before = {w.id for w in traffic.wants if w.alert}
+                dying = first.hold({"eth_getLogs", "eth_getBlockByNumber"})
+                await traffic.block()
+                await asyncio.wait_for(dying.wait(), 30)
+                await first.stop()  # the first node goes away in the middle of a fetch
+                for _ in range(3):
+                    await traffic.block()
+                tip = await traffic.tip()
+                await eventually(lambda: _at(sqlite_url, tip), 60, "catching up through the second URL")
+                after = {w.id for w in traffic.wants if w.alert} - before
+                await eventually(
+                    lambda: (
+                        {r.json()["id"] for r in receiver.accepted if r.json()["event"] == "detected"} >= before | after
+                    ),
+                    60,
+                    "every alert, those after the switch included",
+                )
+                assert daemon.alive, daemon.tail()
+                assert await daemon.terminate() == 0, daemon.tail()
+            finally:
+                runner.close()
+            assert second.methods_seen["eth_chainId"] >= 1  # the chain id was checked on the second node
+            assert second.methods_seen["eth_getBlockByNumber"] >= 1
+            assert after, "the traffic after the switch had alerts"
+            check_alerts(receiver, traffic.wants, mode="live")
+            view = await store_view(sqlite_url, "live:eth", Scope.live())
+            check_store(view, traffic.wants, await traffic.hashes(start - 1, tip[0]), start - 1, tip)
+
+
+HOSTILE = (
+    ("an array nested 100,000 deep", Fault("deep")),
+    ("an endless answer", Fault("endless")),
+    ("a redirect to another host", Fault("redirect", status=307)),
+)
+
+
+@form_param(timeout_ci=240, timeout_full=900)
+async def test_hostile_answers_of_one_node_leave_the_other_chain_alerting(
+    form: str, tmp_path: Path, sqlite_url: str
+) -> None:
+    """An EVM chain and a Bitcoin chain in one daemon, each node behind its own proxy. Each hostile answer
+    (deep nesting, an endless body, a redirect elsewhere) hits one node while the other chain's alerts
+    keep coming; the daemon stays up, the redirect target gets nothing, and once the answers are honest
+    again both chains catch up with every alert exactly once."""
+    from tests.btcnode import BitcoinRegtestServer
+    from tests.proof.harness import BtcTraffic, btc_book, btc_chain_toml
+    from tests.test_node_client import Recorder
+
+    rng = random.Random(SEED + 30)
+    eth_book, bitcoin_book = evm_book(), btc_book()
+    runner = Runner(tmp_path, "daemon")
+    lines: list[str] = []
+    async with (
+        Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as anvil,
+        BitcoinRegtestServer() as bitcoind,
+        Receiver() as receiver,
+        Recorder() as elsewhere,
+    ):
+        eth = EvmTraffic(anvil, eth_book, random.Random(rng.random()))
+        btc = BtcTraffic(bitcoind.chain, bitcoin_book, random.Random(rng.random()))
+        eth_start, btc_start = await eth.setup(), btc.setup()
+        async with FaultProxy(anvil.http_url) as eth_proxy, FaultProxy(bitcoind.url) as btc_proxy:
+            await import_book(sqlite_url, eth_book)
+            await import_book(sqlite_url, bitcoin_book)
+            cap = "max_response_bytes = 4194304\nread_timeout = 10\n"
+            chains = (
+                evm_chain_toml(eth_proxy.url, token=eth.token, start=eth_start)
+                + cap
+                + btc_chain_toml(bitcoind, btc_proxy.url, start=btc_start)
+                + cap
+            )
+            config = tmp_path / "config.toml"
+            config.write_text(config_toml(sqlite_url, chains, receiver.url))
+            daemon = runner.daemon(config)
+
+            def delivered() -> set[str]:
+                return {r.json()["id"] for r in receiver.accepted if r.json()["event"] == "detected"}
+
+            async def healthy_block(which: str) -> None:
+                await (eth.block() if which == "eth" else btc.block())
+
+            try:
+                await daemon.wait_ready()
+                for name, template in HOSTILE:
+                    for bad, good in (("eth", "btc"), ("btc", "eth")):
+                        proxy = eth_proxy if bad == "eth" else btc_proxy
+                        fault = replace(template, location=elsewhere.url)
+                        hits = proxy.applied[fault.kind]
+                        proxy.set(fault)
+                        wants = eth.wants if good == "eth" else btc.wants
+                        for _ in range(2):
+                            await healthy_block(good)
+                        began = time.monotonic()
+                        expected = {w.id for w in wants if w.alert}
+                        await eventually(
+                            lambda expected=expected: delivered() >= expected,
+                            60,
+                            f"{good} alerting while {bad} answers {name}",
+                        )
+                        waited = time.monotonic() - began
+                        await eventually(
+                            lambda proxy=proxy, kind=fault.kind, hits=hits: proxy.applied[kind] > hits,
+                            30,
+                            f"{name} reaching the {bad} client",
+                        )
+                        assert daemon.alive, daemon.tail()
+                        proxy.clear()
+                        lines.append(f"{bad} answering {name}: {good} alerts within {waited:.1f}s, daemon up")
+                await eth.block()
+                await btc.block()
+                eth_tip, btc_tip = await eth.tip(), btc.tip()
+                await eventually(lambda: _chain_at(sqlite_url, "live:eth", eth_tip), 60, "eth catching up")
+                await eventually(lambda: _chain_at(sqlite_url, "live:btc", btc_tip), 60, "btc catching up")
+                every = {w.id for w in (*eth.wants, *btc.wants) if w.alert}
+                await eventually(lambda: delivered() >= every, 60, "every alert at the end")
+                assert await daemon.terminate() == 0, daemon.tail()
+            finally:
+                runner.close()
+            assert elsewhere.requests == []  # no redirect was followed, no credential went there
+            check_alerts(receiver, [*eth.wants, *btc.wants], mode="live")
+            eth_view = _one_chain(await store_view(sqlite_url, "live:eth", Scope.live()), "eth")
+            check_store(eth_view, eth.wants, await eth.hashes(eth_start - 1, eth_tip[0]), eth_start - 1, eth_tip)
+            btc_view = _one_chain(await store_view(sqlite_url, "live:btc", Scope.live()), "btc")
+            check_store(btc_view, btc.wants, btc.hashes(btc_start - 1, btc_tip[0]), btc_start - 1, btc_tip)
+    report(f"faults: hostile node answers, two chains in one daemon ({form}, seed {SEED + 30})", lines)
+
+
+def _one_chain(view: Any, chain: str) -> Any:
+    """The view with the matches of one chain only (the scope holds both chains')."""
+    return replace(view, matches=[m for m in view.matches if m["chain"] == chain])
+
+
+async def _chain_at(store_url: str, cursor: str, tip: tuple[int, str]) -> bool:
+    return await cursor_at(store_url, cursor) == tip

@@ -706,8 +706,8 @@ async def _exercise(url: str) -> list[str]:
             tokens=[TokenConfig(symbol="TT", contract=TOKEN, decimals=6)],
             batch_blocks=2,
             getlogs_max_range=3,
-        ),
-        request_timeout=5,
+            request_timeout=5,
+        )
     )
     done: list[str] = []
     try:

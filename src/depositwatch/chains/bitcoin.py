@@ -70,6 +70,7 @@ NODE_CHAINS: dict[str, tuple[str, ...]] = {
     "regtest": ("regtest",),
 }
 OP_RETURN = 0x6A
+MAX_HEIGHT = 2**63 - 1  # the store's signed 64-bit columns; a taller height is a hostile answer
 HASH_BATCH = 500  # getblockhash calls per JSON-RPC batch
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -90,12 +91,12 @@ def _spent_outputs(block: Any, before: int, scripts: Container[bytes]) -> list[W
             prevout = txin["prevout"]
             script = bytes.fromhex(prevout["scriptPubKey"]["hex"])
             height = prevout["height"]
-            if not isinstance(height, int) or isinstance(height, bool):
-                raise ValueError(f"prevout height {height!r}")
+            if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
+                raise ValueError(f"prevout height {height!r:.100}")
             if script not in scripts or height >= before:
                 continue
             txid, vout = txin["txid"], txin["vout"]
-            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int):
+            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int) or not 0 <= vout < 2**32:
                 raise ValueError(f"outpoint {txid!r}:{vout!r}")
             found.append(WatchedOutput(txid, vout, script, btc_to_sats(prevout["value"]), height))
     return found
@@ -119,6 +120,8 @@ class BitcoinSource:
         self._head = asyncio.Event()
         self._best: str | None = None
         self._zmq_task: asyncio.Task[None] | None = None
+        self._genesis = ""  # found in open()
+        self._checked_switches = -1  # the client's `switches` when the node's chain was last checked
 
     # set-up ----------------------------------------------------------------------------------------
 
@@ -143,6 +146,39 @@ class BitcoinSource:
 
     async def _open(self) -> None:
         await self.rpc.open()
+        switches = self.rpc.switches
+        info = await self._check_network()
+        self._genesis = await self.identity()
+        if self.rpc.switches == switches:
+            self._checked_switches = switches
+        if self.config.zmq_url and self._zmq_task is None:
+            self._zmq_task = asyncio.create_task(self._listen_zmq(self.config.zmq_url), name=f"{self.name}-zmq")
+        log.info(
+            "bitcoin node checked",
+            chain=self.name,
+            url=self.rpc.url,
+            node_chain=self.node_chain,
+            blocks=info.get("blocks"),
+            blocks_from="rest" if self.config.rest_url else "rpc",
+            new_blocks="zmq and polling" if self.config.zmq_url else "polling",
+        )
+
+    async def _same_chain(self) -> None:
+        """After any failed request (a reconnect, a failover) the node may be another one: check its network
+        and genesis block again before its next answer is believed (`WrongChain` if either changed)."""
+        while self._genesis and self.rpc.switches != self._checked_switches:  # (nothing to compare before open)
+            switches = self.rpc.switches
+            await self._check_network()
+            genesis = await self.identity()
+            if genesis != self._genesis:
+                raise WrongChain(
+                    f"chain {self.name}: the node at {self.rpc.url} has genesis block {genesis}, but this chain's "
+                    f"is {self._genesis}"
+                )
+            if self.rpc.switches == switches:
+                self._checked_switches = switches
+
+    async def _check_network(self) -> dict[str, Any]:
         info = await self.rpc.call("getblockchaininfo")
         chain = info.get("chain") if isinstance(info, dict) else None
         if not isinstance(chain, str):
@@ -155,17 +191,8 @@ class BitcoinSource:
                 "point rpc_urls at the right node or fix network"
             )
         self.node_chain = chain
-        if self.config.zmq_url and self._zmq_task is None:
-            self._zmq_task = asyncio.create_task(self._listen_zmq(self.config.zmq_url), name=f"{self.name}-zmq")
-        log.info(
-            "bitcoin node checked",
-            chain=self.name,
-            url=self.rpc.url,
-            node_chain=chain,
-            blocks=info.get("blocks"),
-            blocks_from="rest" if self.config.rest_url else "rpc",
-            new_blocks="zmq and polling" if self.config.zmq_url else "polling",
-        )
+        assert isinstance(info, dict)
+        return info
 
     async def close(self) -> None:
         """Stop the ZMQ listener and close connections."""
@@ -182,16 +209,19 @@ class BitcoinSource:
         return _block_hash_text(await self.rpc.call("getblockhash", 0), "getblockhash 0", self.name)
 
     async def tip(self) -> BlockRef:
-        """The node's best block: `getbestblockhash`, and its header for the height."""
+        """The node's best block: `getbestblockhash`, and its header for the height (the node's network and
+        genesis are checked again first after any failed request)."""
+        await self._same_chain()
         best = _block_hash_text(await self.rpc.call("getbestblockhash"), "getbestblockhash", self.name)
         header = await self.rpc.call("getblockheader", best, True)
         call = f"getblockheader {best}"
         if not isinstance(header, dict) or header.get("hash") != best:
             raise BadNodeAnswer(f"chain {self.name}: {call}: answered {header!r:.200}")
         height = header.get("height")
-        if not isinstance(height, int) or isinstance(height, bool) or height < 0:
-            raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r} is not a block height")
+        if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
+            raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r:.100} is not a block height")
         self._best = best
+        await self._same_chain()
         return BlockRef(height, best)
 
     async def hash_at(self, height: int) -> str | None:
@@ -249,6 +279,7 @@ class BitcoinSource:
                 raw = await task
                 # Decoding in a worker thread lets the event loop keep reading the later blocks meanwhile.
                 blocks.append(await asyncio.to_thread(self._decode, start + offset, hash_, raw, scan))
+            await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
             return blocks
         finally:
             for task in tasks:

@@ -30,9 +30,13 @@ Transfer to a key) instead of every Transfer log of the configured tokens. Measu
 CPU falls from 2.9 to 2.6 ms a block and this source's from 0.9 to 0.2 ms (the blocks themselves must
 still be fetched for ETH); with 5,000 keys, filtered here, the client's from 0.9 to 0.7 ms.
 
-Bulk block and receipt fetching goes through a lean JSON-RPC path (aiohttp + orjson, batched) over the
-same keep-alive session web3 uses for the single calls (chain id, tip, block hashes): web3 costs about
-9 ms of client CPU a block, twice what anvil spends serving it. Measured on this 2-core machine (shared
+Every call goes through the shared node client (`chains/rpc.py`: aiohttp + orjson, batched, failover
+across every URL of `rpc_urls`, size cap, no redirects): the chain id, the tip and block hashes too, so
+web3 is not on this path. web3 would parse those with the standard library's JSON parser, which a
+deeply nested answer crashes (exit 139) once py_ecc has raised the recursion limit, and it costs about
+9 ms of client CPU a block, twice what anvil spends serving it. After any failed request (a reconnect,
+a failover to another URL) the chain id is asked again before the next answer is believed: a node on
+another chain raises `WrongChain`. Measured on this 2-core machine (shared
 with other work, so wall-clock figures vary by about 20 % between runs: medians of 4 runs) against
 anvil 1.7.1 serving 2,000 generated blocks of 20 transactions each (10 ETH transfers, 10 ERC-20
 transfers), 20 blocks a batch, 4 requests in flight, every block's full transactions and receipts
@@ -63,18 +67,16 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import structlog
-from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import BlockNotFound, Web3Exception, Web3RPCError
 
 from depositwatch.addresses import ethereum_checksum_address
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
+from depositwatch.chains.rpc import Call, NodeClient, RpcAuthError, RpcError, describe
 from depositwatch.config import ChainConfig, redact_url
 from depositwatch.models import Asset, Block, BlockRef, Transfer
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 CALL_TRACER = {"tracer": "callTracer"}
 _VALUE_FRAMES = frozenset({"CALL", "CREATE", "CREATE2", "SELFDESTRUCT"})
-_UNAVAILABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _GETLOGS_TOO_LARGE = re.compile(
     r"more than|too many|limit|exceed|range|too large|response size|timeout|timed out", re.IGNORECASE
 )
@@ -93,6 +95,10 @@ _HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 _QUANTITY = re.compile(r"0x[0-9a-fA-F]{1,64}\Z")
 _DATA = re.compile(r"0x(?:[0-9a-fA-F]{2})*\Z")
+# Field domains: heights, times and indices fit the store's signed 64-bit columns; values are uint256
+# (the quantity pattern's 64 hex digits already bound them). Anything wider is a hostile answer.
+MAX_INDEX = 2**63 - 1
+MAX_VALUE = 2**256 - 1
 
 log = structlog.get_logger(__name__)
 
@@ -111,11 +117,22 @@ def _checksum(key: bytes) -> str:
 # --- field validation --------------------------------------------------------------------------------
 
 
-def _quantity(obj: dict[str, Any], name: str) -> int:
+def _quantity(obj: dict[str, Any], name: str, maximum: int = MAX_INDEX) -> int:
+    """A hex quantity within 0..`maximum` (heights, times and indices by default; MAX_VALUE for values)."""
     value = obj.get(name)
     if not isinstance(value, str) or not _QUANTITY.match(value):
-        raise _Invalid(f"{name} is {value!r}, not a hex quantity")
-    return int(value, 16)
+        raise _Invalid(f"{name} is {value!r:.100}, not a hex quantity")
+    number = int(value, 16)
+    if number > maximum:
+        raise _Invalid(f"{name} is {value}, above its largest possible value {maximum}")
+    return number
+
+
+def _word_address(topic: str, name: str) -> bytes:
+    """The address in a 32-byte topic word: its upper 12 bytes must be zero (ABI encoding of `address`)."""
+    if topic[2:26].strip("0"):
+        raise _Invalid(f"{name} {topic} is not an address word (its upper 12 bytes are not zero)")
+    return bytes.fromhex(topic[-40:])
 
 
 def _hash(obj: dict[str, Any], name: str) -> str:
@@ -230,10 +247,12 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
     number = _quantity(block, "number")
     if number != height:
         raise _Invalid(f"the node answered with block {number}")
+    block_hash = _hash(block, "hash")
     txs_raw = _list(block.get("transactions"), "transactions")
     txs = []
     for position, item in enumerate(txs_raw):
         tx = _dict(item, f"transaction {position}")  # a bare hash here means the node ignored `true`
+        _same_block(tx, f"transaction {position}", number, block_hash)
         to = _optional_address(tx, "to")
         data = tx.get("input", tx.get("data", "0x"))
         txs.append(
@@ -241,17 +260,25 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
                 hash=_hash(tx, "hash"),
                 sender=_address(tx, "from"),
                 to=to,
-                value=_quantity(tx, "value"),
+                value=_quantity(tx, "value", MAX_VALUE),
                 calls_contract=to is not None and isinstance(data, str) and len(data) > 2,
             )
         )
     return _RawBlock(
         height=number,
-        hash=_hash(block, "hash"),
+        hash=block_hash,
         parent_hash=_hash(block, "parentHash"),
         time=_quantity(block, "timestamp"),
         txs=txs,
     )
+
+
+def _same_block(item: dict[str, Any], what: str, height: int, block_hash: str) -> None:
+    """A transaction, receipt or log that names its block must name this one (nodes may leave the fields out)."""
+    if item.get("blockHash") is not None and _hash(item, "blockHash") != block_hash:
+        raise _Invalid(f"{what} names block {item.get('blockHash')}, but it came in block {block_hash}")
+    if item.get("blockNumber") is not None and _quantity(item, "blockNumber") != height:
+        raise _Invalid(f"{what} names block number {item.get('blockNumber')}, but it came in block {height}")
 
 
 def _receipt_status(receipt: dict[str, Any]) -> bool:
@@ -280,7 +307,7 @@ def _internal_transfers(frame: dict[str, Any]) -> list[tuple[str, str, int]]:
         kind = child.get("type")
         if not isinstance(kind, str):
             raise _Invalid(f"call frame type is {kind!r}")
-        value = _quantity(child, "value") if child.get("value") is not None else 0
+        value = _quantity(child, "value", MAX_VALUE) if child.get("value") is not None else 0
         if value > 0 and kind.upper() in _VALUE_FRAMES:
             recipient = _optional_address(child, "to")
             if recipient is not None:
@@ -289,109 +316,59 @@ def _internal_transfers(frame: dict[str, Any]) -> list[tuple[str, str, int]]:
     return found
 
 
-# --- lean JSON-RPC -----------------------------------------------------------------------------------
+# --- JSON-RPC through the shared node client --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    method: str
-    params: list[Any]
-    what: str  # "block 123", "blocks 100-199": named in errors
+class _EvmRpc:
+    """The EVM source's view of the shared `NodeClient`: per-call (result, error) pairs, errors as BadNodeAnswer."""
 
-
-class _JsonRpc:
-    """Batched JSON-RPC over a shared aiohttp session, with orjson and a bound on requests in flight."""
-
-    def __init__(self, chain: str, url: str, session: aiohttp.ClientSession, in_flight: asyncio.Semaphore) -> None:
+    def __init__(self, chain: str, client: NodeClient) -> None:
         self.chain = chain
-        self.url = url
-        self.shown_url = redact_url(url)
-        self.session = session
-        self.in_flight = in_flight
+        self.client = client
 
-    async def _post(self, payload: Any, label: str) -> Any:
-        body = orjson.dumps(payload)
-        try:
-            async with (
-                self.in_flight,
-                self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as resp,
-            ):
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise NodeUnavailable(f"chain {self.chain}: {label} to {self.shown_url} failed: {_describe(exc)}") from exc
-        if status != 200:
-            text = raw[:200].decode(errors="replace")
-            error = NodeUnavailable if status in _UNAVAILABLE_STATUSES else BadNodeAnswer
-            raise error(f"chain {self.chain}: {label}: HTTP {status} from {self.shown_url}: {text}")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise BadNodeAnswer(f"chain {self.chain}: {label}: the answer is not JSON ({exc})") from None
-
-    async def replies(self, calls: Sequence[_Call]) -> list[tuple[Any, dict[str, Any] | None]]:
+    async def replies(self, calls: Sequence[Call]) -> list[tuple[Any, RpcError | None]]:
         """(result, error) per call, in order; raise on transport or envelope problems only."""
         if not calls:
             return []
-        label = _label(calls)
-        payload = [{"jsonrpc": "2.0", "id": i, "method": c.method, "params": c.params} for i, c in enumerate(calls)]
-        answer = await self._post(payload if len(calls) > 1 else payload[0], label)
-        envelopes = answer if isinstance(answer, list) else [answer]
-        if isinstance(answer, dict) and len(calls) > 1:
-            error = answer.get("error")
-            raise BadNodeAnswer(f"chain {self.chain}: {label}: the node refused the batch: {error!r}")
-        by_id: dict[int, dict[str, Any]] = {}
-        for envelope in envelopes:
-            if not isinstance(envelope, dict) or not isinstance(envelope.get("id"), int):
-                raise BadNodeAnswer(f"chain {self.chain}: {label}: malformed JSON-RPC envelope {envelope!r:.200}")
-            by_id[envelope["id"]] = envelope
-        out: list[tuple[Any, dict[str, Any] | None]] = []
-        for i, call in enumerate(calls):
-            envelope = by_id.get(i)
-            if envelope is None:
-                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: no answer in the batch")
-            error = envelope.get("error")
-            if error is not None:
-                out.append((None, error if isinstance(error, dict) else {"message": repr(error)}))
-            elif "result" not in envelope:
-                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: neither result nor error")
-            else:
-                out.append((envelope["result"], None))
-        return out
+        try:
+            if len(calls) == 1:  # a single call goes as a single request, not a batch of one
+                call = calls[0]
+                try:
+                    return [(await self.client.call(call.method, *call.params, what=call.what), None)]
+                except RpcError as exc:
+                    if isinstance(exc, NodeUnavailable):
+                        raise
+                    return [(None, exc)]
+            results = await self.client.batch_results(calls)
+        except RpcError as exc:  # the node refused the whole batch
+            if isinstance(exc, NodeUnavailable):
+                raise
+            raise BadNodeAnswer(f"chain {self.chain}: the node refused {exc}") from None
+        except RpcAuthError as exc:
+            raise BadNodeAnswer(str(exc)) from None
+        return [(None, r) if isinstance(r, RpcError) else (r, None) for r in results]
 
-    async def batch(self, calls: Sequence[_Call]) -> list[Any]:
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
         """Results in order; any JSON-RPC error inside the batch raises BadNodeAnswer naming its call."""
         results = []
         for call, (result, error) in zip(calls, await self.replies(calls), strict=True):
             if error is not None:
-                raise BadNodeAnswer(f"chain {self.chain}: {call.method} for {call.what}: {_rpc_error(error)}")
+                raise BadNodeAnswer(f"chain {self.chain}: {call.label}: {_rpc_error(error)}")
             results.append(result)
         return results
 
-    async def call(self, method: str, params: list[Any], what: str) -> Any:
+    async def call(self, method: str, params: Sequence[Any], what: str) -> Any:
         """One call; a JSON-RPC error raises BadNodeAnswer."""
-        return (await self.batch([_Call(method, params, what)]))[0]
+        return (await self.batch([Call(method, tuple(params), what)]))[0]
 
 
-def _label(calls: Sequence[_Call]) -> str:
-    methods = sorted({c.method for c in calls})
-    if len(calls) == 1:
-        return f"{calls[0].method} for {calls[0].what}"
-    return f"batch of {len(calls)} ({', '.join(methods)}) for {calls[0].what} to {calls[-1].what}"
+def _rpc_error(error: RpcError) -> str:
+    return f"error {error.code}: {error.message[:300]}"
 
 
-def _rpc_error(error: dict[str, Any]) -> str:
-    return f"error {error.get('code')}: {str(error.get('message'))[:300]}"
-
-
-def _unsupported(error: dict[str, Any]) -> bool:
+def _unsupported(error: RpcError) -> bool:
     """Whether a JSON-RPC error says the method does not exist or is switched off."""
-    return error.get("code") in (-32601, -32004) or bool(_NOT_SUPPORTED.search(str(error.get("message"))))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return error.code in (-32601, -32004) or bool(_NOT_SUPPORTED.search(error.message))
 
 
 async def _run_all(coros: Iterable[Awaitable[T]]) -> list[T]:
@@ -416,38 +393,48 @@ def _chunks(start: int, stop: int, size: int) -> list[range]:
     return [range(low, min(low + size, stop)) for low in range(start, stop, size)]
 
 
+def _client(config: ChainConfig) -> NodeClient:
+    """The shared node client for a configured EVM chain: one round over the URLs per request (the
+    follower backs off), every URL in turn (failover), the configured timeouts and size cap."""
+    password = config.rpc_password.resolve() if config.rpc_password is not None else None
+    return NodeClient(
+        config.rpc_urls,
+        chain=config.name,
+        kind="evm",
+        user=config.rpc_user if password is not None else None,
+        password=password,
+        max_in_flight=config.max_in_flight,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        request_timeout=config.request_timeout,
+        max_response_bytes=config.max_response_bytes,
+        retry_for=0.0,
+    )
+
+
 # --- the source --------------------------------------------------------------------------------------
 
 
 class EvmSource:
     """A node's view of one EVM chain, reduced to `Block` records."""
 
-    def __init__(
-        self,
-        config: ChainConfig,
-        *,
-        session: aiohttp.ClientSession | None = None,
-        request_timeout: float = 60.0,
-    ) -> None:
+    def __init__(self, config: ChainConfig, *, client: NodeClient | None = None) -> None:
         if config.kind != "evm" or config.chain_id is None:
             raise ValueError(f"chain {config.name} is not an EVM chain")
         self.name = config.name
         self.config = config
         self.chain_id: int = config.chain_id
-        self.url = config.rpc_urls[0]
         self.ws_url = config.ws_url
-        self.request_timeout = request_timeout
         self.native = Asset(config.native_asset_symbol, config.native_asset_decimals, None)
         self.tokens: dict[str, Asset] = {
             token.contract.lower(): Asset(token.symbol, token.decimals, token.contract) for token in config.tokens
         }
         self.block_receipts = True  # found out in open()
         self.traces = False  # found out in open() when config.traces is on
-        self._given_session = session
-        self._session: aiohttp.ClientSession | None = None
-        self._rpc: _JsonRpc | None = None
-        self._w3: AsyncWeb3[AsyncHTTPProvider] | None = None
-        self._in_flight = asyncio.Semaphore(config.max_in_flight)
+        self.client = client or _client(config)
+        self._rpc = _EvmRpc(self.name, self.client)
+        self._opened = False
+        self._checked_switches = 0  # the client's `switches` when the chain id was last checked
         self._ws_task: asyncio.Task[None] | None = None
         self._ws_live = False
         self._head = asyncio.Event()
@@ -456,6 +443,11 @@ class EvmSource:
         self._node_filter = True  # topic OR-lists in eth_getLogs; off after a node refuses them
         self._known_tip = -1  # the node's height at the last eth_blockNumber
         self._ahead: list[_ReadAhead] = []  # consecutive ranges read ahead, the next one first
+
+    @property
+    def url(self) -> str:
+        """The node URL in use now, redacted."""
+        return self.client.url
 
     # what to fetch
 
@@ -484,23 +476,11 @@ class EvmSource:
 
     # connection
 
-    def _auth(self) -> aiohttp.BasicAuth | None:
-        if self.config.rpc_user and self.config.rpc_password is not None and "@" not in self.url:
-            return aiohttp.BasicAuth(self.config.rpc_user, self.config.rpc_password.resolve())
-        return None
-
     @property
-    def rpc(self) -> _JsonRpc:
-        if self._rpc is None:
+    def rpc(self) -> _EvmRpc:
+        if not self._opened:
             raise RuntimeError(f"chain {self.name}: the source is not open")
         return self._rpc
-
-    @property
-    def w3(self) -> AsyncWeb3[AsyncHTTPProvider]:
-        """The web3 client (single calls); valid between open() and close()."""
-        if self._w3 is None:
-            raise RuntimeError(f"chain {self.name}: the source is not open")
-        return self._w3
 
     async def open(self) -> None:
         """Connect, check the chain id, and find out which optional methods the node serves.
@@ -515,23 +495,9 @@ class EvmSource:
             raise
 
     async def _open(self) -> None:
-        if self._session is None:
-            self._session = self._given_session or aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_in_flight + 4, keepalive_timeout=60),
-                timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-                auth=self._auth(),
-            )
-        self._rpc = _JsonRpc(self.name, self.url, self._session, self._in_flight)
-        provider = AsyncHTTPProvider(self.url, exception_retry_configuration=None)
-        await provider.cache_async_session(self._session)
-        self._w3 = AsyncWeb3(provider)
-
-        chain_id = await self._web3("eth_chainId", self._w3.eth.chain_id)
-        if chain_id != self.chain_id:
-            raise WrongChain(
-                f"chain {self.name}: node at {redact_url(self.url)} reports chain id {chain_id}, "
-                f"config says {self.chain_id}"
-            )
+        await self.client.open()
+        self._opened = True
+        chain_id = await self._check_chain_id()
         tip = await self._block_number()
         self.block_receipts = await self._probe_block_receipts(tip)
         self.traces = await self._probe_traces(tip) if self.config.traces else False
@@ -540,7 +506,8 @@ class EvmSource:
         log.info(
             "evm node checked",
             chain=self.name,
-            url=redact_url(self.url),
+            url=self.url,
+            nodes=len(self.client.endpoints),
             chain_id=chain_id,
             tip=tip,
             block_receipts=self.block_receipts,
@@ -554,8 +521,28 @@ class EvmSource:
                 chain=self.name,
             )
 
+    async def _check_chain_id(self) -> int:
+        """Ask the node (the one in use now) for its chain id; `WrongChain` unless it is the configured one."""
+        switches = self.client.switches
+        result = await self.rpc.call("eth_chainId", (), "the chain id")
+        if not isinstance(result, str) or not _QUANTITY.match(result):
+            raise BadNodeAnswer(f"chain {self.name}: eth_chainId: answer {result!r:.100} is not a quantity")
+        chain_id = int(result, 16)
+        if chain_id != self.chain_id:
+            raise WrongChain(
+                f"chain {self.name}: node at {self.url} reports chain id {chain_id}, config says {self.chain_id}"
+            )
+        if self.client.switches == switches:  # answered by the node now in use, with no failure between
+            self._checked_switches = switches
+        return chain_id
+
+    async def _same_chain(self) -> None:
+        """After any failure (a reconnect, a failover) the node may be another one: check its chain id again."""
+        while self.client.switches != self._checked_switches:
+            await self._check_chain_id()
+
     async def _probe_block_receipts(self, tip: int) -> bool:
-        ((result, error),) = await self.rpc.replies([_Call("eth_getBlockReceipts", [hex(tip)], f"block {tip}")])
+        ((result, error),) = await self.rpc.replies([Call("eth_getBlockReceipts", (hex(tip),), f"block {tip}")])
         if error is None:
             if isinstance(result, list | None):
                 return True
@@ -575,12 +562,12 @@ class EvmSource:
     async def _probe_traces(self, tip: int) -> bool:
         height = max(tip, 1)  # geth cannot trace the genesis block
         ((result, error),) = await self.rpc.replies(
-            [_Call("debug_traceBlockByNumber", [hex(height), CALL_TRACER], f"block {height}")]
+            [Call("debug_traceBlockByNumber", (hex(height), CALL_TRACER), f"block {height}")]
         )
         if error is None and isinstance(result, list):
             return True
         reason = _rpc_error(error) if error is not None else f"answer {result!r:.100}"
-        if error is not None and not _NOT_SUPPORTED.search(str(error.get("message"))) and error.get("code") != -32601:
+        if error is not None and not _NOT_SUPPORTED.search(error.message) and error.code != -32601:
             log.warning("debug_traceBlockByNumber failed", chain=self.name, reason=reason)
         return False
 
@@ -591,31 +578,8 @@ class EvmSource:
             self._ws_task.cancel()
             await asyncio.gather(self._ws_task, return_exceptions=True)
             self._ws_task = None
-        if self._session is not None and self._given_session is None:
-            await self._session.close()
-        self._session = None
-        self._rpc = None
-        self._w3 = None
-
-    async def _web3(self, method: str, awaitable: Awaitable[T], what: str = "") -> T:
-        """Await a web3 call, turning its failures into the source's errors."""
-        where = f"{method} for {what}" if what else method
-        try:
-            return await awaitable
-        except aiohttp.ClientResponseError as exc:
-            error = NodeUnavailable if exc.status in _UNAVAILABLE_STATUSES else BadNodeAnswer
-            raise error(f"chain {self.name}: {where}: HTTP {exc.status} from {self.rpc.shown_url}") from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise NodeUnavailable(
-                f"chain {self.name}: {where} to {self.rpc.shown_url} failed: {_describe(exc)}"
-            ) from exc
-        except BlockNotFound:
-            raise
-        except Web3RPCError as exc:
-            raise BadNodeAnswer(f"chain {self.name}: {where}: {exc.message}") from exc
-        except (Web3Exception, ValueError, TypeError, KeyError, AttributeError) as exc:
-            # web3's formatters meet the node's answer first: a malformed one surfaces as any of these
-            raise BadNodeAnswer(f"chain {self.name}: {where}: malformed answer ({_describe(exc)})") from exc
+        await self.client.close()
+        self._opened = False
 
     # ChainSource
 
@@ -624,37 +588,45 @@ class EvmSource:
         return str(self.chain_id)
 
     async def _block_number(self) -> int:
-        result = await self.rpc.call("eth_blockNumber", [], "the tip")
-        if not isinstance(result, str) or not _QUANTITY.match(result):
-            raise BadNodeAnswer(f"chain {self.name}: eth_blockNumber: answer {result!r:.100} is not a quantity")
+        result = await self.rpc.call("eth_blockNumber", (), "the tip")
+        if not isinstance(result, str) or not _QUANTITY.match(result) or int(result, 16) > MAX_INDEX:
+            raise BadNodeAnswer(f"chain {self.name}: eth_blockNumber: answer {result!r:.100} is not a block height")
         self._known_tip = int(result, 16)
         return self._known_tip
 
-    async def tip(self) -> BlockRef:
-        """The node's latest block."""
+    async def _header(self, tag: str, what: str) -> BlockRef | None:
+        """Number and hash of a block (`latest` or a hex height), None when the node has none."""
+        result = await self.rpc.call("eth_getBlockByNumber", (tag, False), what)
+        if result is None:
+            return None
         try:
-            block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block("latest"), "latest")
-        except BlockNotFound as exc:  # a node always has a latest block: null is a broken answer
-            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest answered null") from exc
-        number, hash_ = block.get("number"), block.get("hash")
-        if not isinstance(number, int) or not isinstance(hash_, bytes) or len(hash_) != 32:
-            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest: malformed block")
-        return BlockRef(number, "0x" + hash_.hex())
+            block = _dict(result, "the block")
+            return BlockRef(_quantity(block, "number"), _hash(block, "hash"))
+        except _Invalid as exc:
+            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for {what}: {exc}") from None
+
+    async def tip(self) -> BlockRef:
+        """The node's latest block (the node's chain id is checked again first after any failure)."""
+        await self._same_chain()
+        ref = await self._header("latest", "latest")
+        if ref is None:  # a node always has a latest block: null is a broken answer
+            raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for latest answered null")
+        await self._same_chain()
+        return ref
 
     async def hash_at(self, height: int) -> str | None:
         """The hash of the block at `height`, or None above the tip."""
         if height < 0:
             raise ValueError(f"height {height} is negative")
-        try:
-            block = await self._web3("eth_getBlockByNumber", self.w3.eth.get_block(height), f"block {height}")
-        except BlockNotFound:
+        ref = await self._header(hex(height), f"block {height}")
+        if ref is None:
             return None
-        number, hash_ = block.get("number"), block.get("hash")
-        if number != height or not isinstance(hash_, bytes) or len(hash_) != 32:
+        if ref.height != height:
             raise BadNodeAnswer(
-                f"chain {self.name}: eth_getBlockByNumber for block {height}: answered block {number!r}"
+                f"chain {self.name}: eth_getBlockByNumber for block {height}: answered block {ref.height}"
             )
-        return "0x" + hash_.hex()
+        await self._same_chain()
+        return ref.hash
 
     async def fetch(self, start: int, stop: int) -> list[Block]:
         """Blocks `start` to `stop - 1` with their transfers, in order; fewer if the tip is lower.
@@ -684,6 +656,7 @@ class EvmSource:
             if stop <= start:
                 return []
             blocks = await self._fetch_range(start, stop, self._watch)
+        await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
         following = start + len(blocks)
         if following != stop or (queue and queue[0].start != following):
             await _cancel_all(queue)  # the tip moved back, or the caller left the path read ahead
@@ -823,7 +796,7 @@ class EvmSource:
     async def _fetch_chunk(
         self, heights: range, logs_task: asyncio.Future[dict[int, list[_Log]]] | None, watch: _Watch | None = None
     ) -> list[_RawBlock]:
-        calls = [_Call("eth_getBlockByNumber", [hex(h), True], f"block {h}") for h in heights]
+        calls = [Call("eth_getBlockByNumber", (hex(h), True), f"block {h}") for h in heights]
         results = await self.rpc.batch(calls)
         blocks: list[_RawBlock] = []
         for height, result in zip(heights, results, strict=True):
@@ -849,11 +822,11 @@ class EvmSource:
         self, blocks: list[_RawBlock], logs: dict[int, list[_Log]], watch: _Watch | None = None
     ) -> None:
         """Fill each block's receipt statuses (and internal transfers, with traces) in one batch."""
-        calls: list[_Call] = []
+        calls: list[Call] = []
         wanted: list[tuple[str, _RawBlock, str | None]] = []  # (kind, block, tx hash)
         for block in blocks:
             if self.block_receipts:
-                calls.append(_Call("eth_getBlockReceipts", [hex(block.height)], f"block {block.height}"))
+                calls.append(Call("eth_getBlockReceipts", (hex(block.height),), f"block {block.height}"))
                 wanted.append(("receipts", block, None))
             else:
                 with_logs = {item.tx_hash for item in logs.get(block.height, ())}
@@ -863,11 +836,11 @@ class EvmSource:
                         or tx.hash in with_logs
                         or (self.traces and tx.calls_contract)
                     ):
-                        calls.append(_Call("eth_getTransactionReceipt", [tx.hash], f"block {block.height}"))
+                        calls.append(Call("eth_getTransactionReceipt", (tx.hash,), f"block {block.height}"))
                         wanted.append(("receipt", block, tx.hash))
             if self.traces and any(tx.calls_contract for tx in block.txs):
                 calls.append(
-                    _Call("debug_traceBlockByNumber", [hex(block.height), CALL_TRACER], f"block {block.height}")
+                    Call("debug_traceBlockByNumber", (hex(block.height), CALL_TRACER), f"block {block.height}")
                 )
                 wanted.append(("trace", block, None))
         results = await self.rpc.batch(calls)
@@ -895,8 +868,7 @@ class EvmSource:
             tx_hash = _hash(receipt, "transactionHash")
             if tx_hash not in known or tx_hash in block.statuses:
                 raise _Invalid(f"receipt of {tx_hash}, which is not (or no longer) expected in the block")
-            if "blockHash" in receipt and _hash(receipt, "blockHash") != block.hash:
-                raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+            _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
             block.statuses[tx_hash] = _receipt_status(receipt)
 
     @staticmethod
@@ -908,6 +880,7 @@ class EvmSource:
             raise _Invalid(f"receipt of {receipt.get('transactionHash')} where {tx_hash} was asked")
         if _hash(receipt, "blockHash") != block.hash:
             raise _Invalid(f"receipt of block {receipt.get('blockHash')}, but the block is {block.hash}")
+        _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
         block.statuses[tx_hash] = _receipt_status(receipt)
 
     @staticmethod
@@ -989,9 +962,9 @@ class EvmSource:
                 "topics": topics or [TRANSFER_TOPIC],
             }
         ]
-        ((result, error),) = await self.rpc.replies([_Call("eth_getLogs", params, what)])
+        ((result, error),) = await self.rpc.replies([Call("eth_getLogs", tuple(params), what)])
         if error is not None:
-            message = str(error.get("message"))
+            message = error.message
             if first < last and _GETLOGS_TOO_LARGE.search(message) and not (topics and "topic" in message.lower()):
                 middle = (first + last) // 2
                 low, high = await _run_all(
@@ -1040,8 +1013,8 @@ class EvmSource:
                     tx_hash=tx_hash,
                     index=index,
                     asset=asset,
-                    sender=bytes.fromhex(topics[1][-40:]),
-                    recipient=bytes.fromhex(topics[2][-40:]),
+                    sender=_word_address(topics[1], "topic 1 (from)"),
+                    recipient=_word_address(topics[2], "topic 2 (to)"),
                     amount=int(data, 16),
                 )
             )
@@ -1062,12 +1035,11 @@ class EvmSource:
     async def _follow_heads(self) -> None:
         """Keep a `newHeads` subscription; after a drop, reconnect and subscribe again, with backoff."""
         assert self.ws_url is not None
-        assert self._session is not None
         shown = redact_url(self.ws_url)
         backoff = 1.0
         while True:
             try:
-                async with self._session.ws_connect(
+                async with self.client.session.ws_connect(
                     self.ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
                 ) as ws:
                     request_id = next(self._ids)
@@ -1101,7 +1073,7 @@ class EvmSource:
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError, ValueError, BadNodeAnswer) as exc:
-                log.warning("new-heads subscription lost", chain=self.name, url=shown, error=_describe(exc))
+                log.warning("new-heads subscription lost", chain=self.name, url=shown, error=describe(exc))
             finally:
                 self._ws_live = False
             self._head.set()

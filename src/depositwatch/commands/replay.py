@@ -12,6 +12,7 @@ from typing import Any, Literal
 from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_import_csv, read_text
 from depositwatch.commands import CommandError, add_store_option, err, load, store_from
 from depositwatch.config import ChainConfig, Config, TokenConfig
+from depositwatch.follower import ReorgTooDeep
 from depositwatch.replay import replay
 from depositwatch.store import open_store
 
@@ -133,6 +134,9 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except ReorgTooDeep as exc:  # the node's chain no longer holds the blocks replayed so far
+            err(f"depositwatch: node: {exc}")
+            return 1
         finally:
             if dispatcher is not None:
                 settled = await dispatcher.drain(timeout=DRAIN_SECONDS)
@@ -176,17 +180,20 @@ def _token(text: str) -> TokenConfig:
 
 
 async def _node_chain_id(url: str) -> int:
-    import aiohttp
+    """The chain id the node at `url` reports, through the node client (bounded, depth-limited parsing)."""
+    from depositwatch.chains.base import ChainError
+    from depositwatch.chains.rpc import NodeClient
 
-    from depositwatch.config import redact_url
-
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    client = NodeClient([url], chain="adhoc", kind="evm", request_timeout=15.0, retry_for=0.0)
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=15)) as resp,
-        ):
-            answer = await resp.json(content_type=None)
-        return int(answer["result"], 16)
-    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-        raise CommandError(f"cannot read eth_chainId from {redact_url(url)}: {exc!r}") from None
+        answer = await client.call("eth_chainId", what="the chain id")
+    except ChainError as exc:
+        raise CommandError(f"cannot read eth_chainId: {exc}") from None
+    finally:
+        await client.close()
+    if not isinstance(answer, str) or not answer.startswith("0x") or not 0 < len(answer) - 2 <= 16:
+        raise CommandError(f"cannot read eth_chainId: the answer {answer!r:.100} is not a chain id")
+    try:
+        return int(answer, 16)
+    except ValueError:
+        raise CommandError(f"cannot read eth_chainId: the answer {answer!r:.100} is not a chain id") from None
