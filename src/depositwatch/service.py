@@ -190,7 +190,7 @@ class Service:
                 for state in self.chains.values():
                     if state.follower is not None:
                         state.follower.stop()
-                await asyncio.gather(*chain_tasks, return_exceptions=True)
+                await asyncio.wait(chain_tasks)  # each catches its own errors; the group sees any other
                 if self.dispatcher is not None:
                     await self.dispatcher.stop(self.config.alerts.shutdown_grace)
                 for task in (dispatcher_task, *helpers):
