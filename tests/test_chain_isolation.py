@@ -1,5 +1,6 @@
 """One chain's failure is that chain's alone: a daemon with two EVM chains and one Bitcoin chain, where one
-chain at a time fails (node down, wrong chain, a store error in its commit) while the others keep alerting,
+chain at a time fails (node down, wrong chain, a store error in its commit, a hostile answer) while the
+others keep alerting,
 and the failed one shows as such in /healthz and /metrics, then comes back by itself."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
+from aiohttp import web
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
@@ -29,6 +32,54 @@ BTC_REVOKED = p2wpkh(b"\xa1" * 20)
 BUG = "injected commit failure"  # what the trigger below raises: a store error no chain code expects
 
 
+class HugeTimestamps:
+    """A pass-through JSON-RPC proxy that, while `on`, gives every block it forwards a timestamp of
+    2^256-1: a hostile answer that passes the node client's checks today and breaks the commit."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.on = False
+        self.rewritten = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> HugeTimestamps:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        body = await request.read()
+        headers = {"Content-Type": "application/json"}
+        async with self._session.post(self.upstream, data=body, headers=headers) as resp:
+            status, answer = resp.status, await resp.read()
+        if self.on and status == 200:
+            calls = orjson.loads(body)
+            methods = {c.get("id"): c.get("method") for c in (calls if isinstance(calls, list) else [calls])}
+            data = orjson.loads(answer)
+            for item in data if isinstance(data, list) else [data]:
+                result = item.get("result")
+                if methods.get(item.get("id")) == "eth_getBlockByNumber" and isinstance(result, dict):
+                    result["timestamp"] = hex(2**256 - 1)
+                    self.rewritten += 1
+            answer = orjson.dumps(data)
+        return web.Response(status=status, body=answer, content_type="application/json")
+
+
 @dataclass
 class World:
     tmp: Path
@@ -37,6 +88,7 @@ class World:
     bsc: Anvil
     eth_proxy: FaultProxy
     bsc_proxy: FaultProxy
+    hostile: HugeTimestamps
     btc: BitcoinRegtestServer
     receiver: Receiver
     daemons: list[Daemon]
@@ -47,7 +99,7 @@ class World:
         path.write_text(
             f'[store]\nurl = "{self.pg_url}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
             "[alerts]\npoll_interval = 0.05\n"
-            f'[[chains]]\nname = "eth"\nkind = "evm"\nchain_id = 31337\nrpc_urls = ["{self.eth_proxy.url}"]\n{evm}'
+            f'[[chains]]\nname = "eth"\nkind = "evm"\nchain_id = 31337\nrpc_urls = ["{self.hostile.url}"]\n{evm}'
             f'[[chains]]\nname = "bsc"\nkind = "evm"\nchain_id = 56\nrpc_urls = ["{self.bsc_proxy.url}"]\n'
             f'native_symbol = "BNB"\n{evm}'
             '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
@@ -172,11 +224,12 @@ async def world(tmp_path: Path, pg_url: str) -> AsyncIterator[World]:
         Anvil(chain_id=56) as bsc,
         FaultProxy(eth.http_url) as eth_proxy,
         FaultProxy(bsc.http_url) as bsc_proxy,
+        HugeTimestamps(eth_proxy.url) as hostile,
         BitcoinRegtestServer() as btc,
         Receiver() as receiver,
     ):
         btc.chain.mine(101)
-        w = World(tmp_path, pg_url, eth, bsc, eth_proxy, bsc_proxy, btc, receiver, [])
+        w = World(tmp_path, pg_url, eth, bsc, eth_proxy, bsc_proxy, hostile, btc, receiver, [])
         try:
             yield w
         finally:
@@ -184,7 +237,8 @@ async def world(tmp_path: Path, pg_url: str) -> AsyncIterator[World]:
 
 
 async def test_one_chains_failure_is_its_own(world: World) -> None:
-    """Node down, wrong chain, a store error in the commit: each stops one chain only, visibly, for a while."""
+    """Node down, wrong chain, a store error in the commit, a hostile block: each stops one chain only,
+    visibly, for a while."""
     port = free_port()
     config = world.config(port)
     await world.import_book(config)
@@ -248,6 +302,22 @@ async def test_one_chains_failure_is_its_own(world: World) -> None:
         await until(lambda: _true(stuck in world.alerted()), 60, "the eth alert after the repair", daemon)
         await until(lambda: _true(daemon.process.poll() is None), 1, "alive", daemon)
         await world.alert_from("eth", daemon)
+
+        # 4. a hostile answer: eth's blocks come with a 2^256-1 timestamp. Whether the node client
+        # rejects it (node-down) or the commit cannot store it (failed), eth alone stops; the others alert.
+        world.hostile.on = True
+        stuck = await world.pay("eth")
+
+        async def eth_stopped() -> bool:
+            return (await scrape.chain("eth"))["state"] in ("failed", "node-down")
+
+        await until(eth_stopped, 30, "eth stopped by the hostile answer", daemon)
+        assert world.hostile.rewritten > 0 and (await scrape.chain("eth"))["error"]
+        for chain in ("bsc", "btc"):
+            await world.alert_from(chain, daemon)
+        assert stuck not in world.alerted()
+        world.hostile.on = False
+        await until(lambda: _true(stuck in world.alerted()), 60, "the eth alert after the hostile node", daemon)
 
         async def all_healthy() -> bool:
             return (await scrape.health())[0] == 200
