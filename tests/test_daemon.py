@@ -13,12 +13,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+import depositwatch
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
+from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import Receiver
 
 CHAIN_ID = 31337
@@ -419,3 +422,102 @@ async def test_watchdog_pings_stop_when_a_loop_hangs(tmp_path: Path, sqlite_url:
             daemon.notify.close()
             with contextlib.suppress(Exception):
                 await runner.cleanup()
+
+
+async def scrape(http: aiohttp.ClientSession, daemon: Daemon) -> dict[str, float]:
+    """Every sample of /metrics by its name and labels."""
+    async with http.get(f"{daemon.http}/metrics") as resp:
+        text = await resp.text()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+async def health(http: aiohttp.ClientSession, daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    async with http.get(f"{daemon.http}/healthz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_metrics_in_seconds_and_every_series_from_the_start(setup: Setup) -> None:
+    """Counters and label sets exist at 0 before any event; ages in seconds; delivery latency; build info."""
+    daemon = await setup.start(setup.config())
+    async with aiohttp.ClientSession() as http:
+        first = await scrape(http, daemon)
+        for series in (
+            'depositwatch_reorgs_total{chain="eth"}',
+            'depositwatch_rpc_errors_total{chain="eth"}',
+            'depositwatch_chain_restarts_total{chain="eth"}',
+            'depositwatch_component_restarts_total{component="dispatcher"}',
+            'depositwatch_component_restarts_total{component="address_book"}',
+            'depositwatch_matches_total{chain="eth",kind="revoked_incoming"}',
+            'depositwatch_deliveries_total{outcome="delivered",sink="hook"}',
+            'depositwatch_deliveries_total{outcome="error",sink="hook"}',
+            'depositwatch_test_alerts_total{outcome="delivered",sink="hook"}',
+            'depositwatch_outbox_messages{status="new"}',
+            'depositwatch_outbox_messages{status="dead"}',
+            'depositwatch_delivery_latency_seconds_count{sink="hook"}',
+        ):
+            assert first.get(series) == 0, series
+        assert first['depositwatch_build_info{version="' + depositwatch.__version__ + '"}'] == 1
+        [txid] = await pay(setup.node, REVOKED, 1)
+        await wait_for(lambda: txid in {r.json()["txid"] for r in setup.receiver.accepted}, what="the alert")
+
+        async def delivered() -> float:
+            return (await scrape(http, daemon)).get('depositwatch_delivery_latency_seconds_count{sink="hook"}', 0)
+
+        await wait_until_async(delivered, lambda count: count == 1)
+        sample = await scrape(http, daemon)
+        assert sample['depositwatch_delivery_latency_seconds_bucket{le="60.0",sink="hook"}'] == 1
+        assert sample['depositwatch_chain_state{chain="eth",state="following"}'] == 1
+        assert sample['depositwatch_chain_state{chain="eth",state="failed"}'] == 0
+        assert 0 <= sample['depositwatch_block_age_seconds{chain="eth"}'] < 600
+        assert 0 <= sample['depositwatch_seconds_since_last_commit{chain="eth"}'] < 600
+        assert abs(sample['depositwatch_last_commit_timestamp_seconds{chain="eth"}'] - time.time()) < 600
+    assert await stop(daemon) == 0
+
+
+async def test_health_shows_the_outage_and_a_standby_sees_the_leader_stall(setup: Setup) -> None:
+    """/healthz says node-down with the node's error during an outage (not `following`, `null`); a standby
+    reports the time since the leader's last commit and turns unhealthy when it passes the bound."""
+    async with FaultProxy(setup.node.http_url) as proxy, aiohttp.ClientSession() as http:
+        bound = "start_height = 1\nstandby_max_commit_age = 5\n"
+        leader_config = setup.config(rpc_url=proxy.url)
+        leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
+        leader = await setup.start(leader_config)
+        await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
+        standby_config = setup.config()
+        standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
+        standby = await setup.start(standby_config)
+        await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+        await pay(setup.node, ACTIVE, 1)
+
+        async def standby_health() -> tuple[int, dict[str, Any]]:
+            return await health(http, standby)
+
+        await wait_until_async(standby_health, lambda h: h[0] == 200)  # type: ignore[index]
+        _, body = await health(http, standby)
+        eth = body["chains"]["eth"]
+        assert (eth["state"], eth["max_commit_age"]) == ("standby", 5)
+        assert 0 <= eth["seconds_since_last_commit"] <= 5
+
+        proxy.set(Fault("status", status=503))  # the leader's node fails: no more commits
+        await pay(setup.node, ACTIVE, 1)
+
+        async def leader_health() -> tuple[int, dict[str, Any]]:
+            return await health(http, leader)
+
+        await wait_until_async(leader_health, lambda h: h[1]["chains"]["eth"]["state"] == "node-down")  # type: ignore[index]
+        status, body = await health(http, leader)
+        assert status == 503
+        assert "503" in body["chains"]["eth"]["error"]
+        await wait_until_async(standby_health, lambda h: h[0] == 503)  # type: ignore[index]
+        _, body = await health(http, standby)
+        eth = body["chains"]["eth"]
+        assert eth["state"] == "standby" and not eth["healthy"] and eth["seconds_since_last_commit"] >= 5
+
+        proxy.clear()  # the leader's node is back: it commits, the standby is healthy again
+        await wait_until_async(standby_health, lambda h: h[0] == 200)  # type: ignore[index]
+    assert await stop(standby) == 0
+    assert await stop(leader) == 0

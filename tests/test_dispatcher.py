@@ -12,12 +12,13 @@ from structlog.testing import capture_logs
 
 from depositwatch.alerts.dispatcher import Dispatcher, backoff
 from depositwatch.alerts.signing import verify
-from depositwatch.alerts.sinks import AlertSink, build_sinks
+from depositwatch.alerts.sinks import AlertSink, WebhookSink, build_sinks
 from depositwatch.config import AlertsConfig, RetryConfig, Secret, SinkConfig
 from depositwatch.jsonutil import loads
 from depositwatch.metrics import Metrics
 from depositwatch.models import MatchKind, Severity
 from depositwatch.store import SqlStore
+from depositwatch.store.base import OutboxMessage
 from tests.receivers import (
     USDT,
     AlertMaker,
@@ -429,3 +430,50 @@ async def sqlite_store(sqlite_url: str) -> Any:
 
 def _payload(message: Any) -> dict[str, Any]:
     return dict(loads(message.payload))
+
+
+async def test_a_sink_bug_is_logged_counted_and_ends_dead_not_retried_forever(store: SqlStore) -> None:
+    """A sink raising a non-delivery error (the Slack formatter on a malformed stored payload) is a bug:
+    logged with its traceback, counted as outcome `error`, retried up to max_attempts, then dead."""
+    retry = RetryConfig(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+    metrics = Metrics()
+    async with Receiver() as rx:
+        message = await store.enqueue_test_alert({"address": 17, "chain": "eth"}, "slack")
+        good = await store.enqueue_test_alert({"chain": "eth"}, "slack")
+        dispatcher = Dispatcher(store, sinks(sink_config("slack", rx.url, "slack", retry=retry)), ALERTS, metrics)
+        with capture_logs() as logs:
+            assert await dispatcher.drain(timeout=60)
+        await dispatcher.stop()
+    bugs = [e for e in logs if e["log_level"] == "error" and "a bug" in e["event"]]
+    assert len(bugs) == 3 and all(e.get("exc_info") for e in bugs) and "AttributeError" in bugs[0]["error"]
+    assert metrics.deliveries.labels("slack", "error")._value.get() == 3
+    assert metrics.deliveries.labels("slack", "dead")._value.get() == 1
+    assert metrics.test_alerts.labels("slack", "dead")._value.get() == 1
+    assert metrics.test_alerts.labels("slack", "delivered")._value.get() == 1  # test alerts are counted
+    assert metrics.delivery_latency.labels("slack")._sum.get() >= 0
+    [delivery] = await store.deliveries(message.seq)
+    assert (delivery.status, delivery.attempts) == ("dead", 3)
+    assert "AttributeError" in (delivery.last_error or "")
+    assert [d.status for d in await store.deliveries(good.seq)] == ["delivered"]
+    assert len(rx.requests) == 1
+
+
+async def test_a_bug_in_the_dispatch_loop_ends_run_instead_of_looping_forever(store: SqlStore) -> None:
+    """Only store trouble is retried inside `run()`; a bug in the loop (here a sink whose routing raises,
+    planted because a bug cannot be produced on purpose by correct code) is raised, so the daemon restarts
+    the dispatcher with backoff and counts it, instead of warning 'outbox unavailable' forever."""
+
+    class BrokenRouting(WebhookSink):
+        def accepts(self, message: OutboxMessage) -> bool:
+            raise TypeError(f"routing bug on {message.seq}")
+
+    maker = AlertMaker(store)
+    await maker.block([(0, 1)])
+    async with Receiver() as rx:
+        sink = BrokenRouting(sink_config("hook", rx.url), SECRET)
+        dispatcher = Dispatcher(store, [sink], ALERTS, Metrics())
+        with capture_logs() as logs, pytest.raises(TypeError, match="routing bug"):
+            await asyncio.wait_for(dispatcher.run(), 30)
+        await dispatcher.stop()
+    assert not [e for e in logs if "outbox unavailable" in e["event"]]
+    assert rx.requests == []

@@ -147,6 +147,10 @@ class ChainConfig(_Strict):
             check_url(value.replace("{txid}", "0"), {"http", "https"})
         return value
 
+    # A standby reports the chain unhealthy when its last commit (by the leader) is older than this;
+    # unset: 300 s for EVM, 7200 s for Bitcoin (an hour without a block is rare but happens).
+    standby_max_commit_age: Annotated[float, Field(gt=0, le=86_400 * 7)] | None = None
+
     @field_validator("rpc_urls", "ws_url", "rest_url", "zmq_url", mode="before")
     @classmethod
     def _urls(cls, value: Any) -> Any:
@@ -166,6 +170,13 @@ class ChainConfig(_Strict):
         elif self.chain_id is None:
             raise ValueError("chain_id is required for an EVM chain")
         return self
+
+    @property
+    def max_commit_age(self) -> float:
+        """Seconds since the chain's last commit after which a standby calls the chain unhealthy."""
+        if self.standby_max_commit_age is not None:
+            return self.standby_max_commit_age
+        return 7200.0 if self.kind == "bitcoin" else 300.0
 
     @property
     def native_asset_symbol(self) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -17,19 +18,21 @@ from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
 from depositwatch.config import ChainConfig, Config, load_config
-from depositwatch.follower import Follower, ReorgTooDeep
+from depositwatch.follower import Follower
 from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
 from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
-from depositwatch.store import IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
+from depositwatch.store import BlockEffects, IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, sqlite_path
 from depositwatch.store.sql import NOTIFY_CHANNEL
+from depositwatch.supervise import Restarts, supervise
 from depositwatch.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger(__name__)
 
 STARTUP_NODE_TIMEOUT = 30.0
+STORE_READ_TIMEOUT = 2.0  # /healthz and /metrics never hang on a slow store
 
 
 class StartupError(Exception):
@@ -46,6 +49,9 @@ class ChainState:
     error: str | None = None
     follower: Follower | None = None
     heartbeat: float = field(default_factory=time.monotonic)
+    restarts: Restarts | None = None
+    block_time: int | None = None  # timestamp of the newest block this instance processed
+    last_commit: int | None = None  # unix time of the last commit by any instance (from the store)
 
     @property
     def lag(self) -> int | None:
@@ -73,10 +79,15 @@ class ChainState:
             return f"{name} {self.follower.cursor.height} (lag {self.lag if self.lag is not None else '?'})"
         return f"{name} {self.current}"
 
-    def healthy(self) -> bool:
-        """Following within the allowed lag, or a healthy standby."""
+    def commit_age(self, now: float) -> float | None:
+        """Seconds since the chain's last commit by any instance, when known."""
+        return None if self.last_commit is None else max(0.0, now - self.last_commit)
+
+    def healthy(self, now: float) -> bool:
+        """Following within the allowed lag, or a standby whose leader commits within the bound."""
         if self.state == "standby":
-            return True
+            age = self.commit_age(now)
+            return age is not None and age <= self.config.max_commit_age
         lag = self.lag
         return self.current == "following" and lag is not None and lag <= self.config.max_lag_blocks
 
@@ -105,6 +116,8 @@ class Service:
         self.http_address: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._book_changed = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self.components: dict[str, Restarts] = {}
         self._runner: web.AppRunner | None = None
 
     # start-up -------------------------------------------------------------------------------------
@@ -126,8 +139,10 @@ class Service:
         _freeze()
         self._observe_registry()
         log.info("address book loaded", addresses=len(self.registry), version=self.registry.version)
+        self.metrics.prepare(names, [s.name for s in config.sinks])
         for chain in config.chains:
-            self.chains[chain.name] = ChainState(chain, make_source(chain))
+            bound = log.bind(chain=chain.name)
+            self.chains[chain.name] = ChainState(chain, make_source(chain), restarts=Restarts("chain", bound))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
         self.dispatcher = Dispatcher(
             store, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
@@ -158,20 +173,26 @@ class Service:
                 loop = asyncio.get_running_loop()
                 loop.add_signal_handler(signal.SIGTERM, self.stop)
                 loop.add_signal_handler(signal.SIGINT, self.stop)
-                loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+                loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
             self.notifier.ready(self.status_line())
             log.info("depositwatch running", chains=list(self.chains), sinks=[s.name for s in self.config.sinks])
             async with asyncio.TaskGroup() as group:
+                # Every task is supervised: a chain restarts itself, a component is restarted by
+                # `supervise`; only a bug in the supervision itself would end this group (and the process).
                 chain_tasks = [group.create_task(self._follow(state)) for state in self.chains.values()]
-                dispatcher_task = group.create_task(self._dispatch())
-                helpers = [group.create_task(self._watch_book()), group.create_task(self._heartbeat())]
+                dispatcher_task = group.create_task(self._component("dispatcher", self._dispatch))
+                helpers = [
+                    group.create_task(self._component("address_book", self._watch_book)),
+                    group.create_task(self._component("heartbeat", self._heartbeat)),
+                    group.create_task(self._component("reload", self._reloader)),
+                ]
                 await self._stopping.wait()
                 self.notifier.stopping()
                 log.info("stopping: finishing the blocks in hand and in-flight deliveries")
                 for state in self.chains.values():
                     if state.follower is not None:
                         state.follower.stop()
-                await asyncio.gather(*chain_tasks, return_exceptions=True)
+                await asyncio.wait(chain_tasks)  # each catches its own errors; the group sees any other
                 if self.dispatcher is not None:
                     await self.dispatcher.stop(self.config.alerts.shutdown_grace)
                 for task in (dispatcher_task, *helpers):
@@ -184,6 +205,17 @@ class Service:
     def stop(self) -> None:
         """Begin a clean stop (SIGTERM)."""
         self._stopping.set()
+
+    async def _component(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        restarts = self.components.setdefault(name, Restarts(f"component {name}", log.bind(component=name)))
+        await supervise(name, run, metrics=self.metrics, stopping=self._stopping, restarts=restarts)
+
+    async def _reloader(self) -> None:
+        """SIGHUP sets an event; the reload runs here, inside the task group, never as a stray task."""
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
 
     async def reload(self) -> None:
         """SIGHUP: reload the address book and the sink settings; chain changes need a restart."""
@@ -217,8 +249,9 @@ class Service:
         lease = f"chain:{name}"
         bound = log.bind(chain=name)
         last_error_log = 0.0
+        restarts = state.restarts or Restarts("chain", bound)
         while not self._stopping.is_set():
-            state.heartbeat = time.monotonic()
+            state.heartbeat = started = time.monotonic()
             try:
                 if not await self.leases.try_acquire(lease):
                     if state.state != "standby":
@@ -228,7 +261,7 @@ class Service:
                     await self._sleep(1.0)
                     continue
                 self.metrics.leader.labels(name).set(1)
-                if state.state in ("node-down", "standby"):  # (re)connect before following
+                if state.state in ("node-down", "standby", "failed"):  # (re)connect before following
                     await state.source.close()
                     await state.source.open()
                     await self.store.check_identity(name, await state.source.identity())
@@ -244,7 +277,7 @@ class Service:
                     settings=make_settings(state.config),
                     metrics=self.metrics,
                     hook=hook,
-                    on_commit=self._committed,
+                    on_commit=functools.partial(self._committed, state),
                 )
                 state.follower = follower
                 await follower.start()
@@ -253,21 +286,29 @@ class Service:
             except LeaseLost as exc:
                 bound.warning("lost the chain to another instance", error=str(exc))
                 state.state = "standby"
-            except (WrongChain, IdentityMismatch, ReorgTooDeep) as exc:
-                state.state, state.error = "failed", str(exc)
-                bound.error("chain stopped; other chains go on", error=str(exc))
-                while not self._stopping.is_set():  # stay failed, visible in /healthz, until restarted
-                    state.heartbeat = time.monotonic()
-                    await self._sleep(1.0)
-                    if time.monotonic() - last_error_log > 60:
-                        last_error_log = time.monotonic()
-                        bound.error("chain is stopped", error=str(exc))
             except (ChainError, OSError, TimeoutError) as exc:
                 state.state, state.error = "node-down", str(exc) or type(exc).__name__
                 if time.monotonic() - last_error_log > 60:
                     last_error_log = time.monotonic()
                     bound.warning("node unavailable, retrying", error=state.error)
                 await self._sleep(2.0)
+            except Exception as exc:
+                # A wrong chain, a reorg deeper than allowed, or a bug (a decoder's KeyError, the store's
+                # OverflowError): this chain alone fails; the others and the dispatcher go on. It is
+                # restarted with backoff, so a fixed node or a reset cursor brings it back by itself.
+                restarts.ran(time.monotonic() - started)
+                delay = restarts.failed(exc)
+                state.state, state.error = "failed", restarts.error
+                self.metrics.chain_restarts.labels(name).inc()
+                self.metrics.set_chain_state(name, "failed")
+                await self._pause(state, delay)
+
+    async def _pause(self, state: ChainState, seconds: float) -> None:
+        """Wait out a restart backoff, still beating: a chain waiting to restart is not a hung loop."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            state.heartbeat = time.monotonic()
+            await self._sleep(min(1.0, left))
 
     async def _run_while_leading(self, state: ChainState, follower: Follower, lease: str) -> None:
         assert self.leases is not None
@@ -285,15 +326,32 @@ class Service:
                 state.heartbeat = follower.heartbeat
                 await asyncio.sleep(0.5)
 
-        helpers = [asyncio.create_task(guard()), asyncio.create_task(beat())]
-        if state.config.kind == "bitcoin" and state.config.mempool:
-            helpers.append(asyncio.create_task(self._mempool(state, follower)))
         try:
-            await follower.run()
-        finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            async with asyncio.TaskGroup() as group:
+                helpers = [group.create_task(guard()), group.create_task(beat())]
+                if state.config.kind == "bitcoin" and state.config.mempool:
+                    component = f"mempool:{state.config.name}"
+                    restarts = self.components.setdefault(
+                        component, Restarts("mempool watcher", log.bind(chain=state.config.name, component=component))
+                    )
+                    self.metrics.component_restarts.labels(component)
+                    watcher = supervise(
+                        component,
+                        functools.partial(self._mempool, state, follower),
+                        metrics=self.metrics,
+                        stopping=self._stopping,
+                        restarts=restarts,
+                    )
+                    helpers.append(group.create_task(watcher))
+                try:
+                    await follower.run()
+                finally:
+                    for task in helpers:
+                        task.cancel()
+        except BaseExceptionGroup as failed:
+            # The follower's error, or a helper's (the lease check's store error): the chain's failure,
+            # handled by `_follow` like any other.
+            raise _first(failed) from None
         if not self._stopping.is_set():
             state.state = "standby"
 
@@ -314,9 +372,14 @@ class Service:
         )
         await watcher.run()
 
-    async def _committed(self, _: Any) -> None:
+    async def _committed(self, state: ChainState, effects: Sequence[BlockEffects]) -> None:
         if self.dispatcher is not None:
             self.dispatcher.wake()
+        if effects:
+            state.block_time = effects[-1].block.time
+        state.last_commit = int(time.time())
+        if state.restarts is not None and state.restarts.failures:
+            state.restarts.recovered()  # committing again: the next failure starts a new episode
 
     async def _dispatch(self) -> None:
         """Deliver alerts; with several instances only the holder of the dispatcher lease does."""
@@ -362,6 +425,7 @@ class Service:
         stale_after = (interval * 2) if interval else None
         tick = min(interval or 2.0, 2.0)
         last_outbox = 0.0
+        last_outbox_error = float("-inf")
         while True:
             now = time.monotonic()
             if stale_after is not None:
@@ -371,11 +435,17 @@ class Service:
                 else:
                     self.notifier.watchdog()
             self.notifier.status(self.status_line())
+            for name, state in self.chains.items():
+                self.metrics.set_chain_state(name, state.current)
             if now - last_outbox > 5 and self.store is not None:
                 last_outbox = now
-                with contextlib.suppress(Exception):
+                try:
                     for status, count in (await self.store.outbox_counts()).items():
                         self.metrics.outbox.labels(status).set(count)
+                except Exception as exc:  # the gauge goes stale; the dispatcher reports the store itself
+                    if now - last_outbox_error >= 60:
+                        last_outbox_error = now
+                        log.warning("reading the outbox counts failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(tick)
 
     def status_line(self) -> str:
@@ -406,29 +476,55 @@ class Service:
         self.http_address = sockets[0].getsockname()[:2] if sockets else (host, int(port))
         log.info("http endpoint listening", address=f"{self.http_address[0]}:{self.http_address[1]}")
 
+    async def _observe(self) -> bool:
+        """Refresh what is read at scrape time: each chain's last commit (from the store, so a standby
+        sees its leader's progress), ages in seconds, chain states. Returns whether the store answered."""
+        store_ok = False
+        if self.store is not None:
+            try:
+                async with asyncio.timeout(STORE_READ_TIMEOUT):
+                    for name, state in self.chains.items():
+                        state.last_commit = await self.store.cursor_updated_at(f"live:{name}")
+                store_ok = True
+            except Exception as exc:
+                log.debug("store unreadable for health", error=f"{type(exc).__name__}: {exc}")
+        now = time.time()
+        for name, state in self.chains.items():
+            self.metrics.set_chain_state(name, state.current)
+            if state.last_commit is not None:
+                self.metrics.last_commit.labels(name).set(state.last_commit)
+                self.metrics.since_last_commit.labels(name).set(max(0.0, now - state.last_commit))
+            if state.block_time is not None:
+                self.metrics.block_age.labels(name).set(max(0.0, now - state.block_time))
+        return store_ok
+
     async def _metrics(self, _: web.Request) -> web.Response:
+        await self._observe()
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        store_ok = False
-        if self.store is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.store.address_book_version(), 2.0)
-                store_ok = True
-        chains = {
-            name: {
-                "state": s.state,
-                "lag": s.lag,
-                "max_lag": s.config.max_lag_blocks,
-                "error": s.error,
-                "healthy": s.healthy(),
-            }
-            for name, s in self.chains.items()
-        }
+        store_ok = await self._observe()
+        now = time.time()
+        chains = {name: self._chain_health(s, now) for name, s in self.chains.items()}
+        components = {name: {"restarts": r.total, "error": r.error} for name, r in sorted(self.components.items())}
         healthy = store_ok and all(c["healthy"] for c in chains.values())
-        return web.json_response(
-            {"healthy": healthy, "store": store_ok, "chains": chains}, status=200 if healthy else 503
-        )
+        body = {"healthy": healthy, "store": store_ok, "chains": chains, "components": components}
+        return web.json_response(body, status=200 if healthy else 503)
+
+    @staticmethod
+    def _chain_health(s: ChainState, now: float) -> dict[str, object]:
+        age = s.commit_age(now)
+        return {
+            "state": s.current,
+            "lag": s.lag,
+            "max_lag": s.config.max_lag_blocks,
+            "error": s.current_error,
+            "healthy": s.healthy(now),
+            "seconds_since_last_commit": None if age is None else round(age, 1),
+            "max_commit_age": s.config.max_commit_age if s.state == "standby" else None,
+            "block_age_seconds": None if s.block_time is None else round(max(0.0, now - s.block_time), 1),
+            "restarts": s.restarts.total if s.restarts is not None else 0,
+        }
 
     # shutdown -------------------------------------------------------------------------------------
 
@@ -443,6 +539,22 @@ class Service:
         if self.store is not None:
             await self.store.close()
         self.notifier.close()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a task group that is not a cancellation (a cancellation if that is all)."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending[:0] = list(item.exceptions)
+        else:
+            flat.append(item)
+    for exc in flat:
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return flat[0] if flat else asyncio.CancelledError()
 
 
 def _freeze() -> None:

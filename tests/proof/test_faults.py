@@ -273,9 +273,9 @@ async def _wrong_chain_cases(tmp_path: Path, runner: Runner, config: Path, node_
     await daemon.wait_ready()
     await eventually(lambda: "node unreachable at start-up" in daemon.text(), 30, "the start-up node check")
     node_proxy.set(Fault("chain_id", chain_id=1))
-    await eventually(lambda: "chain stopped; other chains go on" in daemon.text(), 30, "the chain to stop")
+    await eventually(lambda: "chain failed; restarting with backoff" in daemon.text(), 30, "the chain to stop")
     assert daemon.alive, daemon.tail()
-    record = next(r for r in daemon.records() if r.get("event") == "chain stopped; other chains go on")
+    record = next(r for r in daemon.records() if r.get("event") == "chain failed; restarting with backoff")
     assert "reports chain id 1" in record["error"], record
     async with aiohttp.ClientSession() as http:
         url = _http_url(daemon)

@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import asyncpg
 import structlog
 
 from depositwatch.alerts.sinks import AlertSink, Burst, DeliveryError, close_sinks
 from depositwatch.config import AlertsConfig, RetryConfig
 from depositwatch.metrics import Metrics
-from depositwatch.store.base import Delivery, OutboxMessage
+from depositwatch.store.base import Delivery, OutboxMessage, StoreError
 
 log = structlog.get_logger("depositwatch.alerts")
 
@@ -34,6 +36,9 @@ PLAN_BATCH = 500
 BURST_SCAN_MAX = 50_000  # at most this many messages in one burst summary
 FAR_FUTURE = 1e18
 COUNTS_EVERY = 1.0  # seconds between refreshes of the outbox gauge
+# What the store raises when it is unreachable or busy: retried here. Anything else is a bug and ends
+# `run()`, so that it is seen (the daemon restarts the dispatcher with backoff and counts it).
+OUTBOX_ERRORS = (StoreError, OSError, TimeoutError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class OutboxStore(Protocol):
@@ -138,23 +143,32 @@ class Dispatcher:
         self.wake()
 
     async def run(self) -> None:
-        """Deliver until cancelled or stopped; CancelledError is always re-raised."""
+        """Deliver until cancelled or stopped; CancelledError is always re-raised.
+
+        A store that cannot be reached is retried with backoff (logged at most once a minute); any
+        other error is a bug and is raised, never retried silently.
+        """
         self._looping += 1
         self._mark_all()
         failures = 0
+        last_report = float("-inf")
         log.info("alert dispatcher started", sinks=sorted(self._sinks), poll_interval=self.config.poll_interval)
         try:
             while not self._stopping:
                 self._wake.clear()
                 try:
                     await self._cycle()
-                    failures = 0
-                except Exception as exc:
+                except OUTBOX_ERRORS as exc:
                     self._mark_all()
                     failures += 1
-                    log.warning("outbox unavailable; retrying", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-                    await asyncio.sleep(min(5.0, self.config.poll_interval * 2**failures))
+                    if time.monotonic() - last_report >= 60:
+                        last_report = time.monotonic()
+                        log.warning("outbox unavailable; retrying", error=f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(min(5.0, self.config.poll_interval * 2 ** min(failures, 16)))
                     continue
+                if failures:
+                    log.info("outbox available again", failures=failures)
+                    failures, last_report = 0, float("-inf")
                 await self._wait()
         except asyncio.CancelledError:
             await self._abort()
@@ -372,8 +386,12 @@ class Dispatcher:
             failure = exc
         except TimeoutError:
             failure = DeliveryError(f"no answer within {timeout:g} s", timed_out=True)
-        except Exception as exc:  # a formatting bug must not stop the others; retried like a failure
-            log.error("sink raised unexpectedly", sink=sink.name, seq=first.seq, exc_info=True)
+        except Exception as exc:
+            # A bug in a sink (a formatting TypeError, say) must not stop the other messages and sinks:
+            # it is logged with its traceback, counted as outcome `error`, and the message is retried
+            # like a failure until its last attempt, then dead, kept for `alerts redeliver`.
+            log.error("sink raised unexpectedly (a bug)", sink=sink.name, seq=first.seq, error=repr(exc), exc_info=True)
+            self._count(sink.name, "error", len(seqs))
             failure = DeliveryError(f"{type(exc).__name__}: {exc}")
         else:
             return await self._succeeded(sink, first, burst)
@@ -383,6 +401,7 @@ class Dispatcher:
         if burst is not None:
             await self._acknowledge([(seq, sink.name) for seq in burst.seqs])
             self._count(sink.name, "summarized", burst.count)
+            self._observe_latency(sink.name, burst.messages)
             log.info(
                 "burst summarised",
                 sink=sink.name,
@@ -396,6 +415,9 @@ class Dispatcher:
             return Attempt(sink.name, tuple(burst.seqs), "summarized")
         await self._acknowledge([(first.seq, sink.name)])
         self._count(sink.name, "delivered")
+        self._observe_latency(sink.name, (first,))
+        if first.kind == "test" and self.metrics is not None:
+            self.metrics.test_alerts.labels(sink.name, "delivered").inc()
         log.debug("alert delivered", sink=sink.name, seq=first.seq, key=first.idempotency_key)
         return Attempt(sink.name, (first.seq,), "delivered")
 
@@ -441,6 +463,8 @@ class Dispatcher:
         if final or attempts >= retry.max_attempts:
             await self._record_failure(sink.name, seqs, failure.reason, None)
             self._count(sink.name, "dead", len(seqs))
+            if first.kind == "test" and self.metrics is not None:
+                self.metrics.test_alerts.labels(sink.name, "dead").inc()
             why = "a one-off attempt failed" if final else "its last attempt failed"
             log.error(f"alert delivery dead: {why}; `depositwatch alerts redeliver` retries it", **context)
             return Attempt(sink.name, seqs, "dead", failure.reason, attempts)
@@ -485,6 +509,15 @@ class Dispatcher:
             if await self.store.due(sink.name, FAR_FUTURE, 1):
                 return True
         return False
+
+    def _observe_latency(self, sink: str, messages: Sequence[OutboxMessage]) -> None:
+        """Detection (the message's creation in the outbox) to the receiver's 2xx."""
+        if self.metrics is None:
+            return
+        now = time.time()
+        histogram = self.metrics.delivery_latency.labels(sink)
+        for message in messages:
+            histogram.observe(max(0.0, now - message.created_at))
 
     def _count(self, sink: str, outcome: str, n: int = 1) -> None:
         if self.metrics is not None:

@@ -102,6 +102,12 @@ class FollowMixin:
             row = await conn.fetchrow("SELECT * FROM cursors WHERE name = $1", name)
         return None if row is None else _cursor(row)
 
+    async def cursor_updated_at(self, name: str) -> int | None:
+        """Unix time of the named cursor's last move (a commit by whichever instance leads), or None."""
+        async with self.db.read() as conn:
+            value = await conn.fetchval("SELECT updated_at FROM cursors WHERE name = $1", name)
+        return None if value is None else int(value)
+
     async def set_cursor(self, cursor: Cursor) -> None:
         """Create or move a cursor (used to start following at a chosen block).
 
