@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from depositwatch.leadership import FencedOutbox, Leadership, TermState
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import Fence, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver
@@ -197,3 +198,59 @@ async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
     opened = await open_store(pg_url, migrate=True)
     yield opened
     await opened.close()
+
+
+async def test_a_loop_that_stops_turning_stops_renewing_and_loses_its_lease(store: SqlStore) -> None:
+    """Leadership follows progress: while the guarded loop turns the lease is renewed past its TTL;
+    once it stops, renewals stop, another instance takes over, and the holder learns it lost."""
+    leader = Leadership(store, SHORT, holder="a")
+    standby = Leadership(store, SHORT, holder="b")
+    term = await leader.acquire("chain:eth")
+    assert term is not None
+    turned = time.monotonic()
+    turning = True
+
+    def progress() -> float:
+        nonlocal turned
+        if turning:
+            turned = time.monotonic()
+        return turned
+
+    holding = asyncio.create_task(leader.hold(term, progress))
+    try:
+        deadline = time.monotonic() + SHORT * 4
+        while time.monotonic() < deadline:  # several TTLs: only the renewals keep it
+            assert await standby.acquire("chain:eth") is None
+            await asyncio.sleep(SHORT / 4)
+        turning = False
+
+        async def taken() -> bool:
+            return await standby.acquire("chain:eth") is not None
+
+        await eventually(taken, timeout=10)
+        await asyncio.wait_for(holding, 10)  # hold returns once the lease is lost
+        assert term.state is TermState.LOST and not term.valid
+    finally:
+        holding.cancel()
+        await asyncio.gather(holding, return_exceptions=True)
+
+
+async def test_the_dispatcher_outbox_sends_nothing_without_a_valid_term(store: SqlStore) -> None:
+    """Claims (made right before each send) need the lease held in the store and not possibly expired
+    on this process's clock: a process frozen after its last renewal must not send when it wakes."""
+    maker = AlertMaker(store)
+    await maker.block([(1, 10)])
+    leadership = Leadership(store, TTL, holder="a")
+    term = await leadership.acquire("dispatcher")
+    assert term is not None
+    outbox = FencedOutbox(store)
+    messages = await outbox.unplanned(10)
+    with pytest.raises(LeaseLost):  # no term yet
+        await outbox.plan({m.seq: ["hook"] for m in messages}, time.time())
+    outbox.term = term
+    await outbox.plan({m.seq: ["hook"] for m in messages}, time.time())
+    seqs = [m.seq for m in messages]
+    await outbox.claim(seqs, "hook")
+    term.valid_until = time.monotonic() - 1  # as after a freeze longer than the TTL
+    with pytest.raises(LeaseLost, match="may have expired"):
+        await outbox.claim(seqs, "hook")
