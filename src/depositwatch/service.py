@@ -244,6 +244,8 @@ class Service:
                     on_commit=self._committed,
                 )
                 state.follower = follower
+                if self._stopping.is_set():  # SIGTERM while the lease was being taken: stop() missed it
+                    follower.stop()
                 await follower.start()
                 state.state, state.error = "following", None
                 await self._run_while_leading(state, follower, term)
@@ -328,6 +330,8 @@ class Service:
             if term is None:
                 await self._sleep(leases.retry_every)
                 continue
+            if self._stopping.is_set():  # SIGTERM while the lease was being taken
+                return
             outbox.term = term
             if not fresh:
                 self.dispatcher = Dispatcher(outbox, build_sinks(self.config.sinks), self.config.alerts, self.metrics)
