@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from depositwatch.leadership import FencedOutbox, Leadership, TermState
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import Fence, LeaseLost, Scope, SqlStore, open_store
-from depositwatch.store.drivers import PostgresDriver
+from depositwatch.store.drivers import PostgresDriver, _PgConn
 from depositwatch.store.leases import MY_PG_SESSION, check_fence
 from tests.receivers import ETH, AlertMaker, eventually, revoked_key
 
@@ -154,12 +155,37 @@ async def test_a_takeover_waits_for_a_commit_in_progress(store: SqlStore) -> Non
     old = await store.acquire_lease("chain:eth", "a", SHORT)
     assert old is not None
     async with store.db.transaction() as conn:
-        await check_fence(conn, store.dialect, old)
+        await check_fence(conn, store.dialect, replace(old, ttl=TTL))  # a long idle limit: see below
         await asyncio.sleep(SHORT * 2)  # expired meanwhile; the takeover must wait for this commit
         takeover = asyncio.create_task(store.acquire_lease("chain:eth", "b", TTL))
         await asyncio.sleep(0.3)
         assert not takeover.done()
     assert await takeover == Fence("chain:eth", "b", 2)
+
+
+async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(store: SqlStore) -> None:
+    """A holder stopped (SIGSTOP) between the fence check and its commit keeps the lease row locked; the
+    server ends that transaction after `ttl` of idleness, so the takeover goes through and the frozen
+    commit, when it comes, fails."""
+    if not isinstance(store.db, PostgresDriver):
+        pytest.skip("SQLite: one instance, no other process to wait for the lock")
+    old = await store.acquire_lease("chain:eth", "a", 1.0)
+    assert old is not None
+    frozen = await asyncpg.connect(store.db.url)
+    try:
+        transaction = frozen.transaction()
+        await transaction.start()
+        await check_fence(_PgConn(frozen), store.dialect, old)  # ... and here the holder is stopped
+
+        async def taken() -> bool:
+            return await store.acquire_lease("chain:eth", "b", TTL) is not None
+
+        await eventually(taken, timeout=30)
+        assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):  # it wakes up: too late
+            await frozen.execute("UPDATE cursors SET height = height + 1")
+    finally:
+        frozen.terminate()
 
 
 async def test_sqlite_takes_a_lease_at_once_when_exclusive(sqlite_store: SqlStore) -> None:

@@ -546,7 +546,7 @@ def file_figures(data: bytes) -> dict[str, int]:
 
 # --- two daemons on one PostgreSQL store: the leader killed, during failovers too ------------------
 
-FAILOVER_KILLS = (8, 80)
+FAILOVER_KILLS = (9, 90)
 FAILOVER_TTL = 3.0
 
 
@@ -581,9 +581,11 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
     """Two daemons on one PostgreSQL schema; the leader of the chain (or of the dispatcher, for a kill
     in a delivery) is SIGKILLed at the usual points, and at `failover`: the leader killed, then the
     instance that takes over killed right after its takeover, before or while it commits its first
-    blocks. A fresh instance is started after each kill, so two always run. At the end the alert set,
-    the store and the cursor are checked exactly as for a single daemon, and each takeover's time is
-    reported (a killed holder's session is gone, so no instance waits for the lease to expire)."""
+    blocks; at `freeze` the leader is stopped with SIGSTOP until the other took over, then woken (it
+    must commit and send nothing more, and stand by). A fresh instance is started after each kill, so
+    two always run. At the end the alert set, the store and the cursor are checked exactly as for a
+    single daemon, and each takeover's time is reported (a killed holder's session is gone, so nobody
+    waits for its lease to expire; a frozen one's is not, so the lease must expire)."""
     rng = random.Random(SEED + 3)
     book = evm_book()
     runner = Runner(tmp_path, "daemon")
@@ -606,19 +608,31 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
                 pg_url=pg_url,
                 cursor_like="live:eth",
             )
-            points = [p for p in killer.points if p != "start"] + ["failover"]
+            points = [p for p in killer.points if p != "start"] + ["failover", "freeze"]
             plan = [points[i % len(points)] for i in range(n(FAILOVER_KILLS))]
             rng.shuffle(plan)
             stop = asyncio.Event()
             producing = asyncio.create_task(traffic.run(stop))
             trials: list[Trial] = []
             takeovers: list[float] = []
+            freezes: list[float] = []
             began = time.monotonic()
             procs = [runner.daemon(config), runner.daemon(config)]
             try:
                 for number, point in enumerate(plan, start=1):
                     lease = "dispatcher" if point == "delivery" else "chain:eth"
                     leader, epoch = await _holder_proc(pg_url, lease, procs)
+                    if point == "freeze":  # SIGSTOP: its session lives on, so the lease must expire
+                        leader.popen.send_signal(signal.SIGSTOP)
+                        _, took = await _taken_over(pg_url, lease, epoch)
+                        freezes.append(took)
+                        await asyncio.sleep(rng.uniform(0.0, 1.0))
+                        leader.popen.send_signal(signal.SIGCONT)  # wakes fenced out, and stands by
+                        after = time.monotonic() - leader.started
+                        trials.append(Trial(number, "freeze", True, after, f"(taken over {took:.2f}s after SIGSTOP)"))
+                        procs = [p for p in procs if p.alive]
+                        procs += [runner.daemon(config) for _ in range(2 - len(procs))]
+                        continue
                     if point == "failover":
                         trial = await killer.kill(leader, "random", number)
                         _, took = await _taken_over(pg_url, lease, epoch)
@@ -658,6 +672,8 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
             landed_line(trials, points, time.monotonic() - began),
             f"takeovers after a kill: {len(ordered)}, median {ordered[len(ordered) // 2]:.2f}s, "
             f"max {ordered[-1]:.2f}s (lease_ttl {FAILOVER_TTL:g}s: a dead holder's session frees the lease at once)",
+            f"takeovers after a SIGSTOP: {len(freezes)}, max {max(freezes, default=0):.2f}s "
+            f"(bound: lease_ttl + {min(1.0, FAILOVER_TTL / 4):g}s after the last renewal)",
             f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
             f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts",
             last,

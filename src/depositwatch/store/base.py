@@ -50,6 +50,7 @@ class Fence:
     name: str  # `chain:<name>` or `dispatcher`
     holder: str
     epoch: int
+    ttl: float = field(default=10.0, compare=False)  # bounds how long a fenced transaction may sit idle
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,14 @@ class LeaseRow:
     session: str | None
 
 
+async def limit_idle(conn: Conn, dialect: str, ttl: float) -> None:
+    """PostgreSQL ends this transaction's session once it sits idle for `ttl` seconds: a holder frozen
+    in the middle of a transaction (SIGSTOP, a stalled VM) would otherwise keep its row locks, the
+    lease row's among them, and block the takeover for as long as it stays frozen."""
+    if dialect == "postgres":
+        await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {max(1000, int(ttl * 1000))}")
+
+
 async def check_fence(conn: Conn, dialect: str, fence: Fence | None) -> None:
     """Raise LeaseLost unless the lease row still shows `fence`'s holder and epoch (None: unfenced).
 
@@ -45,6 +53,7 @@ async def check_fence(conn: Conn, dialect: str, fence: Fence | None) -> None:
     """
     if fence is None:
         return
+    await limit_idle(conn, dialect, fence.ttl)
     lock = " FOR SHARE" if dialect == "postgres" else ""
     row = await conn.fetchrow(f"SELECT holder, epoch FROM leases WHERE name = $1{lock}", fence.name)
     if row is None or (row["holder"], int(row["epoch"])) != (fence.holder, fence.epoch):
@@ -71,6 +80,7 @@ class LeaseMixin:
         now = DB_NOW[self.db.dialect]
         lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
         async with self.db.transaction() as conn:
+            await limit_idle(conn, self.db.dialect, ttl)
             row = await conn.fetchrow(
                 f"SELECT holder, epoch, expires_at - {now} AS remaining, session FROM leases WHERE name = $1{lock}",
                 name,
@@ -84,7 +94,7 @@ class LeaseMixin:
                     float(ttl),
                     session,
                 )
-                return Fence(name, holder, 1)
+                return Fence(name, holder, 1, ttl)
             epoch = int(row["epoch"])
             if row["holder"] == holder:
                 await conn.execute(
@@ -93,7 +103,7 @@ class LeaseMixin:
                     session,
                     name,
                 )
-                return Fence(name, holder, epoch)
+                return Fence(name, holder, epoch, ttl)
             free = exclusive or row["remaining"] <= 0 or not await self._session_alive(conn, row["session"])
             if not free:
                 return None
@@ -106,7 +116,7 @@ class LeaseMixin:
                 session,
                 name,
             )
-            return Fence(name, holder, epoch + 1)
+            return Fence(name, holder, epoch + 1, ttl)
 
     async def _session_alive(self, conn: Conn, session: str | None) -> bool:
         """Whether the holder's database session still exists (unknown: assume it does)."""
@@ -120,6 +130,7 @@ class LeaseMixin:
         """Extend the lease by `ttl` seconds from now; False when it has been taken over (lost)."""
         now = DB_NOW[self.db.dialect]
         async with self.db.transaction() as conn:
+            await limit_idle(conn, self.db.dialect, ttl)
             changed = await conn.execute(
                 f"UPDATE leases SET expires_at = {now} + $1, session = $2"
                 " WHERE name = $3 AND holder = $4 AND epoch = $5",
@@ -144,6 +155,7 @@ class LeaseMixin:
         """Give the lease back: it expires now, so a standby takes it without waiting."""
         now = DB_NOW[self.db.dialect]
         async with self.db.transaction() as conn:
+            await limit_idle(conn, self.db.dialect, fence.ttl)
             changed = await conn.execute(
                 f"UPDATE leases SET expires_at = {now} - 1, session = NULL"
                 " WHERE name = $1 AND holder = $2 AND epoch = $3",
