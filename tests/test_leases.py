@@ -11,6 +11,7 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
+from depositwatch.config import ConfigError, parse_config
 from depositwatch.leadership import FencedOutbox, Leadership, TermState
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import Fence, LeaseLost, Scope, SqlStore, open_store
@@ -280,3 +281,14 @@ async def test_the_dispatcher_outbox_sends_nothing_without_a_valid_term(store: S
     term.valid_until = time.monotonic() - 1  # as after a freeze longer than the TTL
     with pytest.raises(LeaseLost, match="may have expired"):
         await outbox.claim(seqs, "hook")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1, True), (10.0, True), (600, True), (0.5, False), (601, False)])
+def test_lease_ttl_is_bounded(value: float, ok: bool) -> None:
+    """`[ha] lease_ttl` takes 1 to 600 seconds; anything else is refused naming the key."""
+    data = {"ha": {"lease_ttl": value}}
+    if ok:
+        assert parse_config(data).ha.lease_ttl == value
+    else:
+        with pytest.raises(ConfigError, match=r"ha\.lease_ttl"):
+            parse_config(data)
