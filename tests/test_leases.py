@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from depositwatch.config import ConfigError, parse_config
-from depositwatch.leadership import FencedOutbox, Leadership, TermState
+from depositwatch.leadership import AlreadyRunning, FencedOutbox, Leadership, TermState, take_dispatcher
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import Fence, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, _PgConn
@@ -292,3 +292,21 @@ def test_lease_ttl_is_bounded(value: float, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match=r"ha\.lease_ttl"):
             parse_config(data)
+
+
+async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg_store: SqlStore) -> None:
+    """`alerts deliver` shares the daemon's dispatcher lease: refused while the daemon delivers, and
+    once it has the lease its dispatcher's writes are fenced by it."""
+    daemon = Leadership(pg_store, TTL, holder="daemon")
+    term = await daemon.acquire("dispatcher")
+    assert term is not None
+    with pytest.raises(AlreadyRunning, match="delivers alerts"):
+        await take_dispatcher(pg_store, ttl=TTL)
+    await daemon.release(term)
+    held = await take_dispatcher(pg_store, ttl=TTL)
+    try:
+        assert held.outbox.term is not None and held.outbox.term.fence.epoch == 2
+        assert await pg_store.holds_lease(held.outbox.term.fence)
+    finally:
+        await held.release_all()
+    assert await daemon.acquire("dispatcher") is not None  # given back: taken at once

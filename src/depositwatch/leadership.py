@@ -40,6 +40,13 @@ log = structlog.get_logger(__name__)
 
 SESSION_TIMEOUT = 5.0  # seconds for the session probe before it counts as dead and is reopened
 STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# A session the server ended under this instance: most often one frozen (SIGSTOP) in the middle of a
+# fenced transaction past `lease_ttl`, whose lease has moved on meanwhile.
+SESSION_LOST = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+)
 
 
 class AlreadyRunning(Exception):

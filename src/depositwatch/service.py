@@ -18,7 +18,7 @@ from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
 from depositwatch.config import ChainConfig, Config, load_config
 from depositwatch.follower import Follower, ReorgTooDeep
-from depositwatch.leadership import FencedOutbox, Leadership, Term, open_leadership
+from depositwatch.leadership import SESSION_LOST, FencedOutbox, Leadership, Term, open_leadership
 from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
@@ -254,6 +254,10 @@ class Service:
                 state.state = "standby"
                 if term is not None:
                     self.leases.lost(term)
+            except SESSION_LOST as exc:  # nothing was committed; the next attempt checks the lease again
+                bound.warning("store session lost mid-commit; standing by", error=str(exc) or type(exc).__name__)
+                state.state = "standby"
+                await self._sleep(self.leases.retry_every)
             except (WrongChain, IdentityMismatch, ReorgTooDeep) as exc:
                 state.state, state.error = "failed", str(exc)
                 bound.error("chain stopped; other chains go on", error=str(exc))

@@ -574,6 +574,15 @@ async def _taken_over(pg_url: str, lease: str, epoch: int, timeout: float = 60.0
     raise AssertionError(f"{lease} was not taken over from epoch {epoch} within {timeout} s")
 
 
+def _replenish(procs: list[Proc], runner: Runner, config: Path) -> list[Proc]:
+    """The instances still running, and fresh ones up to two; none may have ended but by our SIGKILL
+    (a woken leader, fenced out, stands by: it does not crash)."""
+    for proc in procs:
+        assert proc.alive or proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}:\n{proc.tail()}"
+    running = [p for p in procs if p.alive]
+    return running + [runner.daemon(config) for _ in range(2 - len(running))]
+
+
 @form_param(timeout_ci=240, timeout_full=3600)
 async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_repeats_nothing(
     form: str, tmp_path: Path, pg_url: str
@@ -630,8 +639,7 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
                         leader.popen.send_signal(signal.SIGCONT)  # wakes fenced out, and stands by
                         after = time.monotonic() - leader.started
                         trials.append(Trial(number, "freeze", True, after, f"(taken over {took:.2f}s after SIGSTOP)"))
-                        procs = [p for p in procs if p.alive]
-                        procs += [runner.daemon(config) for _ in range(2 - len(procs))]
+                        procs = _replenish(procs, runner, config)
                         continue
                     if point == "failover":
                         trial = await killer.kill(leader, "random", number)
@@ -644,8 +652,7 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
                     else:
                         trial = await killer.kill(leader, point, number)
                         assert trial.exited is None, f"the daemon exited by itself:\n{leader.tail()}"
-                    procs = [p for p in procs if p.alive]
-                    procs += [runner.daemon(config) for _ in range(2 - len(procs))]
+                    procs = _replenish(procs, runner, config)
                     _, took = await _taken_over(pg_url, lease, epoch)
                     if point != "failover":  # there, a fresh instance's start-up is in the time
                         takeovers.append(took)
