@@ -14,7 +14,7 @@ import pytest
 from depositwatch.config import ConfigError, parse_config
 from depositwatch.leadership import AlreadyRunning, FencedOutbox, Leadership, TermState, take_dispatcher
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
-from depositwatch.store import Fence, LeaseLost, Scope, SqlStore, open_store
+from depositwatch.store import Cursor, Fence, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, _PgConn
 from depositwatch.store.leases import MY_PG_SESSION, check_fence
 from tests.receivers import ETH, AlertMaker, eventually, revoked_key
@@ -149,19 +149,29 @@ async def test_planning_under_a_stale_epoch_plans_nothing(store: SqlStore) -> No
     assert await store.unplanned(10) == messages
 
 
-async def test_a_takeover_waits_for_a_commit_in_progress(store: SqlStore) -> None:
-    """The fence check and the commit are one transaction: a takeover cannot land between them."""
+async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(store: SqlStore) -> None:
+    """The fence check and the commit are one transaction, the lease row share-locked: a takeover of the
+    expired lease ends that transaction rather than slipping in before its commit, so its writes never
+    land under the new epoch."""
     if not isinstance(store.db, PostgresDriver):
         pytest.skip("SQLite write transactions are exclusive: there is no concurrent takeover to order")
     old = await store.acquire_lease("chain:eth", "a", SHORT)
     assert old is not None
-    async with store.db.transaction() as conn:
-        await check_fence(conn, store.dialect, replace(old, ttl=TTL))  # a long idle limit: see below
-        await asyncio.sleep(SHORT * 2)  # expired meanwhile; the takeover must wait for this commit
-        takeover = asyncio.create_task(store.acquire_lease("chain:eth", "b", TTL))
-        await asyncio.sleep(0.3)
-        assert not takeover.done()
-    assert await takeover == Fence("chain:eth", "b", 2)
+    await store.set_cursor(Cursor("live:eth", "eth", 5, "h5"))
+    taken: list[Fence | None] = []
+
+    async def commit_across_a_takeover() -> None:
+        async with store.db.transaction() as conn:
+            await check_fence(conn, store.dialect, replace(old, ttl=TTL))  # a long idle limit
+            await conn.execute("UPDATE cursors SET height = 6 WHERE name = 'live:eth'")
+            await asyncio.sleep(SHORT * 2)  # expired meanwhile
+            taken.append(await asyncio.wait_for(store.acquire_lease("chain:eth", "b", TTL), 30))
+
+    with pytest.raises(asyncpg.InterfaceError):
+        await commit_across_a_takeover()
+    assert taken == [Fence("chain:eth", "b", 2)]
+    cursor = await store.get_cursor("live:eth")
+    assert cursor is not None and cursor.height == 5
 
 
 async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(store: SqlStore) -> None:
@@ -310,3 +320,35 @@ async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg
     finally:
         await held.release_all()
     assert await daemon.acquire("dispatcher") is not None  # given back: taken at once
+
+
+async def test_a_holder_frozen_inside_a_busy_statement_is_ended_by_the_takeover(store: SqlStore) -> None:
+    """A holder frozen while the server is still busy with its fenced transaction (not idle: a statement
+    under way, such as a pipelined insert waiting for the rest of its rows) keeps the lease row locked
+    past any idle timeout; a standby taking over the expired lease ends that transaction."""
+    if not isinstance(store.db, PostgresDriver):
+        pytest.skip("SQLite: one instance, no other process to wait for the lock")
+    old = await store.acquire_lease("chain:eth", "a", 1.0)
+    assert old is not None
+    frozen = await asyncpg.connect(store.db.url)
+    try:
+        transaction = frozen.transaction()
+        await transaction.start()
+        await check_fence(_PgConn(frozen), store.dialect, old)
+        busy = asyncio.create_task(frozen.execute("SELECT pg_sleep(120)"))  # the server is busy with it
+
+        async def taken() -> bool:
+            return await store.acquire_lease("chain:eth", "b", TTL) is not None
+
+        await eventually(taken, timeout=30)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await busy
+        assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
+    finally:
+        frozen.terminate()
+
+
+async def test_instances_starting_together_get_one_lease_holder(store: SqlStore) -> None:
+    """Many first attempts at once on a lease no row exists for yet: one holder, the others None."""
+    got = await asyncio.gather(*(store.acquire_lease("chain:eth", f"h{i}", TTL) for i in range(8)))
+    assert len([fence for fence in got if fence is not None]) == 1

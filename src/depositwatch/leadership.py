@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 SESSION_TIMEOUT = 5.0  # seconds for the session probe before it counts as dead and is reopened
-STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+STORE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, sqlite3.Error, TimeoutError)
 # A session the server ended under this instance: most often one frozen (SIGSTOP) in the middle of a
 # fenced transaction past `lease_ttl`, whose lease has moved on meanwhile.
 SESSION_LOST = (

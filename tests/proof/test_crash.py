@@ -629,6 +629,8 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
             procs = [runner.daemon(config), runner.daemon(config)]
             try:
                 for number, point in enumerate(plan, start=1):
+                    for proc in procs:  # a standby still starting cannot take over yet
+                        await proc.wait_ready()
                     lease = "dispatcher" if point == "delivery" else "chain:eth"
                     leader, epoch = await _holder_proc(pg_url, lease, procs)
                     if point == "freeze":  # SIGSTOP: its session lives on, so the lease must expire
