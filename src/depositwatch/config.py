@@ -352,6 +352,17 @@ class LogConfig(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class HaConfig(_Strict):
+    """Several instances on one PostgreSQL store: leadership by lease (see docs/operations.md).
+
+    A leader renews its leases every quarter of `lease_ttl` while its loops make progress; a standby
+    takes over once `lease_ttl` seconds passed without a renewal (plus at most one second), at once
+    when the leader's database session is gone.
+    """
+
+    lease_ttl: Annotated[float, Field(ge=1, le=600)] = 10.0
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -361,6 +372,7 @@ class Config(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    ha: HaConfig = HaConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

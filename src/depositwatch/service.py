@@ -19,12 +19,12 @@ from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
 from depositwatch.config import ChainConfig, Config, load_config
 from depositwatch.follower import Follower
-from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
+from depositwatch.leadership import SESSION_LOST, FencedOutbox, Leadership, Term, open_leadership
 from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
-from depositwatch.store.drivers import PostgresDriver, sqlite_path
+from depositwatch.store.drivers import PostgresDriver
 from depositwatch.store.sql import NOTIFY_CHANNEL
 from depositwatch.supervise import Restarts, supervise
 from depositwatch.systemd import Notifier, watchdog_interval
@@ -112,7 +112,8 @@ class Service:
         self.store: SqlStore | None = None
         self.registry = AddressRegistry()
         self.dispatcher: Dispatcher | None = None
-        self.leases: Leases | None = None
+        self.leases: Leadership | None = None
+        self.outbox: FencedOutbox | None = None
         self.http_address: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._book_changed = asyncio.Event()
@@ -127,13 +128,8 @@ class Service:
         if not config.chains:
             raise StartupError("no chains are configured: add [[chains]] sections to the config")
         self.store = store = await open_store(config.store, migrate=True)
-        if isinstance(store.db, PostgresDriver):
-            password = config.store.password.resolve() if config.store.password else None
-            self.leases = PostgresLeases(config.store.url, password)
-        else:
-            single = SingleInstance(sqlite_path(config.store.url))
-            single.acquire()
-            self.leases = single
+        password = config.store.password.resolve() if config.store.password else None
+        self.leases = open_leadership(store, config.ha.lease_ttl, password)
         names = [c.name for c in config.chains]
         self.registry = await AddressRegistry.load(store, names)
         _freeze()
@@ -144,8 +140,9 @@ class Service:
             bound = log.bind(chain=chain.name)
             self.chains[chain.name] = ChainState(chain, make_source(chain), restarts=Restarts("chain", bound))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
+        self.outbox = FencedOutbox(store)
         self.dispatcher = Dispatcher(
-            store, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
+            self.outbox, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
         )
         if config.http.enabled:
             await self._start_http()
@@ -252,13 +249,15 @@ class Service:
         restarts = state.restarts or Restarts("chain", bound)
         while not self._stopping.is_set():
             state.heartbeat = started = time.monotonic()
+            term = None
             try:
-                if not await self.leases.try_acquire(lease):
+                term = await self.leases.acquire(lease)
+                if term is None:
                     if state.state != "standby":
                         bound.info("standing by: another instance follows this chain")
                     state.state = "standby"
                     self.metrics.leader.labels(name).set(0)
-                    await self._sleep(1.0)
+                    await self._sleep(self.leases.retry_every)
                     continue
                 self.metrics.leader.labels(name).set(1)
                 if state.state in ("node-down", "standby", "failed"):  # (re)connect before following
@@ -272,7 +271,7 @@ class Service:
                     store=self.store,
                     registry=self.registry,
                     policy=make_policy(state.config, self.config.alerts),
-                    scope=Scope.live(),
+                    scope=Scope.live().fenced(term.fence),
                     cursor_name=f"live:{name}",
                     settings=make_settings(state.config),
                     metrics=self.metrics,
@@ -280,12 +279,20 @@ class Service:
                     on_commit=functools.partial(self._committed, state),
                 )
                 state.follower = follower
+                if self._stopping.is_set():  # SIGTERM while the lease was being taken: stop() missed it
+                    follower.stop()
                 await follower.start()
                 state.state, state.error = "following", None
-                await self._run_while_leading(state, follower, lease)
+                await self._run_while_leading(state, follower, term)
             except LeaseLost as exc:
                 bound.warning("lost the chain to another instance", error=str(exc))
                 state.state = "standby"
+                if term is not None:
+                    self.leases.lost(term)
+            except SESSION_LOST as exc:  # nothing was committed; the next attempt checks the lease again
+                bound.warning("store session lost mid-commit; standing by", error=str(exc) or type(exc).__name__)
+                state.state = "standby"
+                await self._sleep(self.leases.retry_every)
             except (ChainError, OSError, TimeoutError) as exc:
                 state.state, state.error = "node-down", str(exc) or type(exc).__name__
                 if time.monotonic() - last_error_log > 60:
@@ -310,16 +317,15 @@ class Service:
             state.heartbeat = time.monotonic()
             await self._sleep(min(1.0, left))
 
-    async def _run_while_leading(self, state: ChainState, follower: Follower, lease: str) -> None:
+    async def _run_while_leading(self, state: ChainState, follower: Follower, term: Term) -> None:
         assert self.leases is not None
         leases = self.leases
+        # Renewed while the follower's loop turns; a node poll or a backoff may take a while.
+        window = max(leases.ttl, 2 * state.config.poll_interval + 5.0)
 
         async def guard() -> None:
-            while True:
-                await asyncio.sleep(2.0)
-                if not await leases.still_held(lease):
-                    follower.stop()
-                    return
+            await leases.hold(term, lambda: follower.heartbeat, window)
+            follower.stop()  # lost: its next commit would be refused anyway
 
         async def beat() -> None:
             while True:
@@ -366,7 +372,7 @@ class Service:
             self.store,
             self.registry,
             make_policy(state.config, self.config.alerts),
-            Scope.live(),
+            follower.scope,  # fenced by the chain's lease, like the follower's commits
             state.config,
             caught_up=lambda: follower.lag == 0,
         )
@@ -382,13 +388,37 @@ class Service:
             state.restarts.recovered()  # committing again: the next failure starts a new episode
 
     async def _dispatch(self) -> None:
-        """Deliver alerts; with several instances only the holder of the dispatcher lease does."""
-        assert self.dispatcher is not None and self.leases is not None
-        while not await self.leases.try_acquire("dispatcher"):
-            await self._sleep(1.0)
-            if self._stopping.is_set():
+        """Deliver alerts; with several instances only the holder of the dispatcher lease does, and
+        only while its loop turns. A term lost ends its dispatcher; the next term gets a fresh one."""
+        assert self.dispatcher is not None and self.leases is not None and self.outbox is not None
+        leases, outbox = self.leases, self.outbox
+        window = max(leases.ttl, 3 * self.config.alerts.poll_interval + 2.0)
+        fresh = True
+        while not self._stopping.is_set():
+            term = await leases.acquire("dispatcher")
+            if term is None:
+                await self._sleep(leases.retry_every)
+                continue
+            if self._stopping.is_set():  # SIGTERM while the lease was being taken
                 return
-        await self.dispatcher.run()
+            outbox.term = term
+            if not fresh:
+                self.dispatcher = Dispatcher(outbox, build_sinks(self.config.sinks), self.config.alerts, self.metrics)
+            fresh = False
+            run = asyncio.create_task(self.dispatcher.run())
+            guard = asyncio.create_task(leases.hold(term, lambda: outbox.progress, window))
+            try:
+                await asyncio.wait({run, guard}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (run, guard):
+                    task.cancel()
+                results = await asyncio.gather(run, guard, return_exceptions=True)
+            if isinstance(results[0], LeaseLost):
+                leases.lost(term)
+            elif isinstance(results[0], BaseException) and not isinstance(results[0], asyncio.CancelledError):
+                raise results[0]
+            if not self._stopping.is_set():
+                log.warning("dispatcher stopped: this instance no longer holds the dispatcher lease")
 
     async def _watch_book(self) -> None:
         """Hot address changes: PostgreSQL NOTIFY wakes at once; every backend also checks the version often."""

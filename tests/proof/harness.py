@@ -409,6 +409,31 @@ async def read_view(store: SqlStore, cursor_name: str, scope: Scope) -> StoreVie
     )
 
 
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds a lease now (an unexpired row of the lease table)."""
+
+    holder: str
+    epoch: int
+
+    @property
+    def pid(self) -> int:
+        """The holder's process id (holder ids are `host:pid:random`)."""
+        return int(self.holder.rsplit(":", 2)[1])
+
+
+async def lease_holder(store_url: str, name: str) -> LeaseHolder | None:
+    """The live holder of lease `name`, or None while it is free or expired."""
+    store = await open_store(store_url)
+    try:
+        for row in await store.leases():
+            if row.name == name and row.expires_in > 0:
+                return LeaseHolder(row.holder, row.epoch)
+        return None
+    finally:
+        await store.close()
+
+
 async def cursor_at(store_url: str, cursor_name: str) -> tuple[int, str] | None:
     store = await open_store(store_url)
     try:
@@ -635,11 +660,13 @@ def config_toml(
     http: bool = False,
     sink_timeout: float = 3.0,
     kinds: tuple[str, ...] = ("revoked_incoming", "revoked_outgoing", "deposit"),
+    lease_ttl: float | None = None,
 ) -> str:
     text = (
         f'[store]\nurl = "{store_url}"\n'
         + (f'[http]\nlisten = "127.0.0.1:{free_port()}"\n' if http else "[http]\nenabled = false\n")
         + "[alerts]\npoll_interval = 0.05\nshutdown_grace = 2\n"
+        + (f"[ha]\nlease_ttl = {lease_ttl}\n" if lease_ttl is not None else "")
         + chains
     )
     if sink_url is not None:

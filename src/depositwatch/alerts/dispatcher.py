@@ -28,7 +28,7 @@ import structlog
 from depositwatch.alerts.sinks import AlertSink, Burst, DeliveryError, close_sinks
 from depositwatch.config import AlertsConfig, RetryConfig
 from depositwatch.metrics import Metrics
-from depositwatch.store.base import Delivery, OutboxMessage, StoreError
+from depositwatch.store.base import Delivery, LeaseLost, OutboxMessage, StoreError
 
 log = structlog.get_logger("depositwatch.alerts")
 
@@ -47,6 +47,7 @@ class OutboxStore(Protocol):
     async def unplanned(self, limit: int) -> list[OutboxMessage]: ...
     async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None: ...
     async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]: ...
+    async def claim(self, seqs: Sequence[int], sink: str) -> None: ...
     async def delivered_many(self, acknowledged: Sequence[tuple[int, str]], now: float) -> None: ...
     async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None: ...
     async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None: ...
@@ -60,7 +61,7 @@ class Attempt:
 
     sink: str
     seqs: tuple[int, ...]
-    outcome: str  # delivered | summarized | retry | rejected | timeout | dead
+    outcome: str  # delivered | summarized | retry | rejected | timeout | dead | not-leading
     error: str | None = None
     attempts: int = 1
     next_attempt_at: float | None = None
@@ -115,6 +116,7 @@ class Dispatcher:
         self._closed = False
         self._counts_at = 0.0
         self._looping = 0
+        self._lost: LeaseLost | None = None
 
     # public ---------------------------------------------------------------------------------------
 
@@ -143,7 +145,8 @@ class Dispatcher:
         self.wake()
 
     async def run(self) -> None:
-        """Deliver until cancelled or stopped; CancelledError is always re-raised.
+        """Deliver until cancelled or stopped; CancelledError is always re-raised, and LeaseLost too
+        (deliveries under way cancelled) once the store refuses this dispatcher's lease.
 
         A store that cannot be reached is retried with backoff (logged at most once a minute); any
         other error is a bug and is raised, never retried silently.
@@ -157,7 +160,12 @@ class Dispatcher:
             while not self._stopping:
                 self._wake.clear()
                 try:
+                    if self._lost is not None:
+                        raise self._lost
                     await self._cycle()
+                except LeaseLost:  # fenced out: stop sending at once, leave the rest to the new holder
+                    await self._abort()
+                    raise
                 except OUTBOX_ERRORS as exc:
                     self._mark_all()
                     failures += 1
@@ -376,6 +384,13 @@ class Dispatcher:
         else:
             burst, first, seqs = None, unit, (unit.seq,)
         timeout = sink.config.timeout
+        try:  # claimed under the dispatcher lease right before sending, or not sent at all
+            await self.store.claim(seqs, sink.name)
+        except LeaseLost as exc:
+            log.warning("not sending: the dispatcher lease is lost", sink=sink.name, seq=first.seq, error=str(exc))
+            self._lost = exc  # the loop ends: another instance delivers now
+            self._wake.set()
+            return Attempt(sink.name, seqs, "not-leading", str(exc))
         try:
             async with asyncio.timeout(timeout):
                 if burst is not None:

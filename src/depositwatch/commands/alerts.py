@@ -258,11 +258,11 @@ async def _deliver(args: argparse.Namespace) -> int:
     store = await store_from(args, config)
     try:
         password = config.store.password.resolve() if config.store.password else None
-        leases = await take_dispatcher(store, password)
+        leases = await take_dispatcher(store, password, config.ha.lease_ttl)
     except AlreadyRunning as exc:
         await store.close()
         raise CommandError(str(exc)) from None
-    dispatcher = Dispatcher(store, sinks, config.alerts)
+    dispatcher = Dispatcher(leases.outbox, sinks, config.alerts)
     try:
         if args.until_empty:
             return await _until_empty(args, store, dispatcher)

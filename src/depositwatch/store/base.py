@@ -43,6 +43,17 @@ class LeaseLost(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """A lease as its holder took it: writes made under it check that the lease row still shows this
+    holder and epoch, in their own transaction, or write nothing (LeaseLost)."""
+
+    name: str  # `chain:<name>` or `dispatcher`
+    holder: str
+    epoch: int
+    ttl: float = field(default=10.0, compare=False)  # bounds how long a fenced transaction may sit idle
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
     """Where a follower stands."""
 
@@ -83,6 +94,7 @@ class Scope:
     name: str
     mode: str  # "live" or "replay"
     send_alerts: bool
+    fence: Fence | None = None  # the lease the live daemon writes under; None: unfenced (replay, CLI)
 
     @staticmethod
     def live() -> Scope:
@@ -93,6 +105,10 @@ class Scope:
     def replay(run_id: str, send_alerts: bool) -> Scope:
         """A replay run's scope."""
         return Scope(f"replay:{run_id}", "replay", send_alerts)
+
+    def fenced(self, fence: Fence) -> Scope:
+        """This scope, its writes made under `fence`."""
+        return Scope(self.name, self.mode, self.send_alerts, fence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from depositwatch.store.base import (
     LeaseLost,
     Scope,
 )
+from depositwatch.store.leases import check_fence
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
@@ -156,7 +157,8 @@ class FollowMixin:
         """Commit blocks' matches, outputs, alerts and the moved cursor in one transaction.
 
         `cursor` is where the caller believes the chain stands; if the stored cursor differs (another
-        instance moved it) nothing is written and LeaseLost is raised.
+        instance moved it), or the scope's lease fence no longer holds, nothing is written and
+        LeaseLost is raised.
         """
         if not effects:
             return cursor
@@ -164,6 +166,7 @@ class FollowMixin:
         moved = Cursor(cursor.name, cursor.chain, last.height, last.hash, cursor.range_start, cursor.range_stop)
         stamp = now()
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, scope.fence)
             await self._expect_cursor(conn, cursor)
             await conn.executemany(
                 "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
@@ -400,6 +403,7 @@ class FollowMixin:
         stamp = now()
         moved = Cursor(cursor.name, cursor.chain, to.height, to.hash, cursor.range_start, cursor.range_stop)
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, scope.fence)
             await self._expect_cursor(conn, cursor)
             rows = await conn.fetch(
                 "SELECT id, kind, status FROM matches WHERE scope = $1 AND chain = $2 AND block_height > $3"
@@ -440,6 +444,7 @@ class FollowMixin:
         """Record unconfirmed matches (block None) and alert on the new ones; return how many were new."""
         stamp = now()
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, scope.fence)
             before = await conn.fetchval("SELECT COUNT(*) FROM outbox")
             fresh = []
             for match in matches:
@@ -462,6 +467,7 @@ class FollowMixin:
         stamp = now()
         dropped = 0
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, scope.fence)
             for match_id in match_ids:
                 changed = await conn.execute(
                     "UPDATE matches SET status = 'retracted', updated_at = $1"

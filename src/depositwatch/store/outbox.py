@@ -7,11 +7,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from depositwatch.jsonutil import dumps
-from depositwatch.store.base import Delivery, OutboxMessage
+from depositwatch.store.base import Delivery, Fence, OutboxMessage
+from depositwatch.store.leases import check_fence
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
     from depositwatch.store.drivers import Conn, Driver
+
+
+def _claimed(fence: Fence | None) -> str:
+    """The condition that a delivery was claimed under this fence's epoch (none when unfenced)."""
+    return "" if fence is None else f" AND claim_epoch = {int(fence.epoch)}"
 
 
 def _message(row: Any) -> OutboxMessage:
@@ -42,9 +48,10 @@ class OutboxMixin:
             rows = await conn.fetch("SELECT * FROM outbox WHERE status = 'new' ORDER BY seq LIMIT $1", limit)
         return [_message(r) for r in rows]
 
-    async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None:
+    async def plan(self, routes: Mapping[int, Sequence[str]], now: float, *, fence: Fence | None = None) -> None:
         """Give each message a pending delivery for each sink that wants it (none: `unrouted`)."""
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
             for seq, sinks in routes.items():
                 order_key = await conn.fetchval("SELECT order_key FROM outbox WHERE seq = $1 AND status = 'new'", seq)
                 if order_key is None:
@@ -77,25 +84,48 @@ class OutboxMixin:
             )
         return [_message(r) for r in rows]
 
-    async def delivered(self, seq: int, sink: str, now: float) -> None:
+    async def claim(self, seqs: Sequence[int], sink: str, *, fence: Fence | None = None) -> None:
+        """Claim pending deliveries for sending under `fence`'s epoch, or raise LeaseLost: the
+        dispatcher sends nothing it has not claimed, and records outcomes only under the same epoch.
+        Unfenced (a dispatcher run by hand on its own), there is nothing to claim against."""
+        if fence is None:
+            return
+        async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
+            for i in range(0, len(seqs), 500):
+                batch = list(seqs[i : i + 500])
+                marks = ", ".join(f"${j + 3}" for j in range(len(batch)))
+                await conn.execute(
+                    f"UPDATE deliveries SET claim_epoch = $1 WHERE sink = $2 AND status = 'pending'"
+                    f" AND outbox_seq IN ({marks})",
+                    fence.epoch,
+                    sink,
+                    *batch,
+                )
+
+    async def delivered(self, seq: int, sink: str, now: float, *, fence: Fence | None = None) -> None:
         """Record a delivery the sink acknowledged."""
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
             await conn.execute(
                 "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
-                " last_error = NULL WHERE outbox_seq = $2 AND sink = $3",
+                f" last_error = NULL WHERE outbox_seq = $2 AND sink = $3{_claimed(fence)}",
                 int(now),
                 seq,
                 sink,
             )
             await self._refresh(conn, seq)
 
-    async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None:
+    async def failed(
+        self, seq: int, sink: str, error: str, next_attempt_at: float | None, *, fence: Fence | None = None
+    ) -> None:
         """Record a failed attempt: retry at `next_attempt_at`, or dead when it is None."""
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
             if next_attempt_at is None:
                 await conn.execute(
                     "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = $1"
-                    " WHERE outbox_seq = $2 AND sink = $3",
+                    f" WHERE outbox_seq = $2 AND sink = $3{_claimed(fence)}",
                     error[:2000],
                     seq,
                     sink,
@@ -103,7 +133,7 @@ class OutboxMixin:
             else:
                 await conn.execute(
                     "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2"
-                    " WHERE outbox_seq = $3 AND sink = $4",
+                    f" WHERE outbox_seq = $3 AND sink = $4{_claimed(fence)}",
                     error[:2000],
                     next_attempt_at,
                     seq,
@@ -111,34 +141,47 @@ class OutboxMixin:
                 )
             await self._refresh(conn, seq)
 
-    async def delivered_many(self, acknowledged: Sequence[tuple[int, str]], now: float) -> None:
+    async def delivered_many(
+        self, acknowledged: Sequence[tuple[int, str]], now: float, *, fence: Fence | None = None
+    ) -> None:
         """Record many acknowledged (seq, sink) deliveries in one transaction (a burst summary, or the
         acknowledgements that arrived together), a few statements per 500 rather than three each."""
         by_sink: dict[str, list[int]] = {}
         for seq, sink in acknowledged:
             by_sink.setdefault(sink, []).append(seq)
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
             for sink, seqs in by_sink.items():
                 for i in range(0, len(seqs), 500):
                     batch = seqs[i : i + 500]
                     marks = ", ".join(f"${j + 3}" for j in range(len(batch)))
                     await conn.execute(
                         "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, delivered_at = $1,"
-                        f" last_error = NULL WHERE sink = $2 AND status = 'pending' AND outbox_seq IN ({marks})",
+                        f" last_error = NULL WHERE sink = $2 AND status = 'pending' AND outbox_seq IN ({marks})"
+                        f"{_claimed(fence)}",
                         int(now),
                         sink,
                         *batch,
                     )
             await self._refresh_many(conn, sorted({seq for seq, _ in acknowledged}))
 
-    async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None:
+    async def failed_many(
+        self,
+        seqs: Sequence[int],
+        sink: str,
+        error: str,
+        next_attempt_at: float | None,
+        *,
+        fence: Fence | None = None,
+    ) -> None:
         """Record one failed attempt for many messages (a burst summary), in one transaction."""
         async with self.db.transaction() as conn:
+            await check_fence(conn, self.db.dialect, fence)
             for seq in seqs:
                 await conn.execute(
                     "UPDATE deliveries SET status = $1, attempts = attempts + 1, last_error = $2,"
                     " next_attempt_at = COALESCE($3, next_attempt_at)"
-                    " WHERE outbox_seq = $4 AND sink = $5 AND status = 'pending'",
+                    f" WHERE outbox_seq = $4 AND sink = $5 AND status = 'pending'{_claimed(fence)}",
                     "dead" if next_attempt_at is None else "pending",
                     error[:2000],
                     next_attempt_at,

@@ -21,6 +21,7 @@ from depositwatch.store.base import (
 )
 from depositwatch.store.drivers import Conn, Driver
 from depositwatch.store.follow import FollowMixin
+from depositwatch.store.leases import LeaseMixin
 from depositwatch.store.outbox import OutboxMixin
 from depositwatch.timeutil import now
 
@@ -68,7 +69,7 @@ def _entry(row: Any) -> AddressEntry:
     )
 
 
-class SqlStore(FollowMixin, OutboxMixin):
+class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
     """The store, for SQLite and PostgreSQL alike."""
 
     def __init__(self, db: Driver) -> None:
