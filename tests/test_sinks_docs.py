@@ -39,8 +39,19 @@ def with_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in (*names, "DEPOSITWATCH_WEBHOOK_SECRET", "PAGERDUTY_ROUTING_KEY"):
         monkeypatch.setenv(name, f"value-of-{name.lower()}")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    (tmp_path / "teams-workflow-url").write_text("https://teams.example/workflows/x?sig=y\n")
-    (tmp_path / "slack-webhook-url").write_text("https://hooks.slack.example/x\n")
+    files = {
+        "teams-workflow-url": "https://teams.example/workflows/x?sig=y",
+        "slack-webhook-url": "https://hooks.slack.example/x",
+        "discord-webhook-url": "https://discord.example/api/webhooks/1/x",
+        "webhook-secret": "value-of-webhook-secret",
+        "pagerduty-routing-key": "value-of-pagerduty-routing-key",
+        "btc-rpc-password": "value-of-btc-rpc-password",
+        "opsgenie-api-key": "value-of-opsgenie-api-key",
+        "telegram-bot-token": "123456:value-of-telegram-bot-token",
+        "smtp-password": "value-of-smtp-password",
+    }
+    for name, value in files.items():  # the example config's credential names (docs/operations.md)
+        (tmp_path / name).write_text(value + "\n")
 
 
 def built(config: Config) -> dict[str, object]:
