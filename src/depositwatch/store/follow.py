@@ -88,10 +88,14 @@ class FollowMixin:
     async def check_identity(self, chain: str, identity: str) -> None:
         """Record the chain's identity on first use; afterwards refuse a node on another chain."""
         async with self.db.transaction() as conn:
+            # Instances starting together may both find no row: the first insert wins, the other reads it.
+            await conn.execute(
+                "INSERT INTO chain_identity (chain, identity) VALUES ($1, $2) ON CONFLICT (chain) DO NOTHING",
+                chain,
+                identity,
+            )
             known = await conn.fetchval("SELECT identity FROM chain_identity WHERE chain = $1", chain)
-            if known is None:
-                await conn.execute("INSERT INTO chain_identity (chain, identity) VALUES ($1, $2)", chain, identity)
-            elif known != identity:
+            if known != identity:
                 raise IdentityMismatch(
                     f"chain {chain}: the node reports {identity}, but this store recorded {known}; "
                     "refusing to mix two chains in one store"
