@@ -140,6 +140,7 @@ async def test_test_command_sends_a_marked_alert_and_reports_failure(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sqlite_url: str
 ) -> None:
     """`alerts test --sink` delivers a clearly marked test alert at once (exit 0), or says why not (exit 1)."""
+    assert (await cli(capsys, "db", "migrate", "--store", sqlite_url))[0] == 0  # only db migrate creates a store
     async with Receiver() as rx:
         config = str(write_config(tmp_path, rx.url))
         code, stdout, _ = await cli(

@@ -84,7 +84,7 @@ async def _import(args: argparse.Namespace) -> int:
         return 2
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    store = await store_from(args, config)
+    store = await store_from(args, config, migrate=True)
     try:
         result = await store.import_addresses(entries, dry_run=args.dry_run)
     except ImportRejected as exc:
@@ -101,7 +101,7 @@ async def _import(args: argparse.Namespace) -> int:
 
 async def _revoke(args: argparse.Namespace) -> int:
     config = load(args, required=False)
-    store = await store_from(args, config)
+    store = await store_from(args, config, migrate=True)
     try:
         directory = ChainDirectory.from_config(config)
         if not config.chains:  # no config: the book's own chains count too

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from depositwatch.commands import add_store_option, out, store_from
+from depositwatch.commands import add_store_option, load, out
+from depositwatch.config import StoreConfig
+from depositwatch.store import connect_store
 
 
 def register(sub: Any) -> None:
@@ -17,9 +19,12 @@ def register(sub: Any) -> None:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    store = await store_from(args, migrate=False)
+    url = getattr(args, "store", None)
+    config = StoreConfig(url=url) if url else load(args, required=False).store
+    store = await connect_store(config, create=True)
     try:
         applied = await store.migrate()
+        await store.check_schema()  # a store newer than this program is refused here too
     finally:
         await store.close()
     out(f"applied migrations: {', '.join(map(str, applied))}" if applied else "schema is current")

@@ -47,10 +47,45 @@ def migrations() -> list[tuple[int, str]]:
 
 
 def _statements(sql: str, dialect: str) -> list[str]:
+    """The statements of a migration, split on the semicolons outside string literals, quoted names
+    and comments (a `;` or `--` inside `'...'` stays part of its statement); comments are dropped."""
     for token, replacement in _TYPES[dialect].items():
         sql = sql.replace(token, replacement)
-    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
-    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+    statements: list[str] = []
+    current: list[str] = []
+    i, size = 0, len(sql)
+    while i < size:
+        char = sql[i]
+        if char in "'\"":  # a literal or quoted name runs to its closing quote; a doubled quote escapes
+            end = i + 1
+            while True:
+                end = sql.find(char, end)
+                if end < 0:
+                    raise SchemaError(f"migration text has an unterminated {char} quote")
+                if sql[end + 1 : end + 2] == char:
+                    end += 2
+                    continue
+                break
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = size if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                raise SchemaError("migration text has an unterminated /* comment")
+            current.append(" ")
+            i = end + 2
+        elif char == ";":
+            statements.append("".join(current).strip())
+            current = []
+            i += 1
+        else:
+            current.append(char)
+            i += 1
+    statements.append("".join(current).strip())
+    return [statement for statement in statements if statement]
 
 
 def _entry(row: Any) -> AddressEntry:
@@ -77,19 +112,26 @@ class SqlStore(FollowMixin, OutboxMixin):
 
     # schema ---------------------------------------------------------------------------------------
 
-    async def migrate(self) -> list[int]:
-        """Apply the migrations this database lacks, each in its own transaction."""
+    async def migrate(self, target: int | None = None) -> list[int]:
+        """Apply the packaged migrations this database lacks (up to `target`, when given), in version
+        order, each in its own transaction; return the versions applied.
+
+        Versions need not be consecutive: each one is applied if it is missing, so a store that has
+        1 and 3 gets 2 when a release adds it.
+        """
         applied = []
-        async with self.db.transaction() as conn:
-            if self.dialect == "postgres":
-                # One migrator at a time when several instances start together.
-                await conn.execute("SELECT pg_advisory_xact_lock(727001)")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            )
-            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, sql in migrations():
-                if version in done:
+        for version, sql in migrations():
+            if target is not None and version > target:
+                break
+            async with self.db.transaction() as conn:
+                if self.dialect == "postgres":
+                    # One migrator at a time when several instances start together.
+                    await conn.execute("SELECT pg_advisory_xact_lock(727001)")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+                )
+                if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
                     continue
                 for statement in _statements(sql, self.dialect):
                     await conn.execute(statement)
@@ -99,21 +141,33 @@ class SqlStore(FollowMixin, OutboxMixin):
                 applied.append(version)
         return applied
 
-    async def check_schema(self) -> None:
-        """Refuse to run on a database that is not migrated to this program's schema."""
-        latest = migrations()[-1][0]
+    async def schema_versions(self) -> set[int] | None:
+        """The migrations applied to this database; None when it has no depositwatch schema at all."""
         try:
             async with self.db.read() as conn:
-                version = await conn.fetchval("SELECT MAX(version) FROM schema_migrations")
-        except Exception as exc:  # the table itself is missing: an empty or foreign database
-            raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`") from exc
-        if version is None or version < latest:
+                rows = await conn.fetch("SELECT version FROM schema_migrations")
+        except Exception:  # the table itself is missing: an empty or foreign database
+            return None
+        return {int(row[0]) for row in rows}
+
+    async def check_schema(self) -> None:
+        """Refuse to run on a database that is not migrated to this program's schema."""
+        packaged = {version for version, _ in migrations()}
+        latest = max(packaged)
+        applied = await self.schema_versions()
+        if not applied:
+            raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`")
+        newer = sorted(applied - packaged)
+        if newer:
             raise SchemaError(
-                f"the store is at schema {version}, this program needs {latest}: run `depositwatch db migrate`"
+                f"the store has schema migration(s) {', '.join(map(str, newer))}, newer than this program's"
+                f" ({latest}): upgrade depositwatch"
             )
-        if version > latest:
+        missing = sorted(packaged - applied)
+        if missing:
             raise SchemaError(
-                f"the store's schema {version} is newer than this program's ({latest}): upgrade depositwatch"
+                f"the store is at schema {max(applied)} and lacks migration(s) {', '.join(map(str, missing))}"
+                f" that this program needs: run `depositwatch db migrate`"
             )
 
     async def close(self) -> None:
