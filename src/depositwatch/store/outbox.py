@@ -217,8 +217,15 @@ class OutboxMixin:
             for r in rows
         ]
 
-    async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int:
-        """Put dead deliveries (of the given messages, or all) back in line; return how many."""
+    async def redeliver(self, seqs: Sequence[int] | None, now: float, *, force: bool = False) -> int:
+        """Put dead deliveries (of the given messages, or all) back in line; return how many.
+
+        With `force` (named messages only) delivered ones go back in line too: a receiver that lost
+        what it acknowledged gets the same body under the same idempotency key again.
+        """
+        if force and seqs is None:
+            raise ValueError("force needs the messages named")
+        states = "('dead', 'delivered')" if force else "('dead')"
         async with self.db.transaction() as conn:
             if seqs is None:
                 targets = [
@@ -229,8 +236,8 @@ class OutboxMixin:
             count = 0
             for seq in targets:
                 count += await conn.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1"
-                    " WHERE outbox_seq = $2 AND status = 'dead'",
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,"
+                    f" delivered_at = NULL WHERE outbox_seq = $2 AND status IN {states}",
                     now,
                     seq,
                 )
