@@ -536,6 +536,16 @@ class FollowMixin:
         async with self.db.read() as conn:
             return [dict(r) for r in await conn.fetch(sql, *args)]
 
+    async def unsent_alerts(self, scope: Scope) -> int:
+        """Alert matches of a scope (not retracted) that have no message in the outbox: nobody was told."""
+        async with self.db.read() as conn:
+            value = await conn.fetchval(
+                "SELECT COUNT(*) FROM matches m WHERE m.scope = $1 AND m.kind <> 'deposit'"
+                " AND m.status <> 'retracted' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = m.id)",
+                scope.name,
+            )
+        return int(value or 0)
+
     async def delete_scope(self, scope: Scope) -> None:
         """Forget a replay run: its matches, outputs, cursor and blocks."""
         async with self.db.transaction() as conn:
