@@ -536,6 +536,58 @@ class FollowMixin:
         async with self.db.read() as conn:
             return [dict(r) for r in await conn.fetch(sql, *args)]
 
+    async def list_matches(
+        self,
+        scope: str,
+        *,
+        deposits_only: bool = False,
+        chain: str | None = None,
+        kind: str | None = None,
+        address: str | None = None,
+        owner: str | None = None,
+        since: int | None = None,
+        final: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered; for the CLI.
+
+        `address` compares case-insensitively for EVM text (0x...), exactly otherwise (base58 is
+        case-sensitive); `since` is unix seconds against the block time (the first sighting while
+        unmined). `deposits_only` with `final` reads the documented `deposits` view's meaning.
+        """
+        sql = "SELECT * FROM matches WHERE scope = $1"
+        args: list[Any] = [scope]
+
+        def where(clause: str, value: Any) -> None:
+            nonlocal sql
+            args.append(value)
+            sql += " AND " + clause.replace("$?", f"${len(args)}")
+
+        if deposits_only:
+            where("kind = $?", "deposit")
+        if chain is not None:
+            where("chain = $?", chain)
+        if kind is not None:
+            where("kind = $?", kind)
+        if address is not None:
+            if address[:2].lower() == "0x":
+                where("LOWER(address) = $?", address.lower())
+            else:
+                where("address = $?", address)
+        if owner is not None:
+            where("owner = $?", owner)
+        if since is not None:
+            where("COALESCE(block_time, first_seen) >= $?", since)
+        if final:
+            sql += " AND status = 'confirmed'"
+        args.append(limit)
+        sql += (
+            " ORDER BY COALESCE(block_height, -1) DESC, COALESCE(block_time, first_seen) DESC, txid, idx, kind"
+            f" LIMIT ${len(args)}"
+        )
+        async with self.db.read() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+
     async def unsent_alerts(self, scope: Scope) -> int:
         """Alert matches of a scope (not retracted) that have no message in the outbox: nobody was told."""
         async with self.db.read() as conn:
