@@ -243,6 +243,16 @@ class HttpConfig(_Strict):
     listen: str = "127.0.0.1:9108"
 
 
+class RetentionConfig(_Strict):
+    """How long settled history is kept. Delivered and dead outbox messages go after `outbox_days`
+    (0 keeps them); matches and deposits are kept unless `matches_days` is set."""
+
+    outbox_days: Annotated[float, Field(ge=0, le=36_500)] = 30.0
+    matches_days: Annotated[float, Field(ge=0, le=36_500)] = 0.0
+    interval: Annotated[float, Field(ge=1, le=86_400)] = 3600.0  # seconds between the daemon's passes
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 1000  # rows per transaction: short locks
+
+
 class LogConfig(_Strict):
     """Logging: JSON lines when not on a terminal, readable text otherwise."""
 
@@ -259,6 +269,7 @@ class Config(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

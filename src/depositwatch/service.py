@@ -24,6 +24,7 @@ from depositwatch.pipeline import attach, make_hook, make_policy, make_settings,
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, sqlite_path
+from depositwatch.store.retention import run_retention
 from depositwatch.store.sql import NOTIFY_CHANNEL
 from depositwatch.systemd import Notifier, watchdog_interval
 
@@ -163,6 +164,7 @@ class Service:
                 chain_tasks = [group.create_task(self._follow(state)) for state in self.chains.values()]
                 dispatcher_task = group.create_task(self._dispatch())
                 helpers = [group.create_task(self._watch_book()), group.create_task(self._heartbeat())]
+                helpers.append(group.create_task(self._retention()))
                 await self._stopping.wait()
                 self.notifier.stopping()
                 log.info("stopping: finishing the blocks in hand and in-flight deliveries")
@@ -324,6 +326,13 @@ class Service:
             if self._stopping.is_set():
                 return
         await self.dispatcher.run()
+
+    async def _retention(self) -> None:
+        """Prune settled history now and then ([retention]); see store/retention.py."""
+        assert self.store is not None
+        await run_retention(
+            self.store, self.config.retention, self._stopping, lambda t, n: self.metrics.pruned.labels(t).inc(n)
+        )
 
     async def _watch_book(self) -> None:
         """Hot address changes: PostgreSQL NOTIFY wakes at once; every backend also checks the version often."""

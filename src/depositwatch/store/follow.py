@@ -332,6 +332,8 @@ class FollowMixin:
             told = {
                 row[0] for row in await _fetch_in(conn, "SELECT DISTINCT alert_id FROM outbox WHERE alert_id", [], ids)
             }
+            pruned = await _fetch_in(conn, "SELECT alert_id FROM outbox_pruned WHERE alert_id", [], ids)
+            told |= {row[0] for row in pruned}
             fresh = []
             for alert in alerts:
                 if alert[1] is AlertEvent.DETECTED and alert[0] not in told:
@@ -345,12 +347,13 @@ class FollowMixin:
             row["id"]: row
             for row in await _fetch_in(conn, "SELECT * FROM matches WHERE scope = $1 AND id", [scope.name], ids)
         }
-        revs: dict[str, int] = {
-            row[0]: int(row[1])
-            for row in await _fetch_in(
-                conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
-            )
-        }
+        # Revisions continue after what the outbox holds and after what retention removed from it.
+        pruned_revs = await _fetch_in(conn, "SELECT alert_id, rev FROM outbox_pruned WHERE alert_id", [], ids)
+        revs: dict[str, int] = {row[0]: int(row[1]) for row in pruned_revs}
+        for row in await _fetch_in(
+            conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
+        ):
+            revs[row[0]] = max(revs.get(row[0], 0), int(row[1]))
         messages = []
         for match_id, event, confirmations in alerts:
             row = rows[match_id]
@@ -593,7 +596,8 @@ class FollowMixin:
         async with self.db.read() as conn:
             value = await conn.fetchval(
                 "SELECT COUNT(*) FROM matches m WHERE m.scope = $1 AND m.kind <> 'deposit'"
-                " AND m.status <> 'retracted' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = m.id)",
+                " AND m.status <> 'retracted' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = m.id)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox_pruned p WHERE p.alert_id = m.id)",
                 scope.name,
             )
         return int(value or 0)
