@@ -242,6 +242,24 @@ class HttpConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1:9108"
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+LISTEN_ENV = "DEPOSITWATCH_LISTEN"  # overrides http.listen; `run --listen` overrides both
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9108` for IPv6) as (host, port); ValueError naming what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or len(port) > 5 or int(port) > 65535 or len(text) > 300:
+        raise ValueError(f"listen address {text[:300]!r} is not HOST:PORT (port 0-65535), e.g. 127.0.0.1:9108")
+    return host, int(port)
+
 
 class RetentionConfig(_Strict):
     """How long settled history is kept. Delivered and dead outbox messages go after `outbox_days`

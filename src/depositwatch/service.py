@@ -16,7 +16,7 @@ from aiohttp import web
 from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
-from depositwatch.config import ChainConfig, Config, load_config
+from depositwatch.config import ChainConfig, Config, load_config, parse_listen
 from depositwatch.follower import Follower, ReorgTooDeep
 from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
 from depositwatch.metrics import Metrics
@@ -403,11 +403,15 @@ class Service:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        host, _, port = self.config.http.listen.rpartition(":")
+        host, port = parse_listen(self.config.http.listen)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
-        await site.start()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or not an address of this host: one line, not a traceback
+            reason = exc.strerror or str(exc)
+            raise StartupError(f"http: cannot listen on {self.config.http.listen}: {reason.lower()}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_address = sockets[0].getsockname()[:2] if sockets else (host, int(port))
