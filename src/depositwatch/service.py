@@ -21,6 +21,7 @@ from depositwatch.follower import Follower, ReorgTooDeep
 from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
 from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.preflight import probe_sinks, secret_problems
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver, sqlite_path
@@ -114,6 +115,9 @@ class Service:
         config = self.config
         if not config.chains:
             raise StartupError("no chains are configured: add [[chains]] sections to the config")
+        problems = secret_problems(config)  # every secret before touching the store or a node
+        if problems:
+            raise StartupError("; ".join(problems))
         self.store = store = await open_store(config.store, migrate=True)
         if isinstance(store.db, PostgresDriver):
             password = config.store.password.resolve() if config.store.password else None
@@ -131,6 +135,7 @@ class Service:
             self.chains[chain.name] = ChainState(chain, make_source(chain))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
         self.dispatcher = Dispatcher(store, build_sinks(config.sinks), config.alerts, metrics=self.metrics)
+        await probe_sinks(list(config.sinks))
         if config.http.enabled:
             await self._start_http()
 
