@@ -10,8 +10,11 @@ from depositwatch.addresses import AddressError, BitcoinNetwork, parse_bitcoin_a
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AddressStatus
-from depositwatch.store import ImportRejected, StoreError
-from depositwatch.timeutil import iso, parse_timestamp
+from depositwatch.pipeline import make_policy
+from depositwatch.store import ImportRejected, RevokeResult, StoreError
+from depositwatch.timeutil import iso, now, parse_timestamp
+
+CLOCK_SKEW = 300  # seconds a revocation time may lie ahead of this host's clock
 
 
 def register(sub: Any) -> None:
@@ -119,8 +122,14 @@ async def _revoke(args: argparse.Namespace) -> int:
             return 2
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        if at > now() + CLOCK_SKEW:
+            raise CommandError(
+                f"--at {iso(at)} is in the future (beyond {CLOCK_SKEW // 60} minutes of clock skew):"
+                " a revocation dates when the keys may have leaked, which has happened already"
+            )
+        policies = {c.name: make_policy(c, config.alerts) for c in config.chains if c.name in chains}
         try:
-            result = await store.revoke(chains, keys, at, args.reason)
+            result = await store.revoke(chains, keys, at, args.reason, policies)
         except StoreError as exc:
             raise CommandError(str(exc)) from None
     finally:
@@ -129,7 +138,41 @@ async def _revoke(args: argparse.Namespace) -> int:
         f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
         f" ({result.already_revoked} were already revoked and keep their revocation time)"
     )
+    if result.revoked:
+        for line in retro_report(result, at):
+            out(line)
     return 0
+
+
+def retro_report(result: RevokeResult, at: int) -> list[str]:
+    """What the store re-examined for a backdated revocation, and which replay covers the rest."""
+    lines = [
+        f"re-examined the recorded deposits since {iso(at)}: {result.retro} became revoked_incoming alert(s)"
+        " (mode retro, with their original block)"
+    ]
+    for c in result.coverage:
+        replay = (
+            f"depositwatch replay --chain {c.chain} --from FIRST --to {{}} --send-alerts"
+            f" (FIRST: the first {c.chain} block at or after {iso(at)})"
+        )
+        if c.cursor_height is None:
+            lines.append(f"{c.chain}: the store has not followed this chain yet; nothing was re-examined")
+        elif c.first_time is None:
+            lines.append(
+                f"{c.chain}: the store does not know its first recorded block (it followed before schema 3);"
+                " to be sure, run " + replay.format(c.cursor_height)
+            )
+        elif c.first_time > at and c.first_height is not None:
+            lines.append(
+                f"{c.chain}: blocks before {c.first_height} (time {iso(c.first_time)}) were never examined"
+                " by this store; run " + replay.format(c.first_height - 1)
+            )
+        if c.cursor_height is not None:
+            lines.append(
+                f"{c.chain}: transfers out of these addresses while they were active were not recorded;"
+                " to find sweeps since then, run " + replay.format(c.cursor_height)
+            )
+    return lines
 
 
 async def _list(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from depositwatch.config import StoreConfig
 from depositwatch.store.base import (
     BlockEffects,
     ChainPolicy,
+    Coverage,
     Cursor,
     IdentityMismatch,
     ImportRejected,
@@ -25,6 +26,7 @@ from depositwatch.store.sql import SqlStore
 __all__ = [
     "BlockEffects",
     "ChainPolicy",
+    "Coverage",
     "Cursor",
     "IdentityMismatch",
     "ImportRejected",

@@ -165,6 +165,14 @@ class FollowMixin:
                 " parent_hash = excluded.parent_hash, time = excluded.time",
                 [(cursor.name, e.block.height, e.block.hash, e.block.parent_hash, e.block.time) for e in effects],
             )
+            if scope.mode == "live":
+                first = effects[0].block
+                await conn.execute(
+                    "INSERT INTO live_start (chain, height, time) VALUES ($1, $2, $3) ON CONFLICT (chain) DO NOTHING",
+                    policy.chain,
+                    first.height,
+                    first.time,
+                )
             matches = [match for effect in effects for match in effect.matches]
             if matches:
                 await self._upsert_matches(conn, scope, policy, matches, tip_height, stamp)

@@ -6,17 +6,20 @@ Every state change is one transaction. Inserts are keyed (matches by (scope, id)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from depositwatch.models import AddressEntry, AddressStatus
+from depositwatch.models import AddressEntry, AddressStatus, AlertEvent, MatchKind, match_id
 from depositwatch.store.base import (
+    ChainPolicy,
+    Coverage,
     ImportRejected,
     ImportResult,
     RegistryRow,
     RevokeResult,
     SchemaError,
+    Scope,
     StoreError,
 )
 from depositwatch.store.drivers import Conn, Driver
@@ -266,19 +269,35 @@ class SqlStore(FollowMixin, OutboxMixin):
             await conn.execute("DROP TABLE staging_addresses")
         return result
 
-    async def revoke(self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str) -> RevokeResult:
+    async def revoke(
+        self,
+        chains: Sequence[str],
+        keys: Sequence[bytes] | None,
+        at: int,
+        reason: str,
+        policies: Mapping[str, ChainPolicy] | None = None,
+    ) -> RevokeResult:
         """Retire addresses on the given chains: the listed keys, or every active one (`keys=None`).
 
         Every listed key must be in the book on every named chain, or nothing is revoked. An address
-        already revoked keeps its first revocation time.
+        already revoked keeps its first revocation time. In the same transaction the live deposits
+        already recorded to the newly revoked addresses in blocks from `at` on become `revoked_incoming`
+        matches with alerts (`mode: retro`, the original block): a backdated revocation is not silent
+        about what already landed. `policies` give the chains' alert severities and ids.
         """
         stamp = now()
+        fresh: dict[str, list[bytes]] = {}
         async with self.db.transaction() as conn:
             if keys is None:
                 already = await conn.fetchval(
                     f"SELECT COUNT(*) FROM addresses WHERE status = 'revoked' AND chain IN ({_marks(chains, 1)})",
                     *chains,
                 )
+                for row in await conn.fetch(
+                    f"SELECT chain, key FROM addresses WHERE status = 'active' AND chain IN ({_marks(chains, 1)})",
+                    *chains,
+                ):
+                    fresh.setdefault(row[0], []).append(bytes(row[1]))
                 revoked = await conn.execute(
                     "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                     f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})",
@@ -300,6 +319,7 @@ class SqlStore(FollowMixin, OutboxMixin):
                         found = {bytes(r["key"]): r["status"] for r in rows}
                         missing += [(chain, k) for k in batch if k not in found]
                         already += sum(1 for s in found.values() if s == "revoked")
+                        fresh.setdefault(chain, []).extend(k for k, s in found.items() if s == "active")
                         revoked += await conn.execute(
                             "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                             f" WHERE status = 'active' AND chain = $4 AND key IN ({_marks(batch, 5)})",
@@ -314,9 +334,57 @@ class SqlStore(FollowMixin, OutboxMixin):
                         f"{len(missing)} address(es) are not in the book, nothing was revoked: "
                         + ", ".join(f"{c}:{k.hex()}" for c, k in missing[:10])
                     )
+            retro = 0
+            for chain, chain_keys in fresh.items():
+                policy = (policies or {}).get(chain) or ChainPolicy(chain, confirmations=1)
+                retro += await self._retro_alerts(conn, policy, chain_keys, at, stamp)
+            coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
                 await self._bump_book(conn)
-        return RevokeResult(revoked, already)
+        return RevokeResult(revoked, already, retro, coverage)
+
+    async def _retro_alerts(self, conn: Conn, policy: ChainPolicy, keys: Sequence[bytes], at: int, stamp: int) -> int:
+        """Recorded live deposits to `keys` in blocks at or after `at`, as `revoked_incoming` matches
+        (the same transfer and block) with their alerts; return how many were new."""
+        made: list[tuple[str, AlertEvent, int]] = []
+        tip = await conn.fetchval("SELECT height FROM cursors WHERE name = $1", f"live:{policy.chain}")
+        for batch in _chunks(list(keys), 500):
+            if not batch:
+                continue
+            rows = await conn.fetch(
+                "SELECT * FROM matches WHERE scope = 'live' AND chain = $1 AND kind = 'deposit'"
+                f" AND status IN ('seen', 'confirmed') AND block_time >= $2 AND key IN ({_marks(batch, 3)})"
+                " ORDER BY block_height, txid, idx",
+                policy.chain,
+                at,
+                *batch,
+            )
+            for row in rows:
+                alert_id = match_id(policy.chain, MatchKind.REVOKED_INCOMING, row["txid"], row["idx"])
+                values = {**dict(row), "id": alert_id, "kind": str(MatchKind.REVOKED_INCOMING), "revoked_at": at}
+                values["updated_at"] = stamp
+                columns = list(values)
+                inserted = await conn.execute(
+                    f"INSERT INTO matches ({', '.join(columns)}) VALUES ({_marks(columns, 1)})"
+                    " ON CONFLICT (scope, id) DO NOTHING",
+                    *[values[c] for c in columns],
+                )
+                if inserted:
+                    depth = (tip - int(row["block_height"]) + 1) if tip is not None else 0
+                    made.append((alert_id, AlertEvent.DETECTED, depth))
+        # The live scope's rows, announced as found by re-examination, not by following.
+        await self._enqueue_many(conn, Scope("live", "retro", True), policy, made, stamp)
+        return len(made)
+
+    async def _coverage(self, conn: Conn, chain: str) -> Coverage:
+        first = await conn.fetchrow("SELECT height, time FROM live_start WHERE chain = $1", chain)
+        cursor = await conn.fetchval("SELECT height FROM cursors WHERE name = $1", f"live:{chain}")
+        return Coverage(
+            chain,
+            None if first is None else int(first["height"]),
+            None if first is None else int(first["time"]),
+            None if cursor is None else int(cursor),
+        )
 
     async def list_addresses(
         self,

@@ -12,3 +12,11 @@ CREATE TABLE outbox_pruned (
 -- Retention picks settled alerts by age.
 CREATE INDEX outbox_by_alert_age ON outbox (alert_id, created_at);
 CREATE INDEX matches_by_age ON matches (status, updated_at);
+
+-- The first block each chain's live cursor recorded: what a backdated revocation can re-examine from
+-- the store itself; earlier blocks need a replay. (Unknown for stores that followed before this.)
+CREATE TABLE live_start (
+    chain  TEXT   PRIMARY KEY,
+    height BIGINT NOT NULL,
+    time   BIGINT NOT NULL
+);
