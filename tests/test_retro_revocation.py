@@ -120,3 +120,30 @@ async def test_a_revocation_in_the_future_is_refused(
     assert code == 2 and stdout == "" and "in the future" in stderr
     code, stdout, _ = await cli(capsys, *base, "--at", str(int(time.time()) + 60))  # within the clock skew
     assert code == 0 and "revoked 1 address(es)" in stdout
+
+
+async def test_a_block_in_flight_during_the_revocation_still_alerts(store_url: str) -> None:
+    """A block classified with the book as it was before the revocation but committed after it: its
+    deposit to the newly revoked address (at or after `revoked_at`) is also a `revoked_incoming` alert."""
+    from depositwatch.matcher import match_block
+    from depositwatch.models import Block, Transfer
+    from depositwatch.registry import AddressRegistry
+    from depositwatch.store import BlockEffects, Scope
+    from tests.ledger import ETH, SENDER, key
+
+    store = await open_store(store_url, migrate=True)
+    try:
+        ledger = Ledger(store)
+        await ledger.book(active=[1])
+        stale = await AddressRegistry.load(store, ["eth"])  # the daemon's book before the revocation
+        await store.revoke(["eth"], [key(1)], T0 + 100, "leak")
+        block = Block(
+            1, "h1", "h0", T0 + 600, (Transfer(ETH, 5, "0x" + "ab" * 32, None, key(1), None, SENDER, text(1)),)
+        )
+        matches = match_block("eth", block, stale.book("eth"))
+        assert [str(m.kind) for m in matches] == ["deposit"]
+        await store.commit_blocks(Scope.live(), ledger.cursor, ledger.policy, [BlockEffects(block, matches)], 1)
+        [message] = await store.outbox(kind="revoked_incoming", limit=10)
+        assert (message.event, message.block_height) == ("detected", 1)
+    finally:
+        await store.close()

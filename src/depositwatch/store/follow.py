@@ -44,6 +44,28 @@ async def _fetch_in(conn: Conn, sql: str, args: Sequence[Any], keys: Collection[
     return rows
 
 
+def _with_late_revocations(matches: Sequence[Match], details: dict[bytes, Any]) -> list[Match]:
+    """Matches as the book stands at commit: a deposit classified with a registry older than a
+    revocation committed meanwhile (a block in flight while `addresses revoke` ran) also counts as
+    `revoked_incoming` when its block is at or after the revocation time."""
+    found: list[Match] = []
+    for match in matches:
+        found.append(match)
+        info = details.get(match.key)
+        revoked_at = None if info is None else info["revoked_at"]
+        if (
+            match.kind is MatchKind.DEPOSIT
+            and revoked_at is not None
+            and match.block is not None
+            and match.block_time is not None
+            and match.block_time >= revoked_at
+        ):
+            found.append(
+                Match(match.chain, MatchKind.REVOKED_INCOMING, match.key, match.transfer, match.block, match.block_time)
+            )
+    return found
+
+
 def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int) -> tuple[Any, ...]:
     """The values of a new `matches` row, in `_MATCH_COLUMNS` order."""
     t = match.transfer
@@ -236,6 +258,7 @@ class FollowMixin:
         """Insert new matches, move known ones, and enqueue their alerts: one lookup of the known ids,
         one multi-row insert and one outbox write for the whole list, in the list's order."""
         details = await self._address_details(conn, policy.chain, {m.key for m in matches})
+        matches = _with_late_revocations(matches, details)
         rows = await _fetch_in(
             conn, "SELECT id, status FROM matches WHERE scope = $1 AND id", [scope.name], {m.id for m in matches}
         )
