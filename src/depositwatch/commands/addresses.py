@@ -113,6 +113,15 @@ async def _import(args: argparse.Namespace) -> int:
 
 async def _revoke(args: argparse.Namespace) -> int:
     config = load(args, required=False)
+    try:
+        at = parse_timestamp(args.at)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if at > now() + CLOCK_SKEW:  # refused before the store is opened, let alone created
+        raise CommandError(
+            f"--at {iso(at)} is in the future (beyond {CLOCK_SKEW // 60} minutes of clock skew):"
+            " a revocation dates when the keys may have leaked, which has happened already"
+        )
     store = await store_from(args, config, migrate=True)
     try:
         directory = ChainDirectory.from_config(config)
@@ -121,7 +130,6 @@ async def _revoke(args: argparse.Namespace) -> int:
                 directory.chains.setdefault(name, ChainDirectory.DEFAULTS.get(name, directory.info("eth")))
         try:
             chains = directory.expand(args.chain)
-            at = parse_timestamp(args.at)
             keys = None
             if args.file:
                 keys = read_address_list(read_text(args.file).splitlines(), chains, directory, source=args.file)
@@ -131,11 +139,6 @@ async def _revoke(args: argparse.Namespace) -> int:
             return 2
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if at > now() + CLOCK_SKEW:
-            raise CommandError(
-                f"--at {iso(at)} is in the future (beyond {CLOCK_SKEW // 60} minutes of clock skew):"
-                " a revocation dates when the keys may have leaked, which has happened already"
-            )
         if args.rescan:
             unknown = [name for name in chains if name not in {c.name for c in config.chains}]
             if unknown:
