@@ -140,6 +140,7 @@ async def test_test_command_sends_a_marked_alert_and_reports_failure(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, sqlite_url: str
 ) -> None:
     """`alerts test --sink` delivers a clearly marked test alert at once (exit 0), or says why not (exit 1)."""
+    assert (await cli(capsys, "db", "migrate", "--store", sqlite_url))[0] == 0  # only db migrate creates a store
     async with Receiver() as rx:
         config = str(write_config(tmp_path, rx.url))
         code, stdout, _ = await cli(
@@ -225,3 +226,34 @@ async def test_deliver_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path: 
     assert counts["pending"] == len(made) - answered
     assert "reconfigured" in log.read_text()
     await store.close()
+
+
+async def test_redeliver_refuses_unknown_messages_and_force_resends_delivered(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, seeded: tuple[str, list[OutboxMessage]]
+) -> None:
+    """`redeliver` of a seq or alert id that does not exist exits 1 and changes nothing; a delivered
+    message is resent only with `--force`, with the same body under the same idempotency key."""
+    url, made = seeded
+    async with Receiver() as rx:
+        config = str(write_config(tmp_path, rx.url))
+        code, stdout, _ = await cli(capsys, "--config", config, "alerts", "deliver", "--until-empty", "--store", url)
+        assert code == 0 and "6 delivered" in stdout
+        code, stdout, stderr = await cli(capsys, "alerts", "redeliver", "9999", "--store", url)
+        assert code == 1 and stdout == "" and "'9999'" in stderr and "nothing was redelivered" in stderr
+        code, _, stderr = await cli(capsys, "alerts", "redeliver", str(made[0].seq), "no-such-alert", "--store", url)
+        assert code == 1 and "'no-such-alert'" in stderr
+        code, stdout, _ = await cli(capsys, "alerts", "redeliver", str(made[0].seq), "--store", url)
+        assert code == 0 and "nothing to redeliver: no dead delivery" in stdout
+        code, _, stderr = await cli(capsys, "alerts", "redeliver", "--dead", "--force", "--store", url)
+        assert code == 2 and "named messages only" in stderr
+
+        first = next(r for r in rx.accepted if r.key == made[0].idempotency_key)
+        code, stdout, _ = await cli(capsys, "alerts", "redeliver", str(made[0].seq), "--force", "--store", url)
+        assert code == 0 and stdout.startswith("1 dead or delivered delivery back in line")
+        code, stdout, _ = await cli(capsys, "alerts", "list", "--status", "pending", "--store", url)
+        assert [int(line.split()[0]) for line in stdout.splitlines()[1:]] == [made[0].seq]
+        code, stdout, _ = await cli(capsys, "--config", config, "alerts", "deliver", "--until-empty", "--store", url)
+        assert code == 0 and "6 delivered" in stdout
+    again = [r for r in rx.accepted if r.key == made[0].idempotency_key]
+    assert len(again) == 2 and again[1].json() == first.json()
+    assert len(rx.accepted) == len(made) + 1

@@ -344,6 +344,34 @@ class HttpConfig(_Strict):
     enabled: bool = True
     listen: str = "127.0.0.1:9108"
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+LISTEN_ENV = "DEPOSITWATCH_LISTEN"  # overrides http.listen; `run --listen` overrides both
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9108` for IPv6) as (host, port); ValueError naming what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or len(port) > 5 or int(port) > 65535 or len(text) > 300:
+        raise ValueError(f"listen address {text[:300]!r} is not HOST:PORT (port 0-65535), e.g. 127.0.0.1:9108")
+    return host, int(port)
+
+
+class RetentionConfig(_Strict):
+    """How long settled history is kept. Delivered and dead outbox messages go after `outbox_days`
+    (0 keeps them); matches and deposits are kept unless `matches_days` is set."""
+
+    outbox_days: Annotated[float, Field(ge=0, le=36_500)] = 30.0
+    matches_days: Annotated[float, Field(ge=0, le=36_500)] = 0.0
+    interval: Annotated[float, Field(ge=1, le=86_400)] = 3600.0  # seconds between the daemon's passes
+    batch: Annotated[int, Field(ge=1, le=100_000)] = 1000  # rows per transaction: short locks
+
 
 class LogConfig(_Strict):
     """Logging: JSON lines when not on a terminal, readable text otherwise."""
@@ -373,6 +401,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     ha: HaConfig = HaConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

@@ -48,6 +48,9 @@ class Metrics:
         self.registry_size = Gauge(
             "depositwatch_registry_addresses", "Watched addresses in memory", ["chain", "status"], registry=r
         )
+        self.pruned = Counter("depositwatch_pruned_rows", "Rows removed by retention", ["table"], registry=r)
+        for table in ("outbox", "matches"):
+            self.pruned.labels(table)  # at 0 from the start, so alert rules see the series
         self.leader = Gauge("depositwatch_leader", "1 while this instance follows the chain", ["chain"], registry=r)
         self.chain_state = Gauge(
             "depositwatch_chain_state",

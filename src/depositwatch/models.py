@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import StrEnum
 
 
@@ -60,12 +59,14 @@ class Asset:
 
     def to_decimal(self, amount: int) -> str:
         """Render base units as a plain decimal string, exactly (no float)."""
+        # Integer arithmetic only: Decimal operations round to the context's 28 significant digits,
+        # and a uint256 token amount has up to 78.
         if self.decimals == 0:
             return str(amount)
-        text = format(Decimal(amount).scaleb(-self.decimals), "f")
-        if "." in text:
-            text = text.rstrip("0").rstrip(".")
-        return text
+        sign = "-" if amount < 0 else ""
+        whole, fraction = divmod(abs(amount), 10**self.decimals)
+        digits = str(fraction).rjust(self.decimals, "0").rstrip("0")
+        return f"{sign}{whole}.{digits}" if digits else f"{sign}{whole}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,11 @@ class ReplaySummary:
     resumed_from: int | None = None
     kinds: Counter[str] = field(default_factory=Counter)
 
+    @property
+    def was_complete(self) -> bool:
+        """The run had already reached its last block before this call: nothing new was done."""
+        return self.resumed_from is not None and self.resumed_from >= self.stop
+
     def text(self) -> str:
         """The human summary printed on stderr."""
         rate = self.blocks / self.seconds if self.seconds else 0.0

@@ -17,14 +17,16 @@ from aiohttp import web
 from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
-from depositwatch.config import ChainConfig, Config, load_config
+from depositwatch.config import ChainConfig, Config, load_config, parse_listen
 from depositwatch.follower import Follower
 from depositwatch.leadership import SESSION_LOST, FencedOutbox, Leadership, Term, open_leadership
 from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.preflight import probe_sinks, secret_problems
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.drivers import PostgresDriver
+from depositwatch.store.retention import run_retention
 from depositwatch.store.sql import NOTIFY_CHANNEL
 from depositwatch.supervise import Restarts, supervise
 from depositwatch.systemd import Notifier, watchdog_interval
@@ -127,6 +129,9 @@ class Service:
         config = self.config
         if not config.chains:
             raise StartupError("no chains are configured: add [[chains]] sections to the config")
+        problems = secret_problems(config)  # every secret before touching the store or a node
+        if problems:
+            raise StartupError("; ".join(problems))
         self.store = store = await open_store(config.store, migrate=True)
         password = config.store.password.resolve() if config.store.password else None
         self.leases = open_leadership(store, config.ha.lease_ttl, password)
@@ -144,6 +149,7 @@ class Service:
         self.dispatcher = Dispatcher(
             self.outbox, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
         )
+        await probe_sinks(list(config.sinks))
         if config.http.enabled:
             await self._start_http()
 
@@ -182,6 +188,7 @@ class Service:
                     group.create_task(self._component("address_book", self._watch_book)),
                     group.create_task(self._component("heartbeat", self._heartbeat)),
                     group.create_task(self._component("reload", self._reloader)),
+                    group.create_task(self._component("retention", self._retention)),
                 ]
                 await self._stopping.wait()
                 self.notifier.stopping()
@@ -420,6 +427,13 @@ class Service:
             if not self._stopping.is_set():
                 log.warning("dispatcher stopped: this instance no longer holds the dispatcher lease")
 
+    async def _retention(self) -> None:
+        """Prune settled history now and then ([retention]); see store/retention.py."""
+        assert self.store is not None
+        await run_retention(
+            self.store, self.config.retention, self._stopping, lambda t, n: self.metrics.pruned.labels(t).inc(n)
+        )
+
     async def _watch_book(self) -> None:
         """Hot address changes: PostgreSQL NOTIFY wakes at once; every backend also checks the version often."""
         assert self.store is not None
@@ -496,11 +510,15 @@ class Service:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        host, _, port = self.config.http.listen.rpartition(":")
+        host, port = parse_listen(self.config.http.listen)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
-        await site.start()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or not an address of this host: one line, not a traceback
+            reason = exc.strerror or str(exc)
+            raise StartupError(f"http: cannot listen on {self.config.http.listen}: {reason.lower()}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_address = sockets[0].getsockname()[:2] if sockets else (host, int(port))

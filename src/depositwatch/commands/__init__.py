@@ -36,8 +36,13 @@ def load(args: argparse.Namespace, *, required: bool = True) -> Config:
     return config
 
 
-async def store_from(args: argparse.Namespace, config: Config | None = None, *, migrate: bool = True) -> SqlStore:
-    """Open the store of `--store URL` or of the config."""
+async def store_from(args: argparse.Namespace, config: Config | None = None, *, migrate: bool = False) -> SqlStore:
+    """Open the store of `--store URL` or of the config.
+
+    Only the commands that change the store pass `migrate=True` (create a missing store, apply pending
+    migrations); every other command refuses a missing, empty or older store instead of reading an
+    empty one as "nothing there".
+    """
     url = getattr(args, "store", None)
     if url:
         return await open_store(StoreConfig(url=url), migrate=migrate)
@@ -63,7 +68,7 @@ def err(line: str) -> None:
 def command_modules() -> list[CommandModule]:
     """Every command group, in help order."""
     found: list[CommandModule] = []
-    for name in ("addresses", "db", "settings", "replay", "run", "alerts", "btc", "systemd", "demo"):
+    for name in ("addresses", "db", "settings", "replay", "run", "alerts", "matches", "btc", "systemd", "demo"):
         try:
             found.append(importlib.import_module(f"depositwatch.commands.{name}"))
         except ModuleNotFoundError as exc:

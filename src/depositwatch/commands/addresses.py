@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from depositwatch.addressbook import BadRows, ChainDirectory, read_address_list, read_import_csv, read_text
 from depositwatch.addresses import AddressError, BitcoinNetwork, parse_bitcoin_address, parse_ethereum_address
+from depositwatch.chains.base import ChainSource
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
+from depositwatch.config import Config
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AddressStatus
-from depositwatch.store import ImportRejected, StoreError
-from depositwatch.timeutil import iso, parse_timestamp
+from depositwatch.pipeline import make_policy, make_source
+from depositwatch.store import Coverage, ImportRejected, RevokeResult, SqlStore, StoreError
+from depositwatch.timeutil import iso, now, parse_timestamp
+
+CLOCK_SKEW = 300  # seconds a revocation time may lie ahead of this host's clock
 
 
 def register(sub: Any) -> None:
@@ -37,6 +43,12 @@ def register(sub: Any) -> None:
     which.add_argument("--all-active", action="store_true", help="every active address of the chain(s)")
     revoke.add_argument("--at", required=True, help="when the keys may have leaked (ISO 8601 with zone, or unix)")
     revoke.add_argument("--reason", required=True)
+    revoke.add_argument(
+        "--rescan",
+        action="store_true",
+        help="then replay each chain from --at to the daemon's current block, sending the alerts found"
+        " (needs the chains in the config)",
+    )
     add_store_option(revoke)
     revoke.set_defaults(handler=_revoke)
 
@@ -84,7 +96,7 @@ async def _import(args: argparse.Namespace) -> int:
         return 2
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    store = await store_from(args, config)
+    store = await store_from(args, config, migrate=True)
     try:
         result = await store.import_addresses(entries, dry_run=args.dry_run)
     except ImportRejected as exc:
@@ -101,7 +113,16 @@ async def _import(args: argparse.Namespace) -> int:
 
 async def _revoke(args: argparse.Namespace) -> int:
     config = load(args, required=False)
-    store = await store_from(args, config)
+    try:
+        at = parse_timestamp(args.at)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if at > now() + CLOCK_SKEW:  # refused before the store is opened, let alone created
+        raise CommandError(
+            f"--at {iso(at)} is in the future (beyond {CLOCK_SKEW // 60} minutes of clock skew):"
+            " a revocation dates when the keys may have leaked, which has happened already"
+        )
+    store = await store_from(args, config, migrate=True)
     try:
         directory = ChainDirectory.from_config(config)
         if not config.chains:  # no config: the book's own chains count too
@@ -109,7 +130,6 @@ async def _revoke(args: argparse.Namespace) -> int:
                 directory.chains.setdefault(name, ChainDirectory.DEFAULTS.get(name, directory.info("eth")))
         try:
             chains = directory.expand(args.chain)
-            at = parse_timestamp(args.at)
             keys = None
             if args.file:
                 keys = read_address_list(read_text(args.file).splitlines(), chains, directory, source=args.file)
@@ -119,17 +139,99 @@ async def _revoke(args: argparse.Namespace) -> int:
             return 2
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        if args.rescan:
+            unknown = [name for name in chains if name not in {c.name for c in config.chains}]
+            if unknown:
+                raise CommandError(f"--rescan needs the chain(s) in the config: {', '.join(unknown)} missing")
+        policies = {c.name: make_policy(c, config.alerts) for c in config.chains if c.name in chains}
         try:
-            result = await store.revoke(chains, keys, at, args.reason)
+            result = await store.revoke(chains, keys, at, args.reason, policies)
         except StoreError as exc:
             raise CommandError(str(exc)) from None
+        out(
+            f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
+            f" ({result.already_revoked} were already revoked and keep their revocation time)"
+        )
+        if result.revoked and not args.rescan:
+            for line in retro_report(result, at):
+                out(line)
+        if args.rescan:
+            for coverage in result.coverage:
+                await rescan(config, store, coverage, at)
     finally:
         await store.close()
-    out(
-        f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
-        f" ({result.already_revoked} were already revoked and keep their revocation time)"
-    )
     return 0
+
+
+async def rescan(config: Config, store: SqlStore, coverage: Coverage, at: int) -> None:
+    """Replay one chain from the first block at or after `at` to the daemon's block (the node's tip
+    when the daemon has not followed it), with alerts: what the store never examined, and sweeps."""
+    from depositwatch.replay import replay
+
+    chain = config.chain(coverage.chain)
+    source = make_source(chain)
+    await source.open()
+    try:
+        tip = (await source.tip()).height
+        # Bitcoin block times may run up to two hours out of order: start that much earlier.
+        start = await first_block_at(source, at - (7200 if chain.kind == "bitcoin" else 0), tip, chain.name)
+    finally:
+        await source.close()
+    stop = coverage.cursor_height if coverage.cursor_height is not None else tip
+    if start > stop:
+        out(f"{chain.name}: no block from {iso(at)} up to {stop}: nothing to rescan")
+        return
+    out(f"{chain.name}: rescanning blocks {start}..{stop} (from {iso(at)}), sending the alerts found")
+    summary = await replay(
+        chain=chain, store=store, start=start, stop=stop, output=sys.stdout, send_alerts=True, alerts=config.alerts
+    )
+    out(summary.text() + "; its alerts are in the outbox for the dispatcher")
+
+
+async def first_block_at(source: ChainSource, at: int, tip: int, name: str) -> int:
+    """The lowest height whose block time is at or after `at` (tip + 1 if none), by bisection."""
+    low, high = 0, tip + 1
+    while low < high:
+        middle = (low + high) // 2
+        blocks = await source.fetch(middle, middle + 1)
+        if not blocks:
+            raise CommandError(f"{name}: the node has no block {middle} below its tip {tip}")
+        if blocks[0].time >= at:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def retro_report(result: RevokeResult, at: int) -> list[str]:
+    """What the store re-examined for a backdated revocation, and which replay covers the rest."""
+    lines = [
+        f"re-examined the recorded deposits since {iso(at)}: {result.retro} became revoked_incoming alert(s)"
+        " (mode retro, with their original block)"
+    ]
+    for c in result.coverage:
+        replay = (
+            f"depositwatch replay --chain {c.chain} --from FIRST --to {{}} --send-alerts"
+            f" (FIRST: the first {c.chain} block at or after {iso(at)})"
+        )
+        if c.cursor_height is None:
+            lines.append(f"{c.chain}: the store has not followed this chain yet; nothing was re-examined")
+        elif c.first_time is None:
+            lines.append(
+                f"{c.chain}: the store does not know its first recorded block (it followed before schema 3);"
+                " to be sure, run " + replay.format(c.cursor_height)
+            )
+        elif c.first_time > at and c.first_height is not None:
+            lines.append(
+                f"{c.chain}: blocks before {c.first_height} (time {iso(c.first_time)}) were never examined"
+                " by this store; run " + replay.format(c.first_height - 1)
+            )
+        if c.cursor_height is not None:
+            lines.append(
+                f"{c.chain}: transfers out of these addresses while they were active were not recorded;"
+                " to find sweeps since then, run " + replay.format(c.cursor_height)
+            )
+    return lines
 
 
 async def _list(args: argparse.Namespace) -> int:

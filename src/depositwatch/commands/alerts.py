@@ -49,8 +49,13 @@ def register(sub: Any) -> None:
     show.set_defaults(handler=_show)
 
     redeliver = commands.add_parser("redeliver", help="put dead deliveries back in line")
-    redeliver.add_argument("seq", nargs="*", type=_positive, help="outbox sequence numbers")
+    redeliver.add_argument("seq", nargs="*", metavar="ID", help="outbox sequence numbers or alert ids")
     redeliver.add_argument("--dead", action="store_true", help="every dead delivery")
+    redeliver.add_argument(
+        "--force",
+        action="store_true",
+        help="also resend delivered messages (a receiver lost them), under the same idempotency key",
+    )
     add_store_option(redeliver)
     redeliver.set_defaults(handler=_redeliver)
 
@@ -201,15 +206,29 @@ async def _show(args: argparse.Namespace) -> int:
 async def _redeliver(args: argparse.Namespace) -> int:
     if bool(args.seq) == bool(args.dead):
         raise CommandError("name outbox sequence numbers, or --dead for every dead delivery (not both)")
+    if args.force and args.dead:
+        raise CommandError("--force resends named messages only: give their sequence numbers or alert ids")
     store = await store_from(args)
     try:
-        count = await store.redeliver(None if args.dead else list(args.seq), time.time())
+        seqs: list[int] | None = None
+        if not args.dead:
+            seqs, missing = [], []
+            for name in args.seq:
+                found = await store.outbox_message(name)
+                seqs += [m.seq for m in found]
+                if not found:
+                    missing.append(name)
+            if missing:
+                err(f"no outbox message with alert id or seq {', '.join(map(repr, missing))}; nothing was redelivered")
+                return 1
+        count = await store.redeliver(seqs, time.time(), force=args.force)
     finally:
         await store.close()
+    what = "dead or delivered" if args.force else "dead"
     if count:
-        out(f"{count} dead deliver{'y' if count == 1 else 'ies'} back in line; a running dispatcher sends them now")
+        out(f"{count} {what} deliver{'y' if count == 1 else 'ies'} back in line; a running dispatcher sends them now")
     else:
-        out("nothing to redeliver: no dead delivery" + ("" if args.dead else " among those messages"))
+        out(f"nothing to redeliver: no {what} delivery" + ("" if args.dead else " among those messages"))
     return 0
 
 

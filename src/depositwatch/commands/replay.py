@@ -14,7 +14,7 @@ from depositwatch.commands import CommandError, add_store_option, err, load, sto
 from depositwatch.config import ChainConfig, Config, TokenConfig
 from depositwatch.follower import ReorgTooDeep
 from depositwatch.replay import replay
-from depositwatch.store import open_store
+from depositwatch.store import Scope, open_store
 
 DRAIN_SECONDS = 60.0  # --send-alerts: how long delivery may go on after the range is done
 
@@ -142,6 +142,20 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
                 settled = await dispatcher.drain(timeout=DRAIN_SECONDS)
                 await dispatcher.stop(grace=5)
     err(summary.text())
+    if summary.was_complete:
+        # Resuming a finished run does nothing new: say so, and refuse to pass for an alerting run.
+        err(
+            f"run {summary.run_id} had already replayed {summary.start}..{summary.stop}: nothing was replayed again;"
+            " `--restart` discards that run and replays the range from the node"
+            + (", sending the alerts no receiver has had yet" if args.send_alerts else "")
+        )
+        unsent = await store.unsent_alerts(Scope.replay(summary.run_id, args.send_alerts))
+        if args.send_alerts and unsent:
+            err(
+                f"{unsent} alert(s) of that run were never sent (it ran without --send-alerts) and were not sent now;"
+                " run again with --send-alerts --restart to send them"
+            )
+            return 1
     if not settled:
         # Nothing is lost (the alerts stay in the outbox), but whoever ran this must know they are not out yet.
         counts = await store.outbox_counts()

@@ -8,6 +8,7 @@ from typing import Any
 from depositwatch.commands import err, load, out
 from depositwatch.config import ConfigError
 from depositwatch.jsonutil import dumps
+from depositwatch.preflight import secrets
 
 
 def register(sub: Any) -> None:
@@ -20,13 +21,7 @@ def register(sub: Any) -> None:
 async def _check(args: argparse.Namespace) -> int:
     config = load(args)
     problems = []
-    secrets = [("store.password", config.store.password)]
-    secrets += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
-    secrets += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
-    secrets += [(f"sinks.{s.name}.password", s.password) for s in config.sinks]  # email
-    for where, secret in secrets:
-        if secret is None:
-            continue
+    for where, secret in secrets(config):
         if secret.value is not None:
             err(f"warning: {where} is written inline; use env or file outside tests and demos")
         if args.resolve_secrets:

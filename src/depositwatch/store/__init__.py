@@ -6,6 +6,7 @@ from depositwatch.config import StoreConfig
 from depositwatch.store.base import (
     BlockEffects,
     ChainPolicy,
+    Coverage,
     Cursor,
     Fence,
     IdentityMismatch,
@@ -26,6 +27,7 @@ from depositwatch.store.sql import SqlStore
 __all__ = [
     "BlockEffects",
     "ChainPolicy",
+    "Coverage",
     "Cursor",
     "Fence",
     "IdentityMismatch",
@@ -40,22 +42,36 @@ __all__ = [
     "SqlStore",
     "Store",
     "StoreError",
+    "connect_store",
     "open_store",
 ]
 
 
-async def open_store(config: StoreConfig | str, *, migrate: bool = False) -> SqlStore:
-    """Open the store named by the config (or a URL); migrate it if asked, else check its schema."""
+async def connect_store(config: StoreConfig | str, *, create: bool = False) -> SqlStore:
+    """Connect to the store named by the config (or a URL) without looking at its schema.
+
+    `create` lets SQLite make a missing database file; only the commands that build or change the
+    store (`db migrate`, `run`, `addresses import`, `addresses revoke`) ask for it.
+    """
     if isinstance(config, str):
         config = StoreConfig(url=config)
     driver: SqliteDriver | PostgresDriver
     if config.url.startswith("sqlite:"):
-        driver = SqliteDriver(sqlite_path(config.url))
+        driver = SqliteDriver(sqlite_path(config.url), create=create)
     else:
         password = config.password.resolve() if config.password else None
         driver = PostgresDriver(config.url, password=password, pool_size=config.pool_size)
     await driver.open()
-    store = SqlStore(driver)
+    return SqlStore(driver)
+
+
+async def open_store(config: StoreConfig | str, *, migrate: bool = False) -> SqlStore:
+    """Open the store named by the config (or a URL) and check its schema is this program's.
+
+    With `migrate` a missing SQLite file is created and pending migrations are applied first; without
+    it a missing, empty, older or newer store is refused with SchemaError (or StoreError).
+    """
+    store = await connect_store(config, create=migrate)
     try:
         if migrate:
             await store.migrate()

@@ -80,11 +80,24 @@ class ImportResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Coverage:
+    """What the store recorded of one chain since a revocation time: the live follower's first block
+    (None: never followed, or unknown for a store older than schema 3) and its current one."""
+
+    chain: str
+    first_height: int | None
+    first_time: int | None
+    cursor_height: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RevokeResult:
-    """What a revocation did."""
+    """What a revocation did; `retro` counts recorded deposits turned into `revoked_incoming` alerts."""
 
     revoked: int
     already_revoked: int
+    retro: int = 0
+    coverage: tuple[Coverage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +219,12 @@ class Store(Protocol):
         self, entries: Sequence[tuple[int, AddressEntry]], *, dry_run: bool = False
     ) -> ImportResult: ...
     async def revoke(
-        self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str
+        self,
+        chains: Sequence[str],
+        keys: Sequence[bytes] | None,
+        at: int,
+        reason: str,
+        policies: Mapping[str, ChainPolicy] | None = None,
     ) -> RevokeResult: ...
     async def list_addresses(
         self,

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiosqlite
 import asyncpg
 
-from depositwatch.store.base import StoreError
+from depositwatch.store.base import SchemaError, StoreError
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -105,25 +105,48 @@ def sqlite_path(url: str) -> str:
     return url.removeprefix("sqlite:///")
 
 
+def _is_file(path: str) -> bool:
+    return Path(path).is_file()
+
+
+def _read_write_uri(path: str) -> str:
+    """A SQLite URI that opens an existing file for reading and writing, and never creates one."""
+    return f"file:{quote(str(Path(path).absolute()))}?mode=rw"
+
+
 class SqliteDriver:
     """The embedded default: one writer connection guarded by a lock, WAL so readers do not wait."""
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = path
+        self.create = create
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        """Open the database file, creating its folder."""
+        """Open the database file; with `create`, make it (and its folder) when missing.
+
+        Without `create` a missing file is an error: a mistyped path must not turn into an empty store
+        that reads as "nothing to see".
+        """
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.create:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            elif not _is_file(self.path):
+                raise SchemaError(
+                    f"no SQLite store at {self.path}: check the path (`depositwatch db migrate` creates a new store)"
+                )
         self._db = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            if self.create or self.path == ":memory:":
+                db = await aiosqlite.connect(self.path, isolation_level=None)
+            else:  # mode=rw: never create the file, even if it vanished since the check above
+                uri = _read_write_uri(self.path)
+                db = await aiosqlite.connect(uri, isolation_level=None, uri=True)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         db.row_factory = sqlite3.Row

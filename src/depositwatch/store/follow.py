@@ -45,6 +45,28 @@ async def _fetch_in(conn: Conn, sql: str, args: Sequence[Any], keys: Collection[
     return rows
 
 
+def _with_late_revocations(matches: Sequence[Match], details: dict[bytes, Any]) -> list[Match]:
+    """Matches as the book stands at commit: a deposit classified with a registry older than a
+    revocation committed meanwhile (a block in flight while `addresses revoke` ran) also counts as
+    `revoked_incoming` when its block is at or after the revocation time."""
+    found: list[Match] = []
+    for match in matches:
+        found.append(match)
+        info = details.get(match.key)
+        revoked_at = None if info is None else info["revoked_at"]
+        if (
+            match.kind is MatchKind.DEPOSIT
+            and revoked_at is not None
+            and match.block is not None
+            and match.block_time is not None
+            and match.block_time >= revoked_at
+        ):
+            found.append(
+                Match(match.chain, MatchKind.REVOKED_INCOMING, match.key, match.transfer, match.block, match.block_time)
+            )
+    return found
+
+
 def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int) -> tuple[Any, ...]:
     """The values of a new `matches` row, in `_MATCH_COLUMNS` order."""
     t = match.transfer
@@ -178,6 +200,14 @@ class FollowMixin:
                 " parent_hash = excluded.parent_hash, time = excluded.time",
                 [(cursor.name, e.block.height, e.block.hash, e.block.parent_hash, e.block.time) for e in effects],
             )
+            if scope.mode == "live":
+                first = effects[0].block
+                await conn.execute(
+                    "INSERT INTO live_start (chain, height, time) VALUES ($1, $2, $3) ON CONFLICT (chain) DO NOTHING",
+                    policy.chain,
+                    first.height,
+                    first.time,
+                )
             matches = [match for effect in effects for match in effect.matches]
             if matches:
                 await self._upsert_matches(conn, scope, policy, matches, tip_height, stamp)
@@ -241,6 +271,7 @@ class FollowMixin:
         """Insert new matches, move known ones, and enqueue their alerts: one lookup of the known ids,
         one multi-row insert and one outbox write for the whole list, in the list's order."""
         details = await self._address_details(conn, policy.chain, {m.key for m in matches})
+        matches = _with_late_revocations(matches, details)
         rows = await _fetch_in(
             conn, "SELECT id, status FROM matches WHERE scope = $1 AND id", [scope.name], {m.id for m in matches}
         )
@@ -345,6 +376,8 @@ class FollowMixin:
             told = {
                 row[0] for row in await _fetch_in(conn, "SELECT DISTINCT alert_id FROM outbox WHERE alert_id", [], ids)
             }
+            pruned = await _fetch_in(conn, "SELECT alert_id FROM outbox_pruned WHERE alert_id", [], ids)
+            told |= {row[0] for row in pruned}
             fresh = []
             for alert in alerts:
                 if alert[1] is AlertEvent.DETECTED and alert[0] not in told:
@@ -358,12 +391,13 @@ class FollowMixin:
             row["id"]: row
             for row in await _fetch_in(conn, "SELECT * FROM matches WHERE scope = $1 AND id", [scope.name], ids)
         }
-        revs: dict[str, int] = {
-            row[0]: int(row[1])
-            for row in await _fetch_in(
-                conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
-            )
-        }
+        # Revisions continue after what the outbox holds and after what retention removed from it.
+        pruned_revs = await _fetch_in(conn, "SELECT alert_id, rev FROM outbox_pruned WHERE alert_id", [], ids)
+        revs: dict[str, int] = {row[0]: int(row[1]) for row in pruned_revs}
+        for row in await _fetch_in(
+            conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
+        ):
+            revs[row[0]] = max(revs.get(row[0], 0), int(row[1]))
         messages = []
         for match_id, event, confirmations in alerts:
             row = rows[match_id]
@@ -551,6 +585,69 @@ class FollowMixin:
         sql += " ORDER BY block_height, txid, idx, kind"
         async with self.db.read() as conn:
             return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    async def list_matches(
+        self,
+        scope: str,
+        *,
+        deposits_only: bool = False,
+        chain: str | None = None,
+        kind: str | None = None,
+        address: str | None = None,
+        owner: str | None = None,
+        since: int | None = None,
+        final: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered; for the CLI.
+
+        `address` compares case-insensitively for EVM text (0x...), exactly otherwise (base58 is
+        case-sensitive); `since` is unix seconds against the block time (the first sighting while
+        unmined). `deposits_only` with `final` reads the documented `deposits` view's meaning.
+        """
+        sql = "SELECT * FROM matches WHERE scope = $1"
+        args: list[Any] = [scope]
+
+        def where(clause: str, value: Any) -> None:
+            nonlocal sql
+            args.append(value)
+            sql += " AND " + clause.replace("$?", f"${len(args)}")
+
+        if deposits_only:
+            where("kind = $?", "deposit")
+        if chain is not None:
+            where("chain = $?", chain)
+        if kind is not None:
+            where("kind = $?", kind)
+        if address is not None:
+            if address[:2].lower() == "0x":
+                where("LOWER(address) = $?", address.lower())
+            else:
+                where("address = $?", address)
+        if owner is not None:
+            where("owner = $?", owner)
+        if since is not None:
+            where("COALESCE(block_time, first_seen) >= $?", since)
+        if final:
+            sql += " AND status = 'confirmed'"
+        args.append(limit)
+        sql += (
+            " ORDER BY COALESCE(block_height, -1) DESC, COALESCE(block_time, first_seen) DESC, txid, idx, kind"
+            f" LIMIT ${len(args)}"
+        )
+        async with self.db.read() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    async def unsent_alerts(self, scope: Scope) -> int:
+        """Alert matches of a scope (not retracted) that have no message in the outbox: nobody was told."""
+        async with self.db.read() as conn:
+            value = await conn.fetchval(
+                "SELECT COUNT(*) FROM matches m WHERE m.scope = $1 AND m.kind <> 'deposit'"
+                " AND m.status <> 'retracted' AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.alert_id = m.id)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox_pruned p WHERE p.alert_id = m.id)",
+                scope.name,
+            )
+        return int(value or 0)
 
     async def delete_scope(self, scope: Scope) -> None:
         """Forget a replay run: its matches, outputs, cursor and blocks."""

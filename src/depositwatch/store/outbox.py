@@ -260,8 +260,15 @@ class OutboxMixin:
             for r in rows
         ]
 
-    async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int:
-        """Put dead deliveries (of the given messages, or all) back in line; return how many."""
+    async def redeliver(self, seqs: Sequence[int] | None, now: float, *, force: bool = False) -> int:
+        """Put dead deliveries (of the given messages, or all) back in line; return how many.
+
+        With `force` (named messages only) delivered ones go back in line too: a receiver that lost
+        what it acknowledged gets the same body under the same idempotency key again.
+        """
+        if force and seqs is None:
+            raise ValueError("force needs the messages named")
+        states = "('dead', 'delivered')" if force else "('dead')"
         async with self.db.transaction() as conn:
             if seqs is None:
                 targets = [
@@ -272,13 +279,60 @@ class OutboxMixin:
             count = 0
             for seq in targets:
                 count += await conn.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1"
-                    " WHERE outbox_seq = $2 AND status = 'dead'",
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,"
+                    f" delivered_at = NULL WHERE outbox_seq = $2 AND status IN {states}",
                     now,
                     seq,
                 )
                 await self._refresh(conn, seq)
         return count
+
+    async def prune_outbox(self, before: int, batch: int, *, dry_run: bool = False) -> int:
+        """Remove up to `batch` settled alerts whose newest message is older than `before` (unix
+        seconds): every message of the alert delivered or dead, with its delivery rows. Return how many
+        messages went (or would go). Whole alerts only, and each leaves its last revision behind, so a
+        later message of it never reuses an idempotency key."""
+        settled = (
+            "SELECT alert_id FROM outbox GROUP BY alert_id HAVING MAX(created_at) < $1"
+            " AND SUM(CASE WHEN status IN ('delivered', 'dead') THEN 0 ELSE 1 END) = 0"
+        )
+        if dry_run:
+            async with self.db.read() as conn:
+                return int(
+                    await conn.fetchval(f"SELECT COUNT(*) FROM outbox WHERE alert_id IN ({settled})", before) or 0
+                )
+        async with self.db.transaction() as conn:
+            ids = [row[0] for row in await conn.fetch(f"{settled} ORDER BY MIN(seq) LIMIT $2", before, batch)]
+            if not ids:
+                return 0
+            marks = ", ".join(f"${i + 2}" for i in range(len(ids)))
+            await conn.execute(
+                "INSERT INTO outbox_pruned (alert_id, rev, pruned_at)"
+                f" SELECT alert_id, MAX(rev), $1 FROM outbox WHERE alert_id IN ({marks}) GROUP BY alert_id"
+                " ON CONFLICT (alert_id) DO UPDATE SET rev = excluded.rev, pruned_at = excluded.pruned_at",
+                now(),
+                *ids,
+            )
+            marks = ", ".join(f"${i + 1}" for i in range(len(ids)))
+            await conn.execute(
+                f"DELETE FROM deliveries WHERE outbox_seq IN (SELECT seq FROM outbox WHERE alert_id IN ({marks}))",
+                *ids,
+            )
+            return int(await conn.execute(f"DELETE FROM outbox WHERE alert_id IN ({marks})", *ids))
+
+    async def prune_matches(self, before: int, batch: int, *, dry_run: bool = False) -> int:
+        """Remove up to `batch` settled matches (confirmed or retracted, of any scope) last changed
+        before `before`; return how many went (or would go)."""
+        old = "FROM matches WHERE status IN ('confirmed', 'retracted') AND updated_at < $1"
+        if dry_run:
+            async with self.db.read() as conn:
+                return int(await conn.fetchval(f"SELECT COUNT(*) {old}", before) or 0)
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(f"SELECT scope, id {old} LIMIT $2", before, batch)
+            count = 0
+            for row in rows:
+                count += await conn.execute("DELETE FROM matches WHERE scope = $1 AND id = $2", row[0], row[1])
+            return count
 
     async def outbox_counts(self) -> dict[str, int]:
         """Messages per status."""

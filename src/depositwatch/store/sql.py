@@ -6,17 +6,20 @@ Every state change is one transaction. Inserts are keyed (matches by (scope, id)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from depositwatch.models import AddressEntry, AddressStatus
+from depositwatch.models import AddressEntry, AddressStatus, AlertEvent, MatchKind, match_id
 from depositwatch.store.base import (
+    ChainPolicy,
+    Coverage,
     ImportRejected,
     ImportResult,
     RegistryRow,
     RevokeResult,
     SchemaError,
+    Scope,
     StoreError,
 )
 from depositwatch.store.drivers import Conn, Driver
@@ -48,10 +51,45 @@ def migrations() -> list[tuple[int, str]]:
 
 
 def _statements(sql: str, dialect: str) -> list[str]:
+    """The statements of a migration, split on the semicolons outside string literals, quoted names
+    and comments (a `;` or `--` inside `'...'` stays part of its statement); comments are dropped."""
     for token, replacement in _TYPES[dialect].items():
         sql = sql.replace(token, replacement)
-    text = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
-    return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
+    statements: list[str] = []
+    current: list[str] = []
+    i, size = 0, len(sql)
+    while i < size:
+        char = sql[i]
+        if char in "'\"":  # a literal or quoted name runs to its closing quote; a doubled quote escapes
+            end = i + 1
+            while True:
+                end = sql.find(char, end)
+                if end < 0:
+                    raise SchemaError(f"migration text has an unterminated {char} quote")
+                if sql[end + 1 : end + 2] == char:
+                    end += 2
+                    continue
+                break
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = size if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                raise SchemaError("migration text has an unterminated /* comment")
+            current.append(" ")
+            i = end + 2
+        elif char == ";":
+            statements.append("".join(current).strip())
+            current = []
+            i += 1
+        else:
+            current.append(char)
+            i += 1
+    statements.append("".join(current).strip())
+    return [statement for statement in statements if statement]
 
 
 def _entry(row: Any) -> AddressEntry:
@@ -78,19 +116,26 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
 
     # schema ---------------------------------------------------------------------------------------
 
-    async def migrate(self) -> list[int]:
-        """Apply the migrations this database lacks, each in its own transaction."""
+    async def migrate(self, target: int | None = None) -> list[int]:
+        """Apply the packaged migrations this database lacks (up to `target`, when given), in version
+        order, each in its own transaction; return the versions applied.
+
+        Versions need not be consecutive: each one is applied if it is missing, so a store that has
+        1 and 3 gets 2 when a release adds it.
+        """
         applied = []
-        async with self.db.transaction() as conn:
-            if self.dialect == "postgres":
-                # One migrator at a time when several instances start together.
-                await conn.execute("SELECT pg_advisory_xact_lock(727001)")
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            )
-            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, sql in migrations():
-                if version in done:
+        for version, sql in migrations():
+            if target is not None and version > target:
+                break
+            async with self.db.transaction() as conn:
+                if self.dialect == "postgres":
+                    # One migrator at a time when several instances start together.
+                    await conn.execute("SELECT pg_advisory_xact_lock(727001)")
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+                )
+                if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
                     continue
                 for statement in _statements(sql, self.dialect):
                     await conn.execute(statement)
@@ -100,21 +145,33 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                 applied.append(version)
         return applied
 
-    async def check_schema(self) -> None:
-        """Refuse to run on a database that is not migrated to this program's schema."""
-        latest = migrations()[-1][0]
+    async def schema_versions(self) -> set[int] | None:
+        """The migrations applied to this database; None when it has no depositwatch schema at all."""
         try:
             async with self.db.read() as conn:
-                version = await conn.fetchval("SELECT MAX(version) FROM schema_migrations")
-        except Exception as exc:  # the table itself is missing: an empty or foreign database
-            raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`") from exc
-        if version is None or version < latest:
+                rows = await conn.fetch("SELECT version FROM schema_migrations")
+        except Exception:  # the table itself is missing: an empty or foreign database
+            return None
+        return {int(row[0]) for row in rows}
+
+    async def check_schema(self) -> None:
+        """Refuse to run on a database that is not migrated to this program's schema."""
+        packaged = {version for version, _ in migrations()}
+        latest = max(packaged)
+        applied = await self.schema_versions()
+        if not applied:
+            raise SchemaError("the store has no depositwatch schema: run `depositwatch db migrate`")
+        newer = sorted(applied - packaged)
+        if newer:
             raise SchemaError(
-                f"the store is at schema {version}, this program needs {latest}: run `depositwatch db migrate`"
+                f"the store has schema migration(s) {', '.join(map(str, newer))}, newer than this program's"
+                f" ({latest}): upgrade depositwatch"
             )
-        if version > latest:
+        missing = sorted(packaged - applied)
+        if missing:
             raise SchemaError(
-                f"the store's schema {version} is newer than this program's ({latest}): upgrade depositwatch"
+                f"the store is at schema {max(applied)} and lacks migration(s) {', '.join(map(str, missing))}"
+                f" that this program needs: run `depositwatch db migrate`"
             )
 
     async def close(self) -> None:
@@ -213,19 +270,35 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
             await conn.execute("DROP TABLE staging_addresses")
         return result
 
-    async def revoke(self, chains: Sequence[str], keys: Sequence[bytes] | None, at: int, reason: str) -> RevokeResult:
+    async def revoke(
+        self,
+        chains: Sequence[str],
+        keys: Sequence[bytes] | None,
+        at: int,
+        reason: str,
+        policies: Mapping[str, ChainPolicy] | None = None,
+    ) -> RevokeResult:
         """Retire addresses on the given chains: the listed keys, or every active one (`keys=None`).
 
         Every listed key must be in the book on every named chain, or nothing is revoked. An address
-        already revoked keeps its first revocation time.
+        already revoked keeps its first revocation time. In the same transaction the live deposits
+        already recorded to the newly revoked addresses in blocks from `at` on become `revoked_incoming`
+        matches with alerts (`mode: retro`, the original block): a backdated revocation is not silent
+        about what already landed. `policies` give the chains' alert severities and ids.
         """
         stamp = now()
+        fresh: dict[str, list[bytes]] = {}
         async with self.db.transaction() as conn:
             if keys is None:
                 already = await conn.fetchval(
                     f"SELECT COUNT(*) FROM addresses WHERE status = 'revoked' AND chain IN ({_marks(chains, 1)})",
                     *chains,
                 )
+                for row in await conn.fetch(
+                    f"SELECT chain, key FROM addresses WHERE status = 'active' AND chain IN ({_marks(chains, 1)})",
+                    *chains,
+                ):
+                    fresh.setdefault(row[0], []).append(bytes(row[1]))
                 revoked = await conn.execute(
                     "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                     f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})",
@@ -247,6 +320,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                         found = {bytes(r["key"]): r["status"] for r in rows}
                         missing += [(chain, k) for k in batch if k not in found]
                         already += sum(1 for s in found.values() if s == "revoked")
+                        fresh.setdefault(chain, []).extend(k for k, s in found.items() if s == "active")
                         revoked += await conn.execute(
                             "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
                             f" WHERE status = 'active' AND chain = $4 AND key IN ({_marks(batch, 5)})",
@@ -261,9 +335,57 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                         f"{len(missing)} address(es) are not in the book, nothing was revoked: "
                         + ", ".join(f"{c}:{k.hex()}" for c, k in missing[:10])
                     )
+            retro = 0
+            for chain, chain_keys in fresh.items():
+                policy = (policies or {}).get(chain) or ChainPolicy(chain, confirmations=1)
+                retro += await self._retro_alerts(conn, policy, chain_keys, at, stamp)
+            coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
                 await self._bump_book(conn)
-        return RevokeResult(revoked, already)
+        return RevokeResult(revoked, already, retro, coverage)
+
+    async def _retro_alerts(self, conn: Conn, policy: ChainPolicy, keys: Sequence[bytes], at: int, stamp: int) -> int:
+        """Recorded live deposits to `keys` in blocks at or after `at`, as `revoked_incoming` matches
+        (the same transfer and block) with their alerts; return how many were new."""
+        made: list[tuple[str, AlertEvent, int]] = []
+        tip = await conn.fetchval("SELECT height FROM cursors WHERE name = $1", f"live:{policy.chain}")
+        for batch in _chunks(list(keys), 500):
+            if not batch:
+                continue
+            rows = await conn.fetch(
+                "SELECT * FROM matches WHERE scope = 'live' AND chain = $1 AND kind = 'deposit'"
+                f" AND status IN ('seen', 'confirmed') AND block_time >= $2 AND key IN ({_marks(batch, 3)})"
+                " ORDER BY block_height, txid, idx",
+                policy.chain,
+                at,
+                *batch,
+            )
+            for row in rows:
+                alert_id = match_id(policy.chain, MatchKind.REVOKED_INCOMING, row["txid"], row["idx"])
+                values = {**dict(row), "id": alert_id, "kind": str(MatchKind.REVOKED_INCOMING), "revoked_at": at}
+                values["updated_at"] = stamp
+                columns = list(values)
+                inserted = await conn.execute(
+                    f"INSERT INTO matches ({', '.join(columns)}) VALUES ({_marks(columns, 1)})"
+                    " ON CONFLICT (scope, id) DO NOTHING",
+                    *[values[c] for c in columns],
+                )
+                if inserted:
+                    depth = (tip - int(row["block_height"]) + 1) if tip is not None else 0
+                    made.append((alert_id, AlertEvent.DETECTED, depth))
+        # The live scope's rows, announced as found by re-examination, not by following.
+        await self._enqueue_many(conn, Scope("live", "retro", True), policy, made, stamp)
+        return len(made)
+
+    async def _coverage(self, conn: Conn, chain: str) -> Coverage:
+        first = await conn.fetchrow("SELECT height, time FROM live_start WHERE chain = $1", chain)
+        cursor = await conn.fetchval("SELECT height FROM cursors WHERE name = $1", f"live:{chain}")
+        return Coverage(
+            chain,
+            None if first is None else int(first["height"]),
+            None if first is None else int(first["time"]),
+            None if cursor is None else int(cursor),
+        )
 
     async def list_addresses(
         self,
