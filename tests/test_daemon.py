@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
-from tests.receivers import Receiver
+from tests.receivers import WEBHOOK_SECRET, Receiver
 
 CHAIN_ID = 31337
 REVOKED = "0x" + "a1" * 20
 ACTIVE = "0x" + "c3" * 20
-SECRET = "daemon-test-secret"
+SECRET = WEBHOOK_SECRET
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from aiohttp import web
 from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
-from depositwatch.config import ChainConfig, Config, load_config
+from depositwatch.config import ChainConfig, Config, load_config, redact_text
 from depositwatch.follower import Follower, ReorgTooDeep
 from depositwatch.leadership import Leases, PostgresLeases, SingleInstance
 from depositwatch.metrics import Metrics
@@ -115,7 +115,7 @@ class Service:
             raise StartupError("no chains are configured: add [[chains]] sections to the config")
         self.store = store = await open_store(config.store, migrate=True)
         if isinstance(store.db, PostgresDriver):
-            password = config.store.password.resolve() if config.store.password else None
+            password = config.store.password.resolve().get_secret_value() if config.store.password else None
             self.leases = PostgresLeases(config.store.url, password)
         else:
             single = SingleInstance(sqlite_path(config.store.url))
@@ -418,7 +418,7 @@ class Service:
                 "state": s.state,
                 "lag": s.lag,
                 "max_lag": s.config.max_lag_blocks,
-                "error": s.error,
+                "error": redact_text(s.error) if s.error else None,  # node errors may quote a URL
                 "healthy": s.healthy(),
             }
             for name, s in self.chains.items()

@@ -486,7 +486,7 @@ class EvmSource:
 
     def _auth(self) -> aiohttp.BasicAuth | None:
         if self.config.rpc_user and self.config.rpc_password is not None and "@" not in self.url:
-            return aiohttp.BasicAuth(self.config.rpc_user, self.config.rpc_password.resolve())
+            return aiohttp.BasicAuth(self.config.rpc_user, self.config.rpc_password.resolve().get_secret_value())
         return None
 
     @property

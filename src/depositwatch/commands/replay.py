@@ -9,9 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_import_csv, read_text
 from depositwatch.commands import CommandError, add_store_option, err, load, store_from
-from depositwatch.config import ChainConfig, Config, TokenConfig
+from depositwatch.config import ChainConfig, Config, TokenConfig, format_validation_error, redact_text
 from depositwatch.replay import replay
 from depositwatch.store import open_store
 
@@ -86,8 +88,10 @@ async def _ad_hoc(args: argparse.Namespace) -> int:
             confirmations=1,
             mempool=False,
         )
+    except ValidationError as exc:  # never echoes the values (the URL may hold a key or a password)
+        raise CommandError(format_validation_error("bad ad-hoc chain options", exc)) from None
     except ValueError as exc:
-        raise CommandError(f"bad ad-hoc chain options: {exc}") from None
+        raise CommandError(f"bad ad-hoc chain options: {redact_text(str(exc))}") from None
     directory = ChainDirectory({args.chain: ChainInfo(kind, args.network if kind == "bitcoin" else None)})
     try:
         entries = read_import_csv(read_text(args.watch), directory, source=args.watch)
@@ -189,4 +193,6 @@ async def _node_chain_id(url: str) -> int:
             answer = await resp.json(content_type=None)
         return int(answer["result"], 16)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-        raise CommandError(f"cannot read eth_chainId from {redact_url(url)}: {exc!r}") from None
+        raise CommandError(  # the error's text may quote the URL, whose path can hold an API key
+            f"cannot read eth_chainId from {redact_url(url)}: {type(exc).__name__}: {redact_text(str(exc))}"
+        ) from None

@@ -22,7 +22,7 @@ async def _check(args: argparse.Namespace) -> int:
     problems = []
     secrets = [("store.password", config.store.password)]
     secrets += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
-    secrets += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
+    secrets += [(f"sinks.{s.name}.{key}", secret) for s in config.sinks for key, secret in s.secret_paths()]
     for where, secret in secrets:
         if secret is None:
             continue
@@ -33,6 +33,15 @@ async def _check(args: argparse.Namespace) -> int:
                 secret.resolve()
             except ConfigError as exc:
                 problems.append(f"{where}: {exc}")
+    if args.resolve_secrets and not problems:
+        for sink in config.sinks:  # what the daemon checks when it reads them: webhook keys, Slack URLs
+            try:
+                if sink.type == "webhook":
+                    sink.signing_keys()
+                elif sink.type == "slack":
+                    sink.destination()
+            except ConfigError as exc:
+                problems.append(str(exc))
     out(dumps(config.redacted(), sort_keys=True, indent=True))
     for problem in problems:
         err(problem)

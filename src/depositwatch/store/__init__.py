@@ -50,7 +50,7 @@ async def open_store(config: StoreConfig | str, *, migrate: bool = False) -> Sql
     if config.url.startswith("sqlite:"):
         driver = SqliteDriver(sqlite_path(config.url))
     else:
-        password = config.password.resolve() if config.password else None
+        password = config.password.resolve().get_secret_value() if config.password else None
         driver = PostgresDriver(config.url, password=password, pool_size=config.pool_size)
     await driver.open()
     store = SqlStore(driver)
