@@ -381,7 +381,10 @@ HIDDEN = "…"
 MIN_REMEMBERED = 8  # shorter strings are too likely to occur in ordinary text to be cut out of it
 MIN_KEY_SEGMENT = 16  # a path segment this long in a node URL is taken for an API key (`/v3/KEY`)
 _remembered: set[str] = set()
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s'\"<>()\[\]{},]+")
+# Up to whitespace or a quote: brackets belong in (IPv6 hosts, and a malformed one must not end the match
+# before the credentials and the path); punctuation that closes the sentence is given back.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s'\"<>]+")
+_URL_TAIL = ").,;:]}"
 
 
 def remember_secret(value: str) -> None:
@@ -455,7 +458,13 @@ def redact_text(text: str) -> str:
     for secret in sorted(_remembered, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _URL_IN_TEXT.sub(lambda found: redact_url(found.group(0)), text)
+    return _URL_IN_TEXT.sub(_shown_url, text)
+
+
+def _shown_url(found: re.Match[str]) -> str:
+    url = found.group(0)
+    tail = len(url) - len(url.rstrip(_URL_TAIL))
+    return redact_url(url[: len(url) - tail]) + url[len(url) - tail :]
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
