@@ -266,7 +266,7 @@ class BitcoinRpc:
 
     @property
     def url(self) -> str:
-        """The node URL in use now, with any password hidden."""
+        """The node URL in use now, as it may be shown (scheme, host and port)."""
         return self.endpoints[self._current].shown
 
     # auth ------------------------------------------------------------------------------------------
