@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -200,3 +201,21 @@ def test_verify_request_refuses_garbage_without_raising() -> None:
     for headers in GARBAGE_HEADERS:
         assert verify_request(WEBHOOK_SECRET, headers, BODY) is False
     assert verify_request(WEBHOOK_SECRET, signed_headers([KEY], "abc:1", int(time.time()), BODY), BODY) is True
+
+
+def test_the_documented_secret_commands_make_usable_secrets() -> None:
+    """docs/alerts.md and the README: `echo "whsec_$(openssl rand -base64 32)"` makes a 32-byte key, and
+    `whsec_$(printf %s "$OLD" | base64 -w0)` keeps an old raw secret's key bytes."""
+    docs = DOCS.read_text() + (DOCS.parent.parent / "README.md").read_text()
+    make = 'echo "whsec_$(openssl rand -base64 32)"'
+    convert = 'whsec_$(printf %s "$OLD" | base64 -w0)'
+    assert make in docs and convert in docs
+    made = subprocess.run(["bash", "-c", make], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(decode_secret(made)) == 32
+    old = "an-old-raw-secret-of-more-than-24-bytes"
+    converted = subprocess.run(
+        ["bash", "-c", f'echo "{convert}"'], capture_output=True, text=True, check=True, env={"OLD": old}
+    ).stdout.strip()
+    assert decode_secret(converted) == old.encode()
+    with pytest.raises(SecretFormatError, match=r"whsec_\$\(printf %s \"\$OLD\" \| base64 -w0\)"):
+        decode_secret(old)  # the refusal gives the same conversion
