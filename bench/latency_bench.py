@@ -38,13 +38,13 @@ if __package__ in (None, ""):  # run as `python bench/latency_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_line, markdown_table
-from depositwatch.alerts.signing import SignatureError, verify
+from depositwatch.alerts.signing import SignatureError, decode_secret, verify
 from depositwatch.devnet import Anvil, rpc
 
 REPO = Path(__file__).resolve().parent.parent
 PY = REPO / ".venv" / "bin" / "python"
 CHAIN_ID = 31337
-SECRET = "latency-bench-secret"
+SECRET = "whsec_" + "bGF0ZW5jeS1iZW5jaC1zZWNyZXQtMzItYnl0ZXMtbG9uZw=="  # a 34-byte key
 REVOKED = "0x" + "5e" * 20
 MODES = ("ws", "poll-0.2", "poll-1")
 
@@ -82,7 +82,7 @@ class Hook:
         at = time.perf_counter()
         self.requests += 1
         try:
-            verify(SECRET, dict(request.headers), body)
+            verify(decode_secret(SECRET), dict(request.headers), body)
         except SignatureError:
             self.bad += 1
             return web.Response(status=401, text="bad signature")

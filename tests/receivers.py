@@ -4,6 +4,11 @@
 sleep past the sender's timeout, answer 500 or 429 with Retry-After, or be stopped for a while and
 started again on the same port. It records every request it saw and which ones it acknowledged.
 
+Every webhook a Receiver gets is verified with the `standardwebhooks` package (not with the project's
+own code) under the receiver's secrets (by default `WEBHOOK_SECRET`, the secret the tests configure);
+one that does not verify is answered 401 and kept in `forged`. Slack and PagerDuty documents (a
+top-level `blocks` or `routing_key`) are not signed and are not checked.
+
 `AlertMaker` commits blocks with matches through the real store, so the outbox holds exactly what
 the follower would have put there.
 """
@@ -11,6 +16,7 @@ the follower would have put there.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from depositwatch.jsonutil import loads
 from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Match, MatchKind, Transfer
@@ -25,6 +32,8 @@ from depositwatch.store import BlockEffects, ChainPolicy, Cursor, OutboxMessage,
 
 ETH = Asset("ETH", 18)
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
+# The webhook signing secret the tests configure: Standard Webhooks form, a 32-byte key.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
 
 @dataclass
@@ -38,11 +47,26 @@ class Received:
     at: float
     status: int | None = None  # what was answered; None while pending or when the sender gave up
     query: str = ""  # the raw query string
+    verified: bool = False  # a webhook whose Standard Webhooks signature checked out
+
+    def header(self, name: str) -> str | None:
+        """A header, looked up case-insensitively."""
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), None)
 
     @property
     def key(self) -> str | None:
-        """The Idempotency-Key header (webhooks)."""
-        return self.headers.get("Idempotency-Key")
+        """The idempotency key: `webhook-id` (signed), else the Idempotency-Key header."""
+        return self.header("webhook-id") or self.header("Idempotency-Key")
+
+    @property
+    def is_webhook(self) -> bool:
+        """Anything but a Slack or PagerDuty document is a webhook and must carry a valid signature."""
+        try:
+            document = loads(self.body)
+        except ValueError:
+            return True
+        return not (isinstance(document, dict) and ("blocks" in document or "routing_key" in document))
 
     def json(self) -> Any:
         """The body parsed."""
@@ -102,11 +126,20 @@ def slow(delay: float, status: int = 200) -> Responder:
 class Receiver:
     """An HTTP server on 127.0.0.1 that records requests and answers as its responder says."""
 
-    def __init__(self, responder: Responder | None = None, *, path: str = "/hook", port: int = 0) -> None:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        path: str = "/hook",
+        port: int = 0,
+        secrets: Sequence[str] = (WEBHOOK_SECRET,),
+    ) -> None:
         self.responder = responder or ok()
         self.path = path
         self.port = port
+        self.verifiers = [Webhook(secret) for secret in secrets]
         self.requests: list[Received] = []
+        self.forged: list[Received] = []  # webhooks whose signature did not verify (answered 401)
         self.in_flight: Counter[str] = Counter()  # per `group` value, while being answered
         self.max_in_flight: Counter[str] = Counter()
         self.group: Callable[[Received], str] | None = None
@@ -162,6 +195,12 @@ class Receiver:
         received = Received(len(self.requests) + 1, request.path, dict(request.headers), body, time.time())
         received.query = request.query_string
         self.requests.append(received)
+        if received.is_webhook:
+            received.verified = self._verify(received)
+            if not received.verified:
+                self.forged.append(received)
+                received.status = 401
+                return web.Response(status=401, text="signature does not verify")
         self._keys[received.key] += 1
         self._handling += 1
         group = self.group(received) if self.group else None
@@ -180,6 +219,15 @@ class Receiver:
             self._handling -= 1
             if group is not None:
                 self.in_flight[group] -= 1
+
+    def _verify(self, received: Received) -> bool:
+        for verifier in self.verifiers:
+            try:
+                verifier.verify(received.body, received.headers)
+            except WebhookVerificationError:
+                continue
+            return True
+        return False
 
     # what arrived ----------------------------------------------------------------------------------
 

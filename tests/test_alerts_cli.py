@@ -16,9 +16,9 @@ import structlog
 
 from depositwatch.cli import main
 from depositwatch.store import OutboxMessage, open_store
-from tests.receivers import USDT, AlertMaker, Receiver, always, ok, slow
+from tests.receivers import USDT, WEBHOOK_SECRET, AlertMaker, Receiver, always, ok, slow
 
-SECRET = "cli-secret"
+SECRET = WEBHOOK_SECRET
 
 
 @pytest.fixture(autouse=True)

@@ -240,7 +240,7 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
     how many alerts are still pending (they stay in the outbox). Once a receiver takes them, the same command
     (the finished run again) delivers them and exits 0."""
     from depositwatch.commands import replay as replay_command
-    from tests.receivers import Receiver, always, ok
+    from tests.receivers import WEBHOOK_SECRET, Receiver, always, ok
 
     monkeypatch.setattr(replay_command, "DRAIN_SECONDS", 1.0)
     node, chain = scenario
@@ -255,7 +255,8 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
                 f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
                 f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\n'
                 f'rpc_password = {{ value = "{node.password}" }}\nbatch_blocks = 2\nconfirmations = 100\n\n'
-                f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "s" }}\n'
+                f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+                f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
                 "retry = { initial_backoff = 0.3, max_backoff = 1.0 }\n"  # a few attempts a second: none dies
             )
             if code:

@@ -9,6 +9,7 @@ import pytest
 from depositwatch.cli import main
 from depositwatch.config import ConfigError, load_config, parse_config
 
+HUNTER4 = "whsec_aHVudGVyNC1odW50ZXI0LWh1bnRlcjQtaHVudGVyNA=="
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "depositwatch.example.toml"
 
 
@@ -79,10 +80,10 @@ def test_secrets_come_from_env_and_files(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigError, match="DW_TEST_SECRET is not set"):
         config.sinks[0].secret.resolve()  # type: ignore[union-attr]
     monkeypatch.setenv("DW_TEST_SECRET", "s3")
-    assert config.sinks[0].secret.resolve() == "s3"  # type: ignore[union-attr]
+    assert config.sinks[0].secret.resolve().get_secret_value() == "s3"  # type: ignore[union-attr]
     (tmp_path / "hook-secret").write_text("from-file\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert config.sinks[1].secret.resolve() == "from-file"  # type: ignore[union-attr]
+    assert config.sinks[1].secret.resolve().get_secret_value() == "from-file"  # type: ignore[union-attr]
 
 
 def test_check_config_redacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,11 +92,12 @@ def test_check_config_redacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path.write_text(
         '[[chains]]\nname = "btc"\nkind = "bitcoin"\nrpc_urls = ["http://user:hunter2@127.0.0.1:8332"]\n'
         'rpc_password = { value = "hunter3" }\n'
-        '[[sinks]]\nname = "w"\ntype = "webhook"\nurl = "http://127.0.0.1/x"\nsecret = { value = "hunter4" }\n'
+        '[[sinks]]\nname = "w"\ntype = "webhook"\nurl = "http://127.0.0.1/x"\n'
+        f'secret = {{ value = "{HUNTER4}" }}\n'
     )
     assert main(["--config", str(path), "check-config"]) == 0
     captured = capsys.readouterr()
-    for secret in ("hunter2", "hunter3", "hunter4"):
+    for secret in ("hunter2", "hunter3", HUNTER4, HUNTER4.removeprefix("whsec_")):
         assert secret not in captured.out
     assert "written inline" in captured.err
     assert main(["--config", str(tmp_path / "missing.toml"), "check-config"]) == 2

@@ -22,12 +22,12 @@ from aiohttp import web
 import depositwatch
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.proof.faultproxy import Fault, FaultProxy
-from tests.receivers import Receiver
+from tests.receivers import WEBHOOK_SECRET, Receiver
 
 CHAIN_ID = 31337
 REVOKED = "0x" + "a1" * 20
 ACTIVE = "0x" + "c3" * 20
-SECRET = "daemon-test-secret"
+SECRET = WEBHOOK_SECRET
 
 
 def free_port() -> int:

@@ -359,7 +359,7 @@ async def test_anvil_reorg_changes_the_blocks(node: Anvil) -> None:
 async def test_wrong_chain_id_is_refused(node: Anvil) -> None:
     source = EvmSource(chain_config(node, {}, chain_id=1))
     try:
-        with pytest.raises(WrongChain, match=rf"node at http://127\.0\.0\.1:\d+ reports chain id {CHAIN_ID}, "):
+        with pytest.raises(WrongChain, match=rf"node at http://127\.0\.0\.1:\d+/… reports chain id {CHAIN_ID}, "):
             await source.open()
     finally:
         await source.close()

@@ -462,7 +462,6 @@ async def test_walk_install_config_credentials_units_and_run(host: Host, site: S
     assert host.systemctl()[-1] == "start depositwatch-replay@breach"
 
 
-@pytest.mark.xfail(strict=True, reason="db migrate on a fresh store: being fixed (issue 14 item 1)")
 async def test_walk_db_migrate_on_a_fresh_store(host: Host, work: Path) -> None:
     """The documented first `db migrate`, as the service user, creates the store in the state directory."""
     async with Receiver() as receiver:
@@ -499,7 +498,6 @@ async def test_walk_upgrade_and_restore(host: Host, work: Path) -> None:
         assert path.stat().st_uid == uid, path
 
 
-@pytest.mark.xfail(strict=True, reason="DEPOSITWATCH_LISTEN: being added (issue 14 item 5)")
 async def test_walk_second_instance_on_one_host(host: Host, work: Path, pg_url: str) -> None:
     """The documented second unit on the same host runs beside the first on one PostgreSQL store, each
     with its own HTTP endpoint: one leads, the other stands by."""

@@ -7,22 +7,25 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from depositwatch.alerts.format import explorer_url, explorers_for
 from depositwatch.alerts.pagerduty import EVENTS_URL, PagerDutySink, pagerduty_burst, pagerduty_event
 from depositwatch.alerts.payload import build_payload
-from depositwatch.alerts.signing import verify
+from depositwatch.alerts.signing import decode_secret, encode_secret
 from depositwatch.alerts.sinks import Burst, DeliveryError, WebhookSink, build_sinks, parse_retry_after
 from depositwatch.alerts.slack import SlackSink, slack_burst, slack_message
-from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig
+from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig, parse_config
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.models import AlertEvent, Severity
 from depositwatch.store import OutboxMessage
-from tests.receivers import Receiver, Reply, always, ok
+from tests.receivers import WEBHOOK_SECRET, Receiver, Reply, always, ok
 
 ETH_ADDRESS = "0x2222222222222222222222222222222222222222"
 USDT_CONTRACT = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
 TXID = "0x" + "ab" * 32
+KEY = decode_secret(WEBHOOK_SECRET)
 
 
 def row(**changes: Any) -> dict[str, Any]:
@@ -90,7 +93,7 @@ def message(
 
 
 def config(type_: str, url: str | None, **extra: Any) -> SinkConfig:
-    secret = {"webhook": "s3cret", "slack": None, "pagerduty": "R0UTING"}[type_]
+    secret = {"webhook": WEBHOOK_SECRET, "slack": None, "pagerduty": "R0UTING"}[type_]
     fields: dict[str, Any] = {"name": type_, "type": type_, "url": url, "timeout": 5}
     if secret:
         fields["secret"] = Secret(value=secret)
@@ -98,23 +101,54 @@ def config(type_: str, url: str | None, **extra: Any) -> SinkConfig:
     return SinkConfig(**fields)
 
 
-async def test_webhook_posts_the_stored_bytes_with_keys_and_a_signature() -> None:
-    """The stored payload byte for byte; the alert id, idempotency key, timestamp and signature headers."""
+async def test_webhook_posts_the_stored_bytes_signed_the_standard_webhooks_way() -> None:
+    """The stored payload byte for byte; `webhook-id` is the idempotency key and is signed with the
+    timestamp and body, as the `standardwebhooks` package checks it."""
     sent = message(rev=3)
     async with Receiver() as rx:
-        sink = WebhookSink(config("webhook", rx.url), "s3cret")
+        sink = WebhookSink(config("webhook", rx.url), [KEY])
         before = int(time.time())
         await sink.send(sent)
         await sink.close()
     [request] = rx.requests
+    assert request.verified and request.status == 200 and not rx.forged
     assert request.body == sent.payload.encode()
     assert request.headers["Content-Type"] == "application/json"
     assert request.headers["X-Depositwatch-Id"] == "a1b2c3"
-    assert request.headers["Idempotency-Key"] == "a1b2c3:3" == request.json()["idempotency_key"]
-    stamp = int(request.headers["X-Depositwatch-Timestamp"])
+    assert request.headers["webhook-id"] == "a1b2c3:3" == request.json()["idempotency_key"]
+    assert request.headers["Idempotency-Key"] == "a1b2c3:3"
+    stamp = int(request.headers["webhook-timestamp"])
     assert stamp >= before
-    assert request.headers["X-Depositwatch-Signature"].startswith("v1=")
-    assert verify("s3cret", request.headers, request.body) == stamp
+    [signature] = request.headers["webhook-signature"].split(" ")
+    assert signature.startswith("v1,")
+    assert Webhook(WEBHOOK_SECRET).verify(request.body, request.headers) == request.json()
+    # the id is covered: the same request under another key does not verify
+    for changed in ({"webhook-id": "a1b2c3:4"}, {"webhook-timestamp": str(stamp + 1)}):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(WEBHOOK_SECRET).verify(request.body, {**request.headers, **changed})
+
+
+async def test_rotation_sends_one_signature_per_secret() -> None:
+    """A sink with `secret` and `secrets` signs with each; a receiver holding only the old or only the
+    new secret verifies every request, one holding neither refuses it."""
+    old, new, third = (encode_secret(bytes([n]) * 32) for n in (1, 2, 3))
+    rotating = config("webhook", "http://127.0.0.1:1/", secret=Secret(value=old), secrets=[Secret(value=new)])
+    async with Receiver(secrets=[old]) as old_rx, Receiver(secrets=[new]) as new_rx, Receiver(secrets=[third]) as rx3:
+        for rx in (old_rx, new_rx, rx3):
+            sink = build_sinks([rotating.model_copy(update={"url": rx.url})])[0]
+            try:
+                if rx is rx3:
+                    with pytest.raises(DeliveryError, match="HTTP 401"):
+                        await sink.send(message())
+                else:
+                    await sink.send(message())
+            finally:
+                await sink.close()
+    for rx in (old_rx, new_rx):
+        [request] = rx.requests
+        assert request.verified and request.status == 200
+        assert [part[:3] for part in request.headers["webhook-signature"].split(" ")] == ["v1,", "v1,"]
+    assert len(rx3.forged) == 1 and rx3.requests[0].status == 401
 
 
 @pytest.mark.parametrize(
@@ -140,7 +174,7 @@ async def test_failures_are_classified(
 ) -> None:
     """5xx retry; 429/503 carry Retry-After; 4xx (but 408/409/425/429) are rejections; redirects are not followed."""
     async with Receiver(lambda _req, _rx: Reply(status, "no", headers)) as rx:
-        sink = WebhookSink(config("webhook", rx.url), "s3cret")
+        sink = WebhookSink(config("webhook", rx.url), [KEY])
         with pytest.raises(DeliveryError) as failure:
             await sink.send(message())
         await sink.close()
@@ -155,7 +189,7 @@ async def test_unreachable_receiver_is_a_connection_failure() -> None:
     rx = await Receiver().start()
     url = rx.url
     await rx.stop()
-    sink = WebhookSink(config("webhook", url), "s3cret")
+    sink = WebhookSink(config("webhook", url), [KEY])
     with pytest.raises(DeliveryError, match="connection failed") as failure:
         await sink.send(message())
     await sink.close()
@@ -186,7 +220,7 @@ async def test_slack_message_has_what_a_person_needs() -> None:
     txid linked to etherscan, block and confirmations, the alert id: posted as JSON to the webhook URL."""
     sent = message()
     async with Receiver() as rx:
-        sink = SlackSink(config("slack", None, secret=Secret(value=rx.url)), rx.url)
+        sink = SlackSink(config("slack", None, secret=Secret(value=rx.url)), SecretStr(rx.url))
         await sink.send(sent)
         await sink.close()
     document = rx.requests[0].json()
@@ -254,7 +288,7 @@ async def test_pagerduty_trigger_and_resolve() -> None:
     custom details; a retraction resolves the same dedup key; 202 is success."""
     detected = message(label="x" * 3000)
     async with Receiver(ok(202)) as rx:
-        sink = PagerDutySink(config("pagerduty", rx.url), "R0UTING")
+        sink = PagerDutySink(config("pagerduty", rx.url), SecretStr("R0UTING"))
         await sink.send(detected)
         await sink.send(message(AlertEvent.RETRACTED, rev=2))
         await sink.close()
@@ -276,13 +310,17 @@ def test_pagerduty_severity_mapping_and_default_url() -> None:
     for ours in ("critical", "warning", "info"):
         sent = message(severity=ours)
         assert pagerduty_event("k", sent, loads(sent.payload))["payload"]["severity"] == ours
-    assert PagerDutySink(config("pagerduty", None), "k").url == EVENTS_URL == "https://events.pagerduty.com/v2/enqueue"
+    assert (
+        PagerDutySink(config("pagerduty", None), SecretStr("k")).url
+        == EVENTS_URL
+        == "https://events.pagerduty.com/v2/enqueue"
+    )
 
 
 async def test_pagerduty_rejection_is_permanent() -> None:
     """PagerDuty's 400 (invalid event) is reported as a rejection."""
     async with Receiver(always(400, body='{"status":"invalid event"}')) as rx:
-        sink = PagerDutySink(config("pagerduty", rx.url), "R0UTING")
+        sink = PagerDutySink(config("pagerduty", rx.url), SecretStr("R0UTING"))
         with pytest.raises(DeliveryError, match="invalid event") as failure:
             await sink.send(message())
         await sink.close()
@@ -314,7 +352,7 @@ def test_burst_summaries() -> None:
 
 def test_build_sinks_resolves_secrets_and_filters(monkeypatch: pytest.MonkeyPatch) -> None:
     """Secrets come from the environment at build time; a missing one is named; kinds and min_severity filter."""
-    monkeypatch.setenv("HOOK_SECRET", "from-env")
+    monkeypatch.setenv("HOOK_SECRET", WEBHOOK_SECRET)
     monkeypatch.setenv("SLACK_URL", "https://hooks.slack.invalid/services/T/B/X")
     configs = [
         SinkConfig(name="hook", type="webhook", url="http://127.0.0.1:1/", secret=Secret(env="HOOK_SECRET")),
@@ -327,8 +365,8 @@ def test_build_sinks_resolves_secrets_and_filters(monkeypatch: pytest.MonkeyPatc
         ),
     ]
     hook, slack = build_sinks(configs)
-    assert isinstance(hook, WebhookSink) and hook._secret == b"from-env"
-    assert isinstance(slack, SlackSink) and slack._url.endswith("/T/B/X")
+    assert isinstance(hook, WebhookSink) and hook._keys == (KEY,)
+    assert isinstance(slack, SlackSink) and slack._url.get_secret_value().endswith("/T/B/X")
     assert slack.summarizes_bursts
     assert not hook.summarizes_bursts
     incoming, sweep = message(), message(kind="revoked_outgoing")
@@ -338,3 +376,62 @@ def test_build_sinks_resolves_secrets_and_filters(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("HOOK_SECRET")
     with pytest.raises(ConfigError, match="HOOK_SECRET"):
         build_sinks(configs[:1])
+
+
+RAW_SECRET = "an-old-raw-secret-of-more-than-24-bytes"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "the webhook secret is empty"),
+        ("   ", "the webhook secret is empty"),
+        (RAW_SECRET, "the webhook secret must be whsec_<base64"),
+        (encode_secret(b"k" * 23), "the webhook secret's key is 23 bytes; at least 24"),
+        ("whsec_", "the webhook secret's key is 0 bytes"),
+        ("whsec_no*t-base64!", "the webhook secret after whsec_ is not base64"),
+    ],
+)
+def test_empty_short_and_raw_webhook_secrets_are_refused_at_load(value: str, problem: str) -> None:
+    """At config load, naming the key path, never showing the value; `secrets` entries likewise."""
+    for where, sink in (
+        ("sinks.0: secret: ", {"secret": {"value": value}}),
+        (
+            "sinks.0: secrets.1: ",
+            {"secret": {"value": WEBHOOK_SECRET}, "secrets": [{"value": WEBHOOK_SECRET}, {"value": value}]},
+        ),
+    ):
+        data = {"sinks": [{"name": "hook", "type": "webhook", "url": "http://127.0.0.1:1/", **sink}]}
+        with pytest.raises(ConfigError) as caught:
+            parse_config(data, "d.toml")
+        text = str(caught.value)
+        assert f"d.toml: {where}{problem}" in text
+        assert value.strip() == "" or value not in text
+
+
+def test_secrets_from_env_or_file_are_checked_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An env or file secret is read at start-up (build_sinks, check-config --resolve-secrets): a raw or
+    short one is refused there, naming the sink and key, without its value."""
+    configs = [SinkConfig(name="hook", type="webhook", url="http://127.0.0.1:1/", secret=Secret(env="HOOK_SECRET"))]
+    monkeypatch.setenv("HOOK_SECRET", RAW_SECRET)
+    with pytest.raises(ConfigError, match=r"^sinks\.hook\.secret: the webhook secret must be whsec_") as caught:
+        build_sinks(configs)
+    assert RAW_SECRET not in str(caught.value)
+    monkeypatch.setenv("HOOK_SECRET", encode_secret(b"k" * 16))
+    with pytest.raises(ConfigError, match=r"^sinks\.hook\.secret: the webhook secret's key is 16 bytes"):
+        build_sinks(configs)
+    # the documented conversion keeps an old raw secret's key
+    converted = encode_secret(RAW_SECRET.encode())
+    monkeypatch.setenv("HOOK_SECRET", converted)
+    [hook] = build_sinks(configs)
+    assert isinstance(hook, WebhookSink) and hook._keys == (RAW_SECRET.encode(),)
+
+
+def test_a_slack_url_without_a_scheme_is_refused_without_showing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Slack webhook URL missing `https://` is a config error naming the key, not a delivery error
+    whose text (the URL, i.e. the secret) would be logged and stored."""
+    monkeypatch.setenv("SLACK_URL", "hooks.slack.invalid/services/T000/B000/XXXXSECRETXXXX")
+    configs = [SinkConfig(name="chat", type="slack", secret=Secret(env="SLACK_URL"))]
+    with pytest.raises(ConfigError, match=r"^sinks\.chat\.secret: the Slack webhook URL is not a usable URL") as caught:
+        build_sinks(configs)
+    assert "XXXXSECRETXXXX" not in str(caught.value)

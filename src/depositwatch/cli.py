@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from depositwatch import __version__
 from depositwatch.chains.base import ChainError, WrongChain
 from depositwatch.commands import CommandError, command_modules
-from depositwatch.config import ConfigError
+from depositwatch.config import ConfigError, redact_text
 from depositwatch.logging import setup_logging
 from depositwatch.store import StoreError
 
@@ -39,13 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(asyncio.run(args.handler(args)))
     except (CommandError, ConfigError) as exc:
-        print(f"depositwatch: {exc}", file=sys.stderr)
+        print(f"depositwatch: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"depositwatch: store: {exc}", file=sys.stderr)
+        print(f"depositwatch: store: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except (ChainError, WrongChain) as exc:
-        print(f"depositwatch: node: {exc}", file=sys.stderr)
+        print(f"depositwatch: node: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

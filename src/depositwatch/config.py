@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from depositwatch.models import MatchKind, Severity
 
@@ -24,27 +33,33 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must never carry the value it refused (a URL with a key,
+    # a password) into a message, a log line or a traceback.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class Secret(_Strict):
     """A secret named by environment variable or file, never written in the config itself.
 
-    `value` is accepted for tests and demos only; `check-config` warns about it.
+    `value` is accepted for tests and demos only; `check-config` warns about it. Resolved secrets are
+    `SecretStr` (shown as stars by repr, str and dumps) and are remembered so that `redact_text` can
+    take them out of any text that is about to be printed, logged or stored.
     """
 
     env: str | None = None
     file: Path | None = None
-    value: str | None = None
+    value: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
         sources = [s for s in (self.env, self.file, self.value) if s is not None]
         if len(sources) != 1:
             raise ValueError("give exactly one of env, file or value")
+        if self.value is not None:
+            remember_secret(self.value.get_secret_value())
         return self
 
-    def resolve(self) -> str:
+    def resolve(self) -> SecretStr:
         """Read the secret now; raise ConfigError naming the variable or file when it is missing."""
         if self.value is not None:
             return self.value
@@ -52,13 +67,18 @@ class Secret(_Strict):
             found = os.environ.get(self.env)
             if found is None:
                 raise ConfigError(f"environment variable {self.env} is not set")
-            return found
+            remember_secret(found)
+            return SecretStr(found)
         assert self.file is not None
         path = _credential_path(self.file)
         try:
-            return path.read_text().strip()
+            text = path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise ConfigError(f"secret file {path} is not UTF-8 text") from None
+        remember_secret(text)
+        return SecretStr(text)
 
 
 def _credential_path(path: Path) -> Path:
@@ -75,10 +95,11 @@ def check_url(url: str, schemes: set[str]) -> None:
         parts = urlsplit(url)
         _ = parts.port  # a port that is not a number in 0-65535
         _ = parts.hostname  # an unclosed IPv6 bracket
-    except ValueError as exc:
-        raise ValueError(f"not a usable URL: {url!r} ({exc})") from None
+    except ValueError:
+        raise ValueError("not a usable URL (it does not parse)") from None
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ValueError(f"not a usable URL: {url!r} (expected {' or '.join(sorted(schemes))})")
+        raise ValueError(f"not a usable URL (expected {' or '.join(sorted(schemes))})")
+    remember_url(url)
 
 
 class TokenConfig(_Strict):
@@ -201,9 +222,9 @@ class StoreConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        scheme = value.split(":", 1)[0]
+        scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in {"sqlite", "postgresql", "postgres"}:
-            raise ValueError(f"store URL scheme must be sqlite or postgresql, not {scheme!r}")
+            raise ValueError("store URL scheme must be sqlite or postgresql")  # the value may be a password
         if scheme == "sqlite" and not value.startswith("sqlite:///") and value != "sqlite://:memory:":
             raise ValueError("sqlite URLs look like sqlite:///relative/path.db or sqlite:////absolute/path.db")
         if scheme != "sqlite":
@@ -225,9 +246,11 @@ class SinkConfig(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     type: Literal["webhook", "slack", "pagerduty", "opsgenie", "teams", "discord", "telegram", "email", "exec"]
     url: str | None = None
-    # webhook HMAC secret, Slack/Teams/Discord webhook URL, PagerDuty routing key, Opsgenie API key,
-    # Telegram bot token
+    # webhook signing secret (whsec_...), Slack/Teams/Discord webhook URL, PagerDuty routing key,
+    # Opsgenie API key, Telegram bot token
     secret: Secret | None = None
+    # Webhooks only: more signing secrets beside `secret`, each signing every request (key rotation).
+    secrets: Annotated[list[Secret], Field(max_length=8)] = []
     kinds: list[Literal["revoked_incoming", "revoked_outgoing", "deposit", "test"]] = [
         "revoked_incoming",
         "revoked_outgoing",
@@ -312,13 +335,65 @@ class SinkConfig(_Strict):
 
     @model_validator(mode="after")
     def _needs(self) -> SinkConfig:
-        if self.type == "webhook" and (self.url is None or self.secret is None):
-            raise ValueError("a webhook sink needs url and secret")
+        if self.type == "webhook" and (self.url is None or not self.all_secrets()):
+            raise ValueError("a webhook sink needs url and secret (or secrets)")
+        if self.type != "webhook" and self.secrets:
+            raise ValueError("secrets (several signing secrets) are for webhook sinks; use secret")
         if self.type == "slack" and self.secret is None and self.url is None:
             raise ValueError("a slack sink needs secret (the incoming-webhook URL) or url")
         if self.type == "pagerduty" and self.secret is None:
             raise ValueError("a pagerduty sink needs secret (the routing key)")
+        if self.type == "webhook":
+            # Inline values are checked now, at load; env and file secrets when they are read.
+            for where, secret in self.secret_paths():
+                if secret.value is not None:
+                    _webhook_key(where, secret.value)
         return self
+
+    def all_secrets(self) -> list[Secret]:
+        """`secret` (if any) followed by `secrets`."""
+        return ([self.secret] if self.secret is not None else []) + list(self.secrets)
+
+    def secret_paths(self) -> list[tuple[str, Secret]]:
+        """Each secret with its key path, as errors name it."""
+        found = [("secret", self.secret)] if self.secret is not None else []
+        found += [(f"secrets.{i}", s) for i, s in enumerate(self.secrets)]
+        return found
+
+    def signing_keys(self) -> list[bytes]:
+        """The webhook HMAC keys, read now; ConfigError naming the key path when one is missing or unusable."""
+        keys = []
+        for where, secret in self.secret_paths():
+            try:
+                value = secret.resolve()
+            except ConfigError as exc:
+                raise ConfigError(f"sinks.{self.name}.{where}: {exc}") from None
+            try:
+                keys.append(_webhook_key(where, value))
+            except ValueError as exc:
+                raise ConfigError(f"sinks.{self.name}.{exc}") from None
+        return keys
+
+    def destination(self) -> SecretStr:
+        """Slack: the incoming-webhook URL (`secret`, else `url`), read now and checked without showing it."""
+        value = self.secret.resolve() if self.secret is not None else SecretStr(self.url or "")
+        where = "secret" if self.secret is not None else "url"
+        try:
+            check_url(value.get_secret_value(), {"https", "http"})
+        except ValueError as exc:
+            raise ConfigError(f"sinks.{self.name}.{where}: the Slack webhook URL is {exc}") from None
+        if not urlsplit(value.get_secret_value()).hostname:
+            raise ConfigError(f"sinks.{self.name}.{where}: the Slack webhook URL has no host")
+        return value
+
+
+def _webhook_key(where: str, value: SecretStr) -> bytes:
+    from depositwatch.alerts.signing import SecretFormatError, decode_secret
+
+    try:
+        return decode_secret(value.get_secret_value())
+    except SecretFormatError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _a(word: str) -> str:
@@ -420,21 +495,22 @@ class Config(_Strict):
         raise ConfigError(f"no chain named {name!r} in the config (configured: {known})")
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as plain data, with inline secrets masked."""
+        """The effective configuration as plain data: secrets as stars, every URL cut to scheme://host:port."""
         data = self.model_dump(mode="json")
         _redact(data)
         return data
 
 
+_URL_KEYS = frozenset({"url", "rest_url", "ws_url", "zmq_url", "rpc_urls"})
+
+
 def _redact(node: Any) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in {"secret", "password", "rpc_password"} and isinstance(value, dict) and value.get("value"):
-                value["value"] = REDACTED
-            elif key in {"url", "rest_url", "ws_url", "zmq_url"} and isinstance(value, str):
+            if key in _URL_KEYS and isinstance(value, str):
                 node[key] = redact_url(value)
-            elif key == "rpc_urls" and isinstance(value, list):
-                node[key] = [redact_url(v) for v in value]
+            elif key in _URL_KEYS and isinstance(value, list):
+                node[key] = [redact_url(v) if isinstance(v, str) else v for v in value]
             else:
                 _redact(value)
     elif isinstance(node, list):
@@ -442,13 +518,96 @@ def _redact(node: Any) -> None:
             _redact(item)
 
 
+# Redaction: one place decides what may be shown. ---------------------------------------------------
+
+HIDDEN = "…"
+MIN_REMEMBERED = 8  # shorter strings are too likely to occur in ordinary text to be cut out of it
+MIN_KEY_SEGMENT = 16  # a path segment this long in a node URL is taken for an API key (`/v3/KEY`)
+_remembered: set[str] = set()
+# Up to whitespace or a quote: brackets belong in (IPv6 hosts, and a malformed one must not end the match
+# before the credentials and the path); punctuation that closes the sentence is given back.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{1,15}://[^\s'\"<>]+")
+_URL_TAIL = ").,;:]}"
+
+
+def remember_secret(value: str) -> None:
+    """Take `value` (a resolved secret) out of every text `redact_text` sees from now on.
+
+    A secret that is a URL (a Slack webhook) is also remembered without its scheme and by its path and
+    path segments, which is where the secret part lives.
+    """
+    value = value.strip()
+    _remember(value)
+    if "://" in value:
+        _remember(value.split("://", 1)[1])
+    try:
+        parts = urlsplit(value if "://" in value else f"//{value}")
+    except ValueError:
+        return
+    if parts.hostname and parts.path.strip("/"):
+        _remember(parts.path)
+        for segment in parts.path.split("/"):
+            if len(segment) >= MIN_KEY_SEGMENT:
+                _remember(segment)
+        _remember(parts.query)
+
+
+def remember_url(url: str) -> None:
+    """Remember the parts of a configured URL that hold credentials: the password, the query, and
+    path segments long enough to be API keys (shorter ones like `/rpc` stay readable)."""
+    if url.startswith("sqlite:"):
+        return
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return
+    _remember(password or "")
+    _remember(parts.query)
+    for segment in parts.path.split("/"):
+        if len(segment) >= MIN_KEY_SEGMENT:
+            _remember(segment)
+
+
+def _remember(text: str) -> None:
+    if len(text) >= MIN_REMEMBERED:
+        _remembered.add(text)
+
+
 def redact_url(url: str) -> str:
-    """Hide a password embedded in a URL (http://user:pass@host)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:{REDACTED}@{parts.netloc.rpartition('@')[2]}"
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    """A URL as it may be shown: scheme, host and port only (`https://eth.example:443/…`).
+
+    Credentials, the path and the query are dropped, since providers put API keys in `/v3/KEY` paths and
+    query strings. SQLite URLs are shown whole (a local file name, no credentials). Text that does not
+    parse as a URL with a host is not shown at all.
+    """
+    if url.startswith("sqlite:"):
+        return url
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    if not parts.scheme or not host:
+        return f"<URL without host>{HIDDEN}" if parts.scheme else HIDDEN
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443, "postgresql": 5432, "postgres": 5432}
+    port = port or default.get(parts.scheme)
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown_host}{f':{port}' if port else ''}/{HIDDEN}"
+
+
+def redact_text(text: str) -> str:
+    """`text` fit to print, log or store: every remembered secret cut out, every URL cut to its host."""
+    for secret in sorted(_remembered, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _URL_IN_TEXT.sub(_shown_url, text)
+
+
+def _shown_url(found: re.Match[str]) -> str:
+    url = found.group(0)
+    tail = len(url) - len(url.rstrip(_URL_TAIL))
+    return redact_url(url[: len(url) - tail]) + url[len(url) - tail :]
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:

@@ -3,6 +3,8 @@
 It starts anvil, deploys a demo USDT, writes an address book (one revoked, one active address) to an
 embedded SQLite store, runs the real daemon with a local webhook receiver that checks every signature,
 then sends ETH and USDT to the revoked address, sweeps them out, and makes a deposit to the active one.
+The receiver checks Standard Webhooks signatures with the project's own `verify` (the same check as the
+`standardwebhooks` package, which the tests use), so the demo needs nothing beyond the runtime install.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from depositwatch.addressbook import ChainDirectory, read_import_csv
-from depositwatch.alerts.signing import SignatureError, verify
+from depositwatch.alerts.signing import ID_HEADER, SignatureError, decode_secret, encode_secret, verify
 from depositwatch.config import (
     AlertsConfig,
     ChainConfig,
@@ -50,6 +53,7 @@ class Receiver:
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
+        self._key = decode_secret(secret)
         self.alerts: list[dict[str, Any]] = []
         self.keys: set[str] = set()
         self.rejected = 0
@@ -74,11 +78,10 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            verify(self.secret, request.headers, body)
+            key = verify(self._key, request.headers, body)
         except SignatureError:
             self.rejected += 1
             return web.Response(status=401)
-        key = request.headers.get("Idempotency-Key", "")
         if key not in self.keys:  # a repeat carries the same key: drop it
             self.keys.add(key)
             self.alerts.append(loads(body))
@@ -148,7 +151,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             finally:
                 await store.close()
 
-            receiver = Receiver(secrets.token_hex(16))
+            receiver = Receiver(encode_secret(secrets.token_bytes(32)))
             await receiver.start()
             head = await w3.eth.block_number
             config = Config(
@@ -172,7 +175,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
                         name="security-webhook",
                         type="webhook",
                         url=receiver.url,
-                        secret=Secret(value=receiver.secret),
+                        secret=Secret(value=SecretStr(receiver.secret)),
                         kinds=["revoked_incoming", "revoked_outgoing"],
                         retry=RetryConfig(initial_backoff=0.2, max_backoff=2.0),
                     )
@@ -213,7 +216,7 @@ async def run_demo(say: Callable[[str], None] = print) -> int:
             kinds = sorted({(a["kind"], a["event"]) for a in receiver.alerts})
             say(
                 f"\nsummary: {len(receiver.alerts)} signed alerts received ({', '.join(f'{k} {e}' for k, e in kinds)}),"
-                f" {receiver.rejected} rejected signatures, every repeat deduplicated by Idempotency-Key."
+                f" {receiver.rejected} rejected signatures, every repeat deduplicated by {ID_HEADER}."
             )
             say("the demo cleaned up: anvil stopped, the temporary store removed.")
             return 0 if receiver.rejected == 0 else 1

@@ -20,7 +20,7 @@ def secrets(config: Config) -> list[tuple[str, Secret]]:
     """Every secret of the config, with its key path."""
     found: list[tuple[str, Secret | None]] = [("store.password", config.store.password)]
     found += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
-    found += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
+    found += [(f"sinks.{s.name}.{key}", secret) for s in config.sinks for key, secret in s.secret_paths()]
     found += [(f"sinks.{s.name}.password", s.password) for s in config.sinks]  # email
     return [(where, secret) for where, secret in found if secret is not None]
 
@@ -41,7 +41,7 @@ def _endpoint(sink: SinkConfig) -> tuple[str, int] | None:
     url = sink.url
     if url is None and sink.type == "slack" and sink.secret is not None:
         with contextlib.suppress(ConfigError):
-            url = sink.secret.resolve()  # the webhook URL is the secret: only its host is ever logged
+            url = sink.secret.resolve().get_secret_value()  # the webhook URL is the secret: only its host is logged
     if not url:
         return None
     try:

@@ -17,7 +17,7 @@ from aiohttp import web
 from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.sinks import build_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
-from depositwatch.config import ChainConfig, Config, load_config, parse_listen
+from depositwatch.config import ChainConfig, Config, load_config, parse_listen, redact_text
 from depositwatch.follower import Follower
 from depositwatch.leadership import SESSION_LOST, FencedOutbox, Leadership, Term, open_leadership
 from depositwatch.metrics import Metrics
@@ -133,7 +133,7 @@ class Service:
         if problems:
             raise StartupError("; ".join(problems))
         self.store = store = await open_store(config.store, migrate=True)
-        password = config.store.password.resolve() if config.store.password else None
+        password = config.store.password.resolve().get_secret_value() if config.store.password else None
         self.leases = open_leadership(store, config.ha.lease_ttl, password)
         names = [c.name for c in config.chains]
         self.registry = await AddressRegistry.load(store, names)
@@ -566,7 +566,7 @@ class Service:
             "state": s.current,
             "lag": s.lag,
             "max_lag": s.config.max_lag_blocks,
-            "error": s.current_error,
+            "error": redact_text(s.current_error) if s.current_error else None,  # node errors may quote a URL
             "healthy": s.healthy(now),
             "seconds_since_last_commit": None if age is None else round(age, 1),
             "max_commit_age": s.config.max_commit_age if s.state == "standby" else None,

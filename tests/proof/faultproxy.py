@@ -46,7 +46,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-_PASSED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
+# Lower case: looked up case-insensitively. The webhook-* headers carry the Standard Webhooks signature.
+_PASSED_HEADERS = frozenset(
+    {"authorization", "content-type", "idempotency-key", "webhook-id", "webhook-timestamp", "webhook-signature"}
+)
 _SKIPPED_ANSWER_HEADERS = {"content-length", "transfer-encoding", "content-encoding", "connection", "date", "server"}
 _TAGS = {"latest", "pending", "safe", "finalized"}
 
@@ -207,7 +210,7 @@ class FaultProxy:
 
     async def _forward(self, request: web.Request, body: bytes) -> tuple[int, dict[str, str], bytes]:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k in _PASSED_HEADERS}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED_HEADERS}
         url = self.upstream + request.rel_url.path_qs
         async with self._session.request(request.method, url, data=body, headers=headers) as resp:
             answer = await resp.read()

@@ -33,7 +33,7 @@ from depositwatch.devnet import Anvil, deploy_token, impersonate, mint_token, rp
 from depositwatch.devnet.anvil import _call_data, send_transaction
 from depositwatch.models import match_id
 from depositwatch.store import Scope, SqlStore, open_store
-from tests.receivers import Received, Receiver, Reply
+from tests.receivers import WEBHOOK_SECRET, Received, Receiver, Reply
 
 # --- the two forms --------------------------------------------------------------------------------
 
@@ -671,7 +671,8 @@ def config_toml(
     )
     if sink_url is not None:
         text += (
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{sink_url}"\nsecret = {{ value = "proof-secret" }}\n'
+            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{sink_url}"\n'
+            f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
             f"timeout = {sink_timeout}\nkinds = {json.dumps(list(kinds))}\n"
             "retry = { max_attempts = 1000, initial_backoff = 0.05, max_backoff = 0.5 }\n"
         )

@@ -51,6 +51,7 @@ from depositwatch.config import ChainConfig, ConfigError, TokenConfig, load_conf
 from depositwatch.store import ImportRejected, open_store
 from tests.btcnode import RegtestChain, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
 from tests.proof.harness import FULL, form_param
+from tests.receivers import WEBHOOK_SECRET
 
 T = TypeVar("T")
 
@@ -283,7 +284,7 @@ VALID_CONFIG: dict[str, Any] = {
         },
         {"name": "btc", "kind": "bitcoin", "network": "regtest", "rpc_urls": ["http://127.0.0.1:18443"]},
     ],
-    "sinks": [{"name": "hook", "type": "webhook", "url": "https://example.org/h", "secret": {"value": "s"}}],
+    "sinks": [{"name": "hook", "type": "webhook", "url": "https://example.org/h", "secret": {"value": WEBHOOK_SECRET}}],
     "alerts": {"poll_interval": 0.2},
     "http": {"listen": "127.0.0.1:9108"},
     "log": {"level": "info"},

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pydantic import SecretStr
+
 from depositwatch.alerts.sinks import AlertSink
 from depositwatch.config import SinkConfig
 
 
-def build_channel_sink(config: SinkConfig, secret: str | None, explorers: Mapping[str, str]) -> AlertSink:
+def build_channel_sink(config: SinkConfig, secret: SecretStr | None, explorers: Mapping[str, str]) -> AlertSink:
     """One opsgenie, teams, discord, telegram, email or exec sink; secrets already resolved."""
     from depositwatch.alerts.discord import DiscordSink
     from depositwatch.alerts.execsink import ExecSink
@@ -18,18 +20,19 @@ def build_channel_sink(config: SinkConfig, secret: str | None, explorers: Mappin
     from depositwatch.alerts.telegram import TelegramSink
 
     if config.type == "email":
-        password = config.password.resolve() if config.password is not None else None
+        password = config.password.resolve().get_secret_value() if config.password is not None else None
         return EmailSink(config, password, explorers)
     if config.type == "exec":
         return ExecSink(config)
     if secret is None:  # the config's validation requires it; a built config cannot lack it
         raise ValueError(f"sink {config.name}: no secret")
+    value = secret.get_secret_value()
     if config.type == "opsgenie":
-        return OpsgenieSink(config, secret, explorers)
+        return OpsgenieSink(config, value, explorers)
     if config.type == "teams":
-        return TeamsSink(config, secret, explorers)
+        return TeamsSink(config, value, explorers)
     if config.type == "discord":
-        return DiscordSink(config, secret, explorers)
+        return DiscordSink(config, value, explorers)
     if config.type == "telegram":
-        return TelegramSink(config, secret, explorers)
+        return TelegramSink(config, value, explorers)
     raise ValueError(f"sink {config.name}: unknown type {config.type}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import SecretStr
+
 from depositwatch.alerts.format import explorer_name, explorer_url, is_test, summary_line
 from depositwatch.alerts.sinks import Burst, HttpSink
 from depositwatch.config import SinkConfig
@@ -101,7 +103,7 @@ class PagerDutySink(HttpSink):
 
     summarizes_bursts = True
 
-    def __init__(self, config: SinkConfig, routing_key: str, explorers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: SinkConfig, routing_key: SecretStr, explorers: Mapping[str, str] | None = None) -> None:
         super().__init__(config)
         self.url = config.url or EVENTS_URL
         self._routing_key = routing_key
@@ -109,12 +111,12 @@ class PagerDutySink(HttpSink):
 
     async def send(self, message: OutboxMessage) -> None:
         """Enqueue one event; PagerDuty answers 202."""
-        event = pagerduty_event(self._routing_key, message, loads(message.payload), self._explorers)
+        event = pagerduty_event(self._routing_key.get_secret_value(), message, loads(message.payload), self._explorers)
         await self._send(event)
 
     async def send_burst(self, burst: Burst) -> None:
         """Enqueue one event for the whole burst."""
-        await self._send(pagerduty_burst(self._routing_key, burst))
+        await self._send(pagerduty_burst(self._routing_key.get_secret_value(), burst))
 
     async def _send(self, event: Mapping[str, Any]) -> None:
         await self.post(self.url, dumps_bytes(event), {"Content-Type": "application/json"})

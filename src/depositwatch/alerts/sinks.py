@@ -16,14 +16,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from depositwatch.alerts.signing import (
-    ID_HEADER,
-    IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    sign,
-)
-from depositwatch.config import ChainConfig, SinkConfig
+from depositwatch.alerts.signing import ALERT_ID_HEADER, IDEMPOTENCY_HEADER, signed_headers
+from depositwatch.config import ChainConfig, SinkConfig, redact_text
 from depositwatch.jsonutil import loads
 from depositwatch.models import SEVERITY_ORDER, Asset, Severity
 from depositwatch.store.base import OutboxMessage
@@ -51,6 +45,7 @@ class DeliveryError(Exception):
         status: int | None = None,
         timed_out: bool = False,
     ) -> None:
+        reason = redact_text(reason)  # it is logged and stored in deliveries.last_error
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
@@ -229,6 +224,9 @@ class HttpSink:
                 raise http_failure(resp.status, resp.headers, text)
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.config.timeout:g} s", timed_out=True) from None
+        except aiohttp.InvalidURL:
+            # its text is the URL itself, which for Slack is the secret
+            raise DeliveryError("connection failed: the configured URL is not usable") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"connection failed: {type(exc).__name__}: {exc}") from None
 
@@ -244,22 +242,23 @@ class HttpSink:
 
 
 class WebhookSink(HttpSink):
-    """A signed generic JSON webhook: the stored body, byte for byte."""
+    """A generic JSON webhook signed the Standard Webhooks way: the stored body, byte for byte."""
 
-    def __init__(self, config: SinkConfig, secret: str) -> None:
+    def __init__(self, config: SinkConfig, keys: Sequence[bytes]) -> None:
         super().__init__(config)
         assert config.url is not None
+        if not keys:
+            raise ValueError(f"sink {config.name}: a webhook needs at least one signing key")
         self.url = config.url
-        self._secret = secret.encode()
+        self._keys = tuple(keys)
 
     def headers(self, message: OutboxMessage, body: bytes, timestamp: int) -> dict[str, str]:
-        """Every header of a webhook request."""
+        """Every header of a webhook request; `webhook-id` is the idempotency key and is signed."""
         return {
             "Content-Type": "application/json",
-            ID_HEADER: message.alert_id,
+            ALERT_ID_HEADER: message.alert_id,
             IDEMPOTENCY_HEADER: message.idempotency_key,
-            TIMESTAMP_HEADER: str(timestamp),
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            **signed_headers(self._keys, message.idempotency_key, timestamp, body),
         }
 
     async def send(self, message: OutboxMessage) -> None:
@@ -269,7 +268,7 @@ class WebhookSink(HttpSink):
 
 
 def build_sinks(configs: Sequence[SinkConfig], chains: Sequence[ChainConfig] = ()) -> list[AlertSink]:
-    """One sink per config, secrets resolved now (ConfigError names a missing variable or file).
+    """One sink per config, secrets resolved and checked now (ConfigError names the key path).
 
     `chains` lets Slack and PagerDuty link transactions to a block explorer for known mainnets.
     """
@@ -280,20 +279,17 @@ def build_sinks(configs: Sequence[SinkConfig], chains: Sequence[ChainConfig] = (
     explorers = explorers_for(chains)
     sinks: list[AlertSink] = []
     for config in configs:
-        secret = config.secret.resolve() if config.secret is not None else None
         if config.type == "webhook":
-            assert secret is not None
-            sinks.append(WebhookSink(config, secret))
+            sinks.append(WebhookSink(config, config.signing_keys()))
         elif config.type == "slack":
-            url = secret or config.url
-            assert url is not None
-            sinks.append(SlackSink(config, url, explorers))
+            sinks.append(SlackSink(config, config.destination(), explorers))
         elif config.type == "pagerduty":
-            assert secret is not None
-            sinks.append(PagerDutySink(config, secret, explorers))
+            assert config.secret is not None
+            sinks.append(PagerDutySink(config, config.secret.resolve(), explorers))
         else:
             from depositwatch.alerts.channels import build_channel_sink
 
+            secret = config.secret.resolve() if config.secret is not None else None
             sinks.append(build_channel_sink(config, secret, explorers))
     return sinks
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import SecretStr
+
 from depositwatch.alerts.format import (
     address_text,
     amount_text,
@@ -142,7 +144,7 @@ class SlackSink(HttpSink):
 
     summarizes_bursts = True
 
-    def __init__(self, config: SinkConfig, url: str, explorers: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: SinkConfig, url: SecretStr, explorers: Mapping[str, str] | None = None) -> None:
         super().__init__(config)
         self._url = url
         self._explorers = explorers
@@ -157,4 +159,4 @@ class SlackSink(HttpSink):
 
     async def _send(self, document: Mapping[str, Any]) -> None:
         # An incoming webhook answers 200 "ok"; its refusals (invalid_blocks, no_service, ...) are 4xx.
-        await self.post(self._url, dumps_bytes(document), {"Content-Type": "application/json"})
+        await self.post(self._url.get_secret_value(), dumps_bytes(document), {"Content-Type": "application/json"})

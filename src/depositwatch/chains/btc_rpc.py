@@ -102,7 +102,7 @@ class BitcoinRpc(NodeClient):
     @classmethod
     def from_config(cls, config: ChainConfig, **options: Any) -> BitcoinRpc:
         """A client for a configured Bitcoin chain (the password secret is read now)."""
-        password = config.rpc_password.resolve() if config.rpc_password is not None else None
+        password = config.rpc_password.resolve().get_secret_value() if config.rpc_password is not None else None
         if password is not None and config.rpc_user is None:
             raise ConfigError(f"chain {config.name}: rpc_password is set but rpc_user is not")
         if config.max_in_flight > MAX_IN_FLIGHT_ADVISED:

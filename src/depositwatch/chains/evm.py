@@ -396,7 +396,7 @@ def _chunks(start: int, stop: int, size: int) -> list[range]:
 def _client(config: ChainConfig) -> NodeClient:
     """The shared node client for a configured EVM chain: one round over the URLs per request (the
     follower backs off), every URL in turn (failover), the configured timeouts and size cap."""
-    password = config.rpc_password.resolve() if config.rpc_password is not None else None
+    password = config.rpc_password.resolve().get_secret_value() if config.rpc_password is not None else None
     return NodeClient(
         config.rpc_urls,
         chain=config.name,

@@ -276,7 +276,7 @@ async def _deliver(args: argparse.Namespace) -> int:
     sinks = _sinks(config)
     store = await store_from(args, config)
     try:
-        password = config.store.password.resolve() if config.store.password else None
+        password = config.store.password.resolve().get_secret_value() if config.store.password else None
         leases = await take_dispatcher(store, password, config.ha.lease_ttl)
     except AlreadyRunning as exc:
         await store.close()

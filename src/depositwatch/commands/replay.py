@@ -9,9 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_import_csv, read_text
 from depositwatch.commands import CommandError, add_store_option, err, load, store_from
-from depositwatch.config import ChainConfig, Config, TokenConfig
+from depositwatch.config import ChainConfig, Config, TokenConfig, format_validation_error, redact_text
 from depositwatch.follower import ReorgTooDeep
 from depositwatch.replay import replay
 from depositwatch.store import Scope, open_store
@@ -87,8 +89,10 @@ async def _ad_hoc(args: argparse.Namespace) -> int:
             confirmations=1,
             mempool=False,
         )
+    except ValidationError as exc:  # never echoes the values (the URL may hold a key or a password)
+        raise CommandError(format_validation_error("bad ad-hoc chain options", exc)) from None
     except ValueError as exc:
-        raise CommandError(f"bad ad-hoc chain options: {exc}") from None
+        raise CommandError(f"bad ad-hoc chain options: {redact_text(str(exc))}") from None
     directory = ChainDirectory({args.chain: ChainInfo(kind, args.network if kind == "bitcoin" else None)})
     try:
         entries = read_import_csv(read_text(args.watch), directory, source=args.watch)
@@ -202,7 +206,7 @@ async def _node_chain_id(url: str) -> int:
     try:
         answer = await client.call("eth_chainId", what="the chain id")
     except ChainError as exc:
-        raise CommandError(f"cannot read eth_chainId: {exc}") from None
+        raise CommandError(f"cannot read eth_chainId: {redact_text(str(exc))}") from None
     finally:
         await client.close()
     if not isinstance(answer, str) or not answer.startswith("0x") or not 0 < len(answer) - 2 <= 16:

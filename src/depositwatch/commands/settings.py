@@ -29,6 +29,15 @@ async def _check(args: argparse.Namespace) -> int:
                 secret.resolve()
             except ConfigError as exc:
                 problems.append(f"{where}: {exc}")
+    if args.resolve_secrets and not problems:
+        for sink in config.sinks:  # what the daemon checks when it reads them: webhook keys, Slack URLs
+            try:
+                if sink.type == "webhook":
+                    sink.signing_keys()
+                elif sink.type == "slack":
+                    sink.destination()
+            except ConfigError as exc:
+                problems.append(str(exc))
     out(dumps(config.redacted(), sort_keys=True, indent=True))
     for problem in problems:
         err(problem)

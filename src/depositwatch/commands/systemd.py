@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from depositwatch.commands import err, load, out
-from depositwatch.config import Config, Secret
+from depositwatch.config import Config
+from depositwatch.preflight import secrets
 
 DEFAULT_DIRECTORY = Path("/etc/depositwatch/credentials")
 # systemd takes any file name as a credential id; a conservative set keeps the id, the file name and
@@ -48,20 +49,12 @@ def register(sub: Any) -> None:
     creds.set_defaults(handler=_credentials)
 
 
-def config_secrets(config: Config) -> list[tuple[str, Secret]]:
-    """Every secret the config names, with its key path."""
-    found: list[tuple[str, Secret | None]] = [("store.password", config.store.password)]
-    found += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
-    found += [(f"sinks.{s.name}.secret", s.secret) for s in config.sinks]
-    return [(where, secret) for where, secret in found if secret is not None]
-
-
 def credentials(config: Config, directory: Path) -> tuple[list[Credential], list[str], list[str]]:
     """The credentials to load, the problems that make a drop-in useless, and warnings."""
     wanted: list[Credential] = []
     problems: list[str] = []
     warnings: list[str] = []
-    for where, secret in config_secrets(config):
+    for where, secret in secrets(config):
         if secret.env is not None:
             name = f"{where.split('.')[1]}-secret" if where.count(".") == 2 else "db-password"
             problems.append(

@@ -59,7 +59,7 @@ async def connect_store(config: StoreConfig | str, *, create: bool = False) -> S
     if config.url.startswith("sqlite:"):
         driver = SqliteDriver(sqlite_path(config.url), create=create)
     else:
-        password = config.password.resolve() if config.password else None
+        password = config.password.resolve().get_secret_value() if config.password else None
         driver = PostgresDriver(config.url, password=password, pool_size=config.pool_size)
     await driver.open()
     return SqlStore(driver)
