@@ -33,6 +33,9 @@ from depositwatch.store import BlockEffects, ChainPolicy, Cursor, OutboxMessage,
 ETH = Asset("ETH", 18)
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
 # The webhook signing secret the tests configure: Standard Webhooks form, a 32-byte key.
+# Top-level keys of the other sinks' documents: Slack, PagerDuty, Opsgenie (create; close has `source`
+# and `note`), Teams (Adaptive Card message), Discord, Telegram.
+CHANNEL_KEYS = frozenset({"blocks", "routing_key", "alias", "source", "attachments", "embeds", "chat_id"})
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 
 
@@ -61,12 +64,15 @@ class Received:
 
     @property
     def is_webhook(self) -> bool:
-        """Anything but a Slack or PagerDuty document is a webhook and must carry a valid signature."""
+        """Anything but a chat or paging document (Slack, PagerDuty, Opsgenie, Teams, Discord, Telegram)
+        is a webhook and must carry a valid signature."""
         try:
             document = loads(self.body)
         except ValueError:
             return True
-        return not (isinstance(document, dict) and ("blocks" in document or "routing_key" in document))
+        if not isinstance(document, dict) or "idempotency_key" in document:
+            return True
+        return not CHANNEL_KEYS.intersection(document)
 
     def json(self) -> Any:
         """The body parsed."""

@@ -381,7 +381,8 @@ async def test_alerts_test_command_reaches_a_new_channel(
             f'[[sinks]]\nname = "tg"\ntype = "telegram"\nurl = "{base(rx)}"\nchat_id = "@security_room"\n'
             f'secret = {{ value = "{BOT_TOKEN}" }}\nkinds = ["revoked_incoming", "test"]\n'
         )
-        try:
+        try:  # `alerts test` uses an existing store only: make it first
+            assert (await cli(capsys, "--config", str(path), "db", "migrate", "--store", sqlite_url))[0] == 0
             code, stdout, _ = await cli(
                 capsys, "--config", str(path), "alerts", "test", "--sink", "tg", "--store", sqlite_url
             )

@@ -18,6 +18,7 @@ from depositwatch.alerts.sinks import build_sinks
 from depositwatch.alerts.teams import TeamsSink
 from depositwatch.alerts.telegram import TelegramSink
 from depositwatch.config import Config, parse_config
+from tests.receivers import WEBHOOK_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs" / "alerts.md").read_text()
@@ -37,13 +38,13 @@ def with_secrets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Every secret the examples name, in the environment or as a credential file."""
     names = ("OPSGENIE_API_KEY", "DISCORD_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN", "SMTP_PASSWORD")
     for name in (*names, "DEPOSITWATCH_WEBHOOK_SECRET", "PAGERDUTY_ROUTING_KEY"):
-        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+        monkeypatch.setenv(name, WEBHOOK_SECRET if "WEBHOOK_SECRET" in name else f"value-of-{name.lower()}")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     files = {
         "teams-workflow-url": "https://teams.example/workflows/x?sig=y",
         "slack-webhook-url": "https://hooks.slack.example/x",
         "discord-webhook-url": "https://discord.example/api/webhooks/1/x",
-        "webhook-secret": "value-of-webhook-secret",
+        "webhook-secret": WEBHOOK_SECRET,
         "pagerduty-routing-key": "value-of-pagerduty-routing-key",
         "btc-rpc-password": "value-of-btc-rpc-password",
         "opsgenie-api-key": "value-of-opsgenie-api-key",
