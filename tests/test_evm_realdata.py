@@ -194,7 +194,7 @@ async def test_wrong_chain() -> None:
     async with RecordedNode(mainnet_17173049()) as node:
         source = EvmSource(config(node.url, {}, chain_id=5))
         with pytest.raises(
-            WrongChain, match=r"chain eth: node at http://127\.0\.0\.1:[0-9]+ reports chain id 1, config says 5"
+            WrongChain, match=r"chain eth: node at http://127\.0\.0\.1:[0-9]+/… reports chain id 1, config says 5"
         ):
             await source.open()
         assert source.client._session is None  # a failed open releases its connections

@@ -11,7 +11,7 @@ import pytest
 import structlog
 
 from tests.btcnode import BitcoinRegtestServer
-from tests.receivers import Receiver
+from tests.receivers import WEBHOOK_SECRET, Receiver
 from tests.test_btc_replay import FIELDS, Scenario, read_lines, run_cli, scenario
 
 __all__ = ["scenario"]  # the fixture, shared with the replay tests
@@ -38,7 +38,8 @@ async def test_a_complete_run_is_named_and_unsent_alerts_fail_it(
             f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
             f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
             "batch_blocks = 2\nconfirmations = 100\n\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "s" }}\n'
+            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+            f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
         )
         watch = tmp_path / "watch.csv"
         watch.write_text(chain.csv())
