@@ -32,7 +32,7 @@ import pytest
 
 from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
-from tests.receivers import Receiver
+from tests.receivers import WEBHOOK_SECRET, Receiver
 from tests.test_daemon import CHAIN_ID, REVOKED, NotifySocket, free_port, pay, wait_for
 from tests.test_systemd import base_system
 
@@ -57,7 +57,7 @@ PREFIXES = (
 )
 _PATH = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, PREFIXES)) + r")(?![\w.-])")
 BTC_REVOKED = p2wpkh(b"\xa1" * 20)
-SECRETS = {"webhook-secret": "whsec-test-webhook-secret", "btc-rpc-password": ""}  # the node's password at run time
+SECRETS = {"webhook-secret": WEBHOOK_SECRET, "btc-rpc-password": ""}  # the node's password at run time
 
 # Shims for the system commands that act on the whole machine; each acts on $DW_ROOT instead.
 SHIMS = r"""
