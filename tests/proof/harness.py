@@ -792,3 +792,150 @@ def btc_chain_toml(node: Any, url: str, *, start: int, name: str = "btc", batch_
         f"confirmations = 3\npoll_interval = 0.1\nbatch_blocks = {batch_blocks}\nstart_height = {start}\n"
         "reorg_depth = 10000\nmax_lag_blocks = 1000\nmempool = true\n"
     )
+
+
+# --- the reorg-aware oracle ---------------------------------------------------------------------------
+#
+# With reorgs, an alert id may see `detected`, `retracted`, `detected` again (a transaction mined anew),
+# so the checks above (one `detected`, never a retraction) hold only without reorgs. These variants
+# judge each id by its last message (highest rev): a transfer of the final chain ends `confirmed`; one
+# that left the chain ends `retracted`, or was never announced (it was orphaned before the daemon saw it).
+
+
+def _rev(key: str) -> int:
+    """The rev of an idempotency key `id:rev`."""
+    return int(key.rsplit(":", 1)[1])
+
+
+def last_events(bodies: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Each alert id's last event (the one with the highest rev)."""
+    last: dict[str, tuple[int, str]] = {}
+    for body in bodies:
+        rev = _rev(body["idempotency_key"])
+        if body["id"] not in last or rev > last[body["id"]][0]:
+            last[body["id"]] = (rev, body["event"])
+    return {alert_id: event for alert_id, (_, event) in last.items()}
+
+
+def settled(receiver: Receiver, final: Iterable[Want], gone: Iterable[Want]) -> int:
+    """How many ids the receiver has in their final state: `confirmed` for the final chain's, nothing or
+    `retracted` for the others."""
+    last = last_events(r.json() for r in receiver.accepted)
+    final_ids = {w.id for w in final}
+    done = sum(last.get(i) == "confirmed" for i in final_ids)
+    return done + sum(last.get(i, "retracted") == "retracted" for i in {w.id for w in gone} - final_ids)
+
+
+def check_alerts_after_reorgs(
+    receiver: Receiver, final: list[Want], gone: list[Want], *, mode: str | None = None
+) -> AlertFigures:
+    """Every transfer of the final chain alerted (its last message `confirmed`, after a `detected` with
+    its fields), every announced transfer that left the chain retracted under its id (its last message
+    `retracted`), nothing else; no idempotency key with two bodies, no event of one rev under two keys."""
+    wanted = {w.id: w for w in final}
+    left = {w.id: w for w in gone if w.id not in wanted}
+    accepted = receiver.accepted
+    bodies = [r.json() for r in accepted]
+    unknown = sorted({b["id"] for b in bodies} - set(wanted) - set(left))
+    assert not unknown, f"messages for transfers nobody made: {unknown[:5]}"
+    by_key: dict[str | None, bytes] = {}
+    for r, body in zip(accepted, bodies, strict=True):
+        assert r.key is not None and r.key == body["idempotency_key"], (r.key, body["idempotency_key"])
+        assert by_key.setdefault(r.key, r.body) == r.body, f"two bodies under idempotency key {r.key}"
+        if mode is not None and body["event"] == "detected":
+            assert body["mode"] == mode, body
+    revs: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for body in bodies:
+        revs[(body["id"], _rev(body["idempotency_key"]))].add(body["event"])
+    doubled = {k: v for k, v in revs.items() if len(v) > 1}
+    assert not doubled, f"one rev with several events: {doubled}"
+    last = last_events(bodies)
+    for alert_id, want in wanted.items():
+        assert last.get(alert_id) == "confirmed", f"{want.triple} at {want.height}: last message {last.get(alert_id)}"
+    detected = [b for b in bodies if b["event"] == "detected"]
+    for body in detected:
+        assert body["id"] in wanted or body["id"] in left, body
+        want = wanted.get(body["id"]) or left[body["id"]]
+        assert (body["kind"], body["txid"].lower(), body["index"]) == want.triple, body
+        assert int(body["amount"]) == want.amount, (body, want)
+    missing = sorted(w.triple for i, w in wanted.items() if w.alert and i not in {b["id"] for b in detected})
+    assert not missing, f"final-chain alerts never detected: {missing[:5]}"
+    unretracted = sorted(w.triple for i, w in left.items() if last.get(i, "retracted") != "retracted")
+    assert not unretracted, f"transfers gone from the chain without a retraction: {unretracted[:5]}"
+    events = Counter(b["event"] for b in bodies)
+    return AlertFigures(len(accepted), len({b["id"] for b in detected}), len(accepted) - len(by_key), events)
+
+
+def check_store_after_reorgs(
+    view: StoreView,
+    final: list[Want],
+    gone: list[Want],
+    node_hashes: dict[int, str],
+    start: int,
+    tip: tuple[int, str],
+) -> dict[str, int]:
+    """Cursor at the final tip; every block from the start with the final chain's hash; the live matches
+    exactly the final chain's transfers, each once; a retracted match only for a transfer that left the
+    chain (or was mined anew); each outbox id ends like its transfer (see `check_alerts_after_reorgs`)."""
+    assert view.cursor == tip, f"cursor {view.cursor}, node tip {tip}"
+    missing = [h for h in range(start, tip[0] + 1) if h not in view.blocks]
+    assert not missing, f"blocks never processed (or forgotten): {missing[:10]}"
+    wrong = [h for h in range(start, tip[0] + 1) if view.blocks[h] != node_hashes[h]]
+    assert not wrong, f"blocks recorded with another hash than the final chain's: {wrong[:10]}"
+    beyond = [h for h in view.blocks if h > tip[0]]
+    assert not beyond, f"blocks above the tip left from an orphaned branch: {beyond[:10]}"
+    wanted = {w.triple: w for w in final}
+    known = {**{w.triple: w for w in gone}, **wanted}
+    live = Counter()
+    retracted = 0
+    for row in view.matches:
+        triple = (row["kind"], row["txid"].lower(), row["idx"])
+        want = known.get(triple)
+        assert want is not None, f"a match nobody expected: {triple} at {row['block_height']}"
+        assert int(row["amount"]) == want.amount and row["key"].hex() == want.key, (row, want)
+        if row["status"] == "retracted":
+            retracted += 1
+            continue
+        assert triple in wanted, f"a transfer gone from the chain is still matched: {triple}"
+        live[triple] += 1
+        if row["block_height"] is not None:
+            assert row["block_height"] == wanted[triple].height, (row, wanted[triple])
+    expected = Counter(w.triple for w in final)
+    assert live == expected, f"matches differ: missing {list(expected - live)[:5]}, extra {list(live - expected)[:5]}"
+    last: dict[str, tuple[int, str]] = {}
+    for message in view.outbox:
+        assert message.status == "delivered", (message.alert_id, message.event, message.status)
+        if message.alert_id not in last or message.rev > last[message.alert_id][0]:
+            last[message.alert_id] = (message.rev, message.event)
+    final_ids = {w.id for w in final}
+    for want in final:
+        assert last[want.id][1] == "confirmed", f"{want.triple}: last outbox event {last[want.id]}"
+    for want in gone:
+        if want.id not in final_ids and want.id in last:
+            assert last[want.id][1] == "retracted", f"{want.triple}: last outbox event {last[want.id]}"
+    blocks = tip[0] - start + 1
+    return {"blocks": blocks, "matches": sum(live.values()), "retracted": retracted, "outbox": len(view.outbox)}
+
+
+def btc_final_wants(chain: Any, book: Book, start: int) -> list[Want]:
+    """The matches the final chain makes, from its blocks alone (the heights `start`..tip), by the
+    rules `BtcTraffic` applies when it mines: after a reorg a transaction may be mined anew elsewhere."""
+    wants: list[Want] = []
+    paid: dict[tuple[str, int], tuple[bytes, int]] = {}
+    for height in range(start, int(chain.height) + 1):
+        record = chain.block_at(height)
+        when = record.header.time
+        for tx in record.txs[1:]:
+            for vin, txin in enumerate(tx.inputs):
+                spent = paid.pop((txin.prev_txid_hex, txin.prev_vout), None)
+                if spent is not None:
+                    script, value = spent
+                    for kind, key in book.classify(None, script.hex(), when):
+                        wants.append(Want(book.chain, kind, tx.txid, vin, key, value, height))
+            for vout, out in enumerate(tx.outputs):
+                key = out.script.hex()
+                if key in book.revoked:
+                    paid[(tx.txid, vout)] = (out.script, out.value)
+                for kind, watched in book.classify(key, None, when):
+                    wants.append(Want(book.chain, kind, tx.txid, vout, watched, out.value, height))
+    return wants
