@@ -512,12 +512,18 @@ async def test_walk_second_instance_on_one_host(host: Host, work: Path, pg_url: 
         try:
             await first.notify.wait_for("READY=1")
             await second.notify.wait_for("READY=1", timeout=30)
+            # READY comes before the chains settle: wait until one instance leads and the other stands by
+            deadline = asyncio.get_running_loop().time() + 30
             async with aiohttp.ClientSession() as session:
-                states = []
-                for listen in (site.http_port, port):
-                    async with session.get(f"http://127.0.0.1:{listen}/healthz") as resp:
-                        states.append(await resp.text())
-            assert sum("standby" in state for state in states) == 1, states
+                while True:
+                    states = []
+                    for listen in (site.http_port, port):
+                        async with session.get(f"http://127.0.0.1:{listen}/healthz") as resp:
+                            states.append((await resp.json())["chains"]["eth"]["state"])
+                    if sorted(states) == ["following", "standby"] or asyncio.get_running_loop().time() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+            assert sorted(states) == ["following", "standby"], states
         finally:
             for started in (first, second):
                 await stop_unit(started)
