@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
 import pytest
@@ -147,3 +148,219 @@ def test_merkle_root_shapes() -> None:
     assert wire.merkle_root([a]) == a
     ab = hashlib.sha256(a + b).digest()
     assert wire.merkle_root([a, b, c]) == hashlib.sha256(ab + c).digest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the canonical layout read at fixed offsets against the general grammar
+
+_TYPE_NAMES = {1: "TransferContract", 2: "TransferAssetContract", 31: "TriggerSmartContract"}
+_INT64 = st.integers(min_value=0, max_value=2**63 - 1)
+
+
+def _readers() -> list[Any]:
+    """Both fixed-offset readings: the Python one and the compiled one (where it is built: not having it
+    fails `test_the_tron_extension_is_built_and_used`)."""
+    return [wire._canonical_fields_py] + ([wire._tronscan.fields] if wire._BUILT else [])
+
+
+def _general(raw: bytes) -> wire.SignedFields:
+    c = wire.general_contract(raw)
+    return c.type, c.owner, c.to, c.contract, c.amount, c.asset, c.data
+
+
+@st.composite
+def _java_tron_raw(draw: st.DrawFn, amounts: st.SearchStrategy[int] = _INT64) -> bytes:
+    """`Transaction.raw` of one contract of a watched type, fields in java-tron's order."""
+    kind = draw(st.sampled_from(sorted(_TYPE_NAMES)))
+    owner = b"\x41" + draw(st.binary(min_size=20, max_size=20))
+    other = draw(st.binary(min_size=21, max_size=21))
+    amount = draw(amounts)
+    if kind == 1:
+        inner = wire.encode_bytes(1, owner) + wire.encode_bytes(2, other) + wire.encode_int(3, amount)
+    elif kind == 2:
+        asset = draw(st.binary(min_size=1, max_size=40))
+        inner = (
+            wire.encode_bytes(1, asset)
+            + wire.encode_bytes(2, owner)
+            + wire.encode_bytes(3, other)
+            + wire.encode_int(4, amount)
+        )
+    else:
+        data = draw(st.binary(max_size=300))
+        inner = (
+            wire.encode_bytes(1, owner)
+            + wire.encode_bytes(2, other)
+            + wire.encode_int(3, amount)
+            + wire.encode_bytes(4, data)
+        )
+    type_url = f"type.googleapis.com/protocol.{_TYPE_NAMES[kind]}".encode()
+    parameter = wire.encode_bytes(1, type_url) + wire.encode_bytes(2, inner)
+    contract = wire.encode_int(1, kind) + wire.encode_bytes(2, parameter)
+    return (
+        wire.encode_bytes(1, draw(st.binary(min_size=2, max_size=2)))
+        + wire.encode_bytes(4, draw(st.binary(min_size=8, max_size=8)))
+        + wire.encode_int(8, draw(st.integers(min_value=1, max_value=2**63 - 1)))
+        + wire.encode_repeated(11, [contract])
+        + wire.encode_int(14, draw(_INT64))
+        + wire.encode_int(18, draw(_INT64))
+    )
+
+
+def test_canonical_reading_equals_the_grammar_on_real_transactions() -> None:
+    """The real testnet transactions are in java-tron's layout: read at fixed offsets, same fields."""
+    for tx in BLOCK["transactions"]:
+        raw = bytes.fromhex(tx["raw_data_hex"])
+        for read in _readers():
+            assert read(raw) is not None
+            assert read(raw) == wire.contract_fields(raw) == _general(raw)
+        assert wire.decode_contract(raw) == wire.general_contract(raw)
+
+
+@given(_java_tron_raw())
+def test_canonical_reading_equals_the_grammar_on_java_tron_layouts(raw: bytes) -> None:
+    """Random accounts, amounts, token ids, call data and header fields in java-tron's layout: the
+    fixed-offset reading takes them all and gives what the grammar gives."""
+    for read in _readers():
+        assert read(raw) is not None
+        assert read(raw) == _general(raw)
+    assert wire.decode_contract(raw) == wire.general_contract(raw)
+
+
+def _agree(raw: bytes) -> None:
+    """The fixed-offset reading either declines or gives exactly what the grammar gives (or refuses)."""
+    readings = [read(raw) for read in _readers()]
+    try:
+        general = _general(raw)
+    except wire.WireError:
+        assert not any(readings)
+        with pytest.raises(wire.WireError):
+            wire.decode_contract(raw)
+        return
+    for reading in readings:
+        assert reading is None or reading == general
+    assert wire.contract_fields(raw) == general
+
+
+@given(
+    _java_tron_raw(st.integers(min_value=0, max_value=2**64 - 1)),
+    st.integers(min_value=0),
+    st.integers(min_value=0, max_value=255),
+    st.sampled_from("sidt"),
+)
+def test_canonical_reading_never_disagrees_on_damaged_bytes(raw: bytes, at: int, byte: int, how: str) -> None:
+    """A byte set, inserted or deleted anywhere, or a cut: never a different answer from the grammar."""
+    at %= len(raw)
+    damaged = {
+        "s": raw[:at] + bytes([byte]) + raw[at + 1 :],
+        "i": raw[:at] + bytes([byte]) + raw[at:],
+        "d": raw[:at] + raw[at + 1 :],
+        "t": raw[:at],
+    }[how]
+    _agree(damaged)
+
+
+@given(_java_tron_raw(), st.binary(min_size=1, max_size=12))
+def test_extra_fields_go_the_general_way(raw: bytes, memo: bytes) -> None:
+    """A memo (field 10) or a second contract after the usual ones: declined, and the grammar decides."""
+    memo_raw = raw + wire.encode_bytes(10, memo)
+    assert not any(read(memo_raw) for read in _readers())
+    assert wire.contract_fields(memo_raw) == _general(raw)
+    _agree(raw + wire.encode_repeated(11, [memo]))
+
+
+@given(st.binary(max_size=300))
+def test_canonical_reading_never_disagrees_on_garbage(data: bytes) -> None:
+    """Arbitrary bytes, and the same bytes behind a valid java-tron head: the same answer either way."""
+    _agree(data)
+    _agree(bytes.fromhex("0a020001220800000000000000014001") + data)
+
+
+def _usual_raws() -> list[bytes]:
+    """The real transactions and one of each watched type as the test node signs them."""
+    from tests.tronnode.chain import account, trc10, trc20, trx
+
+    a, b = account(1), account(2)
+    made = [trx(a, b, 1_500_000), trc10(a, b, "1002000", 42), trc20(a, b, account(3), 10**12)]
+    return [bytes.fromhex(tx["raw_data_hex"]) for tx in BLOCK["transactions"]] + [tx.raw() for tx in made]
+
+
+def test_canonical_reading_never_disagrees_on_any_single_byte_change() -> None:
+    """Every position of real and test-node transactions, set to bytes that shift lengths, keys and
+    varints, and every cut: the fixed-offset reading declines or agrees with the grammar."""
+    for raw in _usual_raws():
+        for at in range(len(raw)):
+            _agree(raw[:at])
+            _agree(raw[:at] + raw[at + 1 :])
+            for byte in {0x00, 0x01, 0x7F, 0x80, 0xFF, raw[at] ^ 0x01, raw[at] ^ 0x80, (raw[at] + 1) & 0xFF}:
+                _agree(raw[:at] + bytes([byte]) + raw[at + 1 :])
+                _agree(raw[:at] + bytes([byte]) + raw[at:])
+
+
+def test_a_ten_byte_varint_goes_the_general_way() -> None:
+    """An expiration written in 10 bytes beyond 64 bits: the grammar refuses it, the fast reading declines."""
+    raw = _usual_raws()[0]
+    head = wire._RAW_HEAD.match(raw)
+    assert head is not None
+    start = raw.index(b"\x40", 12)
+    overlong = raw[:start] + b"\x40" + b"\xff" * 9 + b"\x7f" + raw[head.end() - 1 :]
+    assert not any(read(overlong) for read in _readers())
+    with pytest.raises(wire.WireError, match="beyond 64 bits"):
+        wire.decode_contract(overlong)
+    fits = raw[:start] + b"\x40" + b"\xff" * 8 + b"\x7f" + raw[head.end() - 1 :]
+    assert wire._canonical_fields_py(fits) == _general(fits)
+
+
+@pytest.mark.parametrize("amount", [2**63 - 1, 2**63, 2**64 - 1])
+def test_amounts_beyond_int64_go_the_general_way(amount: int) -> None:
+    """A TRX amount with the sign bit set is refused by the grammar; the fast reading declines it."""
+    from tests.tronnode.chain import account, trx
+
+    raw = trx(account(1), account(2), amount).raw()
+    if amount < 2**63:
+        assert all(read(raw) == _general(raw) for read in _readers())
+        return
+    assert not any(read(raw) for read in _readers())
+    with pytest.raises(wire.WireError, match="negative"):
+        wire.decode_contract(raw)
+
+
+def test_the_tron_extension_is_built_and_used() -> None:
+    """The project's setup builds it (gcc, the Python headers, libcrypto's headers): not having it is a failure."""
+    try:
+        from depositwatch.chains import _tronscan
+    except ImportError as exc:
+        pytest.fail(
+            f"the compiled TRON reading is not built ({exc}): `pip install -e .` builds it where gcc and "
+            "libssl-dev are installed (scripts/install-system-tools.sh installs them)",
+            pytrace=False,
+        )
+    pure_python = os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") not in ("", "0")
+    assert wire._BUILT and wire._tronscan is _tronscan
+    assert (wire.canonical_fields is _tronscan.fields) is not pure_python
+    assert (wire.usual_transaction is _tronscan.transaction) is not pure_python
+
+
+def test_the_compiled_transaction_reading_refuses_odd_arguments() -> None:
+    """Not text, not ASCII, odd or spaced hex, a short signature: None; a tail that is not bytes: TypeError."""
+    from depositwatch.chains import _tronscan
+
+    tx = BLOCK["transactions"][0]
+    raw_hex, signature = tx["raw_data_hex"], tx["signature"][0]
+    tail = wire.encode_bytes(5, wire.encode_result(wire.ContractResult[tx["ret"][0]["contractRet"]]))
+    usual = _tronscan.transaction(raw_hex, signature, tail)
+    assert usual == wire._usual_transaction_py(raw_hex, signature, tail)
+    assert usual is not None and usual[0] == tx["txID"] and usual[1] == _leaf(tx)
+    for odd_raw, odd_signature in [
+        (raw_hex.encode(), signature),
+        (raw_hex, signature.encode()),
+        (raw_hex + "é", signature),
+        (raw_hex[:-1], signature),
+        (raw_hex[:2] + " " + raw_hex[2:], signature),
+        (raw_hex, signature[:-2]),
+        (raw_hex, signature + "00"),
+        ("", signature),
+        ("zz" + raw_hex[2:], signature),
+    ]:
+        assert _tronscan.transaction(odd_raw, odd_signature, tail) is None  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        _tronscan.transaction(raw_hex, signature, "tail")  # type: ignore[arg-type]
