@@ -2,6 +2,7 @@
 
     python bench/btc_bench.py                      # both parts, 10,000,000 watched scripts, 40 blocks
     python bench/btc_bench.py --scripts 1000000 --blocks 20 --runs 9
+    python bench/btc_bench.py --only replay --rounds 5     # part 2 alone
 
 Part 1: block 413,567 (`shared/realdata/btc/block413567.raw`, 999,887 bytes, 1,557 transactions,
 3,581 outputs, 4,887 inputs) is decoded and matched against a registry `ChainBook` of N random
@@ -18,9 +19,12 @@ are interleaved; the ratio is median over median.
 Part 2: a regtest stand-in (`tests/btcnode`) in its own process serves a chain of full-size blocks
 (about 1 MB each: 3,300 transactions with one P2WPKH input and four outputs of mixed script types,
 13,200 outputs a block); this process replays it over real HTTP with Basic auth, `max_in_flight` 4,
-`batch_blocks` 10: the raw transport alone (`getblock HASH 0`, no decoding), the source's fetch on
-both paths, and `depositwatch.replay.replay` end to end (Follower, OutputTracker, SQLite store) with
-100,000 watched scripts, some of which the chain pays and sweeps every block.
+`batch_blocks` 10: the raw transport alone (`getblock HASH 0` through the node client's `call`, the
+answer parsed, no decoding), the source's fetch on both paths, and `depositwatch.replay.replay` end to
+end (Follower, OutputTracker, a fresh SQLite store) with 100,000 watched scripts, some of which the
+chain pays and sweeps every block. The parts run in interleaved rounds (`--rounds`, the full path in
+the first only), so each round's ratio to the transport is taken under the same load; the CPU time
+of this process and of the node's process is given per block.
 """
 
 from __future__ import annotations
@@ -30,15 +34,18 @@ import asyncio
 import gc
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,15 +95,13 @@ def tx_spans(raw: bytes) -> list[tuple[int, int]]:
 def build_book(n: int, raw: bytes) -> tuple[AddressRegistry, list[bytes], list[bytes]]:
     """N random P2PKH scripts (active) and 40 real scripts of the block: 20 active, 20 revoked."""
     rng = random.Random(SEED)
-    book = ChainBook()
     noise = os.urandom(20 * n)
-    book.active = {b"\x76\xa9\x14" + noise[i : i + 20] + b"\x88\xac" for i in range(0, 20 * n, 20)}
-    del noise
     scripts = sorted({o.script for tx in decode_block(raw).txs for o in tx.outputs if o.script[:1] != b"\x6a"})
     real = rng.sample(scripts, 40)
     active, revoked = real[:20], real[20:]
-    book.active.update(active)
-    book.revoked = dict.fromkeys(revoked, 0)
+    p2pkh = (b"\x76\xa9\x14" + noise[i : i + 20] + b"\x88\xac" for i in range(0, 20 * n, 20))
+    book = ChainBook(itertools.chain(p2pkh, active), dict.fromkeys(revoked, 0))
+    del noise
     return AddressRegistry({"btc": book}), active, revoked
 
 
@@ -289,7 +294,45 @@ def serve(blocks: int) -> None:
     asyncio.run(run())
 
 
-async def part_two(info: dict[str, Any], watched_scripts: int) -> dict[str, Any]:
+def process_cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of process `pid` (Linux /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summarize(samples: dict[str, list[tuple[float, float, float]]], mb_per_block: float) -> list[dict[str, Any]]:
+    """A row per part: median rate, median ratio to the transport's rate of the same round, median CPU."""
+    rows = []
+    for name, got in samples.items():
+        ratios = [mine[0] / base[0] for mine, base in zip(got, samples[TRANSPORT], strict=False)]
+        rate = statistics.median(s[0] for s in got)
+        rows.append(
+            {
+                "what": name,
+                "blocks_s": round(rate, 1),
+                "mb_s": round(rate * mb_per_block, 1),
+                "ratio": round(statistics.median(ratios), 2),
+                "ratios": [round(r, 2) for r in ratios],
+                "client_ms": round(statistics.median(s[1] for s in got), 2),
+                "node_ms": round(statistics.median(s[2] for s in got), 2),
+            }
+        )
+    return rows
+
+
+TRANSPORT = "transport only: getblock HASH 0, no decoding"
+FULL = "source.fetch, full path"
+WATCHED = "source.fetch, watched path"
+REPLAY = "replay() end to end (watched path, as the CLI runs it), SQLite store"
+
+
+async def part_two(info: dict[str, Any], watched_scripts: int, rounds: int, node_pid: int) -> dict[str, Any]:
+    """Interleaved rounds of the transport alone, the watched fetch and replay() against the same node
+    process; the full path once (it is slow). Per part: blocks/s, and CPU ms a block of this process
+    (the client) and of the node's."""
     from depositwatch.models import AddressEntry
     from depositwatch.replay import replay
     from depositwatch.store import open_store
@@ -305,72 +348,89 @@ async def part_two(info: dict[str, Any], watched_scripts: int) -> dict[str, Any]
     revoked = [bytes.fromhex(h) for h in info["revoked"]]
     active = [bytes.fromhex(h) for h in info["active"]]
     noise = os.urandom(20 * watched_scripts)
-    book = ChainBook()
-    book.active = {b"\x76\xa9\x14" + noise[i : i + 20] + b"\x88\xac" for i in range(0, len(noise), 20)}
-    book.active.update(active)
-    book.revoked = dict.fromkeys(revoked, 0)
+    p2pkh = (b"\x76\xa9\x14" + noise[i : i + 20] + b"\x88\xac" for i in range(0, len(noise), 20))
+    book = ChainBook(itertools.chain(p2pkh, active), dict.fromkeys(revoked, 0))
     registry = AddressRegistry({"btc": book})
-    rates: dict[str, float] = {}
+    samples: dict[str, list[tuple[float, float, float]]] = {}  # part -> (blocks/s, client ms, node ms) a round
+    matches: Counter[str] = Counter()
 
     async def timed(name: str, job: Callable[[], Any]) -> Any:
+        client, node = process_cpu(), process_cpu(node_pid)
         began = time.perf_counter()
         result = await job()
-        rates[name] = count / (time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        spent = ((process_cpu() - client) * 1000 / count, (process_cpu(node_pid) - node) * 1000 / count)
+        samples.setdefault(name, []).append((count / seconds, *spent))
         return result
 
-    source = BitcoinSource(config)
-    await source.open()
-    try:
-
-        async def transport() -> None:
+    async def transport() -> None:
+        source = BitcoinSource(config)
+        await source.open()
+        try:
             hashes = await source.hashes(first, last + 1)
             for low in range(0, len(hashes), config.batch_blocks):
                 chunk = hashes[low : low + config.batch_blocks]
                 await asyncio.gather(*(source.rpc.call("getblock", h, 0) for h in chunk))
+        finally:
+            await source.close()
 
-        async def fetch_all() -> list[Any]:
+    async def fetch_all(watched: bool) -> list[Any]:
+        source = BitcoinSource(config)
+        await source.open()
+        if watched:
+            source.watch(registry, OutputTracker("btc", "BTC", "regtest"))
+        try:
             found = []
             for low in range(first, last + 1, config.batch_blocks):
                 found += await source.fetch(low, min(low + config.batch_blocks, last + 1))
             return found
-
-        await timed("transport only: getblock HASH 0, no decoding", transport)
-        full = await timed("source.fetch, full path", fetch_all)
-        source.watch(registry, OutputTracker("btc", "BTC", "regtest"))
-        watched = await timed("source.fetch, watched path", fetch_all)
-    finally:
-        await source.close()
-    assert sum(len(b.transfers) for b in full) >= count * (info["outputs_per_block"] - 1)
-    assert 0 < sum(len(b.transfers) for b in watched) < count * 100
-
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await open_store(f"sqlite:///{tmp}/bench.db", migrate=True)
-        try:
-            from depositwatch.addresses import bitcoin_script_to_address
-
-            entries = []
-            for status, keys in ((AddressStatus.ACTIVE, active), (AddressStatus.REVOKED, revoked)):
-                for key in keys:
-                    address = bitcoin_script_to_address(key, "regtest") or key.hex()
-                    entries.append(AddressEntry("btc", address, key, status, revoked_at=0 if status.value == "revoked"
-                                                else None, type="bench"))  # fmt: skip
-            await store.import_addresses(list(enumerate(entries, 1)))
-            out = io.StringIO()
-            summary = await timed(
-                "replay() end to end (watched path, as the CLI runs it), SQLite store",
-                lambda: replay(chain=config, store=store, start=first, stop=last, output=out),
-            )
-            matches = summary.kinds
         finally:
-            await store.close()
+            await source.close()
+
+    async def replay_once() -> Counter[str]:
+        from depositwatch.addresses import bitcoin_script_to_address
+
+        with tempfile.TemporaryDirectory() as tmp:
+            store = await open_store(f"sqlite:///{tmp}/bench.db", migrate=True)
+            try:
+                entries = []
+                for status, keys in ((AddressStatus.ACTIVE, active), (AddressStatus.REVOKED, revoked)):
+                    for key in keys:
+                        address = bitcoin_script_to_address(key, "regtest") or key.hex()
+                        entries.append(AddressEntry("btc", address, key, status, revoked_at=0 if status.value ==
+                                                    "revoked" else None, type="bench"))  # fmt: skip
+                await store.import_addresses(list(enumerate(entries, 1)))
+                summary = await timed(
+                    REPLAY, lambda: replay(chain=config, store=store, start=first, stop=last, output=io.StringIO())
+                )
+                return summary.kinds  # type: ignore[no-any-return]
+            finally:
+                await store.close()
+
+    loads = [os.getloadavg()[0]]
+    for round_ in range(rounds):
+        await timed(TRANSPORT, transport)
+        if round_ == 0:
+            full = await timed(FULL, lambda: fetch_all(False))
+            assert sum(len(b.transfers) for b in full) >= count * (info["outputs_per_block"] - 1)
+            del full
+        watched = await timed(WATCHED, lambda: fetch_all(True))
+        assert 0 < sum(len(b.transfers) for b in watched) < count * 100
+        kinds = await replay_once()
+        assert not matches or kinds == matches, "replay found other matches in another round"
+        matches = kinds
+        loads.append(os.getloadavg()[0])
+
     return {
         "blocks": count,
+        "rounds": rounds,
         "mb_per_block": round(megabytes / count, 3),
         "txs_per_block": info["txs_per_block"],
         "outputs_per_block": info["outputs_per_block"],
         "build_seconds": info["build_seconds"],
-        "rates": {name: (round(rate, 1), round(rate * megabytes / count, 1)) for name, rate in rates.items()},
+        "rows": summarize(samples, megabytes / count),
         "replay_matches": dict(matches),
+        "load": (round(min(loads), 2), round(max(loads), 2)),
     }
 
 
@@ -460,12 +520,20 @@ def report(one: dict[str, Any] | None, two: dict[str, Any] | None, three: dict[s
         lines += [
             f"**Sustained replay from the regtest stand-in** over HTTP (its own process): {two['blocks']} blocks of "
             f"{two['mb_per_block']} MB, {two['txs_per_block']:,} transactions and {two['outputs_per_block']:,} outputs "
-            f"each; max_in_flight 4, batch_blocks 10; replay found {two['replay_matches']}.",
+            f"each; max_in_flight 4, batch_blocks 10; replay found {two['replay_matches']} in every round. "
+            f"{two['rounds']} interleaved rounds (the full path in the first only), medians; × transport is the "
+            "median of each round's ratio to that round's transport rate (the rounds' ratios beside it); CPU is "
+            f"milliseconds a block of this process (the client) and of the node's. One-minute load average "
+            f"{two['load'][0]} to {two['load'][1]} on {os.cpu_count()} CPUs.",
             "",
-            "| what | blocks/s | MB/s |",
-            "| --- | ---: | ---: |",
+            "| what | blocks/s | MB/s | × transport | rounds | client CPU ms/block | node CPU ms/block |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
-        lines += [f"| {name} | {rate} | {mbs} |" for name, (rate, mbs) in two["rates"].items()]
+        lines += [
+            f"| {r['what']} | {r['blocks_s']} | {r['mb_s']} | {r['ratio']} | {', '.join(map(str, r['ratios']))} "
+            f"| {r['client_ms']} | {r['node_ms']} |"
+            for r in two["rows"]
+        ]
         lines.append("")
     if three is not None:
         lines += [
@@ -487,6 +555,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--blocks", type=int, default=40, help="full-size blocks for part 2")
     parser.add_argument("--replay-scripts", type=int, default=100_000, help="watched scripts for part 2")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of part 2")
     parser.add_argument("--only", choices=["decode", "replay", "transport"], help="run one part")
     parser.add_argument("--append", help="append the section to this markdown file (docs/performance.md)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -501,7 +570,7 @@ def main() -> None:
         child, info = start_server(args.blocks)
         try:
             if args.only in (None, "replay"):
-                two = asyncio.run(part_two(info, args.replay_scripts))
+                two = asyncio.run(part_two(info, args.replay_scripts, args.rounds, child.pid))
                 print(json.dumps(two, indent=1), flush=True)
             if args.only in (None, "transport"):
                 three = asyncio.run(part_three(info, args.runs * 2))

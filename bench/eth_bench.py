@@ -23,6 +23,13 @@ One anvil (`--load-state` of the chain `bench/eth_workload.py` generates and sav
    follower steps (`batch_blocks` at a time), without and with the filter, for the small watched set
    (node-side topic lists) and the full one (filtered in the client); the matches must be the same.
 
+4. With `--filtered` (alone: parts 1-3 are skipped): the filtered replay (`chains/evm_filtered.py`) against
+   the full scan, `--watched` addresses watched (20 by default: `watch-small.csv`), the replay CLI with a
+   config file, `filter_max_keys = 0` (full scan) then the default (filtered), interleaved `--rounds` times;
+   the two runs' output lines must be the same. `--watched-sizes 20,100,1000` adds one pair per size.
+
+    python bench/eth_bench.py --filtered --rounds 3 --markdown out.md
+
 anvil's CPU time is read from /proc for every run. By default (`--pin`) anvil runs on one CPU and every client on
 the others, as with a node on its own machine: the minimal client then keeps the node busy all the time, and
 its rate is the node's own limit. With `--no-pin` they share the CPUs and the rate follows the CPU a block costs
@@ -210,6 +217,9 @@ def depositwatch_transfers(path: Path) -> tuple[set[Key], dict[str, int]]:
     with path.open() as handle:
         for line in handle:
             row = json.loads(line)
+            if row.get("token_listed") is False:  # a token outside the compared list, to or from a revoked address
+                kinds["unlisted token"] = kinds.get("unlisted token", 0) + 1
+                continue
             kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
             index = "ETH" if row["index"] is None else str(row["index"])
             contract = row["asset_contract"].lower() if row["asset_contract"] else "ETH"
@@ -387,6 +397,198 @@ def ethereum_etl(url: str, pid: int, w: Workload, first: int, last: int, tmp: Pa
     return result
 
 
+# --- part 4: the filtered replay against the full scan ----------------------------------------------
+
+
+def watch_file(w: Workload, size: int, tmp: Path) -> Path:
+    """An import CSV of `size` watched addresses: the workload's small set for its size, else the first tenth
+    of the revoked (the sweepers first) and the rest active, from the full watched set."""
+    if size == w.params.small:
+        return w.small_csv
+    rows = w.watch_csv.read_text().splitlines()
+    header, body = rows[0], rows[1:]
+    revoked = [r for r in body if ",revoked," in r][: max(1, size // 10)]
+    active = [r for r in body if ",active," in r][: size - len(revoked)]
+    path = tmp / f"watch-{size}.csv"
+    path.write_text("\n".join([header, *revoked, *active]) + "\n")
+    return path
+
+
+def replay_config(
+    url: str, pid: int, w: Workload, first: int, last: int, folder: Path, watch: Path, limit: int | None
+) -> Run:
+    """The replay CLI with a config file and `watch` imported; `filter_max_keys = limit` (None: the default)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tokens = ", ".join(f'{{ symbol = "{s}", contract = "{w.tokens[s]}", decimals = 6 }}' for s in ("USDT", "USDC"))
+    setting = "" if limit is None else f"filter_max_keys = {limit}\n"
+    config = folder / "depositwatch.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite:///{folder}/state.db"\n[http]\nenabled = false\n'
+        f'[[chains]]\nname = "{CHAIN}"\nkind = "evm"\nchain_id = {CHAIN_ID}\nrpc_urls = ["{url}"]\n'
+        f"confirmations = 1\nmempool = false\n{setting}tokens = [{tokens}]\n"
+    )
+    run([str(DEPOSITWATCH), "--config", str(config), "addresses", "import", str(watch)], stderr=folder / "import.log")
+    out, err = folder / "matches.jsonl", folder / "stderr.log"
+    cpu, client = node_cpu(pid), children_cpu()
+    cmd = [str(DEPOSITWATCH), "--config", str(config), "replay", "--chain", CHAIN, "--from", str(first)]
+    wall = run([*cmd, "--to", str(last), "--output", str(out)], stderr=err)
+    name = "full scan" if limit == 0 else "filtered"
+    result = _replay_run(name, wall, node_cpu(pid) - cpu, children_cpu() - client, err, out)
+    summary = [line for line in err.read_text(errors="replace").splitlines() if SUMMARY.search(line)]
+    result.extra["path"] = summary[-1].rsplit("; ", 1)[-1] if summary else "?"
+    result.extra["lines"] = sorted(out.read_text().splitlines())
+    return result
+
+
+def filtered_pairs(
+    url: str, pid: int, w: Workload, first: int, last: int, tmp: Path, sizes: list[int], rounds: int
+) -> list[dict[str, Any]]:
+    """Per watched-set size: `rounds` interleaved pairs (full scan, filtered); medians and per-round ratios."""
+    rows = []
+    for size in sizes:
+        watch = watch_file(w, size, tmp)
+        pairs = []
+        for n in range(1, rounds + 1):
+            load = load_avg()
+            full = replay_config(url, pid, w, first, last, tmp / "full", watch, 0)
+            show(n, full)
+            filtered = replay_config(url, pid, w, first, last, tmp / "filtered", watch, max(1000, size))
+            show(n, filtered)
+            pairs.append((full, filtered, load))
+        same = all(f.extra["lines"] == pairs[0][0].extra["lines"] for pair in pairs for f in pair[:2])
+        ratios = [b.rate / a.rate for a, b, _ in pairs]
+        full = median_run([a for a, _, _ in pairs])
+        filtered = median_run([b for _, b, _ in pairs])
+        blocks = last - first + 1
+        rows.append(
+            {
+                "watched": size,
+                "blocks": blocks,
+                "full_rate": full.rate,
+                "filtered_rate": filtered.rate,
+                "ratio": statistics.median(ratios),
+                "ratios": ratios,
+                "loads": [load for _, _, load in pairs],
+                "full_node_ms": 1000 * full.node_cpu / blocks,
+                "filtered_node_ms": 1000 * filtered.node_cpu / blocks,
+                "full_client_ms": 1000 * full.client_cpu / blocks,
+                "filtered_client_ms": 1000 * filtered.client_cpu / blocks,
+                "full_path": full.extra["path"],
+                "filtered_path": filtered.extra["path"],
+                "matches": len(pairs[0][0].extra["lines"]),
+                "same": same,
+            }
+        )
+        print(f"# filtered {size} watched: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    return rows
+
+
+def filtered_section(r: dict[str, Any]) -> str:
+    w = r["workload"]
+    table = markdown_table(
+        [
+            "watched",
+            "full scan blocks/s",
+            "filtered blocks/s",
+            "ratio (median)",
+            "ratio by round",
+            "node CPU ms/block",
+            "client CPU ms/block",
+            "matches",
+            "same output",
+        ],
+        [
+            [
+                f"{row['watched']:,}",
+                f"{row['full_rate']:.1f}",
+                f"{row['filtered_rate']:.1f}",
+                f"×{row['ratio']:.1f}",
+                ", ".join(f"{x:.1f}" for x in row["ratios"]),
+                f"{row['full_node_ms']:.2f} → {row['filtered_node_ms']:.2f}",
+                f"{row['full_client_ms']:.2f} → {row['filtered_client_ms']:.2f}",
+                f"{row['matches']:,}",
+                "yes" if row["same"] else "NO",
+            ]
+            for row in r["rows"]
+        ],
+    )
+    paths = "; ".join(f'{row["watched"]:,} watched: "{row["filtered_path"]}"' for row in r["rows"])
+    return "\n".join(
+        [
+            "## Filtered replay",
+            "",
+            f"`{r['command']}` ({r['minutes']:.1f} minutes)",
+            "",
+            f"Machine: {r['machine']}; `uptime` load average {r['load_before']} before, {r['load_after']} after "
+            f"(1/5/15 min; per round: {'; '.join(', '.join(row['loads']) for row in r['rows'])}). anvil {r['anvil']}. "
+            + (
+                "With `--pin`: anvil on one CPU, the replay on the other."
+                if r["pinned"]
+                else "Node and replay share both CPUs."
+            ),
+            "",
+            f"Blocks {w['first']:,}-{w['last']:,} of the generated anvil chain of the Ethereum replay section "
+            f"({r['rows'][0]['blocks']:,} blocks, {w['txs']:,} transactions). The replay CLI with a config file "
+            "(SQLite store, `batch_blocks` not set: 20, which the filtered path raises to 300 a step), "
+            "the watched set imported; `filter_max_keys = 0` reads every block "
+            "in full (the full scan), the default takes the filtered path. Each round runs both, back to back "
+            f"({r['rounds']} rounds); the ratio is filtered over full-scan blocks/s within a round. CPU is per block, "
+            "start-up and address import included for the client.",
+            "",
+            table,
+            "",
+            f'Paths the runs reported: {paths}; full scan: "{r["rows"][0]["full_path"]}".',
+            "",
+        ]
+    )
+
+
+def main_filtered(args: argparse.Namespace, command: str) -> None:
+    began = time.perf_counter()
+    load_before = load_avg()
+    w = ensure(Params(blocks=args.blocks), args.workload)
+    first, last = w.first, w.last
+    anvil = version_of([str(w.node().command()[0]), "--version"]).replace("anvil Version: ", "")
+    sizes = [int(x) for x in args.watched_sizes.split(",")] if args.watched_sizes else [args.watched]
+    loop = asyncio.new_event_loop()
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        args.pin = False
+    if args.pin:
+        node_cpus, client_cpus = pin_cpus()
+        os.sched_setaffinity(0, node_cpus)
+    node = loop.run_until_complete(_serve(w))
+    if args.pin:
+        os.sched_setaffinity(0, client_cpus)
+    try:
+        assert node.pid is not None
+        with tempfile.TemporaryDirectory(prefix="eth-filtered-") as scratch:
+            rows = filtered_pairs(node.http_url, node.pid, w, first, last, Path(scratch), sizes, args.rounds)
+    finally:
+        loop.run_until_complete(node.stop())
+        loop.close()
+    result = {
+        "command": command,
+        "machine": machine_line(),
+        "load_before": load_before,
+        "load_after": load_avg(),
+        "anvil": anvil,
+        "pinned": args.pin,
+        "rounds": args.rounds,
+        "workload": {**asdict(w.params), "first": first, "last": last, "txs": w.txs, "transfers": w.transfers},
+        "rows": rows,
+        "minutes": (time.perf_counter() - began) / 60,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    text = filtered_section(result)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    if not all(row["same"] for row in rows):
+        raise SystemExit("the filtered and full-scan replays' outputs differ")
+
+
 # --- part 3: node-side log filtering ---------------------------------------------------------------
 
 
@@ -415,6 +617,7 @@ async def source_pass(
         confirmations=1,
         mempool=False,
         tokens=[TokenConfig(symbol=s, contract=w.tokens[s], decimals=6) for s in ("USDT", "USDC")],
+        filter_max_keys=0,  # the full scan with its log filter; part 4 measures the filtered path
     )
     _checksum.cache_clear()  # every pass pays for the addresses it encodes, as a fresh process would
     source = EvmSource(config)
@@ -773,8 +976,8 @@ def filter_explain(rows: list[dict[str, Any]], pinned: bool) -> list[str]:
         f"everywhere, and the gain (×{cpu_gain(large, pinned):.2f} in CPU, ×{large['gain']:.2f} measured) comes "
         "from the client: no transfer objects or address encodings for the unwatched, so less time in which the "
         "node waits for it. Replay sets the filter from its "
-        "book, every size; the live follower sets it for books of at most `LOG_FILTER_MAX_KEYS` keys, and again "
-        "before each reloaded book is used.",
+        "book, every size; the live follower sets it for books of at most `LOG_FILTER_MAX_KEYS` keys (now the "
+        "larger of that and `filter_max_keys`, 1,000 by default), and again before each reloaded book is used.",
     ]
 
 
@@ -786,11 +989,19 @@ async def _serve(w: Workload) -> Any:
 
 def compare_text(dw_found: set[Key], kinds: dict[str, int], etl_found: set[Key]) -> str:
     if etl_found == dw_found:
-        found = ", ".join(f"{v:,} {k}" for k, v in sorted(kinds.items()))
+        unlisted = kinds.get("unlisted token", 0)
+        compared = {k: v for k, v in kinds.items() if k != "unlisted token"}
+        found = ", ".join(f"{v:,} {k}" for k, v in sorted(compared.items()))
+        extra = (
+            f" Beside them, {unlisted:,} matches of the unfollowed token to or from revoked addresses "
+            "(`token_listed` false), which ethereum-etl's two-token export does not hold."
+            if unlisted
+            else ""
+        )
         return (
-            f"identical: depositwatch's {sum(kinds.values()):,} matches ({found}) are {len(dw_found):,} distinct "
+            f"identical: depositwatch's {sum(compared.values()):,} matches ({found}) are {len(dw_found):,} distinct "
             f"transfers, exactly the {len(etl_found):,} transfers of ethereum-etl's filtered output (transaction "
-            "hash, log index or ETH, amount, sender, recipient, asset)."
+            "hash, log index or ETH, amount, sender, recipient, asset)." + extra
         )
     return (
         f"DIFFERENT: {len(dw_found - etl_found)} transfers only in depositwatch's output, "
@@ -856,7 +1067,16 @@ def main() -> None:
         "the minimal client's rate is the node's own limit (the default where there are two CPUs or more); "
         "--no-pin lets them share every CPU",
     )
+    parser.add_argument("--filtered", action="store_true", help="only the filtered replay against the full scan")
+    parser.add_argument("--watched", type=int, default=Params.small, help="--filtered: addresses watched")
+    parser.add_argument("--watched-sizes", help="--filtered: several sizes, comma-separated (e.g. 20,100,1000)")
     args = parser.parse_args()
+    if args.filtered:
+        shown = [a for a in sys.argv[1:] if a not in (args.markdown, "--markdown")]
+        if args.json == parser.get_default("json"):
+            args.json = str(REPO / "bench" / "out" / "eth_filtered.json")
+        main_filtered(args, " ".join(["python bench/eth_bench.py", *shown]))
+        return
     if args.report:
         result = json.loads(args.report.read_text())
         result["explain"] = explain(result)

@@ -1,11 +1,14 @@
 """Alert latency on Bitcoin: from a block announced by the regtest server to the signed webhook received.
 
 The Bitcoin Core-compatible regtest server of the tests (`tests/btcnode`) runs in this process; the
-daemon runs as a subprocess following it by `getbestblockhash` polling (the mempool watcher is off, so
-the alert comes from the block). Each round mines one block paying a revoked P2WPKH script with a
-transaction that never went through the mempool, and times it until the `detected` webhook arrives.
+daemon runs as a subprocess following it, either woken by the server's ZMQ announcements (`zmq_url`,
+`hashblock` and `sequence`; polling then only every 5 s, as a fallback) or by `getbestblockhash`
+polling alone (the mempool watcher is off, so the alert comes from the block). Each round mines one
+block paying a revoked P2WPKH script with a transaction that never went through the mempool (mining
+publishes the ZMQ messages before it returns), and times it until the `detected` webhook arrives at
+an aiohttp receiver, which checks its signature.
 
-    python bench/latency_btc_bench.py --blocks 200 --polls 0.2,1.0
+    python bench/latency_btc_bench.py --blocks 200 --modes zmq,0.2,1.0
 """
 
 from __future__ import annotations
@@ -31,11 +34,17 @@ from bench.latency_bench import SECRET, load_avg, percentile, start_daemon, star
 REVOKED = p2wpkh(b"\x5e" * 20)
 
 
-async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str, Any]:
+ZMQ_FALLBACK_POLL = 5.0  # with ZMQ, polling stays as a fallback; this far apart it never wakes first
+
+
+async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, Any]:
     hook, runner, port = await start_hook()
-    folder = tmp / f"poll-{poll}"
+    folder = tmp / f"mode-{mode}"
     folder.mkdir()
-    async with BitcoinRegtestServer() as node:
+    zmq = mode == "zmq"
+    poll = ZMQ_FALLBACK_POLL if zmq else float(mode)
+    pause = 0.2 if zmq else poll  # between blocks: uniform over 50 ms plus this, so blocks fall anywhere in a poll
+    async with BitcoinRegtestServer(zmq=zmq) as node:
         chain = node.chain
         chain.mine(101 + blocks + warmup)  # mature coins to pay from
         config = folder / "depositwatch.toml"
@@ -44,7 +53,8 @@ async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str
             '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
             f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
             f"poll_interval = {poll}\nconfirmations = 1\nmempool = false\nstart_height = {chain.height + 1}\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:{port}/hook"\n'
+            + (f'zmq_url = "{node.zmq_url}"\n' if zmq else "")
+            + f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:{port}/hook"\n'
             f'secret = {{ value = "{SECRET}" }}\nretry = {{ initial_backoff = 0.05, max_backoff = 0.5 }}\n'
         )
         revoked = script_to_address(REVOKED, "regtest")
@@ -63,15 +73,17 @@ async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str
                     raise SystemExit(f"no alert for {tx.txid}:\n{log.read_text()[-3000:]}") from None
                 if n >= warmup:
                     latencies.append((arrived - announced) * 1000)
-                await asyncio.sleep(rng.uniform(0.05, 0.05 + poll))
+                await asyncio.sleep(rng.uniform(0.05, 0.05 + pause))
         finally:
             stop_daemon(daemon)
             await runner.cleanup()
     result = {
-        "mode": f"bitcoin, polling every {poll:g} s",
+        "mode": f"ZMQ hashblock (polling every {poll:g} s as a fallback)" if zmq else f"polling every {poll:g} s",
         "blocks": len(latencies),
         "p50": round(percentile(latencies, 0.5), 1),
+        "p90": round(percentile(latencies, 0.9), 1),
         "p99": round(percentile(latencies, 0.99), 1),
+        "min": round(min(latencies), 1),
         "mean": round(statistics.fmean(latencies), 1),
         "max": round(max(latencies), 1),
         "bad_signatures": hook.bad,
@@ -83,15 +95,17 @@ async def one_mode(poll: float, blocks: int, warmup: int, tmp: Path) -> dict[str
 
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="depositwatch-btc-latency-") as tmp:
-        for poll in (float(p) for p in args.polls.split(",")):
-            await one_mode(poll, args.blocks, args.warmup, Path(tmp))
+        for mode in args.modes.split(","):
+            await one_mode(mode, args.blocks, args.warmup, Path(tmp))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--polls", default="0.2,1.0", help="poll intervals to measure, seconds")
+    parser.add_argument(
+        "--modes", default="zmq,0.2,1.0", help="what wakes the daemon: zmq, or a poll interval in seconds"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -5,9 +5,10 @@
     python bench/run_all.py --dry-run             # say what would run
 
 The scripts, in this order, each only if it exists: registry_bench.py, btc_bench.py, eth_bench.py,
-latency_bench.py, latency_btc_bench.py and soak.py (`eth_bench.py` generates its anvil chain under
-bench/out/ on first use, and installs ethereum-etl into its own virtualenv there). Each runs as its own
-process with the project's Python, one after the other so they do not disturb each other's timings.
+latency_bench.py, latency_btc_bench.py, soak.py, derive_bench.py and tree_bench.py (`eth_bench.py`
+generates its anvil chain under bench/out/ on first use, and installs ethereum-etl into its own
+virtualenv there). Each runs as its own process with the project's Python, one after the other so they
+do not disturb each other's timings.
 
 A script that can write its Markdown section (`--markdown FILE`, or `--append FILE` for one that appends
 its section to a file) is asked to write it to a scratch file; that section then replaces the section with
@@ -36,6 +37,8 @@ SCRIPTS = (
     "latency_bench.py",
     "latency_btc_bench.py",
     "soak.py",
+    "derive_bench.py",
+    "tree_bench.py",
 )
 
 

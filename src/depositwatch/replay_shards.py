@@ -1,0 +1,329 @@
+"""Parallel replay: a run's range cut into shards that several workers replay at once.
+
+Each shard is a contiguous sub-range replayed by the same pipeline as a single-worker replay (source,
+follower, matcher, commit), with its own cursor (`replay:<run>:<shard>`) anchored on the parent of its
+first block as a fresh follower cursor is, and its matches in the run's scope (`replay:<run>`), so the
+scope holds what a single-worker run of the range holds. Workers claim shards in the store
+(store/shards.py) under a lease each (the lease table and Leadership of the daemon: renewed while the
+shard's loop turns, fenced commits), so workers may be processes of one machine or of several sharing
+a PostgreSQL store; a worker that dies leaves its shard to the next worker that looks (at once on
+PostgreSQL, whose sessions show the death; after `lease_ttl` on SQLite), which resumes it from its
+cursor. Every participant keeps claiming until the run is done, then (unless it only works) writes the
+run's matches shard by shard in block order: the output of a single-worker run of the range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
+
+import structlog
+
+from depositwatch.chains.base import ChainSource
+from depositwatch.chains.evm import EvmSource
+from depositwatch.config import AlertsConfig, ChainConfig
+from depositwatch.follower import BlockHook, Follower
+from depositwatch.jsonutil import dumps
+from depositwatch.leadership import Leadership, Term, TermState
+from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.registry import AddressRegistry
+from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, run_id
+from depositwatch.store import BlockEffects, LeaseLost, Scope, SqlStore
+from depositwatch.store.drivers import PostgresDriver
+from depositwatch.store.shards import ReplayRun, Shard, ShardStore
+
+log = structlog.get_logger(__name__)
+
+MIN_SHARD_BLOCKS = 100  # below this a shard's set-up (source, probes, anchor) weighs on its blocks
+MAX_SHARD_BLOCKS = 10_000  # above this a dead worker's shard costs too much to redo from its cursor
+SHARDS_PER_WORKER = 4  # so that workers finishing early find work, and the output streams
+POLL_SECONDS = 0.25  # how often a waiting participant looks at the shards again
+
+
+class ShardsDisagree(Exception):
+    """Two adjacent shards do not join: the node's chain changed between them (a reorg at the joint)."""
+
+
+def default_shard_blocks(blocks: int, workers: int) -> int:
+    """Shard size for `blocks` blocks and `workers` workers when none is asked for."""
+    wanted = math.ceil(blocks / (max(1, workers) * SHARDS_PER_WORKER))
+    return max(MIN_SHARD_BLOCKS, min(MAX_SHARD_BLOCKS, wanted))
+
+
+@dataclass(slots=True)
+class Tally:
+    """What this participant's workers did (a worker's own counts; the run's are in the shard rows)."""
+
+    shards: int = 0
+    blocks: int = 0
+    transfers: int = 0
+    taken_over: int = 0  # shards this worker resumed from another worker's cursor
+
+
+@dataclass(slots=True)
+class ParallelSummary:
+    """What a parallel replay command did."""
+
+    run: ReplayRun
+    workers: int
+    shards: int
+    blocks: int = 0  # blocks of the shards not done when the command began
+    transfers: int = 0
+    seconds: float = 0.0
+    already_done: bool = False
+    kinds: Counter[str] = field(default_factory=Counter)
+
+    def text(self) -> str:
+        """The human summary printed on stderr."""
+        run = self.run
+        rate = self.blocks / self.seconds if self.seconds else 0.0
+        found = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items())) or "no matches"
+        return (
+            f"replay {run.chain} {run.start}..{run.stop}: {self.blocks} blocks, {self.transfers} transfers"
+            f" in {self.seconds:.1f}s ({rate:.1f} blocks/s) by {self.workers} worker(s) here,"
+            f" {self.shards} shards of {run.shard_blocks} blocks; {found}; run {run.run_id}"
+        )
+
+
+async def open_run(
+    store: SqlStore,
+    chain: ChainConfig,
+    start: int,
+    stop: int,
+    *,
+    shard_blocks: int,
+    send_alerts: bool = False,
+    restart: bool = False,
+    join: str | None = None,
+) -> ReplayRun:
+    """The run of `start..stop` on this chain (created, or the one recorded: same id, same shards).
+
+    The run id is a single-worker run's (chain, range and the node's identity), so a node of another
+    chain never joins a run; `join` must name that same id.
+    """
+    if stop < start:
+        raise ValueError(f"--to {stop} is below --from {start}")
+    source = make_source(chain)
+    await source.open()
+    try:
+        identity = await source.identity()
+        tip = await source.tip()
+    finally:
+        await source.close()
+    if stop > tip.height:
+        raise ValueError(f"--to {stop} is above the node's tip {tip.height}")
+    rid = run_id(chain.name, start, stop, identity)
+    if join is not None and join != rid:
+        raise ValueError(f"run {join} is not this node's chain {chain.name} over {start}..{stop} (that is run {rid})")
+    shards = ShardStore(store)
+    if restart:
+        await store.delete_scope(Scope.replay(rid, send_alerts))
+        await shards.delete_run(rid)
+    return await shards.create_run(ReplayRun(rid, chain.name, start, stop, shard_blocks, send_alerts))
+
+
+def leadership_for(store: SqlStore, ttl: float, password: str | None = None) -> Leadership:
+    """Leases for this process's shards: PostgreSQL tells a dead worker by its session; SQLite by expiry
+    (never `exclusive`: other processes of the run share the store file)."""
+    if isinstance(store.db, PostgresDriver):
+        return Leadership(store, ttl, dsn=store.db.url, password=password)
+    return Leadership(store, ttl)
+
+
+async def work(
+    *,
+    chain: ChainConfig,
+    store: SqlStore,
+    run: ReplayRun,
+    leadership: Leadership,
+    alerts: AlertsConfig | None = None,
+    on_shard: Callable[[], None] | None = None,
+) -> Tally:
+    """Claim and replay shards of the run until every shard is done (by this worker or another)."""
+    shards = ShardStore(store)
+    registry = await AddressRegistry.load(store, [chain.name])
+    tally = Tally()
+    # One source for every shard of this worker (one connection pool, one set of start-up probes); the
+    # book is fixed for the run, as in a single-worker replay.
+    source = make_source(chain)
+    await source.open()
+    try:
+        hook = make_hook(chain)
+        attach(source, registry, hook, store)
+        if isinstance(source, EvmSource):
+            book = registry.book(chain.name)
+            source.set_log_filter(book.active | book.revoked.keys())
+        while True:
+            started = time.monotonic()
+            claimed = await shards.claim(run, leadership.holder, leadership.ttl, await leadership.session())
+            if claimed is None:
+                if all(s.done for s in await shards.shards(run.run_id)):
+                    return tally
+                await asyncio.sleep(POLL_SECONDS)  # the rest is held by live workers: take over if one dies
+                continue
+            shard, fence = claimed
+            term = leadership.adopt(fence, started)
+            try:
+                await _replay_shard(
+                    Shift(chain, store, run, registry, source, hook), shard, term, leadership, alerts, tally
+                )
+            except LeaseLost as exc:
+                leadership.lost(term)
+                log.warning("replay shard taken over by another worker", shard=shard.index, reason=str(exc))
+                continue
+            finally:
+                await leadership.release(term)
+            if on_shard is not None:
+                on_shard()
+    finally:
+        await source.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Shift:
+    """What a worker keeps from one shard to the next."""
+
+    chain: ChainConfig
+    store: SqlStore
+    run: ReplayRun
+    registry: AddressRegistry
+    source: ChainSource
+    hook: BlockHook | None
+
+
+async def _replay_shard(
+    shift: Shift, shard: Shard, term: Term, leadership: Leadership, alerts: AlertsConfig | None, tally: Tally
+) -> None:
+    chain, store, run, source = shift.chain, shift.store, shift.run, shift.source
+    shards = ShardStore(store)
+    fence = term.fence
+    counted = [0, 0]  # blocks, transfers committed here
+
+    async def committed(effects: Sequence[BlockEffects]) -> None:
+        counted[0] += len(effects)
+        counted[1] += sum(len(e.block.transfers) for e in effects)
+        first = effects[0].block
+        if first.height == shard.first and first.parent_hash:
+            await shards.set_anchor(run, shard.index, first.parent_hash, fence)
+
+    if isinstance(source, EvmSource):
+        source.read_until = shard.last  # past it, the blocks are another shard's
+    follower = Follower(
+        source=source,
+        store=store,
+        registry=shift.registry,
+        policy=make_policy(chain, alerts or AlertsConfig()),
+        scope=Scope(run.scope_name, "replay", run.send_alerts).fenced(fence),
+        cursor_name=run.shard_name(shard.index),
+        settings=replace(
+            make_settings(chain, start_height=shard.first, stop_height=shard.last),
+            log_matches=False,
+            max_failures=REPLAY_MAX_FAILURES,
+        ),
+        hook=shift.hook,
+        on_commit=committed,
+    )
+    cursor = await follower.start()
+    if cursor.height >= shard.first:
+        tally.taken_over += 1
+        log.info("resuming a replay shard", shard=shard.index, after=cursor.height, epoch=fence.epoch)
+    keeper = asyncio.create_task(leadership.hold(term, lambda: follower.heartbeat, window=max(leadership.ttl, 60)))
+    keeper.add_done_callback(lambda _: follower.stop())  # lease lost: stop taking blocks
+    try:
+        await follower.run()
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+    if term.state is not TermState.LEADING or not follower.done:
+        raise LeaseLost(f"lease {fence.name} lost while replaying blocks {shard.first}..{shard.last}")
+    assert follower.cursor is not None
+    await shards.finish(run, shard.index, follower.cursor.hash, counted[0], counted[1], fence)
+    tally.shards += 1
+    tally.blocks += counted[0]
+    tally.transfers += counted[1]
+
+
+async def write_in_order(
+    store: SqlStore,
+    run: ReplayRun,
+    chain_id: int | None,
+    output: TextIO,
+    kinds: Counter[str],
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Write the run's matches shard by shard in block order, each once it is done (by any worker),
+    the same lines a single-worker run writes; raise ShardsDisagree where two shards do not join."""
+    shards = ShardStore(store)
+    scope = Scope(run.scope_name, "replay", run.send_alerts)
+    previous: Shard | None = None
+    index = 0
+    while True:
+        listed = await shards.shards(run.run_id)
+        while index < len(listed) and listed[index].done:
+            shard = listed[index]
+            unknown = previous is None or None in (previous.last_hash, shard.anchor_hash)
+            if not unknown and previous is not None and previous.last_hash != shard.anchor_hash:
+                raise ShardsDisagree(
+                    f"block {shard.first - 1} was {previous.last_hash} for shard {previous.index} but the parent"
+                    f" of block {shard.first} was {shard.anchor_hash} for shard {shard.index}: the node's chain"
+                    " changed between them; run again with --restart"
+                )
+            for row in await store.matches(scope, heights=(shard.first, shard.last)):
+                kinds[row["kind"]] += 1
+                output.write(dumps(output_record(row, chain_id)) + "\n")
+            output.flush()
+            previous = shard
+            index += 1
+        if index >= len(listed):
+            return
+        if wake is None:
+            await asyncio.sleep(POLL_SECONDS)
+        else:
+            try:
+                await asyncio.wait_for(wake.wait(), POLL_SECONDS)
+            except TimeoutError:
+                pass
+            wake.clear()
+
+
+async def participate(
+    *,
+    chain: ChainConfig,
+    store: SqlStore,
+    run: ReplayRun,
+    output: TextIO | None,
+    workers: Sequence[Any] = (),
+    alerts: AlertsConfig | None = None,
+    ttl: float = 10.0,
+    password: str | None = None,
+) -> ParallelSummary:
+    """Work on the run's shards here (beside `workers`, other processes of this command, awaited) and,
+    with an `output`, write the whole run's matches in block order."""
+    before = await ShardStore(store).shards(run.run_id)
+    summary = ParallelSummary(run, 1 + len(workers), len(before), already_done=all(s.done for s in before))
+    summary.blocks = sum(s.last - s.first + 1 for s in before if not s.done)
+    leadership = leadership_for(store, ttl, password)
+    wake = asyncio.Event()
+    began = time.perf_counter()
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                work(chain=chain, store=store, run=run, leadership=leadership, alerts=alerts, on_shard=wake.set)
+            )
+            if output is not None:
+                group.create_task(write_in_order(store, run, chain.chain_id, output, summary.kinds, wake))
+            for worker in workers:
+                group.create_task(worker)
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    finally:
+        await leadership.release_all()
+    summary.seconds = time.perf_counter() - began
+    after = {s.index: s for s in await ShardStore(store).shards(run.run_id)}
+    summary.transfers = sum(after[s.index].transfers for s in before if not s.done)
+    return summary
