@@ -1,4 +1,4 @@
-"""A throw-away anvil node, and helpers that deploy the test contracts and move funds on it.
+"""A throw-away anvil node: finding the binary, starting it on a free port, stopping it.
 
 `Anvil` is an async context manager: it starts the binary on a free 127.0.0.1 port with `--order fifo`
 (fee ordering can drop a sender's later transactions when one block mixes transaction types), waits
@@ -20,63 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import aiohttp
-from eth_abi.abi import encode as abi_encode
-from eth_utils.abi import function_signature_to_4byte_selector
-from eth_utils.address import to_checksum_address
 from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.types import RPCEndpoint
+
+from depositwatch.devnet.control import AnvilError, Web3, mine, revert, rpc, snapshot
+from depositwatch.devnet.keys import DEFAULT_MNEMONIC, DevAccount, dev_accounts
 
 ANVIL_ENV = "DEPOSITWATCH_ANVIL"
-DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
 DEFAULT_CHAIN_ID = 31337
-
-# anvil's well-known dev keys for DEFAULT_MNEMONIC (m/44'/60'/0'/0/i); public test keys, never funded on
-# any real chain.
-_DEFAULT_KEYS = (
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
-    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
-    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
-    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
-    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
-    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
-)
-
-Web3 = AsyncWeb3[Any]
-
-
-class AnvilError(Exception):
-    """The node did not start, died, or refused a call."""
 
 
 class AnvilNotFound(AnvilError):
     """No anvil binary: run `bash scripts/install-anvil.sh` or set $DEPOSITWATCH_ANVIL."""
-
-
-@dataclass(frozen=True, slots=True)
-class DevAccount:
-    """A funded, unlocked dev account."""
-
-    address: str  # EIP-55
-    private_key: str  # 0x-prefixed hex
 
 
 # --- finding the binary ------------------------------------------------------------------------------
@@ -299,7 +264,7 @@ class Anvil:
                 raise AnvilError(f"anvil on port {self.port} reports chain id {int(chain_id, 16)}")
             break
         addresses = await rpc(self._w3, "eth_accounts")
-        self.accounts = _dev_accounts(addresses)
+        self.accounts = dev_accounts(addresses)
 
     def _log_tail(self) -> str:
         if self._log is None:
@@ -369,230 +334,3 @@ class Anvil:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _dev_accounts(addresses: Iterable[str]) -> list[DevAccount]:
-    keys = _default_keys_by_address()
-    accounts = []
-    for index, address in enumerate(addresses):
-        checksummed = to_checksum_address(address)
-        key = keys.get(checksummed.lower()) or _derive_key(index)
-        accounts.append(DevAccount(checksummed, key))
-    return accounts
-
-
-@cache
-def _default_keys_by_address() -> dict[str, str]:
-    from eth_account import Account
-
-    return {Account.from_key(key).address.lower(): key for key in _DEFAULT_KEYS}
-
-
-def _derive_key(index: int) -> str:
-    from eth_account import Account
-
-    Account.enable_unaudited_hdwallet_features()
-    account = Account.from_mnemonic(DEFAULT_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-    return "0x" + bytes(account.key).hex()
-
-
-# --- JSON-RPC and chain control ----------------------------------------------------------------------
-
-
-async def rpc(w3: Web3, method: str, *params: Any) -> Any:
-    """Call `method` on the node behind `w3`; a JSON-RPC error raises AnvilError naming it."""
-    response = await w3.provider.make_request(RPCEndpoint(method), list(params))
-    if "error" in response:
-        raise AnvilError(f"{method} failed: {response['error']}")
-    return response.get("result")
-
-
-def _hex(value: int) -> str:
-    return hex(value)
-
-
-async def mine(w3: Web3, blocks: int = 1, interval: int | None = None) -> None:
-    """Mine `blocks` blocks at once (`anvil_mine`), optionally `interval` seconds apart."""
-    params: list[Any] = [_hex(blocks)]
-    if interval is not None:
-        params.append(_hex(interval))
-    await rpc(w3, "anvil_mine", *params)
-
-
-async def set_automine(w3: Web3, enabled: bool) -> None:
-    """Switch automining on or off."""
-    await rpc(w3, "evm_setAutomine", enabled)
-
-
-async def snapshot(w3: Web3) -> str:
-    """Save the chain state (`evm_snapshot`); returns the snapshot id."""
-    result = await rpc(w3, "evm_snapshot")
-    return str(result)
-
-
-async def revert(w3: Web3, snapshot_id: str) -> bool:
-    """Return to a snapshot (`evm_revert`): blocks mined since it are gone; mine again for a new branch."""
-    return bool(await rpc(w3, "evm_revert", snapshot_id))
-
-
-async def reorg(w3: Web3, depth: int, transactions: Sequence[tuple[dict[str, Any], int]] = ()) -> None:
-    """Replace the last `depth` blocks with new ones (`anvil_reorg`); `transactions` are (tx, block offset)
-    pairs to include in the new branch (offset 0 is the first replaced height)."""
-    await rpc(w3, "anvil_reorg", depth, [[tx, offset] for tx, offset in transactions])
-
-
-async def set_balance(w3: Web3, address: str, wei: int) -> None:
-    """Set an address's ETH balance (`anvil_setBalance`)."""
-    await rpc(w3, "anvil_setBalance", to_checksum_address(address), _hex(wei))
-
-
-async def impersonate(w3: Web3, address: str) -> None:
-    """Let `eth_sendTransaction` send from `address` without its key (`anvil_impersonateAccount`)."""
-    await rpc(w3, "anvil_impersonateAccount", to_checksum_address(address))
-
-
-async def stop_impersonating(w3: Web3, address: str) -> None:
-    """Undo `impersonate`."""
-    await rpc(w3, "anvil_stopImpersonatingAccount", to_checksum_address(address))
-
-
-# --- transactions ------------------------------------------------------------------------------------
-
-
-async def send_transaction(
-    w3: Web3,
-    sender: str,
-    to: str | None = None,
-    *,
-    value: int = 0,
-    data: bytes | str | None = None,
-    gas: int | None = None,
-) -> str:
-    """Send a transaction from an unlocked or impersonated account; returns its hash.
-
-    Give `gas` for a transaction that will revert: otherwise the node's gas estimate refuses it.
-    """
-    tx: dict[str, Any] = {"from": to_checksum_address(sender), "value": _hex(value)}
-    if to is not None:
-        tx["to"] = to_checksum_address(to)
-    if data is not None:
-        tx["data"] = data if isinstance(data, str) else "0x" + data.hex()
-    if gas is not None:
-        tx["gas"] = _hex(gas)
-    return str(await rpc(w3, "eth_sendTransaction", tx))
-
-
-async def wait_receipt(w3: Web3, tx_hash: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The receipt of `tx_hash` (a raw JSON-RPC dict), waiting up to `timeout` seconds for it to be mined."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        receipt = await rpc(w3, "eth_getTransactionReceipt", tx_hash)
-        if receipt is not None:
-            return dict(receipt)
-        if loop.time() > deadline:
-            raise AnvilError(f"no receipt for {tx_hash} after {timeout} s (is mining off?)")
-        await asyncio.sleep(0.02)
-
-
-async def send_eth(w3: Web3, sender: str, to: str, value: int, *, gas: int | None = None) -> str:
-    """Send `value` wei; returns the transaction hash."""
-    return await send_transaction(w3, sender, to, value=value, gas=gas)
-
-
-@cache
-def load_artefact(name: str) -> dict[str, Any]:
-    """A compiled test contract, {"abi": [...], "bytecode": "0x..."}: `TestToken` or `TestNFT`."""
-    text = resources.files("depositwatch.devnet").joinpath(f"{name}.json").read_text()
-    artefact: dict[str, Any] = json.loads(text)
-    return artefact
-
-
-def _call_data(signature: str, types: Sequence[str], args: Sequence[Any]) -> bytes:
-    return function_signature_to_4byte_selector(signature) + abi_encode(list(types), list(args))
-
-
-async def _deploy(w3: Web3, deployer: str, name: str, types: Sequence[str], args: Sequence[Any]) -> str:
-    bytecode = bytes.fromhex(load_artefact(name)["bytecode"].removeprefix("0x"))
-    data = bytecode + abi_encode(list(types), list(args))
-    tx_hash = await send_transaction(w3, deployer, None, data=data, gas=5_000_000)
-    if not await rpc(w3, "anvil_getAutomine"):  # mining is off: mine the pool now so the contract exists
-        await mine(w3)
-    receipt = await wait_receipt(w3, tx_hash, timeout=10.0)
-    if receipt.get("status") != "0x1" or not receipt.get("contractAddress"):
-        raise AnvilError(f"deploying {name} failed: {receipt}")
-    return to_checksum_address(receipt["contractAddress"])
-
-
-async def deploy_token(w3: Web3, deployer: str, symbol: str, decimals: int, *, name: str | None = None) -> str:
-    """Deploy a `TestToken`; returns its checksummed address. Mines a block if mining is off."""
-    return await _deploy(
-        w3, deployer, "TestToken", ("string", "string", "uint8"), (name or f"Test {symbol}", symbol, decimals)
-    )
-
-
-async def deploy_nft(w3: Web3, deployer: str) -> str:
-    """Deploy a `TestNFT` (ERC-721); returns its checksummed address. Mines a block if mining is off."""
-    return await _deploy(w3, deployer, "TestNFT", (), ())
-
-
-async def mint_token(w3: Web3, token: str, sender: str, to: str, amount: int) -> str:
-    """Mint `amount` base units to `to` (anyone may mint a TestToken)."""
-    data = _call_data("mint(address,uint256)", ("address", "uint256"), (to_checksum_address(to), amount))
-    return await send_transaction(w3, sender, token, data=data, gas=200_000)
-
-
-async def send_token(w3: Web3, token: str, sender: str, to: str, amount: int, *, gas: int | None = None) -> str:
-    """ERC-20 `transfer` from `sender`; returns the transaction hash."""
-    data = _call_data("transfer(address,uint256)", ("address", "uint256"), (to_checksum_address(to), amount))
-    return await send_transaction(w3, sender, token, data=data, gas=gas or 200_000)
-
-
-async def send_token_many(w3: Web3, token: str, sender: str, recipients: Sequence[str], amounts: Sequence[int]) -> str:
-    """`transferMany`: one transaction, one Transfer log per recipient."""
-    data = _call_data(
-        "transferMany(address[],uint256[])",
-        ("address[]", "uint256[]"),
-        ([to_checksum_address(r) for r in recipients], list(amounts)),
-    )
-    return await send_transaction(w3, sender, token, data=data, gas=100_000 + 40_000 * len(recipients))
-
-
-async def failing_transfer(w3: Web3, token: str, sender: str, to: str, amount: int) -> str:
-    """`failingTransfer`: emits a Transfer, then reverts; mined with status 0 and no logs."""
-    data = _call_data("failingTransfer(address,uint256)", ("address", "uint256"), (to_checksum_address(to), amount))
-    return await send_transaction(w3, sender, token, data=data, gas=200_000)
-
-
-async def odd_transfer_log(w3: Web3, token: str, sender: str, to: str, amount: int) -> str:
-    """`oddTransferLog`: a three-topic Transfer log with 64 bytes of data (not a valid ERC-20 Transfer)."""
-    data = _call_data("oddTransferLog(address,uint256)", ("address", "uint256"), (to_checksum_address(to), amount))
-    return await send_transaction(w3, sender, token, data=data, gas=200_000)
-
-
-async def forward_eth(w3: Web3, token: str, sender: str, recipients: Sequence[str], amounts: Sequence[int]) -> str:
-    """`forward` on a TestToken: the contract passes the ETH on, internal transfers only traces show."""
-    data = _call_data(
-        "forward(address[],uint256[])",
-        ("address[]", "uint256[]"),
-        ([to_checksum_address(r) for r in recipients], list(amounts)),
-    )
-    return await send_transaction(
-        w3, sender, token, value=sum(amounts), data=data, gas=100_000 + 50_000 * len(recipients)
-    )
-
-
-async def mint_nft(w3: Web3, nft: str, sender: str, to: str, token_id: int) -> str:
-    """Mint ERC-721 `token_id` to `to`."""
-    data = _call_data("mint(address,uint256)", ("address", "uint256"), (to_checksum_address(to), token_id))
-    return await send_transaction(w3, sender, nft, data=data, gas=200_000)
-
-
-async def transfer_nft(w3: Web3, nft: str, sender: str, to: str, token_id: int) -> str:
-    """ERC-721 `transferFrom(sender, to, token_id)`: a four-topic Transfer log."""
-    data = _call_data(
-        "transferFrom(address,address,uint256)",
-        ("address", "address", "uint256"),
-        (to_checksum_address(sender), to_checksum_address(to), token_id),
-    )
-    return await send_transaction(w3, sender, nft, data=data, gas=200_000)
