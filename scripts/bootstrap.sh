@@ -13,7 +13,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # Quiet, but keep errors; pip prints nothing when everything is already there.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-test}]" 2>&1 \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-test,report}]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import depositwatch" # fails loudly if the install did not work
 bash scripts/install-anvil.sh

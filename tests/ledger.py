@@ -47,13 +47,29 @@ class Ledger:
         ]
         await self.store.import_addresses(list(enumerate(entries, start=2)))
 
-    async def block(self, payments: Sequence[tuple[int, int]], time: int | None = None) -> Block:
-        """Commit the next block, at `time` (default T0 + 600 * height), paying (index, amount) each."""
+    async def block(
+        self,
+        payments: Sequence[tuple[int, int]],
+        time: int | None = None,
+        *,
+        sends: Sequence[tuple[int, int]] = (),
+        asset: Asset = ETH,
+    ) -> Block:
+        """Commit the next block, at `time` (default T0 + 600 * height), paying (index, amount) each and
+        sending (index, amount) from each of `sends` to SENDER, in `asset` (a token's transfers are logs)."""
         height = self.cursor.height + 1
         transfers = []
-        for i, amount in payments:
+        for n, (i, amount) in enumerate([*payments, *sends]):
             self.txs += 1
-            transfers.append(Transfer(ETH, amount, f"0x{self.txs:064x}", None, key(i), None, SENDER, text(i)))
+            log = None if asset.contract is None else n
+            if n < len(payments):
+                transfers.append(Transfer(asset, amount, f"0x{self.txs:064x}", log, key(i), None, SENDER, text(i)))
+            else:
+                transfers.append(
+                    Transfer(
+                        asset, amount, f"0x{self.txs:064x}", log, bytes.fromhex(SENDER[2:]), key(i), text(i), SENDER
+                    )
+                )
         block = Block(height, f"h{height}", self.cursor.hash, time or T0 + 600 * height, tuple(transfers))
         registry = await AddressRegistry.load(self.store, [self.chain])
         matches = match_block(self.chain, block, registry.book(self.chain))

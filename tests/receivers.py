@@ -27,8 +27,10 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from depositwatch.jsonutil import loads
+from depositwatch.messages import OutboxMessage
 from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Match, MatchKind, Transfer
-from depositwatch.store import BlockEffects, ChainPolicy, Cursor, OutboxMessage, Scope, SqlStore
+from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStore
+from tests.util import eventually
 
 ETH = Asset("ETH", 18)
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
@@ -250,18 +252,6 @@ class Receiver:
     async def wait_until(self, predicate: Callable[[Receiver], bool], timeout: float = 30.0) -> None:
         """Wait until `predicate(self)` holds."""
         await eventually(lambda: predicate(self), timeout)
-
-
-async def eventually(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Poll `predicate` (plain or async) until it holds; TimeoutError after `timeout` seconds."""
-    async with asyncio.timeout(timeout):
-        for _ in iter(int, 1):  # until it holds or the timeout cancels
-            result = predicate()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)
 
 
 def revoked_key(i: int) -> bytes:

@@ -15,7 +15,8 @@ import pytest
 import structlog
 
 from depositwatch.cli import main
-from depositwatch.store import OutboxMessage, open_store
+from depositwatch.messages import OutboxMessage
+from depositwatch.store import open_store
 from tests.receivers import USDT, WEBHOOK_SECRET, AlertMaker, Receiver, always, ok, slow
 
 SECRET = WEBHOOK_SECRET

@@ -11,6 +11,7 @@ from eth_account import Account
 
 from depositwatch.devnet import (
     ANVIL_ENV,
+    DEFAULT_MNEMONIC,
     Anvil,
     AnvilError,
     AnvilNotFound,
@@ -33,7 +34,6 @@ from depositwatch.devnet import (
     transfer_nft,
     wait_receipt,
 )
-from depositwatch.devnet.anvil import DEFAULT_MNEMONIC
 
 TRANSFER = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 REVOKED = "0x000000000000000000000000000000000000dEaD"

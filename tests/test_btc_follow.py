@@ -56,6 +56,21 @@ async def load_book(store: SqlStore, active: list[bytes], revoked: list[bytes]) 
     return await AddressRegistry.load(store, ["btc"])
 
 
+def grace(config: ChainConfig, seconds: float) -> ChainConfig:
+    """The chain's config with another mempool drop grace."""
+    return config.model_copy(update={"mempool_drop_grace": seconds})
+
+
+class Clock:
+    """A clock the test moves by hand (the mempool watcher's drop grace)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Rig:
     """A follower (and a mempool watcher) on one regtest node and one store."""
 
@@ -86,7 +101,7 @@ class Rig:
         await self.follower.start()
         return self.follower
 
-    def watcher(self, **options: Any) -> MempoolWatcher:
+    def watcher(self, *, drop_grace: float | None = None, **options: Any) -> MempoolWatcher:
         assert self.source is not None and self.follower is not None
         follower = self.follower
         return MempoolWatcher(
@@ -95,7 +110,7 @@ class Rig:
             self.registry,
             make_policy(self.config, AlertsConfig()),
             Scope.live(),
-            self.config,
+            self.config if drop_grace is None else grace(self.config, drop_grace),
             lambda: follower.lag == 0,
             **options,
         )
@@ -291,9 +306,10 @@ async def test_a_replaced_mempool_transaction_is_retracted_after_the_grace_perio
     await rig.start(start_height=node.chain.height + 1)
     caught_up = {"value": False}
     assert rig.source is not None
+    clock = Clock()
     watcher = MempoolWatcher(
-        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), rig.config,
-        lambda: caught_up["value"], drop_grace=0.3,
+        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0.5),
+        lambda: caught_up["value"], clock=clock,
     )  # fmt: skip
     try:
         original = node.chain.send([(revoked, 30_000)])
@@ -304,7 +320,9 @@ async def test_a_replaced_mempool_transaction_is_retracted_after_the_grace_perio
         replacement = node.chain.spend(inputs, [(OTHER, change)], submit=False)
         node.chain.replace_tx(original.txid, replacement)
         assert await watcher.step() == 0  # absent, but not for the grace period yet
-        await asyncio.sleep(0.35)
+        clock.now += 0.25
+        assert await watcher.step() == 0  # still not
+        clock.now += 0.25
         assert await watcher.step() == 0  # the follower is not caught up: wait
         caught_up["value"] = True
         assert await watcher.step() == 1
@@ -323,16 +341,17 @@ async def test_a_mined_transaction_is_never_dropped(node: BitcoinRegtestServer, 
     registry = await load_book(store, [], [revoked])
     rig = Rig(node, store, registry)
     await rig.start(start_height=node.chain.height + 1)
+    clock = Clock()
     watcher = MempoolWatcher(
-        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), rig.config,  # type: ignore[arg-type]
-        lambda: True, drop_grace=0.2,
+        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0.2),  # type: ignore[arg-type]
+        lambda: True, clock=clock,
     )  # fmt: skip
     try:
         node.chain.send([(revoked, 30_000)])
         assert await watcher.step() == 1
         node.chain.mine()  # mined, and the watcher sees it gone before the follower commits the block
         assert await watcher.step() == 0
-        await asyncio.sleep(0.25)
+        clock.now += 0.25  # past the grace period
         await rig.drain()  # the block commit wins
         assert await watcher.step() == 0
         (row,) = await store.matches(Scope.live())
@@ -503,8 +522,8 @@ async def test_a_restarted_watcher_drops_nothing_before_it_has_looked_at_the_who
         assert await rig.watcher().step() == 1
         assert rig.source is not None
         restarted = MempoolWatcher(  # a big mempool, worked through one transaction a step
-            rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), rig.config,
-            lambda: True, drop_grace=0, max_new=1,
+            rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0),
+            lambda: True, max_new=1,
         )  # fmt: skip
         for _ in range(4):
             assert await restarted.step() == 0

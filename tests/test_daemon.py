@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,47 +22,12 @@ import depositwatch
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import WEBHOOK_SECRET, Receiver
+from tests.util import NotifySocket, eventually, free_port
 
 CHAIN_ID = 31337
 REVOKED = "0x" + "a1" * 20
 ACTIVE = "0x" + "c3" * 20
 SECRET = WEBHOOK_SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NotifySocket:
-    """A notify socket the test owns, standing in for systemd."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[tuple[float, str]] = []
-
-    def drain(self) -> list[tuple[float, str]]:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.messages
-            self.messages.append((time.monotonic(), data.decode()))
-
-    async def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in m for _, m in self.drain()):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"no {text!r} from the daemon; got {[m for _, m in self.messages][-5:]}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
@@ -223,11 +187,7 @@ async def pay(node: Anvil, to: str, n: int) -> list[str]:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await eventually(predicate, timeout, what)
 
 
 async def test_sigterm_mid_stream_then_restart_misses_and_repeats_nothing(setup: Setup) -> None:
@@ -280,15 +240,13 @@ async def test_metrics_and_health_follow_the_chain(setup: Setup) -> None:
     assert await stop(daemon) == 0
 
 
-async def wait_until_async(get: Callable[[], object], ok: Callable[[object], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await get()  # type: ignore[misc]
-        if ok(value):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"last value {value!r}")
+async def wait_until_async(
+    get: Callable[[], Awaitable[object]], ok: Callable[[object], bool], timeout: float = 30.0
+) -> None:
+    async def holds() -> bool:
+        return ok(await get())
+
+    await eventually(holds, timeout, "the value")
 
 
 async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup: Setup) -> None:
@@ -320,14 +278,14 @@ async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup:
     )
     out, _ = await revoke.communicate()
     assert revoke.returncode == 0, out.decode()
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: "address book reloaded" in daemon.output(), what="the revocation to load")
     [txid] = await pay(s.node, ACTIVE, 1)
     await wait_for(lambda: txid in {r.json()["txid"] for r in s.receiver.accepted}, what="alert after revocation")
 
     async with Receiver() as second:
         daemon.config.write_text(daemon.config.read_text() + Setup.sink(second.url, "second"))
         daemon.process.send_signal(signal.SIGHUP)
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: "sinks reloaded" in daemon.output(), what="the new sink to be loaded")
         [txid2] = await pay(s.node, REVOKED, 1)
         await wait_for(lambda: txid2 in {r.json()["txid"] for r in second.accepted}, what="alert to the new sink")
     assert daemon.process.poll() is None

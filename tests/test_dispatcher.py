@@ -11,13 +11,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from depositwatch.alerts.dispatcher import Dispatcher, backoff
-from depositwatch.alerts.sinks import AlertSink, WebhookSink, build_sinks
+from depositwatch.alerts.factory import build_sinks
+from depositwatch.alerts.sinks import AlertSink, WebhookSink
 from depositwatch.config import AlertsConfig, RetryConfig, Secret, SinkConfig
 from depositwatch.jsonutil import loads
+from depositwatch.messages import OutboxMessage
 from depositwatch.metrics import Metrics
 from depositwatch.models import MatchKind, Severity
 from depositwatch.store import SqlStore
-from depositwatch.store.base import OutboxMessage
 from tests.receivers import (
     USDT,
     WEBHOOK_SECRET,

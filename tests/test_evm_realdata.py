@@ -80,6 +80,11 @@ def expected_mainnet(contracts: dict[str, str]) -> list[Row]:
             int(log["data"], 16),
         )
         keyed.append(((position[log["transaction_hash"]], log["log_index"]), row))
+    # Consensus-layer withdrawals come after the transactions: ETH (the amount is in Gwei) with no sender.
+    (block,) = json_lines(folder / "expected_blocks.json")
+    for w in block["withdrawals"]:
+        row = (f"withdrawal:{w['index']}", w["index"], "ETH", "", w["address"], w["amount"] * 10**9)
+        keyed.append(((len(txs), w["index"]), row))
     return [row for _, row in sorted(keyed)]
 
 
@@ -115,7 +120,8 @@ async def test_mainnet_block_usdt_usdc_and_eth(block_receipts: bool) -> None:
     assert got == expected_mainnet({"USDT": USDT, "USDC": USDC})
     assert sum(1 for r in got if r[2] == "USDT") == 15
     assert sum(1 for r in got if r[2] == "USDC") == 5
-    assert sum(1 for r in got if r[2] == "ETH") == 51
+    assert sum(1 for r in got if r[2] == "ETH" and not r[0].startswith("withdrawal:")) == 51
+    assert sum(1 for r in got if r[0].startswith("withdrawal:")) == 16  # the block's withdrawals
 
     failed_with_value = {tx["hash"] for tx in txs if tx["receipt_status"] == 0 and tx["value"] > 0}
     assert len(failed_with_value) == 3

@@ -36,6 +36,7 @@ from tests.test_daemon import (
     stop,
     wait_for,
 )
+from tests.util import eventually
 
 TTL = 3.0
 RETRY = min(1.0, TTL / 4)  # a standby's attempts (Leadership.retry_every)
@@ -177,11 +178,9 @@ async def test_a_frozen_leader_is_replaced_within_the_bound_and_commits_nothing_
 
 
 async def wait_for_settled(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = await conn.fetchval("SELECT count(*) FROM outbox WHERE status NOT IN ('delivered', 'unrouted')")
-        if left == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{left} messages still not delivered")
-        await asyncio.sleep(0.1)
+    query = "SELECT count(*) FROM outbox WHERE status NOT IN ('delivered', 'unrouted')"
+
+    async def settled() -> bool:
+        return bool(await conn.fetchval(query) == 0)
+
+    await eventually(settled, timeout, "every message delivered", every=0.1)

@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 
 from depositwatch.config import ConfigError, parse_config
-from depositwatch.leadership import AlreadyRunning, FencedOutbox, Leadership, TermState, take_dispatcher
+from depositwatch.leadership import SESSION_LOST, AlreadyRunning, FencedOutbox, Leadership, TermState, take_dispatcher
 from depositwatch.models import BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import Cursor, Fence, LeaseLost, Scope, SqlStore, open_store
-from depositwatch.store.drivers import PostgresDriver, _PgConn
+from depositwatch.store.drivers import _PgConn
 from depositwatch.store.leases import MY_PG_SESSION, check_fence
 from tests.receivers import ETH, AlertMaker, eventually, revoked_key
 
@@ -149,12 +149,11 @@ async def test_planning_under_a_stale_epoch_plans_nothing(store: SqlStore) -> No
     assert await store.unplanned(10) == messages
 
 
-async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(store: SqlStore) -> None:
+async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(pg_store: SqlStore) -> None:
     """The fence check and the commit are one transaction, the lease row share-locked: a takeover of the
     expired lease ends that transaction rather than slipping in before its commit, so its writes never
     land under the new epoch."""
-    if not isinstance(store.db, PostgresDriver):
-        pytest.skip("SQLite write transactions are exclusive: there is no concurrent takeover to order")
+    store = pg_store  # PostgreSQL only: SQLite write transactions are exclusive, no takeover to order
     old = await store.acquire_lease("chain:eth", "a", SHORT)
     assert old is not None
     await store.set_cursor(Cursor("live:eth", "eth", 5, "h5"))
@@ -167,19 +166,41 @@ async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(store
             await asyncio.sleep(SHORT * 2)  # expired meanwhile
             taken.append(await asyncio.wait_for(store.acquire_lease("chain:eth", "b", TTL), 30))
 
-    with pytest.raises(asyncpg.InterfaceError):
+    with pytest.raises(SESSION_LOST):
         await commit_across_a_takeover()
     assert taken == [Fence("chain:eth", "b", 2)]
     cursor = await store.get_cursor("live:eth")
     assert cursor is not None and cursor.height == 5
 
 
-async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(store: SqlStore) -> None:
+async def test_a_transaction_whose_session_the_server_ended_fails_as_session_lost(pg_store: SqlStore) -> None:
+    """A takeover ends the old holder's session. Depending on when the server's farewell reaches the
+    client relative to the commit, asyncpg raises a connection error, an InterfaceError, or an
+    InternalClientError ("cannot switch to state ..."): the driver reports all of them as a lost session,
+    which the follower treats as "nothing committed, check the lease again", and the pool recovers."""
+    killer = await asyncpg.connect(pg_store.db.url)  # type: ignore[union-attr]
+
+    async def ended_before_its_commit(delay: float) -> None:
+        async with pg_store.db.transaction() as conn:
+            await conn.execute("UPDATE cursors SET height = 6 WHERE name = 'live:eth'")
+            await killer.execute("SELECT pg_terminate_backend($1)", conn.raw.get_server_pid())
+            await asyncio.sleep(delay)
+
+    try:
+        for delay in [0.0, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.005, 0.05] * 3:
+            with pytest.raises(SESSION_LOST):
+                await ended_before_its_commit(delay)
+            async with pg_store.db.read() as conn:  # a fresh session from the pool
+                assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await killer.close()
+
+
+async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(pg_store: SqlStore) -> None:
     """A holder stopped (SIGSTOP) between the fence check and its commit keeps the lease row locked; the
     server ends that transaction after `ttl` of idleness, so the takeover goes through and the frozen
     commit, when it comes, fails."""
-    if not isinstance(store.db, PostgresDriver):
-        pytest.skip("SQLite: one instance, no other process to wait for the lock")
+    store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
     old = await store.acquire_lease("chain:eth", "a", 1.0)
     assert old is not None
     frozen = await asyncpg.connect(store.db.url)
@@ -322,12 +343,11 @@ async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg
     assert await daemon.acquire("dispatcher") is not None  # given back: taken at once
 
 
-async def test_a_holder_frozen_inside_a_busy_statement_is_ended_by_the_takeover(store: SqlStore) -> None:
+async def test_a_holder_frozen_inside_a_busy_statement_is_ended_by_the_takeover(pg_store: SqlStore) -> None:
     """A holder frozen while the server is still busy with its fenced transaction (not idle: a statement
     under way, such as a pipelined insert waiting for the rest of its rows) keeps the lease row locked
     past any idle timeout; a standby taking over the expired lease ends that transaction."""
-    if not isinstance(store.db, PostgresDriver):
-        pytest.skip("SQLite: one instance, no other process to wait for the lock")
+    store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
     old = await store.acquire_lease("chain:eth", "a", 1.0)
     assert old is not None
     frozen = await asyncpg.connect(store.db.url)
@@ -352,3 +372,26 @@ async def test_instances_starting_together_get_one_lease_holder(store: SqlStore)
     """Many first attempts at once on a lease no row exists for yet: one holder, the others None."""
     got = await asyncio.gather(*(store.acquire_lease("chain:eth", f"h{i}", TTL) for i in range(8)))
     assert len([fence for fence in got if fence is not None]) == 1
+
+
+async def test_a_takeover_ends_only_its_own_stores_transactions(pg_store: SqlStore) -> None:
+    """Two deployments on one PostgreSQL server (here two schemas) whose instances share a holder name: a
+    takeover of an expired lease in one ends that holder's fenced transactions there, never the other's."""
+    from tests.conftest import PG_URL, _drop_schema, _pg_schema
+
+    schema = await _pg_schema()
+    sep = "&" if "?" in PG_URL else "?"
+    other = await open_store(f"{PG_URL}{sep}search_path={schema}", migrate=True)
+    try:
+        theirs = await other.acquire_lease("chain:eth", "a", TTL)
+        assert theirs is not None
+        ours = await pg_store.acquire_lease("chain:eth", "a", SHORT)
+        assert ours is not None
+        async with other.db.transaction() as conn:
+            await check_fence(conn, other.dialect, theirs)  # "a" at work in the other deployment
+            await asyncio.sleep(SHORT * 2)  # our "a" has expired meanwhile
+            assert await pg_store.acquire_lease("chain:eth", "b", TTL) == Fence("chain:eth", "b", 2)
+            await conn.execute("UPDATE cursors SET height = height + 1")  # still alive
+    finally:
+        await other.close()
+        await _drop_schema(schema)

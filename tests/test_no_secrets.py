@@ -23,13 +23,16 @@ import aiohttp
 import pytest
 import structlog
 
-from depositwatch.alerts.sinks import DeliveryError, build_sinks
+from depositwatch.addresses.base58 import b58check_encode
+from depositwatch.alerts.factory import build_sinks
+from depositwatch.alerts.sinks import DeliveryError
 from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig, parse_config, redact_text, redact_url
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from depositwatch.logging import setup_logging
 from tests.btcnode import BitcoinRegtestServer
 from tests.receivers import Received, Receiver, Reply
 from tests.test_daemon import ACTIVE, CHAIN_ID, REVOKED, NotifySocket, book, free_port, reap, stop
+from tests.tronnode.server import TronNodeServer
 
 DAEMON = [sys.executable, "-m", "depositwatch"]
 
@@ -60,6 +63,14 @@ C = {
     "replay_url_password": "cnry-replay-url-pw-7f3c",
     "replay_path_key": "cnryreplaypathkey8a4d0123456789ab",
     "replay_query_key": "cnry-replay-query-key-9b5e",
+    "api_token": "cnry-api-token-wallet-0c6f",
+    "tron_api_key": "cnry-tron-api-key-0c6f-tron",
+    "tron_path_key": "cnrytronpathkey1d7a0123456789abcd",
+    # An account's extended private key (BIP32 xprv: version, depth 3, chain code, 0x00 + secret), fed
+    # where a key tree's public key belongs.
+    "xprv": b58check_encode(
+        bytes.fromhex("0488ade4") + b"\x03" + bytes(8) + bytes(range(32)) + b"\x00" + bytes(range(1, 33))
+    ),
 }
 WEBHOOK_SECRETS = {
     C["webhook_secret"]: _whsec(C["webhook_secret"]),
@@ -73,6 +84,8 @@ def forms(canary: str) -> list[str]:
     if canary in WEBHOOK_SECRETS:
         encoded = WEBHOOK_SECRETS[canary]
         found += [encoded, encoded.removeprefix("whsec_").rstrip("=")]
+    if canary == C["xprv"]:
+        found += [canary[i : i + 16] for i in range(4, len(canary) - 16, 16)]  # any part of the key
     return found
 
 
@@ -263,6 +276,8 @@ def scene(tmp_path: Path) -> Scene:
         "DW_BTC_PASSWORD": C["btc_password"],
         "DW_HOOK_SECRET": WEBHOOK_SECRETS[C["webhook_secret"]],
         "DW_PD_KEY": C["pagerduty_key"],
+        "DW_API_TOKEN": C["api_token"],
+        "DW_TRON_KEY": C["tron_api_key"],
         "CREDENTIALS_DIRECTORY": str(tmp_path),
     }
     return Scene(tmp_path, env)
@@ -285,6 +300,8 @@ async def test_commands_never_print_a_secret(scene: Scene) -> None:
         f'[[chains]]\nname = "eth"\nkind = "evm"\nchain_id = 1\n'
         f'rpc_urls = ["https://dw:{C["evm_url_password"]}@eth.invalid/v3/{C["evm_path_key"]}?apikey={C["evm_query_key"]}"]\n'
         f'ws_url = "wss://eth.invalid/ws/{C["evm_ws_key"]}"\n'
+        '[[chains]]\nname = "tron"\nkind = "tron"\napi_key = { env = "DW_TRON_KEY" }\n'
+        f'rpc_urls = ["https://tron.invalid/{C["tron_path_key"]}"]\n'
         '[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "https://soc.invalid/hook"\n'
         'secret = { env = "DW_HOOK_SECRET" }\nsecrets = [{ file = "hook-secret-next" }]\n'
         '[[sinks]]\nname = "chat"\ntype = "slack"\n'
@@ -323,6 +340,8 @@ async def test_commands_never_print_a_secret(scene: Scene) -> None:
     watch.write_text(f"chain,address,status\neth,{REVOKED},revoked\n")
     btc_watch = tmp / "btc-watch.csv"
     btc_watch.write_text("chain,address,status\nbtc,bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080,revoked\n")
+    tron_watch = tmp / "tron-watch.csv"
+    tron_watch.write_text("chain,address,status\ntron,TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t,revoked\n")
     replay_url = (
         f"http://dw:{C['replay_url_password']}@127.0.0.1:{closed}/v3/{C['replay_path_key']}?k={C['replay_query_key']}"
     )
@@ -333,19 +352,104 @@ async def test_commands_never_print_a_secret(scene: Scene) -> None:
             ("eth", replay_url.replace("http://", "ftp://"), watch),
             ("eth", replay_url.replace(f":{closed}", ":99999"), watch),
             ("eth", replay_url.replace("127.0.0.1", "[::1"), watch),
+            ("tron", replay_url, tron_watch),
+            ("tron", replay_url.replace(f":{closed}", ":99999"), tron_watch),
         ]
     ):
         args = ["replay", "--chain", chain, "--from", "1", "--to", "2", "--rpc-url", url, "--watch", str(csv)]
         args += ["--network", "regtest"] if chain == "btc" else ["--chain-id", "1"] if n == 0 else []
+        args += ["--api-key-env", "DW_TRON_KEY"] if chain == "tron" else []
         assert run_cli(args, scene.env, out, f"replay-{n}") != 0
+    # a TRON provider that refuses the key: the 401 is named, the key is not
+    async with TronNodeServer(api_key="the-key-the-provider-wants") as tron:
+        args = [
+            "replay",
+            "--chain",
+            "tron",
+            "--from",
+            "1",
+            "--to",
+            "2",
+            "--rpc-url",
+            tron.url,
+            "--watch",
+            str(tron_watch),
+        ]
+        code = await asyncio.to_thread(run_cli, [*args, "--api-key-env", "DW_TRON_KEY"], scene.env, out, "tron-401")
+        assert code != 0
+    assert "HTTP 401" in out.texts["tron-401 stderr"]
     assert not out.leaks(), out.leaks()
 
 
-def daemon_config(scene: Scene, store: Path, anvil: Anvil, btc: BitcoinRegtestServer, rx: dict[str, Receiver]) -> str:
+async def use_the_api(http: aiohttp.ClientSession, url: str, out: Outputs) -> None:
+    """Changes, reads, refusals and errors through the API with the canary token: audit rows are
+    written under its name, and every answer is kept to search."""
+    good = {"Authorization": f"Bearer {C['api_token']}"}
+    calls: list[tuple[str, str, dict[str, str], object]] = [
+        ("POST", "/api/v1/addresses", good, {"chain": "eth", "address": "0x" + "5e" * 20, "owner": "o"}),
+        (
+            "POST",
+            "/api/v1/addresses/revoke",
+            good,
+            {"chain": "eth", "addresses": ["0x" + "5e" * 20], "at": 1, "reason": "r"},
+        ),
+        ("POST", "/api/v1/addresses/reinstate", good, {"chain": "eth", "addresses": ["0x" + "5e" * 20], "reason": "r"}),
+        ("POST", "/api/v1/addresses", good, {"chain": "eth", "address": "0xbad"}),
+        ("GET", "/api/v1/addresses", good, None),
+        ("GET", "/api/v1/health", good, None),
+        ("GET", f"/api/v1/addresses/eth/{'0x' + '5e' * 20}/history", good, None),
+        ("GET", "/api/v1/addresses", {"Authorization": f"Bearer {C['api_token']}x"}, None),
+        ("GET", "/api/v1/addresses", {"Authorization": f"Basic {C['api_token']}"}, None),
+    ]
+    for method, path, headers, body in calls:
+        async with http.request(method, url + path, headers=headers, json=body) as resp:
+            out.add("api answers", f"{resp.status} {dict(resp.headers)} {await resp.text()}\n")
+    assert "token:wallet" in out.texts["api answers"] and "401" in out.texts["api answers"]
+
+
+async def test_tree_commands_never_print_a_private_key(scene: Scene) -> None:
+    """An xprv (bare, in a descriptor, with an origin, in the address column) in an import, an ad-hoc
+    replay's --watch, `addresses parse` and `addresses revoke`: every one refused, the key shown nowhere,
+    and the import stores nothing at all (all or nothing)."""
+    tmp, out = scene.tmp, scene.outputs
+    xprv = C["xprv"]
+    store = tmp / "trees.db"
+    url = f"sqlite:///{store}"
+    rows = [
+        f"eth,,{xprv},0-9,revoked,2024-01-01T00:00:00Z",
+        f"eth,,[d34db33f/44h/60h/0h]{xprv}/0/*,0-9,revoked,2024-01-01T00:00:00Z",
+        f"btc,,wpkh({xprv}/0/*),0-9,revoked,2024-01-01T00:00:00Z",
+        f"eth,{xprv},,,revoked,2024-01-01T00:00:00Z",
+    ]
+    good = f"eth,{REVOKED},,,revoked,2024-01-01T00:00:00Z"
+    for n, row in enumerate(rows):
+        book = tmp / f"xprv-{n}.csv"
+        book.write_text(f"chain,address,descriptor,range,status,revoked_at\n{good}\n{row}\n")
+        assert run_cli(["addresses", "import", "--store", url, str(book)], scene.env, out, f"import-{n}") == 2
+        assert "extended private key" in out.texts[f"import-{n} stderr"]
+        assert not store.exists()  # refused before the store is opened: nothing of the file was kept
+        replay = ["replay", "--chain", "eth", "--from", "1", "--to", "2", "--chain-id", "1"]
+        replay += ["--rpc-url", f"http://127.0.0.1:{free_port()}", "--watch", str(book)]
+        assert run_cli(replay, scene.env, out, f"replay-{n}") != 0
+    for n, text in enumerate([xprv, f"wpkh({xprv}/0/*)", f"[d34db33f/84h/0h/0h]{xprv}/<0;1>/*"]):
+        parse = ["addresses", "parse", "--chain", "btc", "--descriptor", text]
+        assert run_cli(parse, scene.env, out, f"parse-{n}") == 2
+        revoke = ["addresses", "revoke", "--store", url, "--chain", "eth", "--descriptor", text]
+        assert run_cli([*revoke, "--at", "2024-01-01", "--reason", "x"], scene.env, out, f"revoke-{n}") != 0
+    assert not out.leaks(), out.leaks()
+    if store.exists():
+        assert xprv[8:40] not in store_text(store)
+
+
+def daemon_config(
+    scene: Scene, store: Path, anvil: Anvil, btc: BitcoinRegtestServer, rx: dict[str, Receiver], tron: str
+) -> str:
     closed = free_port()
     return (
         f'[store]\nurl = "sqlite:///{store}"\npassword = {{ env = "DW_STORE_PASSWORD" }}\n'
         f'[http]\nlisten = "127.0.0.1:{scene.env["DW_HTTP_PORT"]}"\n'
+        f'[api]\nlisten = "127.0.0.1:{scene.env["DW_API_PORT"]}"\n'
+        '[[api.tokens]]\nname = "wallet"\nscopes = ["read", "write"]\nsecret = { env = "DW_API_TOKEN" }\n'
         "[alerts]\npoll_interval = 0.05\nshutdown_grace = 2\n"
         # a healthy chain that alerts
         f'[[chains]]\nname = "eth"\nkind = "evm"\nchain_id = {CHAIN_ID}\nrpc_urls = ["{anvil.http_url}"]\n'
@@ -363,6 +467,11 @@ def daemon_config(scene: Scene, store: Path, anvil: Anvil, btc: BitcoinRegtestSe
         # a second Bitcoin chain whose URL carries the password, the node absent
         '[[chains]]\nname = "btcdown"\nkind = "bitcoin"\nnetwork = "regtest"\npoll_interval = 0.2\n'
         f'rpc_urls = ["http://dw:{C["btc_url_password"]}@127.0.0.1:{closed}/"]\n'
+        # a TRON provider that refuses the API key, and an absent one with a key in its path
+        '[[chains]]\nname = "tron"\nkind = "tron"\nnetwork = "testnode"\npoll_interval = 0.2\n'
+        f'rpc_urls = ["{tron}"]\napi_key = {{ env = "DW_TRON_KEY" }}\n'
+        '[[chains]]\nname = "trondown"\nkind = "tron"\nnetwork = "testnode"\npoll_interval = 0.2\n'
+        f'rpc_urls = ["http://127.0.0.1:{closed}/{C["tron_path_key"]}"]\napi_key = {{ env = "DW_TRON_KEY" }}\n'
         # sinks that fail in every way, each holding a secret
         f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{rx["hook"].url}"\n'
         'secret = { env = "DW_HOOK_SECRET" }\nsecrets = [{ file = "hook-secret-next" }]\n'
@@ -380,7 +489,8 @@ def daemon_config(scene: Scene, store: Path, anvil: Anvil, btc: BitcoinRegtestSe
 async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
     """The daemon with a canary in every secret-bearing setting, node errors on three chains (absent,
     refusing the password), receivers that fail or echo what they got, an unreachable Slack: its
-    output, /healthz, /metrics and the store hold none of them, while the healthy chain still alerts."""
+    output, /healthz, /metrics, the API's answers and the store (audit rows included) hold none of them,
+    while the healthy chain still alerts."""
     tmp, out = scene.tmp, scene.outputs
 
     def echo(req: Received, _rx: Receiver) -> Reply:
@@ -394,6 +504,7 @@ async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
     async with (
         Anvil(chain_id=CHAIN_ID) as anvil,
         BitcoinRegtestServer() as btc,
+        TronNodeServer(api_key="the-key-the-provider-wants") as tron,
         Receiver(fail, secrets=[WEBHOOK_SECRETS[C["webhook_secret"]]]) as hook_rx,
         Receiver(echo, path=f"/services/{C['slack_path']}") as slack_rx,
         Receiver(echo) as pd_rx,
@@ -401,10 +512,11 @@ async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
     ):
         await book(f"sqlite:///{store}", tmp)
         port = free_port()
-        env = {**scene.env, "DW_HTTP_PORT": str(port), "DW_SLACK_URL": slack_rx.url}
+        api_port = free_port()
+        env = {**scene.env, "DW_HTTP_PORT": str(port), "DW_API_PORT": str(api_port), "DW_SLACK_URL": slack_rx.url}
         scene.env.update(env)
         config = tmp / "daemon.toml"
-        config.write_text(daemon_config(scene, store, anvil, btc, {"hook": hook_rx, "pd": pd_rx}))
+        config.write_text(daemon_config(scene, store, anvil, btc, {"hook": hook_rx, "pd": pd_rx}, tron.url))
         notify = NotifySocket(tmp / "notify.sock")
         log = tmp / "daemon.log"
         errors = tmp / "daemon.err"
@@ -421,6 +533,7 @@ async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
         started.append(daemon)
         try:
             await notify.wait_for("READY=1")
+            await use_the_api(http, f"http://127.0.0.1:{api_port}", out)
             txid = await send_eth(anvil.w3, anvil.accounts[1].address, REVOKED, 10**15)
             await wait_receipt(anvil.w3, txid)
             await send_eth(anvil.w3, anvil.accounts[1].address, ACTIVE, 10**15)
@@ -440,7 +553,7 @@ async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
                 while True:
                     chains = (await health())["chains"]
                     assert isinstance(chains, dict)
-                    down = all(chains[name]["error"] for name in ("evmdown", "btc", "btcdown"))
+                    down = all(chains[name]["error"] for name in ("evmdown", "btc", "btcdown", "tron", "trondown"))
                     if down and failed_sinks() >= {"hook", "chat", "chat-down", "pd"} and hook_rx.requests:
                         break
                     await asyncio.sleep(0.2)

@@ -21,6 +21,7 @@ from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
+from tests.util import eventually
 
 USDT = "0xdac17f958d2ee523a2206206994597c13d831ec7"
 USDC = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
@@ -496,8 +497,7 @@ async def _replay_cli(url: str, watch: Path, *args: str) -> asyncio.subprocess.P
 
 async def _until(condition: Callable[[], bool]) -> None:
     """Wait for a state another process brings about (a proxy's counters), polling."""
-    while not condition():  # noqa: ASYNC110 (the state lives in counters, not an event)
-        await asyncio.sleep(0.005)
+    await eventually(condition, 30, "the proxy's counters", every=0.005)
 
 
 async def _at_first_fetch(proxy: FaultProxy, fault: Fault) -> None:

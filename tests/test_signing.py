@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.signing import (
     SecretFormatError,
     SignatureError,
@@ -29,7 +30,6 @@ from depositwatch.alerts.signing import (
     signed_headers,
     verify,
 )
-from depositwatch.alerts.sinks import build_sinks
 from depositwatch.config import Secret, SinkConfig
 from depositwatch.models import AlertEvent
 from tests.receivers import WEBHOOK_SECRET

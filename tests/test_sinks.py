@@ -10,16 +10,17 @@ import pytest
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from depositwatch.alerts.factory import build_sinks, dispatcher_for, sinks_for
 from depositwatch.alerts.format import explorer_url, explorers_for
 from depositwatch.alerts.pagerduty import EVENTS_URL, PagerDutySink, pagerduty_burst, pagerduty_event
-from depositwatch.alerts.payload import build_payload
 from depositwatch.alerts.signing import decode_secret, encode_secret
-from depositwatch.alerts.sinks import Burst, DeliveryError, WebhookSink, build_sinks, parse_retry_after
+from depositwatch.alerts.sinks import Burst, DeliveryError, WebhookSink, parse_retry_after
 from depositwatch.alerts.slack import SlackSink, slack_burst, slack_message
 from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig, parse_config
 from depositwatch.jsonutil import dumps, loads
+from depositwatch.messages import OutboxMessage, build_payload
 from depositwatch.models import AlertEvent, Severity
-from depositwatch.store import OutboxMessage
+from depositwatch.store import open_store
 from tests.receivers import WEBHOOK_SECRET, Receiver, Reply, always, ok
 
 ETH_ADDRESS = "0x2222222222222222222222222222222222222222"
@@ -435,3 +436,28 @@ def test_a_slack_url_without_a_scheme_is_refused_without_showing_it(monkeypatch:
     with pytest.raises(ConfigError, match=r"^sinks\.chat\.secret: the Slack webhook URL is not a usable URL") as caught:
         build_sinks(configs)
     assert "XXXXSECRETXXXX" not in str(caught.value)
+
+
+async def test_the_one_builder_gives_every_dispatcher_its_chains_explorers(sqlite_url: str) -> None:
+    """The daemon (at start, after retaking the dispatcher lease, on SIGHUP), replay and the CLI build their
+    sinks through `dispatcher_for`/`sinks_for`: each sink links to the explorer of the config's chains.
+    (The daemon's re-built dispatcher once got sinks without the chains, so no links.)"""
+    config = parse_config(
+        {
+            "chains": [{"name": "main", "kind": "evm", "chain_id": 1, "rpc_urls": ["http://127.0.0.1:1"]}],
+            "sinks": [
+                {"name": "slack", "type": "slack", "secret": {"value": "https://hooks.slack.invalid/services/T/B/X"}},
+                {"name": "discord", "type": "discord", "secret": {"value": "https://discord.invalid/api/webhooks/1/x"}},
+            ],
+        }
+    )
+    expected = explorers_for(config.chains)
+    assert expected["main"]
+    store = await open_store(sqlite_url, migrate=True)
+    dispatcher = dispatcher_for(config, store)
+    built = list(dispatcher._sinks.values()) + sinks_for(config) + sinks_for(config, ["discord"])
+    assert [s.name for s in built] == ["slack", "discord", "slack", "discord", "discord"]
+    for sink in built:
+        assert sink._explorers == expected, sink.name  # type: ignore[attr-defined]
+    await dispatcher.stop(0)
+    await store.close()

@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from depositwatch.alerts.discord import DiscordSink, rate_limit_wait
 from depositwatch.alerts.dispatcher import Dispatcher
+from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.opsgenie import API_URL, OpsgenieSink, priority
-from depositwatch.alerts.sinks import DeliveryError, build_sinks
+from depositwatch.alerts.sinks import DeliveryError
 from depositwatch.alerts.teams import TeamsSink
 from depositwatch.alerts.telegram import TelegramSink
 from depositwatch.config import AlertsConfig, ChainConfig, RetryConfig, Secret, SinkConfig

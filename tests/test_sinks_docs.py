@@ -11,10 +11,10 @@ import pytest
 
 from depositwatch.alerts.discord import DiscordSink
 from depositwatch.alerts.execsink import ExecSink
+from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.format import explorers_for
 from depositwatch.alerts.mail import EmailSink
 from depositwatch.alerts.opsgenie import OpsgenieSink
-from depositwatch.alerts.sinks import build_sinks
 from depositwatch.alerts.teams import TeamsSink
 from depositwatch.alerts.telegram import TelegramSink
 from depositwatch.config import Config, parse_config

@@ -24,8 +24,9 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from depositwatch.alerts.dispatcher import Dispatcher
+from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.mail import EmailSink
-from depositwatch.alerts.sinks import DeliveryError, build_sinks
+from depositwatch.alerts.sinks import DeliveryError
 from depositwatch.config import AlertsConfig, RetryConfig, Secret, SinkConfig
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AlertEvent

@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.execsink import OUTPUT_LIMIT, ExecSink
-from depositwatch.alerts.sinks import DeliveryError, build_sinks
+from depositwatch.alerts.factory import build_sinks
+from depositwatch.alerts.sinks import DeliveryError
 from depositwatch.config import AlertsConfig, RetryConfig, SinkConfig
 from depositwatch.store import SqlStore
 from tests.receivers import AlertMaker, eventually

@@ -115,6 +115,7 @@ READ_ONLY = [
     ["alerts", "redeliver", "--dead"],
     ["addresses", "list"],
     ["addresses", "stats"],
+    ["addresses", "history", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"],
 ]
 
 

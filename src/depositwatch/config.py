@@ -103,7 +103,7 @@ def check_url(url: str, schemes: set[str]) -> None:
 
 
 class TokenConfig(_Strict):
-    """An ERC-20 token to follow."""
+    """A token contract to follow: ERC-20 on an EVM chain (`0x...`), TRC-20 on TRON (`T...` or `41...` hex)."""
 
     symbol: Annotated[str, Field(min_length=1, max_length=16)]
     contract: str
@@ -113,19 +113,38 @@ class TokenConfig(_Strict):
     @classmethod
     def _contract(cls, value: str) -> str:
         from depositwatch.addresses import AddressError, parse_ethereum_address
+        from depositwatch.addresses.tron import parse_tron_address
 
         try:
-            return parse_ethereum_address(value).address
+            if value.startswith(("0x", "0X")):
+                return parse_ethereum_address(value).address
+            return parse_tron_address(value).address
         except AddressError as exc:
             raise ValueError(exc.reason) from exc
 
 
+class Trc10Config(_Strict):
+    """A TRC-10 token of a TRON chain: its numeric id (`1002000` is BitTorrent's), symbol and decimals."""
+
+    id: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,18}$")]
+    symbol: Annotated[str, Field(min_length=1, max_length=16)]
+    decimals: Annotated[int, Field(ge=0, le=36)]
+
+
+TRON_API_KEY_HEADER = "TRON-PRO-API-KEY"
+TRON_NETWORKS = ("mainnet", "nile", "shasta")
+TRON_USDT = TokenConfig(symbol="USDT", contract="TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t", decimals=6)
+# TRON: solidified after 19 blocks; ranges of 100 blocks are one getblockbylimitnext request.
+_TRON_DEFAULTS = {"confirmations": 19, "batch_blocks": 100}
+
+
 class ChainConfig(_Strict):
-    """One followed chain: a Bitcoin network or an EVM network."""
+    """One followed chain: a Bitcoin network, an EVM network or a TRON network."""
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
-    kind: Literal["bitcoin", "evm"]
+    kind: Literal["bitcoin", "evm", "tron"]
     # Bitcoin: mainnet, testnet, signet, regtest. EVM: free text for humans (e.g. "mainnet").
+    # TRON: mainnet, nile or shasta (the node's block 0 is checked), or another name (not checked).
     network: str = "mainnet"
     chain_id: Annotated[int, Field(ge=1)] | None = None
     rpc_urls: Annotated[list[str], Field(min_length=1)]
@@ -153,11 +172,41 @@ class ChainConfig(_Strict):
     request_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
     # A longer node answer fails that request (every body is held in memory: at most max_in_flight of them)
     max_response_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 64 * 1024 * 1024
-    mempool: bool = True
+    mempool: bool = True  # Bitcoin: the mempool; EVM: pending transactions (txpool_content), where offered
+    # EVM, with `mempool`: pending ERC-20 transfer/transferFrom calls too (their alert id is the pending one)
+    pending_tokens: bool = True
+    # Bitcoin: seconds a mempool match's transaction must have been gone before the match is retracted
+    mempool_drop_grace: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     traces: bool = False
+    # EVM: a watched set (active and revoked) of at most this many addresses is fetched filtered, where the
+    # node serves trace_filter: Transfer logs, transactions and traces of those addresses only, plus every
+    # block's header, instead of every block in full (chains/evm_filtered.py); 0 always reads blocks in full
+    filter_max_keys: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    # EVM and TRON: Transfer logs of every contract (not only `tokens`) to or from a revoked address
+    any_tokens: bool = True
+    # Poisoning: a transfer to or from a revoked address of zero, or of less than its asset's dust
+    # threshold (base units, by asset symbol: the native symbol or a configured token's), is recorded
+    # and alerted at `info` ("info") or not alerted at all ("off"); it never pages.
+    dust: dict[Annotated[str, Field(min_length=1, max_length=16)], Annotated[int, Field(ge=0, le=2**256 - 1)]] = {}
+    poisoning_alerts: Literal["info", "off"] = "info"
     start_height: Annotated[int, Field(ge=0)] | None = None
     # a block explorer's transaction page, `{txid}` standing for the transaction id (alerts link to it)
     explorer_tx_url: str | None = None
+    # TRON: a TronGrid-compatible provider's key, sent as the TRON-PRO-API-KEY header to rpc_urls only
+    api_key: Secret | None = None
+    # TRON: TRC-10 tokens to name (others are still reported, under their id with 0 decimals)
+    trc10: list[Trc10Config] = []
+    # TRON: internal TRX transfers need a node with vm.saveInternalTx; "auto" looks at recent blocks
+    internal: Literal["auto"] | bool = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tron_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "tron":
+            data = {**_TRON_DEFAULTS, **data}
+            if "tokens" not in data and data.get("network", "mainnet") == "mainnet":
+                data["tokens"] = [TRON_USDT]
+        return data
 
     @field_validator("explorer_tx_url")
     @classmethod
@@ -183,13 +232,31 @@ class ChainConfig(_Strict):
 
     @model_validator(mode="after")
     def _per_kind(self) -> ChainConfig:
+        tron_only = [key for key in ("api_key", "trc10", "internal") if key in self.model_fields_set]
+        if self.kind != "tron" and tron_only:
+            raise ValueError(f"{', '.join(tron_only)}: for TRON chains only")
         if self.kind == "bitcoin":
             if self.network not in {"mainnet", "testnet", "signet", "regtest"}:
                 raise ValueError(f"network must be mainnet, testnet, signet or regtest, not {self.network!r}")
             if self.tokens:
-                raise ValueError("tokens are for EVM chains")
-        elif self.chain_id is None:
-            raise ValueError("chain_id is required for an EVM chain")
+                raise ValueError("tokens are for EVM and TRON chains")
+        elif self.kind == "tron":
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", self.network):
+                raise ValueError(f"network must be mainnet, nile, shasta or a lower-case name, not {self.network!r}")
+            bad = [t.symbol for t in self.tokens if not t.contract.startswith("T")]
+            if bad:
+                raise ValueError(f"tokens {', '.join(bad)}: a TRON chain's token contracts are TRON addresses (T...)")
+            if self.chain_id is not None or self.ws_url or self.rest_url or self.zmq_url or self.rpc_user:
+                raise ValueError("chain_id, ws_url, rest_url, zmq_url and rpc_user are not keys of a TRON chain")
+            ids = [t.id for t in self.trc10]
+            if len(set(ids)) != len(ids):
+                raise ValueError("trc10: a token id is listed twice")
+        else:
+            if self.chain_id is None:
+                raise ValueError("chain_id is required for an EVM chain")
+            bad = [t.symbol for t in self.tokens if not t.contract.startswith("0x")]
+            if bad:
+                raise ValueError(f"tokens {', '.join(bad)}: an EVM chain's token contracts are 0x addresses")
         return self
 
     @property
@@ -201,15 +268,15 @@ class ChainConfig(_Strict):
 
     @property
     def native_asset_symbol(self) -> str:
-        """BTC for Bitcoin, ETH unless configured for an EVM chain."""
-        return self.native_symbol or ("BTC" if self.kind == "bitcoin" else "ETH")
+        """BTC for Bitcoin, TRX for TRON, ETH unless configured for an EVM chain."""
+        return self.native_symbol or {"bitcoin": "BTC", "tron": "TRX"}.get(self.kind, "ETH")
 
     @property
     def native_asset_decimals(self) -> int:
-        """8 for Bitcoin, 18 unless configured for an EVM chain."""
+        """8 for Bitcoin, 6 for TRON, 18 unless configured for an EVM chain."""
         if self.native_decimals is not None:
             return self.native_decimals
-        return 8 if self.kind == "bitcoin" else 18
+        return {"bitcoin": 8, "tron": 6}.get(self.kind, 18)
 
 
 class StoreConfig(_Strict):
@@ -256,6 +323,10 @@ class SinkConfig(_Strict):
         "revoked_outgoing",
     ]
     min_severity: Severity = Severity.INFO
+    # false: leave out alerts about tokens outside the chain's configured list (`token_listed` false)
+    unlisted_tokens: bool = True
+    # false: leave out address-poisoning alerts (zero or dust transfers); pagerduty and opsgenie never get them
+    poisoning: bool = True
     timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
     burst_threshold: Annotated[int, Field(ge=1)] = 20
@@ -438,6 +509,37 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class ApiToken(_Strict):
+    """A bearer token of the HTTP API: its name (the audit log's `token:<name>`), scopes and secret."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    scopes: Annotated[list[Literal["read", "write"]], Field(min_length=1)]
+    secret: Secret
+
+
+class ApiConfig(_Strict):
+    """The address book's HTTP API (docs/api.md): off unless an [api] section is present."""
+
+    listen: str = "127.0.0.1:8788"
+    tokens: Annotated[list[ApiToken], Field(min_length=1, max_length=100)]
+    max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024**2)] = 4 * 1024**2
+    max_batch: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"api token names must be unique: {', '.join(dupes)}")
+        return self
+
+
 class RetentionConfig(_Strict):
     """How long settled history is kept. Delivered and dead outbox messages go after `outbox_days`
     (0 keeps them); matches and deposits are kept unless `matches_days` is set."""
@@ -477,6 +579,7 @@ class Config(_Strict):
     log: LogConfig = LogConfig()
     ha: HaConfig = HaConfig()
     retention: RetentionConfig = RetentionConfig()
+    api: ApiConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

@@ -10,12 +10,12 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
-from depositwatch.chains.base import BadNodeAnswer, ChainError, ChainSource, NodeUnavailable
+from depositwatch.chains.base import ChainError, ChainSource, NodeUnavailable
 from depositwatch.matcher import match_block
 from depositwatch.metrics import Metrics
 from depositwatch.models import Block, BlockRef, Match
@@ -73,6 +73,7 @@ class Follower:
         metrics: Metrics | None = None,
         hook: BlockHook | None = None,
         on_commit: Callable[[Sequence[BlockEffects]], Awaitable[None]] | None = None,
+        reload_book: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -84,6 +85,9 @@ class Follower:
         self.metrics = metrics
         self.hook = hook
         self.on_commit = on_commit
+        # Reloads the registry after a key tree grew (the service's own reload, for its chains and
+        # log line); None reloads every chain of the store.
+        self.reload_book = reload_book
         self.cursor: Cursor | None = None
         self.node_height: int | None = None
         self.chain = policy.chain
@@ -117,10 +121,20 @@ class Follower:
             first = (await self.source.tip()).height  # live with no history: start at the current tip
         if first <= 0:
             return Cursor(self.cursor_name, self.chain, -1, "", None, self.settings.stop_height)
-        parent = await self.source.hash_at(first - 1)
-        if parent is None:
-            raise BadNodeAnswer(f"chain {self.chain}: the node has no block at height {first - 1}")
-        return Cursor(self.cursor_name, self.chain, first - 1, parent, first, self.settings.stop_height)
+        # Anchored later on the first block's own parent hash (`_anchor`): reading block first - 1
+        # only for its hash would cost a request for nothing.
+        return Cursor(self.cursor_name, self.chain, first - 1, "", first, self.settings.stop_height)
+
+    async def _anchor(self, cursor: Cursor, first: Block) -> Cursor:
+        """A fresh cursor (no hash yet) takes the first block's parent hash as its own, remembered like
+        any processed block, so that a reorg of that very first block still finds where to rewind to."""
+        if cursor.hash or cursor.height < 0 or first.height != cursor.height + 1 or not first.parent_hash:
+            return cursor
+        anchored = replace(cursor, hash=first.parent_hash)
+        await self.store.set_cursor(anchored)
+        self._log.info("cursor anchored", height=anchored.height, hash=anchored.hash)
+        self.cursor = anchored
+        return anchored
 
     # one step -------------------------------------------------------------------------------------
 
@@ -156,29 +170,52 @@ class Follower:
             return 0
         stop = min(last, cursor.height + self.settings.batch_blocks) + 1
         while True:
+            blocks = await self._fetch(cursor.height + 1, stop)
+            if not blocks:
+                return 0
+            cursor = await self._anchor(cursor, blocks[0])
+            chain = _consecutive(cursor, blocks)
+            if not chain:
+                await self._reorg(cursor)
+                return 0
+            matches = [match_block(self.chain, block, self.registry.book(self.chain)) for block in chain]
+            if not await self._grow_trees(matches):
+                return await self._commit(cursor, chain, matches, tip.height)
+
+    async def _fetch(self, start: int, stop: int) -> list[Block]:
+        while True:
             generation = self.registry.generation
-            blocks = await self.source.fetch(cursor.height + 1, stop)
+            blocks = await self.source.fetch(start, stop)
             if generation == self.registry.generation:
-                break
+                return blocks
             # The book changed while the source read: it may have left out what the new book
             # watches (a log filter, Bitcoin's watched decoding). Read again, shaped by the new one.
-            self._log.debug("address book changed during a fetch; fetching again", start=cursor.height + 1)
-        if not blocks:
-            return 0
-        chain = _consecutive(cursor, blocks)
-        if not chain:
-            await self._reorg(cursor)
-            return 0
-        return await self._commit(cursor, chain, tip.height)
+            self._log.debug("address book changed during a fetch; fetching again", start=start)
 
-    async def _commit(self, cursor: Cursor, blocks: list[Block], tip_height: int) -> int:
-        registry = self.registry
+    async def _grow_trees(self, matches: list[list[Match]]) -> bool:
+        """Grow the key trees whose gap the batch's matches call for, before the batch is committed;
+        True when one grew: the book is then reloaded, and the batch must be read and matched again
+        (a transfer in the same block to an index the growth added is matched in this commit, and a
+        source shaped by the book, Bitcoin's watched decoding or an EVM log filter, had left it out)."""
+        keys = {match.key for block_matches in matches for match in block_matches}
+        if not keys:
+            return False
+        grown = await self.store.grow_trees(self.chain, keys)
+        if not grown:
+            return False
+        self._log.info("key trees grown by their gap; reading the blocks again", trees=grown)
+        if self.reload_book is not None:
+            await self.reload_book()
+        else:
+            await self.registry.reload(self.store)
+        return True
+
+    async def _commit(self, cursor: Cursor, blocks: list[Block], matched: list[list[Match]], tip_height: int) -> int:
         effects = []
         transfers = 0
-        for block in blocks:
-            matches = match_block(self.chain, block, registry.book(self.chain))
+        for block, matches in zip(blocks, matched, strict=True):
             if self.hook is not None:
-                effect = self.hook.effects(block, matches, registry)
+                effect = self.hook.effects(block, matches, self.registry)
             else:
                 effect = BlockEffects(block, matches)
             effects.append(effect)

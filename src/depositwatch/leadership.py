@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import structlog
 
-from depositwatch.store.base import Delivery, Fence, LeaseLost, OutboxMessage
+from depositwatch.messages import Delivery, OutboxMessage
+from depositwatch.store.base import Fence, LeaseLost
 from depositwatch.store.leases import MY_PG_SESSION
 
 if TYPE_CHECKING:
@@ -146,6 +147,18 @@ class Leadership:
             return None
         term = self._terms[name] = Term(fence, started + self.ttl)
         log.info("lease acquired", lease=name, epoch=fence.epoch, ttl=self.ttl)
+        return term
+
+    async def session(self) -> str | None:
+        """This instance's database session (PostgreSQL), for a lease taken by a store call of its own."""
+        return await self._current_session()
+
+    def adopt(self, fence: Fence, started: float) -> Term:
+        """A term for a lease the caller took itself inside a transaction of its own (a replay shard,
+        claimed with its row), renewed and released like any other; `started` is the monotonic time
+        from before that transaction began."""
+        term = self._terms[fence.name] = Term(fence, started + self.ttl)
+        log.info("lease acquired", lease=fence.name, epoch=fence.epoch, ttl=self.ttl)
         return term
 
     async def renew(self, term: Term) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from depositwatch.keytable import ACTIVE
 from depositwatch.models import Block, BlockRef, Match, MatchKind, Transfer
 from depositwatch.registry import ChainBook
 
@@ -16,23 +17,31 @@ def match_transfers(
     - to an active address: `deposit`;
     - to a revoked address, at or after its revocation: `revoked_incoming` (before it: a `deposit`);
     - from a revoked address, at or after its revocation: `revoked_outgoing` (a sweep).
+
+    A transfer of an unlisted token (`asset.listed` False: it came only because it touches a revoked
+    address) is never a deposit: only the configured tokens and the native coin are.
     """
-    active, revoked = book.active, book.revoked
-    if not active and not revoked:
+    if not len(book):
         return []
+    state_of = book.get  # one probe a key: None, ACTIVE, or the revocation time
     found: list[Match] = []
     for transfer in transfers:
         to = transfer.to_key
         if to is not None:
-            revoked_at = revoked.get(to)
-            if revoked_at is not None and time >= revoked_at:
+            state = state_of(to)
+            if state is None:
+                pass
+            elif state is ACTIVE:
+                if transfer.asset.listed:
+                    found.append(Match(chain, MatchKind.DEPOSIT, to, transfer, block, time))
+            elif time >= state:
                 found.append(Match(chain, MatchKind.REVOKED_INCOMING, to, transfer, block, time))
-            elif revoked_at is not None or to in active:
+            elif transfer.asset.listed:
                 found.append(Match(chain, MatchKind.DEPOSIT, to, transfer, block, time))
         sender = transfer.from_key
         if sender is not None:
-            revoked_at = revoked.get(sender)
-            if revoked_at is not None and time >= revoked_at:
+            state = state_of(sender)
+            if state is not None and state is not ACTIVE and time >= state:
                 found.append(Match(chain, MatchKind.REVOKED_OUTGOING, sender, transfer, block, time))
     return found
 

@@ -1,9 +1,9 @@
 """The Bitcoin mempool watcher: an early, unconfirmed alert for funds moving to or from revoked scripts.
 
-Every step diffs `getrawmempool` against the transactions already looked at, fetches the new ones raw
-(`getrawtransaction TXID false`, in JSON-RPC batches, at most `max_in_flight` requests at a time and
-at most `max_new` transactions a step, so a node with a huge mempool is worked through over several
-steps), decodes them with `btc_wire` and matches:
+Every step diffs the source's `mempool_txids()` against the transactions already looked at and
+fetches the new ones with `mempool_txs` (raw, decoded and checked, in JSON-RPC batches of
+`batch_size`, at most `max_in_flight` requests at a time and at most `max_new` transactions a step, so
+a node with a huge mempool is worked through over several steps), and matches:
 
 - outputs paying a revoked script, at or after its revocation: `revoked_incoming`;
 - inputs spending a watched output (an output that paid a revoked script: the store's
@@ -16,7 +16,8 @@ ids the follower gives the same transfer in a block, so the block's commit turns
 `mined` event.
 
 A transaction that leaves the mempool was mined, replaced (RBF) or evicted. A match still `mempool`
-whose transaction has been gone for `drop_grace` seconds is retracted (`store.drop_mempool`), but
+whose transaction has been gone for the chain's `mempool_drop_grace` seconds (by the watcher's `clock`)
+is retracted (`store.drop_mempool`), but
 only while `caught_up()` says the follower has processed the node's tip, so a mined transaction is
 never retracted because its block was not committed yet; `drop_mempool` itself only changes matches
 still in status `mempool`, in the same transaction, so a block committed meanwhile wins.
@@ -28,27 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import structlog
 
-from depositwatch.addresses import bitcoin_script_to_address
-from depositwatch.chains.base import BadNodeAnswer, ChainError
-from depositwatch.chains.bitcoin import OP_RETURN, BitcoinSource
-from depositwatch.chains.btc_rpc import Call, NotFound, RpcError
-from depositwatch.chains.btc_wire import BlockDecodeError, Tx, decode_tx
+from depositwatch.chains.base import ChainError
+from depositwatch.chains.bitcoin import BitcoinSource
+from depositwatch.chains.btc_wire import Tx
 from depositwatch.config import ChainConfig
 from depositwatch.matcher import match_transfers
-from depositwatch.models import Match, MatchKind, Transfer, WatchedOutput
+from depositwatch.models import Match, MatchKind, Spend, Transfer, WatchedOutput
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy, Scope, SqlStore
+from depositwatch.sweeps import sweeps
 
 log = structlog.get_logger(__name__)
 
-_TXID = re.compile(r"[0-9a-f]{64}\Z")
 _KEPT = (MatchKind.REVOKED_INCOMING, MatchKind.REVOKED_OUTGOING)
 
 
@@ -65,9 +62,9 @@ class MempoolWatcher:
         chain_config: ChainConfig,
         caught_up: Callable[[], bool],
         *,
-        drop_grace: float = 60.0,
         max_new: int = 5000,
         batch_size: int = 100,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.store = store
@@ -77,7 +74,8 @@ class MempoolWatcher:
         self.config = chain_config
         self.chain = chain_config.name
         self.caught_up = caught_up
-        self.drop_grace = drop_grace
+        self.drop_grace = chain_config.mempool_drop_grace
+        self.clock = clock  # seconds, for the drop grace and the trouble reports
         self.max_new = max_new
         self.batch_size = batch_size
         self.known: set[str] = set()  # mempool txids already looked at
@@ -94,9 +92,7 @@ class MempoolWatcher:
         if self.registry.version != self._book_version:
             self._book_version = self.registry.version
             self.known.clear()  # the book changed: every transaction deserves another look
-        answer = await self.source.rpc.call("getrawmempool")
-        if not isinstance(answer, list) or not all(isinstance(t, str) and _TXID.match(t) for t in answer):
-            raise BadNodeAnswer(f"chain {self.chain}: getrawmempool: not a list of transaction ids")
+        answer = await self.source.mempool_txids()
         current = set(answer)
         for txid in self.known - current:
             self._forget(txid)
@@ -129,76 +125,35 @@ class MempoolWatcher:
             self.known.update(txids)  # nothing here can be an alert
             return []
         chunks = [txids[i : i + self.batch_size] for i in range(0, len(txids), self.batch_size)]
-        answers = await asyncio.gather(*(self._fetch(chunk) for chunk in chunks))
+        answers = await asyncio.gather(*(self.source.mempool_txs(chunk) for chunk in chunks))
         txs: list[Tx] = []
         for chunk, found in zip(chunks, answers, strict=True):
             txs.extend(found)
             self.known.update(chunk)
         if not txs:
             return []
-        now = int(time.time())
         revoked = book.revoked
-        asset, network = self.source.asset, self.source.network
         incoming: list[Transfer] = []
         for tx in txs:
-            for vout, out in enumerate(tx.outputs):
-                script = out.script
-                if out.value <= 0 or (script and script[0] == OP_RETURN) or script not in revoked:
-                    continue
-                address = bitcoin_script_to_address(script, network)
-                incoming.append(Transfer(asset, out.value, tx.txid, vout, script, to_address=address))
-                self._revoked_outputs[(tx.txid, vout)] = WatchedOutput(tx.txid, vout, script, out.value, None)
+            paid = self.source.payments(tx, revoked)
+            incoming += paid
+            for t in paid:
+                assert t.index is not None and t.to_key is not None
+                self._revoked_outputs[(t.txid, t.index)] = WatchedOutput(t.txid, t.index, t.to_key, t.amount, None)
         watched = {(o.txid, o.vout): o for o in await self.store.watched_outputs(self.chain, self.scope)}
         watched.update(self._revoked_outputs)
-        sweeps: list[Transfer] = []
-        for tx in txs:
-            for vin, txin in enumerate(tx.inputs):
-                spent = watched.get((txin.prev_txid_hex, txin.prev_vout))
-                if spent is None:
-                    continue
-                sweeps.append(
-                    Transfer(
-                        asset,
-                        spent.amount,
-                        tx.txid,
-                        vin,
-                        to_key=None,
-                        from_key=spent.script,
-                        from_address=bitcoin_script_to_address(spent.script, network),
-                    )
-                )
-        matches = match_transfers(self.chain, incoming + sweeps, book, now, None)
+        spends = [
+            Spend(tx.txid, vin, txin.prev_txid_hex, txin.prev_vout) for tx in txs for vin, txin in enumerate(tx.inputs)
+        ]
+        swept = [transfer for _, transfer in sweeps(self.source.asset, self.source.network, spends, watched)]
+        matches = match_transfers(self.chain, incoming + swept, book, int(time.time()), None)
         return [m for m in matches if m.kind in _KEPT]
-
-    async def _fetch(self, txids: Sequence[str]) -> list[Tx]:
-        """The transactions still in the mempool, decoded; those that left meanwhile are skipped."""
-        results = await self.source.rpc.batch_results([Call("getrawtransaction", (t, False)) for t in txids])
-        txs = []
-        for txid, result in zip(txids, results, strict=True):
-            if isinstance(result, NotFound):
-                continue  # mined or dropped since getrawmempool
-            if isinstance(result, RpcError):
-                raise result
-            txs.append(self._decode(txid, result))
-        return txs
-
-    def _decode(self, txid: str, result: Any) -> Tx:
-        call = f"getrawtransaction {txid}"
-        if not isinstance(result, str):
-            raise BadNodeAnswer(f"chain {self.chain}: {call}: answer is {type(result).__name__}, not hex")
-        try:
-            tx = decode_tx(bytes.fromhex(result))
-        except (ValueError, BlockDecodeError) as exc:
-            raise BadNodeAnswer(f"chain {self.chain}: {call}: not a transaction: {exc}") from None
-        if tx.txid != txid:
-            raise BadNodeAnswer(f"chain {self.chain}: {call}: the node sent transaction {tx.txid} instead")
-        return tx
 
     async def _retract_dropped(self) -> int:
         """Retract mempool matches whose transaction has been gone for the grace period."""
         stored = set(await self.store.mempool_match_ids(self.scope, self.chain))
         present = {match_id for ids in self._ids_by_tx.values() for match_id in ids}
-        now = time.monotonic()
+        now = self.clock()
         for match_id in list(self._absent_since):
             if match_id not in stored or match_id in present:
                 del self._absent_since[match_id]
@@ -235,7 +190,7 @@ class MempoolWatcher:
             except asyncio.CancelledError:
                 raise
             except ChainError as exc:
-                now = time.monotonic()
+                now = self.clock()
                 if failing_since is None:
                     failing_since = now
                 if now - last_report >= 60:

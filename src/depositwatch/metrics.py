@@ -98,6 +98,12 @@ class Metrics:
             ["sink", "outcome"],
             registry=r,
         )
+        self.max_commit_age = Gauge(
+            "depositwatch_max_commit_age_seconds",
+            "The chain's configured bound on the time since its last commit (standby_max_commit_age)",
+            ["chain"],
+            registry=r,
+        )
         self.build_info = Gauge("depositwatch_build_info", "Always 1; the version as a label", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         for status in OUTBOX_STATUSES:
@@ -113,6 +119,7 @@ class Metrics:
             for kind in MatchKind:
                 self.matches.labels(chain, str(kind))
             self.set_chain_state(chain, "starting")
+            self.leader.labels(chain).set(0)  # until the lease is taken: a rule sees "no leader" from the start
         for sink in sinks:
             for outcome in DELIVERY_OUTCOMES:
                 self.deliveries.labels(sink, outcome)
@@ -121,6 +128,10 @@ class Metrics:
             self.delivery_latency.labels(sink)
         for component in components:
             self.component_restarts.labels(component)
+
+    def set_bounds(self, chain: str, max_commit_age: float) -> None:
+        """The chain's configured bounds, so alerting rules compare with the daemon's own settings."""
+        self.max_commit_age.labels(chain).set(max_commit_age)
 
     def set_chain_state(self, chain: str, current: str) -> None:
         """One of CHAIN_STATES at 1, the others at 0."""

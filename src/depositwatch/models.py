@@ -56,6 +56,10 @@ class Asset:
     symbol: str
     decimals: int
     contract: str | None = None  # EIP-55 checksummed token contract, None for the native asset
+    # False for a token matched only because it touched a revoked address (not in the chain's `tokens`):
+    # its symbol and decimals come from the contract itself, or a placeholder (decimals 0) when it
+    # answers nothing usable.
+    listed: bool = True
 
     def to_decimal(self, amount: int) -> str:
         """Render base units as a plain decimal string, exactly (no float)."""
@@ -145,6 +149,14 @@ def match_id(chain: str, kind: MatchKind, txid: str, index: int | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def pending_token_id(chain: str, kind: MatchKind, txid: str, contract: str) -> str:
+    """The id of a token transfer first seen in a pending transaction (`evm_pending`), before its log
+    index is known: by the transaction and the token contract. The block's match of the same transfer
+    takes this id when the store holds it (`store.follow`), so the alert stays one."""
+    text = f"{chain}|{kind}|{txid.lower()}|pending-token|{contract.lower()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """A transfer that touched a watched address, classified."""
@@ -181,3 +193,43 @@ class AddressEntry:
     reason: str = ""
     created_at: int | None = None
     type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What a token contract says about itself (`symbol()`, `decimals()`), as cached per chain.
+
+    `contract` is the chain's own lower-case text form (EVM: "0x" + 40 hex digits). `known` is False for
+    a contract that reverted or answered something unusable: then `symbol` is a placeholder and
+    `decimals` 0, so its amounts stay in base units.
+    """
+
+    contract: str
+    symbol: str
+    decimals: int
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """One key tree of the address book: every index `first..last` (inclusive) of one descriptor.
+
+    `descriptor` is the canonical form (checksum included), the tree's identity on its chain; `gap`
+    asks the book to keep `gap` indexes beyond the highest one a transfer has used. `network` is the
+    Bitcoin network the chain runs on (None for account chains), to write derived addresses.
+    """
+
+    chain: str
+    descriptor: str
+    script: str
+    first: int
+    last: int
+    status: AddressStatus
+    gap: int = 0
+    network: str | None = None
+    label: str = ""
+    owner: str = ""
+    revoked_at: int | None = None  # unix seconds
+    reason: str = ""
+    created_at: int | None = None
+    id: int | None = None  # the store's id, once stored

@@ -20,8 +20,10 @@ def secrets(config: Config) -> list[tuple[str, Secret]]:
     """Every secret of the config, with its key path."""
     found: list[tuple[str, Secret | None]] = [("store.password", config.store.password)]
     found += [(f"chains.{c.name}.rpc_password", c.rpc_password) for c in config.chains]
+    found += [(f"chains.{c.name}.api_key", c.api_key) for c in config.chains]  # TRON providers
     found += [(f"sinks.{s.name}.{key}", secret) for s in config.sinks for key, secret in s.secret_paths()]
     found += [(f"sinks.{s.name}.password", s.password) for s in config.sinks]  # email
+    found += [(f"api.tokens.{t.name}.secret", t.secret) for t in (config.api.tokens if config.api else [])]
     return [(where, secret) for where, secret in found if secret is not None]
 
 

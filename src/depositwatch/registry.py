@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from depositwatch.keytable import ACTIVE, Active, ActiveKeys, KeyTable, RevokedKeys, new_table
 from depositwatch.models import AddressStatus
 
 if TYPE_CHECKING:
@@ -14,27 +14,39 @@ if TYPE_CHECKING:
     from depositwatch.store.base import RegistryRow
 
 
-@dataclass(slots=True)
 class ChainBook:
-    """One chain's watched keys: a set of active keys and the revoked keys with their revocation time.
+    """One chain's watched keys in a `KeyTable`: each key active, or revoked at a time.
 
-    Two plain containers rather than one dict of records keep 10 million keys near a gigabyte.
+    `get(key)` answers with one probe: None (not watched), `ACTIVE`, or the revocation time. `active`
+    and `revoked` are live views of the same table, as the set of active keys and the dict of revoked
+    keys to their times. The compiled table holds 10 million keys in about 400 MB, where a set and a
+    dict took a gigabyte (docs/performance.md, "Address registry").
     """
 
-    active: set[bytes] = field(default_factory=set)
-    revoked: dict[bytes, int] = field(default_factory=dict)
+    __slots__ = ("active", "get", "revoked", "table")
+
+    def __init__(
+        self, active: Iterable[bytes] = (), revoked: Mapping[bytes, int] | None = None, *, table: KeyTable | None = None
+    ) -> None:
+        self.table: KeyTable = new_table() if table is None else table
+        self.get: Callable[[bytes], int | Active | None] = self.table.get
+        self.active: ActiveKeys = self.table.active()
+        self.revoked: RevokedKeys = self.table.revoked()
+        for key in active:
+            self.table.set(key, None)
+        for key, revoked_at in (revoked or {}).items():
+            self.table.set(key, revoked_at)
 
     def __len__(self) -> int:
-        return len(self.active) + len(self.revoked)
+        return len(self.table)
 
     def add(self, key: bytes, status: AddressStatus, revoked_at: int | None) -> None:
         """Add or replace one key."""
-        if status is AddressStatus.REVOKED:
-            self.active.discard(key)
-            self.revoked[key] = revoked_at or 0
-        else:
-            self.revoked.pop(key, None)
-            self.active.add(key)
+        self.table.set(key, (revoked_at or 0) if status is AddressStatus.REVOKED else None)
+
+    def discard(self, key: bytes) -> bool:
+        """Remove one key; whether it was there."""
+        return self.table.discard(key)
 
 
 _EMPTY = ChainBook()
@@ -44,19 +56,29 @@ _ACTIVE_HIT = (AddressStatus.ACTIVE, None)  # one shared answer: no tuple built 
 
 async def _fill(books: dict[str, ChainBook], chunks: AsyncIterator[list[Any]]) -> None:
     """Add bare `(chain, key, revoked_at)` rows, revoked_at None for an active key, to the books."""
-    # chain -> (active.add, revoked): one dict lookup per row rather than attribute chains.
-    sinks: dict[str, tuple[Callable[[bytes], None], dict[bytes, int]]] = {}
-    stamps: dict[int, int] = {}
+    sinks: dict[str, Callable[[bytes, int | None], None]] = {}  # chain -> its table's `set`
     async for rows in chunks:
         for chain, key, revoked_at in rows:
             sink = sinks.get(chain)
             if sink is None:
-                book = books.setdefault(chain, ChainBook())
-                sink = sinks[chain] = (book.active.add, book.revoked)
-            if revoked_at is None:
-                sink[0](key)
-            else:
-                sink[1][key] = stamps.setdefault(revoked_at, revoked_at)
+                sink = sinks[chain] = books.setdefault(chain, ChainBook()).table.set
+            sink(key, revoked_at)
+        del rows
+
+
+async def _fill_trees(
+    books: dict[str, ChainBook], trees: dict[int, tuple[str, int | None]], chunks: AsyncIterator[list[Any]]
+) -> None:
+    """Add bare `(tree_id, key)` rows of key trees to the books: each tree's chain and status are known
+    once, so a key costs what a plain address costs, in time and in memory."""
+    sinks: dict[int, tuple[Callable[[bytes, int | None], None], int | None]] = {
+        tree_id: (books.setdefault(chain, ChainBook()).table.set, revoked_at)
+        for tree_id, (chain, revoked_at) in trees.items()
+    }
+    async for rows in chunks:
+        for tree_id, key in rows:
+            sink, revoked_at = sinks[tree_id]
+            sink(key, revoked_at)
         del rows
 
 
@@ -86,12 +108,12 @@ class AddressRegistry:
         book = self._books.get(chain)
         if book is None:
             return None
-        revoked_at = book.revoked.get(key)
-        if revoked_at is not None:
-            return _REVOKED, revoked_at
-        if key in book.active:
+        state = book.get(key)
+        if state is None:
+            return None
+        if state is ACTIVE:
             return _ACTIVE_HIT
-        return None
+        return _REVOKED, state
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._books.values())
@@ -100,8 +122,8 @@ class AddressRegistry:
         """Watched keys per (chain, status), for metrics."""
         out = {}
         for chain, book in self._books.items():
-            out[(chain, "active")] = len(book.active)
-            out[(chain, "revoked")] = len(book.revoked)
+            out[(chain, "active")] = book.table.n_active
+            out[(chain, "revoked")] = book.table.n_revoked
         return out
 
     @classmethod
@@ -116,13 +138,13 @@ class AddressRegistry:
     async def load(cls, store: SqlStore, chains: Sequence[str] | None = None) -> AddressRegistry:
         """Load the book from the store, streaming it in chunks.
 
-        Each chunk's rows are dropped once their keys are in the books, so the keys are the only
-        per-address objects that stay. Revocation times are shared between keys revoked at the
-        same second (a mass revocation), rather than one int object per key.
+        Each chunk's rows are dropped once their keys are copied into the books' tables, so no
+        per-address object stays.
 
         The cyclic garbage collector is paused meanwhile: every chunk of driver rows it sees
-        promoted triggers a full collection, and a full collection walks every key already in the
-        books, which made a 10-million-key load quadratic (47 s instead of 10.5 s from PostgreSQL).
+        promoted triggers a full collection, and a full collection walks every object: with keys as
+        objects (Python sets, or the reference table), that made a 10-million-key load quadratic
+        (47 s instead of 10.5 s from PostgreSQL).
         """
         version = await store.address_book_version()
         books: dict[str, ChainBook] = {}
@@ -131,6 +153,10 @@ class AddressRegistry:
         try:
             if hasattr(store, "iter_registry_keys"):
                 await _fill(books, store.iter_registry_keys(chains))
+            if hasattr(store, "tree_sources"):  # key trees: their cached keys
+                trees = await store.tree_sources(chains)
+                if trees:
+                    await _fill_trees(books, trees, store.iter_tree_keys(trees))
             else:
                 async for chunk in store.iter_registry(chains):
                     for row in chunk:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import time
@@ -14,6 +15,7 @@ from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
 from depositwatch.jsonutil import dumps
+from depositwatch.messages import row_flag
 from depositwatch.models import Asset
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
@@ -40,6 +42,7 @@ def output_record(row: dict[str, Any], chain_id: int | None) -> dict[str, Any]:
         "asset": asset.symbol,
         "asset_contract": asset.contract,
         "asset_decimals": asset.decimals,
+        "token_listed": row_flag(row, "asset_listed", default=True),
         "amount": row["amount"],
         "amount_decimal": asset.to_decimal(int(row["amount"])),
         "from": row["from_address"],
@@ -54,6 +57,8 @@ def output_record(row: dict[str, Any], chain_id: int | None) -> dict[str, Any]:
         "owner": row["owner"],
         "revoked_at": iso(row["revoked_at"]),
         "status": row["status"],
+        "tree_id": row.get("tree_id"),  # the key tree and index a derived address belongs to, else None
+        "tree_index": row.get("tree_index"),
     }
 
 
@@ -70,6 +75,7 @@ class ReplaySummary:
     seconds: float = 0.0
     resumed_from: int | None = None
     kinds: Counter[str] = field(default_factory=Counter)
+    path: str | None = None  # EVM: how the blocks were read, and why (`EvmSource.fetch_path`)
 
     @property
     def was_complete(self) -> bool:
@@ -84,6 +90,7 @@ class ReplaySummary:
         return (
             f"replay {self.chain} {self.start}..{self.stop}{resumed}: {self.blocks} blocks, {self.transfers} transfers"
             f" in {self.seconds:.1f}s ({rate:.1f} blocks/s); {found}; run {self.run_id}"
+            + (f"; {self.path}" if self.path else "")
         )
 
 
@@ -137,11 +144,12 @@ async def replay(
                 await on_commit(effects)
 
         hook = make_hook(chain)
-        attach(source, registry, hook)
+        attach(source, registry, hook, store)
         if isinstance(source, EvmSource):
             # The book is fixed for the run: the node can leave out what touches none of its keys.
             book = registry.book(chain.name)
             source.set_log_filter(book.active | book.revoked.keys())
+            source.read_until = stop  # nothing past the range is read ahead
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
             from depositwatch.chains.bitcoin import BitcoinSource
@@ -150,6 +158,17 @@ async def replay(
                 raise ValueError("--prevouts is for Bitcoin chains")
             found = await source.prevouts_paying(start, stop + 1, registry.book(chain.name).revoked)
             await store.add_watched_outputs(chain.name, found, scope)
+        settings = make_settings(chain, start_height=start, stop_height=stop)
+        if (
+            isinstance(source, EvmSource)
+            and source.fetch_path.startswith("filtered")
+            and "batch_blocks" not in chain.model_fields_set
+        ):
+            # A filtered step costs its requests and its commit, hardly its blocks: unless batch_blocks is set,
+            # take one trace_filter span a step.
+            from depositwatch.chains.evm_filtered import REPLAY_STEP
+
+            settings = replace(settings, batch_blocks=max(settings.batch_blocks, REPLAY_STEP))
         follower = Follower(
             source=source,
             store=store,
@@ -158,12 +177,13 @@ async def replay(
             scope=scope,
             cursor_name=scope.name,
             settings=replace(
-                make_settings(chain, start_height=start, stop_height=stop),
+                settings,
                 log_matches=False,
                 max_failures=REPLAY_MAX_FAILURES,
             ),
             hook=hook,
             on_commit=committed,
+            reload_book=functools.partial(registry.reload, store, [chain.name]),  # a key tree grew
         )
         cursor = await follower.start()
         if cursor.height >= start:
@@ -175,6 +195,8 @@ async def replay(
         began = time.perf_counter()
         await follower.run()
         summary.seconds = time.perf_counter() - began
+        if isinstance(source, EvmSource):
+            summary.path = source.fetch_path  # as it ended: a node may have stopped filtering during the run
         if bar is not None:
             bar.close()
         return summary

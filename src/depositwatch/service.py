@@ -15,9 +15,9 @@ import structlog
 from aiohttp import web
 
 from depositwatch.alerts.dispatcher import Dispatcher
-from depositwatch.alerts.sinks import build_sinks
+from depositwatch.alerts.factory import dispatcher_for, reload_sinks
 from depositwatch.chains.base import ChainError, ChainSource, WrongChain
-from depositwatch.config import ChainConfig, Config, load_config, parse_listen, redact_text
+from depositwatch.config import ChainConfig, Config, parse_listen, redact_text
 from depositwatch.follower import Follower
 from depositwatch.leadership import SESSION_LOST, FencedOutbox, Leadership, Term, open_leadership
 from depositwatch.metrics import Metrics
@@ -25,9 +25,7 @@ from depositwatch.pipeline import attach, make_hook, make_policy, make_settings,
 from depositwatch.preflight import probe_sinks, secret_problems
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
-from depositwatch.store.drivers import PostgresDriver
 from depositwatch.store.retention import run_retention
-from depositwatch.store.sql import NOTIFY_CHANNEL
 from depositwatch.supervise import Restarts, supervise
 from depositwatch.systemd import Notifier, watchdog_interval
 
@@ -119,9 +117,12 @@ class Service:
         self.http_address: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._book_changed = asyncio.Event()
+        self._book_lock = asyncio.Lock()
         self._reload_requested = asyncio.Event()
         self.components: dict[str, Restarts] = {}
         self._runner: web.AppRunner | None = None
+        self._api_runner: web.AppRunner | None = None
+        self.api_address: tuple[str, int] | None = None
 
     # start-up -------------------------------------------------------------------------------------
 
@@ -142,16 +143,17 @@ class Service:
         log.info("address book loaded", addresses=len(self.registry), version=self.registry.version)
         self.metrics.prepare(names, [s.name for s in config.sinks])
         for chain in config.chains:
+            self.metrics.set_bounds(chain.name, chain.max_commit_age)
             bound = log.bind(chain=chain.name)
             self.chains[chain.name] = ChainState(chain, make_source(chain), restarts=Restarts("chain", bound))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
         self.outbox = FencedOutbox(store)
-        self.dispatcher = Dispatcher(
-            self.outbox, build_sinks(config.sinks, config.chains), config.alerts, metrics=self.metrics
-        )
+        self.dispatcher = dispatcher_for(config, self.outbox, metrics=self.metrics)
         await probe_sinks(list(config.sinks))
         if config.http.enabled:
             await self._start_http()
+        if config.api is not None:
+            await self._start_api()
 
     async def _check_node(self, state: ChainState) -> None:
         """Open the node and check its identity; a wrong chain refuses start-up, an absent node is retried later."""
@@ -236,8 +238,7 @@ class Service:
         if self.config_path is None or self.dispatcher is None:
             return
         try:
-            fresh = load_config(self.config_path)
-            self.dispatcher.reconfigure(build_sinks(fresh.sinks, fresh.chains))
+            fresh = reload_sinks(self.dispatcher, self.config_path)
         except Exception as exc:  # a bad edit must not take the daemon down
             log.error("config reload failed; keeping the running settings", error=str(exc))
             return
@@ -272,7 +273,7 @@ class Service:
                     await state.source.open()
                     await self.store.check_identity(name, await state.source.identity())
                 hook = make_hook(state.config)
-                attach(state.source, self.registry, hook)
+                attach(state.source, self.registry, hook, self.store)
                 follower = Follower(
                     source=state.source,
                     store=self.store,
@@ -284,6 +285,7 @@ class Service:
                     metrics=self.metrics,
                     hook=hook,
                     on_commit=functools.partial(self._committed, state),
+                    reload_book=self._reload_book,
                 )
                 state.follower = follower
                 if self._stopping.is_set():  # SIGTERM while the lease was being taken: stop() missed it
@@ -342,7 +344,7 @@ class Service:
         try:
             async with asyncio.TaskGroup() as group:
                 helpers = [group.create_task(guard()), group.create_task(beat())]
-                if state.config.kind == "bitcoin" and state.config.mempool:
+                if state.config.mempool:  # Bitcoin: the mempool; EVM: the node's pending pool
                     component = f"mempool:{state.config.name}"
                     restarts = self.components.setdefault(
                         component, Restarts("mempool watcher", log.bind(chain=state.config.name, component=component))
@@ -371,9 +373,23 @@ class Service:
     async def _mempool(self, state: ChainState, follower: Follower) -> None:
         """Early `revoked_incoming` alerts from the node's mempool, while this instance leads the chain."""
         from depositwatch.chains.bitcoin import BitcoinSource
+        from depositwatch.chains.evm import EvmSource
         from depositwatch.mempool import MempoolWatcher
 
-        assert self.store is not None and isinstance(state.source, BitcoinSource)
+        assert self.store is not None
+        if isinstance(state.source, EvmSource):
+            from depositwatch.evm_pending import PendingWatcher
+
+            await PendingWatcher(
+                state.source,
+                self.store,
+                self.registry,
+                make_policy(state.config, self.config.alerts),
+                follower.scope,  # fenced by the chain's lease, like the follower's commits
+                caught_up=lambda: follower.lag == 0,
+            ).run()
+            return
+        assert isinstance(state.source, BitcoinSource)
         watcher = MempoolWatcher(
             state.source,
             self.store,
@@ -410,7 +426,7 @@ class Service:
                 return
             outbox.term = term
             if not fresh:
-                self.dispatcher = Dispatcher(outbox, build_sinks(self.config.sinks), self.config.alerts, self.metrics)
+                self.dispatcher = dispatcher_for(self.config, outbox, metrics=self.metrics)
             fresh = False
             run = asyncio.create_task(self.dispatcher.run())
             guard = asyncio.create_task(leases.hold(term, lambda: outbox.progress, window))
@@ -437,31 +453,25 @@ class Service:
     async def _watch_book(self) -> None:
         """Hot address changes: PostgreSQL NOTIFY wakes at once; every backend also checks the version often."""
         assert self.store is not None
-        listener = None
-        if isinstance(self.store.db, PostgresDriver):
-            listener = await self.store.db.pool.acquire()
-            await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        try:
+        async with self.store.book_changes(self._book_changed.set):
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._book_changed.wait(), 0.25)
                 self._book_changed.clear()
                 try:
-                    if await self.registry.reload(self.store, list(self.chains)):
-                        _freeze()
-                        self._observe_registry()
-                        log.info("address book reloaded", addresses=len(self.registry), version=self.registry.version)
+                    await self._reload_book()
                 except Exception as exc:  # a store hiccup must not stop the lookups in memory
                     log.error("address book reload failed; will retry", error=str(exc))
                     await asyncio.sleep(1.0)
-        finally:
-            if listener is not None and isinstance(self.store.db, PostgresDriver):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-                await self.store.db.pool.release(listener)
 
-    def _on_notify(self, *_: object) -> None:
-        """PostgreSQL NOTIFY on the address-book channel: reload now."""
-        self._book_changed.set()
+    async def _reload_book(self) -> None:
+        """Reload the registry if the book changed (also called by a follower whose key tree grew)."""
+        assert self.store is not None
+        async with self._book_lock:  # one load at a time: a second caller then finds it current
+            if await self.registry.reload(self.store, list(self.chains)):
+                _freeze()
+                self._observe_registry()
+                log.info("address book reloaded", addresses=len(self.registry), version=self.registry.version)
 
     async def _heartbeat(self) -> None:
         """STATUS and WATCHDOG for systemd, outbox metrics. Pings stop when a chain loop hangs."""
@@ -524,6 +534,18 @@ class Service:
         self.http_address = sockets[0].getsockname()[:2] if sockets else (host, int(port))
         log.info("http endpoint listening", address=f"{self.http_address[0]}:{self.http_address[1]}")
 
+    async def _start_api(self) -> None:
+        """The address book's HTTP API on its own listener ([api], docs/api.md)."""
+        from depositwatch.api import serve
+
+        assert self.store is not None and self.config.api is not None
+        try:
+            started = await serve(self.config, self.store, self.health, self._book_changed.set)
+            self._api_runner, self.api_address = started
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise StartupError(f"api: cannot listen on {self.config.api.listen}: {reason.lower()}") from None
+
     async def _observe(self) -> bool:
         """Refresh what is read at scrape time: each chain's last commit (from the store, so a standby
         sees its leader's progress), ages in seconds, chain states. Returns whether the store answered."""
@@ -551,13 +573,17 @@ class Service:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, _: web.Request) -> web.Response:
+        body, healthy = await self.health()
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def health(self) -> tuple[dict[str, object], bool]:
+        """The health report (/healthz, the API's /api/v1/health) and whether it is healthy."""
         store_ok = await self._observe()
         now = time.time()
         chains = {name: self._chain_health(s, now) for name, s in self.chains.items()}
         components = {name: {"restarts": r.total, "error": r.error} for name, r in sorted(self.components.items())}
         healthy = store_ok and all(c["healthy"] for c in chains.values())
-        body = {"healthy": healthy, "store": store_ok, "chains": chains, "components": components}
-        return web.json_response(body, status=200 if healthy else 503)
+        return {"healthy": healthy, "store": store_ok, "chains": chains, "components": components}, healthy
 
     @staticmethod
     def _chain_health(s: ChainState, now: float) -> dict[str, object]:
@@ -580,8 +606,9 @@ class Service:
         for state in self.chains.values():
             with contextlib.suppress(Exception):
                 await state.source.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in (self._api_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
         if self.leases is not None:
             await self.leases.release_all()
         if self.store is not None:

@@ -1,12 +1,43 @@
-"""Bitcoin sweeps: remember outputs that paid revoked scripts; an input spending one is a sweep."""
+"""Bitcoin sweeps: remember outputs that paid revoked scripts; an input spending one is a sweep.
+
+`sweeps` finds them among spends and builds their transfers, for blocks (`OutputTracker`, the
+follower's hook) and for the mempool (`depositwatch.mempool`) alike."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.matcher import match_transfers
-from depositwatch.models import Asset, Block, Match, Transfer, WatchedOutput
+from depositwatch.models import Asset, Block, Match, Spend, Transfer, WatchedOutput
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Scope, SqlStore
+
+
+def sweep_transfer(asset: Asset, network: str, paid: WatchedOutput, txid: str, vin: int) -> Transfer:
+    """Input `vin` of transaction `txid` spends `paid`, an output that paid a revoked script: the sweep's
+    transfer (its amount is the output's, from the revoked script's address)."""
+    return Transfer(
+        asset,
+        paid.amount,
+        txid,
+        vin,
+        to_key=None,
+        from_key=paid.script,
+        from_address=bitcoin_script_to_address(paid.script, network),
+    )
+
+
+def sweeps(
+    asset: Asset, network: str, spends: Iterable[Spend], outputs: Mapping[tuple[str, int], WatchedOutput]
+) -> list[tuple[WatchedOutput, Transfer]]:
+    """The spends of `outputs` among `spends`: each with the output it spends and its sweep transfer."""
+    found = []
+    for spend in spends:
+        paid = outputs.get((spend.prev_txid, spend.prev_vout))
+        if paid is not None:
+            found.append((paid, sweep_transfer(asset, network, paid, spend.txid, spend.index)))
+    return found
 
 
 class OutputTracker:
@@ -33,25 +64,14 @@ class OutputTracker:
                     out = WatchedOutput(transfer.txid, transfer.index, key, transfer.amount, block.height)
                     self.outputs[(out.txid, out.vout)] = out
                     new_outputs.append(out)
-        sweeps: list[Transfer] = []
+        found = sweeps(self.asset, self.network, block.spends, self.outputs) if self.outputs else []
         spent: list[tuple[str, int, str]] = []
-        if self.outputs:
-            for spend in block.spends:
-                paid = self.outputs.pop((spend.prev_txid, spend.prev_vout), None)
-                if paid is None:
-                    continue
-                spent.append((paid.txid, paid.vout, spend.txid))
-                sweeps.append(
-                    Transfer(
-                        self.asset,
-                        paid.amount,
-                        spend.txid,
-                        spend.index,
-                        to_key=None,
-                        from_key=paid.script,
-                        from_address=bitcoin_script_to_address(paid.script, self.network),
-                    )
-                )
-        if sweeps:
-            matches = matches + match_transfers(self.chain, sweeps, registry.book(self.chain), block.time, block.ref)
+        swept: list[Transfer] = []
+        for paid, transfer in found:
+            if self.outputs.pop((paid.txid, paid.vout), None) is None:
+                continue  # spent twice in one block (a hostile node's): counted once
+            spent.append((paid.txid, paid.vout, transfer.txid))
+            swept.append(transfer)
+        if swept:
+            matches = matches + match_transfers(self.chain, swept, registry.book(self.chain), block.time, block.ref)
         return BlockEffects(block, matches, new_outputs, spent)

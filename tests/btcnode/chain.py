@@ -17,6 +17,8 @@ import time as _time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bip_utils import Base58Decoder, Base58Encoder, SegwitBech32Decoder, SegwitBech32Encoder
+
 from depositwatch.chains.btc_wire import (
     COINBASE_VOUT,
     NULL_TXID,
@@ -180,96 +182,37 @@ NETWORKS = {
     "regtest": Network("regtest", 0x6F, 0xC4, "bcrt"),
 }
 
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32M_CONST = 0x2BC830A3
+# The address codecs come from bip_utils, not from the project's own (depositwatch.addresses): an
+# independent oracle for the addresses the node hands out and reads back.
 
 
 def base58check_encode(version: int, payload: bytes) -> str:
-    data = bytes((version,)) + payload
-    data += sha256d(data)[:4]
-    n = int.from_bytes(data, "big")
-    out = ""
-    while n:
-        n, r = divmod(n, 58)
-        out = _B58[r] + out
-    return "1" * (len(data) - len(data.lstrip(b"\x00"))) + out
+    return str(Base58Encoder.CheckEncode(bytes((version,)) + payload))
 
 
 def base58check_decode(text: str) -> bytes:
-    n = 0
-    for ch in text:
-        digit = _B58.find(ch)
-        if digit < 0:
-            raise ValueError("invalid base58 character")
-        n = n * 58 + digit
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    data = b"\x00" * (len(text) - len(text.lstrip("1"))) + body
-    if len(data) < 5 or sha256d(data[:-4])[:4] != data[-4:]:
-        raise ValueError("invalid base58 checksum")
-    return data[:-4]
-
-
-def _polymod(values: Sequence[int]) -> int:
-    gen = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-    chk = 1
-    for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            chk ^= gen[i] if (top >> i) & 1 else 0
-    return chk
-
-
-def _hrp_expand(hrp: str) -> list[int]:
-    return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-
-
-def _convert_bits(data: Sequence[int], from_bits: int, to_bits: int, pad: bool) -> list[int]:
-    acc = bits = 0
-    out: list[int] = []
-    maxv = (1 << to_bits) - 1
-    for value in data:
-        acc = (acc << from_bits) | value
-        bits += from_bits
-        while bits >= to_bits:
-            bits -= to_bits
-            out.append((acc >> bits) & maxv)
-    if pad and bits:
-        out.append((acc << (to_bits - bits)) & maxv)
-    elif not pad and (bits >= from_bits or (acc << (to_bits - bits)) & maxv):
-        raise ValueError("invalid padding")
-    return out
+    try:
+        return bytes(Base58Decoder.CheckDecode(text))
+    except Exception as exc:  # bip_utils raises its own error classes
+        raise ValueError(f"invalid base58check: {exc}") from None
 
 
 def segwit_encode(hrp: str, version: int, program: bytes) -> str:
     """BIP173 (version 0) or BIP350 (version 1 and up) address."""
-    data = [version, *_convert_bits(program, 8, 5, True)]
-    const = 1 if version == 0 else _BECH32M_CONST
-    mod = _polymod([*_hrp_expand(hrp), *data, 0, 0, 0, 0, 0, 0]) ^ const
-    checksum = [(mod >> 5 * (5 - i)) & 31 for i in range(6)]
-    return hrp + "1" + "".join(_BECH32[d] for d in data + checksum)
+    return str(SegwitBech32Encoder.Encode(hrp, version, program))
 
 
 def segwit_decode(hrp: str, address: str) -> tuple[int, bytes]:
     if address.lower() != address and address.upper() != address:
         raise ValueError("mixed case")
-    address = address.lower()
-    pos = address.rfind("1")
-    if address[:pos] != hrp or len(address) - pos < 8 or len(address) > 90:
-        raise ValueError("wrong prefix or length")
     try:
-        data = [_BECH32.index(c) for c in address[pos + 1 :]]
-    except ValueError:
-        raise ValueError("invalid bech32 character") from None
-    const = _polymod([*_hrp_expand(hrp), *data])
-    version = data[0]
-    if const != (1 if version == 0 else _BECH32M_CONST):
-        raise ValueError("invalid checksum")
-    program = bytes(_convert_bits(data[1:-6], 5, 8, False))
+        version, program = SegwitBech32Decoder.Decode(hrp, address.lower())
+    except Exception as exc:  # bip_utils raises its own error classes
+        raise ValueError(f"invalid segwit address: {exc}") from None
+    program = bytes(program)
     if version > 16 or not 2 <= len(program) <= 40 or (version == 0 and len(program) not in (20, 32)):
         raise ValueError("invalid witness program")
-    return version, program
+    return int(version), program
 
 
 def script_to_address(script: bytes, network: str = "regtest") -> str | None:

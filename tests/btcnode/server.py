@@ -25,6 +25,13 @@ sources (`httprpc.cpp`, `rpc/server.cpp`, `rpc/util.cpp`, `rpc/blockchain.cpp`,
   `/rest/blockhashbyheight/<n>.<ext>`, `/rest/chaininfo.json`, `/rest/mempool/contents.json`;
   errors as Core writes them (plain text ending in CRLF: 400 for a bad hash, 404 when unknown).
 
+ZMQ (`zmq=True`): a PUB socket on 127.0.0.1 (`zmq_url`) publishes what Core's `-zmqpub*` options do,
+each message `[topic, body, 4-byte little-endian sequence number of that topic]`: `hashblock` (the
+hash, in RPC byte order), `rawblock` and `sequence` (hash + `C`) for each block connected, `hashtx`,
+`rawtx` and `sequence` (txid + `A` + the 8-byte mempool sequence) for each transaction entering the
+mempool; `getzmqnotifications` lists them. It lives from the first `start()` to the end of the
+`async with` (`close()`), through `go_down()` and `come_up()`.
+
 Faults for tests: `warming_up(True)` makes every call answer -28 (REST: 503), `go_down()` closes
 the listener and every connection and `come_up()` listens again on the same port, `chain_name`
 sets what `getblockchaininfo` reports (and the address format), `latency` delays each request.
@@ -532,8 +539,13 @@ class BitcoinRegtestServer:
         rest: bool = True,
         bad_auth_delay: float = 0.0,
         port: int = 0,
+        zmq: bool = False,
     ) -> None:
         self.chain = chain or RegtestChain()
+        self.zmq = zmq
+        self.zmq_url: str | None = None
+        self.zmq_sent: dict[bytes, int] = {}  # topic -> messages published
+        self._publisher: Any = None
         self.user = user
         self.password = password or secrets.token_hex(12)
         self.chain_name = chain_name
@@ -561,6 +573,14 @@ class BitcoinRegtestServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the ZMQ publisher (the HTTP listener closes with `stop()`)."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            self.chain.listeners.remove(self._publish)
+            publisher.close(linger=0)
 
     @property
     def url(self) -> str:
@@ -582,6 +602,44 @@ class BitcoinRegtestServer:
         await site.start()
         self.port = runner.addresses[0][1]
         self._runner = runner
+        if self.zmq and self._publisher is None:
+            self._open_publisher()
+
+    def _open_publisher(self) -> None:
+        import zmq
+
+        publisher = zmq.Context.instance().socket(zmq.PUB)
+        port = publisher.bind_to_random_port("tcp://127.0.0.1")
+        self._publisher = publisher
+        self.zmq_url = f"tcp://127.0.0.1:{port}"
+        self.zmq_notifications = [
+            {"type": f"pub{topic}", "address": self.zmq_url, "hwm": 1000}
+            for topic in ("hashblock", "hashtx", "rawblock", "rawtx", "sequence")
+        ]
+        self.chain.listeners.append(self._publish)
+
+    def _publish(self, event: str, value: str) -> None:
+        """A chain event as Core's ZMQ notifiers send it."""
+        if event == "block":
+            record = self.chain.blocks[value]
+            self._send(b"hashblock", bytes.fromhex(value))
+            self._send(b"rawblock", record.raw)
+            self._send(b"sequence", bytes.fromhex(value) + b"C")
+        elif event == "tx":
+            entry = self.chain.mempool.get(value)
+            self._send(b"hashtx", bytes.fromhex(value))
+            if entry is not None:
+                self._send(b"rawtx", serialize_tx(entry.tx))
+            sequence = self.chain.mempool_sequence.to_bytes(8, "little")
+            self._send(b"sequence", bytes.fromhex(value) + b"A" + sequence)
+
+    def _send(self, topic: bytes, body: bytes) -> None:
+        import zmq
+
+        number = self.zmq_sent.get(topic, 0)
+        self.zmq_sent[topic] = number + 1
+        # PUB never blocks: with no subscriber, or one too slow, messages are dropped, as in Core
+        self._publisher.send_multipart([topic, body, (number % 2**32).to_bytes(4, "little")], flags=zmq.NOBLOCK)
 
     async def stop(self) -> None:
         """Close the listener and every open connection."""

@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 
 from depositwatch.devnet import Anvil
-from depositwatch.devnet.anvil import reorg as anvil_reorg
+from depositwatch.devnet import reorg as anvil_reorg
 from depositwatch.replay import run_id
 from depositwatch.store import Scope
 from tests.btcnode import BitcoinRegtestServer
@@ -59,7 +59,6 @@ from tests.proof.harness import (
     check_store_after_reorgs,
     config_toml,
     cursor_at,
-    eventually,
     evm_book,
     evm_chain_toml,
     form_param,
@@ -73,6 +72,7 @@ from tests.proof.harness import (
     until_done,
 )
 from tests.receivers import Receiver
+from tests.util import eventually, within
 
 # Kills per suite: (CI, full).
 LIVE_EVM_KILLS = (14, 150)
@@ -227,15 +227,7 @@ class Killer:
 
 async def _within(check: Callable[[], bool | Awaitable[bool]], timeout: float, proc: Proc) -> bool:
     """Whether `check` comes true within `timeout` (False if the process ended meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while proc.alive and time.monotonic() < deadline:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return True
-        await asyncio.sleep(0.005)
-    return False
+    return await within(check, timeout, every=0.005, stop_if=lambda: None if proc.alive else "the process ended")
 
 
 def landed_line(trials: list[Trial], points: list[str], seconds: float) -> str:
@@ -714,7 +706,7 @@ REORG_EVM_KILLS = (8, 80)
 REORG_BTC_KILLS = (8, 80)
 REORG_SHARE = 0.12  # of blocks followed by a reorg, besides those made at the `reorg` kill point
 REORG_DEPTH = 6
-DROP_GRACE = 60.0  # the mempool watcher's wait before it retracts a transaction gone from the mempool
+DROP_GRACE = 5.0  # the mempool watcher's wait before it retracts a transaction gone from the mempool (60 s by default)
 
 
 class Reorgs:
@@ -784,7 +776,7 @@ async def finish_after_reorgs(
     ids = {w.id for w in final} | {w.id for w in gone}
     try:
         # A transfer the daemon saw only in the mempool, then mined and dropped by a reorg while it was
-        # down, is retracted by the mempool watcher once it has been missing for its 60 s drop grace:
+        # down, is retracted by the mempool watcher once it has been missing for its drop grace:
         # a stall shorter than that would be no stall.
         seconds = await until_done(lambda: settled(receiver, final, gone), len(ids), "alerts", stall=DROP_GRACE + 30)
     except AssertionError as stuck:
@@ -937,7 +929,11 @@ async def test_live_daemon_on_bitcoin_killed_during_reorgs_retracts_and_loses_no
         async with Receiver(jittery(random.Random(rng.random()))) as receiver:
             await import_book(sqlite_url, book)
             config = tmp_path / "config.toml"
-            config.write_text(config_toml(sqlite_url, btc_chain_toml(node, node.url, start=start), receiver.url))
+            config.write_text(
+                config_toml(
+                    sqlite_url, btc_chain_toml(node, node.url, start=start, drop_grace=DROP_GRACE), receiver.url
+                )
+            )
             killer = Killer(rng, receiver=receiver)
             points = [*killer.points, "reorg"]
             plan = [points[i % len(points)] for i in range(n(REORG_BTC_KILLS))]

@@ -44,7 +44,6 @@ from tests.proof.harness import (
     check_store,
     config_toml,
     cursor_at,
-    eventually,
     evm_book,
     evm_chain_toml,
     form_param,
@@ -53,6 +52,7 @@ from tests.proof.harness import (
     store_view,
 )
 from tests.receivers import Receiver
+from tests.util import eventually
 
 ROUNDS = (1, 6)  # CI, full
 ANY_CALL = ("eth_getBlockByNumber", "eth_blockNumber", "eth_getLogs", "eth_getBlockReceipts", "eth_chainId")
@@ -145,6 +145,8 @@ async def test_daemon_rides_out_node_and_receiver_faults(form: str, tmp_path: Pa
             await import_book(sqlite_url, book)
             config = tmp_path / "config.toml"
             chain = evm_chain_toml(node_proxy.url, token=traffic.token, start=start, batch_blocks=3)
+            # The faults name the full scan's methods (eth_getBlockReceipts): read every block in full here.
+            chain += "filter_max_keys = 0\n"
             config.write_text(config_toml(sqlite_url, chain, sink_proxy.url + receiver.path, http=True, sink_timeout=1))
             began = time.monotonic()
             daemon = runner.daemon(config)
@@ -321,9 +323,13 @@ async def test_daemon_survives_a_node_with_no_usable_latest_block(answer: Any, t
                 await traffic.block()
                 proxy.set(Fault("answer", frozenset({"eth_getBlockByNumber"}), result=answer))
                 await traffic.block()
-                await asyncio.sleep(2.0)
+                # the bad answer reported; the daemon still running, and catching up once it is gone
+                await eventually(
+                    lambda: _says(daemon, 0, ("eth_getBlockByNumber for latest",)) is not None,
+                    30,
+                    "the daemon to report the bad answer",
+                )
                 assert daemon.alive, daemon.tail()
-                assert _says(daemon, 0, ("eth_getBlockByNumber for latest",)), daemon.tail()
                 proxy.clear()
                 tip = await traffic.tip()
                 await eventually(lambda: _at(sqlite_url, tip), 30, "catching up")

@@ -15,6 +15,8 @@ from typing import Any
 from depositwatch.chains import tron_wire as wire
 
 TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+SYMBOL = "95d89b41"  # symbol()
+DECIMALS = "313ce567"  # decimals()
 _TYPE_NAMES = {1: "TransferContract", 2: "TransferAssetContract", 31: "TriggerSmartContract"}
 
 
@@ -204,6 +206,32 @@ def _visible(block: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class Contract:
+    """What a deployed contract answers to constant calls, by 4-byte selector (hex).
+
+    `returns`: the return data; `reverts`: the data of a REVERT; `fails`: a VM exception's message (an
+    invalid opcode, energy run out). A selector in none of them reverts with no data, as a contract
+    without that function and with no fallback does.
+    """
+
+    returns: dict[str, bytes] = field(default_factory=dict)
+    reverts: dict[str, bytes] = field(default_factory=dict)
+    fails: dict[str, str] = field(default_factory=dict)
+
+
+def abi_string(text: str) -> bytes:
+    """An ABI-encoded `string` return value."""
+    data = text.encode()
+    padded = data + bytes(-len(data) % 32)
+    return (32).to_bytes(32, "big") + len(data).to_bytes(32, "big") + padded
+
+
+def token_contract(symbol: str, decimals: int) -> Contract:
+    """A TRC-20 whose `symbol()` and `decimals()` answer as a standard token's do."""
+    return Contract(returns={SYMBOL: abi_string(symbol), DECIMALS: decimals.to_bytes(32, "big")})
+
+
+@dataclass
 class _Stored:
     block: dict[str, Any]
     infos: list[dict[str, Any]]
@@ -219,6 +247,7 @@ class TronChain:
         self.save_internal = save_internal
         self.start_time = start_time
         self.blocks: list[_Stored] = []
+        self.contracts: dict[bytes, Contract] = {}  # deployed contracts by their 20 bytes
         self._nonce = 0
         # block 0 identifies the network (its id differs per chain id, as mainnet's and Nile's do)
         self.genesis = _Stored(block_json(0, "00" * 32, [], timestamp=start_time - 10**9), [])

@@ -7,6 +7,12 @@ The calls a deposit watcher makes, in the node's shapes (java-tron's `http/*Serv
   `/wallet/gettransactioninfobyblocknum` (`num`: a list, `[]` for a block without infos),
   `/walletsolidity/getnowblock` and `/walletsolidity/getblockbynum` (only blocks 19 deep or more);
 - GET with query parameters or POST with a JSON body, as the servlets accept both;
+- `/wallet/triggerconstantcontract` (`owner_address`, `contract_address`, `function_selector` and
+  `parameter`, or `data`), answered from `TronChain.contracts`: `{"result": {"result": true},
+  "energy_used", "constant_result": [hex], "transaction"}`; a REVERT keeps that shape with
+  `result.message` (hex of "REVERT opcode executed"), the revert data in `constant_result` and the
+  transaction's `ret` FAILED; a VM exception is `{"result": {"code": "OTHER_ERROR", "message": hex of
+  "class ... : message"}}`; an address without a contract is `CONTRACT_VALIDATE_ERROR`;
 - a block above the tip is `{}`; a malformed parameter is HTTP 200 `{"Error": "..."}` (the servlets
   catch the exception and print its class and message);
 - with `api_key` set, requests without the `TRON-PRO-API-KEY` header get 401, as TronGrid answers.
@@ -24,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .chain import TronChain
+from .chain import Contract, TronChain, Tx, transaction_json
 
 MAX_RANGE = 100
 
@@ -136,6 +142,8 @@ class TronNodeServer:
                 raise ValueError(f"startNum {start} endNum {end}: at most {MAX_RANGE} blocks")
             blocks = [self._block_bytes(n, visible=visible) for n in range(start, min(end, top + 1))]
             return b'{"block":[' + b",".join(blocks) + b"]}" if blocks else {}
+        if method == "triggerconstantcontract":
+            return _constant_call(chain.contracts, params)
         if method == "gettransactioninfobyblocknum":
             num = _number(params.get("num"))
             block = chain.block(num)
@@ -147,6 +155,48 @@ class TronNodeServer:
                 encoded = self._encoded[key] = orjson.dumps(chain.infos(num))
             return encoded
         return None
+
+
+def _message(text: str) -> str:
+    """`result.message` as the node prints it with visible=false: the UTF-8 bytes in hex."""
+    return text.encode().hex()
+
+
+def _call_data(params: dict[str, Any]) -> str:
+    selector = params.get("function_selector")
+    if isinstance(selector, str) and selector:
+        from eth_utils.abi import function_signature_to_4byte_selector
+
+        return function_signature_to_4byte_selector(selector).hex() + str(params.get("parameter") or "")
+    return str(params.get("data") or "")
+
+
+def _constant_call(contracts: dict[bytes, Contract], params: dict[str, Any]) -> dict[str, Any]:
+    """java-tron's TriggerConstantContractServlet over the test chain's contracts."""
+    owner, address = params.get("owner_address"), params.get("contract_address")
+    if not owner:
+        return {"result": {"code": "OTHER_ERROR", "message": _message("owner_address isn't set.")}}
+    raw = bytes.fromhex(str(address or ""))
+    contract = contracts.get(raw[1:]) if len(raw) == 21 and raw[0] == 0x41 else None
+    if contract is None:
+        message = "Contract validate error : Smart contract is not exist."
+        return {"result": {"code": "CONTRACT_VALIDATE_ERROR", "message": _message(message)}}
+    data = _call_data(params)
+    selector = data[:8]
+    if selector in contract.fails:
+        error = f"class org.tron.core.vm.program.Program$IllegalOperationException : {contract.fails[selector]}"
+        return {"result": {"code": "OTHER_ERROR", "message": _message(error)}}
+    value = {"owner_address": str(owner), "contract_address": str(address), "data": data}
+    transaction = {**transaction_json(Tx(31, value)), "visible": False}
+    if selector in contract.returns:
+        transaction["ret"] = [{}]
+        result: dict[str, Any] = {"result": True}
+        returned = contract.returns[selector]
+    else:
+        transaction["ret"] = [{"ret": "FAILED"}]
+        result = {"result": True, "message": _message("REVERT opcode executed")}
+        returned = contract.reverts.get(selector, b"")
+    return {"result": result, "energy_used": 471, "constant_result": [returned.hex()], "transaction": transaction}
 
 
 def _number(value: Any) -> int:

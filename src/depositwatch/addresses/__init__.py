@@ -31,12 +31,16 @@ __all__ = [
 
 
 def normalise_key(chain_kind: str, address: str, network: str | None) -> ParsedAddress:
-    """Parse `address` for a chain kind ("bitcoin" or "evm"); Bitcoin's network defaults to mainnet.
+    """Parse `address` for a chain kind ("bitcoin", "evm" or "tron"); Bitcoin's network defaults to mainnet.
 
-    EVM addresses look the same on every network, so `network` is ignored for them.
+    EVM and TRON addresses look the same on every network, so `network` is ignored for them.
     """
     if chain_kind == "bitcoin":
         return parse_bitcoin_address(address, network if network is not None else BitcoinNetwork.MAINNET)
     if chain_kind == "evm":
         return parse_ethereum_address(address)
-    raise ValueError(f"unknown chain kind {chain_kind!r}; expected 'bitcoin' or 'evm'")
+    if chain_kind == "tron":
+        from depositwatch.addresses.tron import parse_tron_address
+
+        return parse_tron_address(address)
+    raise ValueError(f"unknown chain kind {chain_kind!r}; expected 'bitcoin', 'evm' or 'tron'")

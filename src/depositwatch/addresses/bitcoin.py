@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from depositwatch.addresses.base58 import b58check_decode, b58check_encode
@@ -99,6 +100,47 @@ def _witness_type(version: int, program: bytes) -> str | None:
     return "witness_unknown"
 
 
+_PUBKEY_TEXT = re.compile(r"(?:pk\(([0-9a-fA-F]{66}|[0-9a-fA-F]{130})\)|([0-9a-fA-F]{66}|[0-9a-fA-F]{130}))\Z")
+
+
+def p2pk_script(pubkey: bytes) -> bytes:
+    """The bare pay-to-public-key script: push the 33- or 65-byte key, OP_CHECKSIG."""
+    return bytes([len(pubkey)]) + pubkey + bytes([_OP_CHECKSIG])
+
+
+def looks_like_pubkey(text: str) -> bool:
+    """Whether `text` is meant as a public key (`pk(HEX)` or 66/130 hex digits), not an address: no base58
+    address holds a 0 and no bech32 one starts with a digit, so the forms never overlap."""
+    return text.startswith("pk(") or (len(text) in (66, 130) and all(c in "0123456789abcdefABCDEF" for c in text))
+
+
+def parse_bitcoin_pubkey(text: str, network: BitcoinNetwork | str) -> ParsedAddress:
+    """A public key (`pk(HEX)` or bare hex, compressed or uncompressed): its P2PKH address, registered with
+    its bare P2PK script too (`also`), so an output paying either form matches. Raises AddressError."""
+    from coincurve import PublicKey
+
+    from depositwatch.addresses.hd import hash160
+
+    net = _as_network(network)
+    found = _PUBKEY_TEXT.match(text)
+    if found is None:
+        raise AddressError(text, "not a public key: expected pk(HEX) or 33 or 65 bytes of hex")
+    pubkey = bytes.fromhex(found.group(1) or found.group(2))
+    if pubkey[0] not in ((2, 3) if len(pubkey) == 33 else (4,)):
+        raise AddressError(text, f"a {len(pubkey)}-byte public key cannot start with 0x{pubkey[0]:02x}")
+    try:
+        PublicKey(pubkey)
+    except ValueError:
+        raise AddressError(text, "not a point on secp256k1") from None
+    key_hash = hash160(pubkey)
+    return ParsedAddress(
+        address=b58check_encode(bytes([_P2PKH_VERSION[net]]) + key_hash),
+        key=p2pkh_script(key_hash),
+        type="p2pkh",
+        also=((p2pk_script(pubkey), "p2pk"),),
+    )
+
+
 def script_type(script: bytes) -> str | None:
     """Classify an output script as p2pkh, p2sh, p2wpkh, p2wsh, p2tr or witness_unknown; None otherwise."""
     if (
@@ -169,6 +211,8 @@ def parse_bitcoin_address(address: str, network: BitcoinNetwork | str) -> Parsed
     reject_surrounding_whitespace(address)
     if not address:
         raise AddressError(address, "empty address")
+    if looks_like_pubkey(address):
+        return parse_bitcoin_pubkey(address, net)
     # No base58 P2PKH or P2SH address of any network starts with b or t, so the prefix decides.
     if address.lower().startswith(_SEGWIT_PREFIXES):
         return _parse_segwit(address, net)

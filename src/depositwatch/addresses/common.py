@@ -31,6 +31,9 @@ class ParsedAddress:
     address: str
     key: bytes
     type: str
+    # Other output scripts that pay the same key, registered with it (`address` stays the text
+    # shown): a public key's bare P2PK script beside its P2PKH one. As (key, type) pairs.
+    also: tuple[tuple[bytes, str], ...] = ()
 
 
 def reject_surrounding_whitespace(address: str) -> None:

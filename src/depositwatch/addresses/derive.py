@@ -82,6 +82,31 @@ def derive(tree: KeyTree, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
         yield index, key
 
 
+def _pk(point: PublicKey) -> bytes:
+    return b"\x21" + point.format() + b"\xac"  # <33-byte key> OP_CHECKSIG
+
+
+_WATCH_EXTRA: dict[ScriptType, Callable[[PublicKey], bytes]] = {ScriptType.PKH: _pk}
+
+
+def watch_keys(tree: KeyTree, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """(index, key bytes) the registry watches for indexes start..stop-1: `derive`'s keys and, for a
+    pkh() tree, also the bare P2PK script of the same key (an output that pays the key itself)."""
+    if not 0 <= start <= stop <= HARDENED:
+        raise ValueError(f"index range {start}..{stop} is outside 0..2^31 (stop exclusive)")
+    extra = _WATCH_EXTRA.get(tree.script)
+    if extra is None:
+        yield from derive(tree, start, stop)
+        return
+    branch = tree.key
+    for step in tree.path:
+        branch = child(branch, step)
+    encode = _ENCODERS[tree.script]
+    for index, point in public_children(branch, start, stop):
+        yield index, encode(point)
+        yield index, extra(point)
+
+
 def network_matches(tree: KeyTree, network: BitcoinNetwork | str) -> bool:
     """Whether a Bitcoin tree's key version (xpub or tpub family) fits the chain's network."""
     mainnet = BitcoinNetwork(network) is BitcoinNetwork.MAINNET
@@ -94,6 +119,8 @@ def address_text(tree: KeyTree, key: bytes, network: BitcoinNetwork | str = Bitc
         return ethereum_checksum_address(key)
     if tree.script is ScriptType.TRON:
         return tron_address(key)
+    if tree.script is ScriptType.PKH and len(key) == 35 and key[0] == 0x21 and key[-1] == 0xAC:
+        key = p2pkh_script(hash160(key[1:34]))  # a bare P2PK output has no address: its key's P2PKH one
     address = bitcoin_script_to_address(key, network)
     assert address is not None  # every script this module builds has an address
     return address

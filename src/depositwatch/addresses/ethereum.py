@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
 
 from depositwatch.addresses.common import AddressError, ParsedAddress, reject_surrounding_whitespace
 
 _ADDRESS_LENGTH = 20
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-_HIGH_NIBBLES = frozenset("89abcdef")  # keccak hex digits that uppercase the address digit beside them
 
 
 def ethereum_checksum_address(key: bytes) -> str:
-    """The EIP-55 form of a 20-byte address: hex letters uppercased where the keccak nibble is 8 or more."""
+    """The EIP-55 form of a 20-byte address (`eth_utils`; the EVM source caches it per address)."""
     if len(key) != _ADDRESS_LENGTH:
         raise ValueError(f"an Ethereum address is {_ADDRESS_LENGTH} bytes, not {len(key)}")
-    lower = key.hex()
-    digest = keccak(lower.encode("ascii")).hex()
-    return "0x" + "".join(
-        char.upper() if nibble in _HIGH_NIBBLES else char for char, nibble in zip(lower, digest, strict=False)
-    )
+    address: str = to_checksum_address(key)
+    return address
 
 
 def parse_ethereum_address(address: str) -> ParsedAddress:

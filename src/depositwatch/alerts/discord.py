@@ -14,7 +14,7 @@ from depositwatch.alerts.sinks import Burst, DeliveryError, http_failure
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 # Discord's embed limits
 TITLE_LIMIT = 256

@@ -27,8 +27,9 @@ import structlog
 
 from depositwatch.alerts.sinks import AlertSink, Burst, DeliveryError, close_sinks
 from depositwatch.config import AlertsConfig, RetryConfig
+from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.metrics import Metrics
-from depositwatch.store.base import Delivery, LeaseLost, OutboxMessage, StoreError
+from depositwatch.store.base import LeaseLost, StoreError
 
 log = structlog.get_logger("depositwatch.alerts")
 

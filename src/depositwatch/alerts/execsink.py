@@ -22,7 +22,7 @@ from depositwatch.alerts.routing import Routed
 from depositwatch.alerts.sinks import Burst, DeliveryError
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 log = structlog.get_logger("depositwatch.alerts")
 

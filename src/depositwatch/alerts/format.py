@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from depositwatch.alerts.payload import FORMAT_VERSION
 from depositwatch.config import ChainConfig
+from depositwatch.messages import FORMAT_VERSION
 from depositwatch.timeutil import iso, now
 
 # EVM mainnets by chain id: the explorer's transaction URL prefix.

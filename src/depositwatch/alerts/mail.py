@@ -18,7 +18,7 @@ from depositwatch.alerts.routing import Routed
 from depositwatch.alerts.sinks import Burst, DeliveryError
 from depositwatch.alerts.text import AlertText, BurstText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 SUBJECT_LIMIT = 200

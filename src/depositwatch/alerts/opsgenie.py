@@ -10,7 +10,7 @@ from depositwatch.alerts.chatsink import JsonChatSink
 from depositwatch.alerts.sinks import Burst
 from depositwatch.alerts.text import alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 API_URL = "https://api.opsgenie.com"  # the EU instance is https://api.eu.opsgenie.com
 SOURCE = "depositwatch"

@@ -11,7 +11,7 @@ from depositwatch.alerts.format import explorer_name, explorer_url, is_test, sum
 from depositwatch.alerts.sinks import Burst, HttpSink
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 from depositwatch.timeutil import iso
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"

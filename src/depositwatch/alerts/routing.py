@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from depositwatch.alerts.sinks import severity_rank
+from depositwatch.alerts.sinks import passes_payload_filters, severity_rank
 from depositwatch.config import SinkConfig
+from depositwatch.messages import OutboxMessage
 from depositwatch.models import SEVERITY_ORDER
-from depositwatch.store.base import OutboxMessage
 
 
 class Routed:
@@ -18,5 +18,10 @@ class Routed:
         self._min_rank = SEVERITY_ORDER[config.min_severity]
 
     def accepts(self, message: OutboxMessage) -> bool:
-        """Kind in the sink's list (a retraction counts as its original kind) and severity high enough."""
-        return message.kind in self._kinds and severity_rank(message.severity) >= self._min_rank
+        """Kind in the sink's list (a retraction counts as its original kind), severity high enough, and
+        the payload filters (`passes_payload_filters`)."""
+        return (
+            message.kind in self._kinds
+            and severity_rank(message.severity) >= self._min_rank
+            and passes_payload_filters(self.config, message)
+        )

@@ -17,10 +17,10 @@ from typing import Any, Protocol
 import aiohttp
 
 from depositwatch.alerts.signing import ALERT_ID_HEADER, IDEMPOTENCY_HEADER, signed_headers
-from depositwatch.config import ChainConfig, SinkConfig, redact_text
+from depositwatch.config import SinkConfig, redact_text
 from depositwatch.jsonutil import loads
+from depositwatch.messages import OutboxMessage
 from depositwatch.models import SEVERITY_ORDER, Asset, Severity
-from depositwatch.store.base import OutboxMessage
 
 USER_AGENT = "depositwatch"
 # Statuses that say "not now" rather than "never": retried without being reported as a rejection.
@@ -60,6 +60,29 @@ def severity_rank(severity: str) -> int:
         return SEVERITY_ORDER[Severity(severity)]
     except ValueError:
         return 0
+
+
+# Sinks that page someone: they never carry address-poisoning alerts, whatever their config says.
+PAGING_SINKS = frozenset({"pagerduty", "opsgenie"})
+
+
+def passes_payload_filters(config: SinkConfig, message: OutboxMessage) -> bool:
+    """The sink's filters on the payload: `unlisted_tokens` (messages with `token_listed` false) and
+    `poisoning` (messages with `poisoning` true; never for a paging sink)."""
+    want_unlisted = config.unlisted_tokens
+    want_poisoning = config.poisoning and config.type not in PAGING_SINKS
+    if want_unlisted and want_poisoning:
+        return True
+    text = message.payload
+    # Payloads are written compact by this program: a cheap look first, the parse only when it may matter.
+    if '"token_listed":false' not in text and '"poisoning":true' not in text:
+        return True
+    payload = loads(text)
+    if not isinstance(payload, dict):
+        return True
+    if not want_unlisted and payload.get("token_listed") is False:
+        return False
+    return want_poisoning or payload.get("poisoning") is not True
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +224,13 @@ class HttpSink:
         self._min_rank = SEVERITY_ORDER[config.min_severity]
 
     def accepts(self, message: OutboxMessage) -> bool:
-        """Kind in the sink's list (a retraction counts as its original kind) and severity high enough."""
-        return message.kind in self._kinds and severity_rank(message.severity) >= self._min_rank
+        """Kind in the sink's list (a retraction counts as its original kind), severity high enough, and
+        the payload filters (`passes_payload_filters`)."""
+        return (
+            message.kind in self._kinds
+            and severity_rank(message.severity) >= self._min_rank
+            and passes_payload_filters(self.config, message)
+        )
 
     def session(self) -> aiohttp.ClientSession:
         """The sink's session, made on first use inside the running loop."""
@@ -265,33 +293,6 @@ class WebhookSink(HttpSink):
         """POST the stored payload, signed at send time."""
         body = message.payload.encode()
         await self.post(self.url, body, self.headers(message, body, int(time.time())))
-
-
-def build_sinks(configs: Sequence[SinkConfig], chains: Sequence[ChainConfig] = ()) -> list[AlertSink]:
-    """One sink per config, secrets resolved and checked now (ConfigError names the key path).
-
-    `chains` lets Slack and PagerDuty link transactions to a block explorer for known mainnets.
-    """
-    from depositwatch.alerts.format import explorers_for
-    from depositwatch.alerts.pagerduty import PagerDutySink
-    from depositwatch.alerts.slack import SlackSink
-
-    explorers = explorers_for(chains)
-    sinks: list[AlertSink] = []
-    for config in configs:
-        if config.type == "webhook":
-            sinks.append(WebhookSink(config, config.signing_keys()))
-        elif config.type == "slack":
-            sinks.append(SlackSink(config, config.destination(), explorers))
-        elif config.type == "pagerduty":
-            assert config.secret is not None
-            sinks.append(PagerDutySink(config, config.secret.resolve(), explorers))
-        else:
-            from depositwatch.alerts.channels import build_channel_sink
-
-            secret = config.secret.resolve() if config.secret is not None else None
-            sinks.append(build_channel_sink(config, secret, explorers))
-    return sinks
 
 
 async def close_sinks(sinks: Sequence[AlertSink]) -> None:

@@ -19,7 +19,7 @@ from depositwatch.alerts.format import (
 from depositwatch.alerts.sinks import Burst, HttpSink
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 HEADER_LIMIT = 150  # Slack's limit for a header block's text
 FIELD_LIMIT = 2000

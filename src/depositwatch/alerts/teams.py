@@ -9,7 +9,7 @@ from depositwatch.alerts.chatsink import JsonChatSink
 from depositwatch.alerts.sinks import Burst
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_VERSION = "1.4"

@@ -16,7 +16,7 @@ from depositwatch.alerts.sinks import Burst, DeliveryError, HttpSink, http_failu
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 API_URL = "https://api.telegram.org"
 TEXT_LIMIT = 4096  # Telegram's limit for a message, after entities are parsed

@@ -23,7 +23,7 @@ from depositwatch.alerts.format import (
 )
 from depositwatch.alerts.sinks import Burst
 from depositwatch.jsonutil import loads
-from depositwatch.store.base import OutboxMessage
+from depositwatch.messages import OutboxMessage
 
 FACT_LIMIT = 1000  # a label or owner is data from a CSV: bounded before any channel sees it
 

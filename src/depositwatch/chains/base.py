@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from depositwatch.models import Block, BlockRef
+from depositwatch.models import Block, BlockRef, TokenInfo
 
 
 class ChainError(Exception):
@@ -52,3 +53,17 @@ class ChainSource(Protocol):
 
     async def wait_for_head(self, timeout: float) -> None:
         """Return when a new block may be available, or after `timeout` seconds (poll, WebSocket, ZMQ)."""
+
+
+class TokenMetadataCache(Protocol):
+    """Where token metadata looked up from contracts is kept (the store), so each contract is asked once.
+
+    Chain-neutral: EVM sources key it by "0x" + 40 lower-case hex digits; a TRON source would key it by
+    its own contract text form. The store implements it.
+    """
+
+    async def token_metadata(self, chain: str, contracts: Collection[str]) -> dict[str, TokenInfo]:
+        """The cached entries among `contracts`."""
+
+    async def save_token_metadata(self, chain: str, infos: Sequence[TokenInfo]) -> None:
+        """Keep these entries (an entry already kept stays as it is)."""

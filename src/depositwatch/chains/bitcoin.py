@@ -5,9 +5,12 @@
 - `tip()` is `getbestblockhash` plus that block's header for its height; `hash_at` is
   `getblockhash`, None above the tip.
 - `fetch(start, stop)`: the hashes in one `getblockhash` batch, then each block raw, `getblock HASH 0`
-  (or `GET /rest/block/HASH.bin` when `rest_url` is configured), at most `max_in_flight` at a time.
-  Each block is decoded locally: its header must hash to the hash asked for, and the decoder checks
-  the merkle root (and the witness commitment), so the transactions are the block's.
+  (its hex decoded straight out of the answer's body) or `GET /rest/block/HASH.bin` when `rest_url`
+  is configured, at most `max_in_flight` at a time. Each block is decoded locally: its header must
+  hash to the hash asked for, and the decoder checks the merkle root (and the witness commitment), so
+  the transactions are the block's. After a whole range the next one is read ahead (up to the tip
+  last seen), so the node is not idle while a range is decoded and committed
+  (`docs/performance.md`, "Bitcoin").
 - Every output with a value and a script other than OP_RETURN is a `Transfer` (BTC, 8 decimals,
   amount in satoshis, `index` = vout, `to_key` = the output script: matching is on script bytes,
   `to_address` = the script's address on the configured network, or None for scripts without one).
@@ -17,17 +20,23 @@
   same, but only outputs paying a watched script (active or revoked) become transfers, and only
   inputs spending a watched output (the tracker's, or one paid to a revoked script earlier in the same
   fetch) become spends. Matching those gives exactly the matches and sweeps of the full block (the
-  tests check it), at a fraction of the cost: block 413,567 against 10 million scripts takes about 4
-  times what hashing its transactions takes, against 26 times for the full path (which spends two
-  thirds of its time encoding addresses); replaying full 1 MB segwit blocks runs at 34 blocks/s
-  against 1.8 (`docs/performance.md`, `bench/btc_bench.py`). `tx_count` is the block's either way;
+  tests check it), at a fraction of the cost: block 413,567 against 10 million scripts takes about
+  1.5 times what hashing its transactions takes, against 24 times for the full path (which spends two
+  thirds of its time encoding addresses; `docs/performance.md`, `bench/btc_bench.py`). The watched
+  path keeps the addresses of the scripts it saw last. `tx_count` is the block's either way;
   `transfers` then counts the watched outputs only.
 - `prevouts_paying(start, stop, scripts)` finds, with `getblock HASH 3`, the outputs paid to watched
   scripts before `start` and spent in the range, so a replay can see the sweep of funds it never saw
   arrive.
+- The mempool, for `depositwatch.mempool`: `mempool_txids()` is `getrawmempool`, `mempool_txs(txids)`
+  the transactions still there, raw (`getrawtransaction TXID false` in one JSON-RPC batch), decoded
+  and checked to be the ones asked for. `payments(tx)` is the output filter of both paths above.
 - `wait_for_head(timeout)` polls `getbestblockhash` every `poll_interval`; with `zmq_url` it also
-  wakes on ZMQ `hashblock` and `sequence` (block connected/disconnected). ZMQ drops messages under
-  load and announces only the new tip on a reorg: it is a wake-up, the RPC stays the truth.
+  wakes on ZMQ `hashblock`, `rawblock` and `sequence` (block connected/disconnected). ZMQ drops
+  messages under load and announces only the new tip on a reorg: it is a wake-up, the RPC stays the
+  truth. Two shortcuts keep a new tip's alert quick: the block's bytes from `rawblock` (when the node
+  publishes it on that address) are used for its fetch, checked like any block read, and the fetch
+  of the one block `tip` just named takes its hash from there rather than asking `getblockhash`.
 
 A malformed or inconsistent answer (a wrong type, a hash that is not 64 hex digits, a block whose
 header does not hash to the hash asked for, truncated hex) raises `BadNodeAnswer` naming the call.
@@ -37,19 +46,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
-from collections.abc import Container
+from collections.abc import Collection, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
-from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, RpcError, btc_to_sats
+from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, NotFound, RpcError, btc_to_sats
 from depositwatch.chains.btc_wire import (
     BlockDecodeError,
+    Tx,
     block_hash,
     decode_block,
+    decode_tx,
     outpoint_key,
     scan_block,
 )
@@ -72,6 +84,8 @@ NODE_CHAINS: dict[str, tuple[str, ...]] = {
 OP_RETURN = 0x6A
 MAX_HEIGHT = 2**63 - 1  # the store's signed 64-bit columns; a taller height is a hostile answer
 HASH_BATCH = 500  # getblockhash calls per JSON-RPC batch
+ADDRESS_CACHE = 4096  # output scripts whose addresses are kept
+ANNOUNCED_KEPT = 4  # raw blocks from ZMQ kept until fetched
 _HASH = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -102,6 +116,20 @@ def _spent_outputs(block: Any, before: int, scripts: Container[bytes]) -> list[W
     return found
 
 
+def _discard(task: asyncio.Future[bytes]) -> None:
+    """Drop a read nobody will await: cancel it, or take its failure so it is not reported as unseen."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+def _cancel(reads: dict[int, tuple[str, asyncio.Future[bytes]]]) -> None:
+    for _, task in reads.values():
+        _discard(task)
+    reads.clear()
+
+
 class BitcoinSource:
     """A Bitcoin Core node's view of one chain, reduced to `Block` records."""
 
@@ -112,6 +140,10 @@ class BitcoinSource:
         self.config = config
         self.network = config.network
         self.asset = Asset(config.native_asset_symbol, 8)
+        self._address = functools.partial(bitcoin_script_to_address, network=self.network)
+        # The watched path's scripts are few and come back (a revoked script paid again, a deposit address
+        # reused): their addresses are kept rather than encoded (bech32, in Python) at every payment.
+        self._watched_address = functools.lru_cache(maxsize=ADDRESS_CACHE)(self._address)
         self.rpc = rpc or BitcoinRpc.from_config(config, **rpc_options)
         self.node_chain: str | None = None
         self.mempool_changed = asyncio.Event()  # set on ZMQ mempool sequence messages
@@ -119,6 +151,11 @@ class BitcoinSource:
         self._tracker: OutputTracker | None = None
         self._head = asyncio.Event()
         self._best: str | None = None
+        self._best_height = -1
+        self._tip_fresh = False  # `_best` was read by `tip` and no fetch has run since
+        self._announced: dict[str, bytes] = {}  # raw blocks from ZMQ `rawblock`, by hash, oldest first
+        self._ahead: dict[int, tuple[str, asyncio.Future[bytes]]] = {}  # height -> (hash, its read started ahead)
+        self._ahead_task: asyncio.Future[None] | None = None
         self._zmq_task: asyncio.Task[None] | None = None
         self._genesis = ""  # found in open()
         self._checked_switches = -1  # the client's `switches` when the node's chain was last checked
@@ -195,7 +232,8 @@ class BitcoinSource:
         return info
 
     async def close(self) -> None:
-        """Stop the ZMQ listener and close connections."""
+        """Stop the ZMQ listener and the reads ahead, and close connections."""
+        self._drop_ahead()
         if self._zmq_task is not None:
             self._zmq_task.cancel()
             await asyncio.gather(self._zmq_task, return_exceptions=True)
@@ -220,7 +258,7 @@ class BitcoinSource:
         height = header.get("height")
         if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
             raise BadNodeAnswer(f"chain {self.name}: {call}: height {height!r:.100} is not a block height")
-        self._best = best
+        self._best, self._best_height, self._tip_fresh = best, height, True
         await self._same_chain()
         return BlockRef(height, best)
 
@@ -249,43 +287,107 @@ class BitcoinSource:
         return found
 
     async def raw_block(self, hash_: str) -> bytes:
-        """The block's wire bytes, from REST when configured, else `getblock HASH 0`."""
+        """The block's wire bytes, from REST when configured, else `getblock HASH 0` (its hex decoded
+        straight out of the answer's body: `BitcoinRpc.hex_result`)."""
         if self.config.rest_url:
             return await self.rpc.rest(f"/rest/block/{hash_}.bin")
-        text = await self.rpc.call("getblock", hash_, 0)
-        if not isinstance(text, str):
-            raise BadNodeAnswer(f"chain {self.name}: getblock {hash_} 0: answer is {type(text).__name__}, not hex")
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise BadNodeAnswer(
-                f"chain {self.name}: getblock {hash_} 0: the answer is not whole hex bytes ({len(text)} characters)"
-            ) from None
+        return await self.rpc.hex_result("getblock", hash_, 0)
 
     async def fetch(self, start: int, stop: int) -> list[Block]:
-        """Blocks `start` to `stop - 1`, in order (fewer if the tip is lower)."""
+        """Blocks `start` to `stop - 1`, in order (fewer if the tip is lower).
+
+        After a whole range, the next one (as many blocks again, up to the tip last seen by `tip`) is read
+        ahead: its hashes in one batch, then its raw blocks, while these are decoded and while the caller
+        commits them. A `fetch` of exactly the heights read ahead takes those reads, the others are
+        dropped; a block read ahead is still checked against the hash it was asked for, and the caller
+        links each block to its parent, so a reorg meanwhile shows as one.
+        """
         if start < 0:
             raise ValueError(f"start {start} is negative")
+        fresh, self._tip_fresh = self._tip_fresh, False
         if stop <= start:
             return []
-        hashes = await self.hashes(start, stop)
-        if not hashes:
-            return []
-        tasks = [asyncio.ensure_future(self.raw_block(h)) for h in hashes]
+        if self._ahead_task is not None:
+            await asyncio.gather(self._ahead_task, return_exceptions=True)  # its hashes are on their way
+            self._ahead_task = None
+        ahead, self._ahead = self._ahead, {}
         try:
+            if all(height in ahead for height in range(start, stop)):
+                hashes = [ahead[height][0] for height in range(start, stop)]
+            elif fresh and start == stop - 1 == self._best_height and self._best:
+                hashes = [self._best]  # the new tip `tip` just read: no getblockhash for it
+            else:
+                hashes = await self.hashes(start, stop)
+        except BaseException:
+            _cancel(ahead)
+            raise
+        tasks = [self._take(ahead, start + i, h) for i, h in enumerate(hashes)]
+        _cancel(ahead)  # read for other heights
+        try:
+            if hashes and len(hashes) == stop - start:
+                self._read_ahead(stop, stop + (stop - start))
             scan = self._scan_state()
             blocks = []
             for offset, (hash_, task) in enumerate(zip(hashes, tasks, strict=True)):
                 raw = await task
-                # Decoding in a worker thread lets the event loop keep reading the later blocks meanwhile.
-                blocks.append(await asyncio.to_thread(self._decode, start + offset, hash_, raw, scan))
+                if scan is None:
+                    # The full path builds every output and input in Python (tenths of a second a 1 MB
+                    # block): in a worker thread, so the event loop keeps turning meanwhile.
+                    blocks.append(await asyncio.to_thread(self._decode, start + offset, hash_, raw, scan))
+                else:
+                    # The watched path's compiled scan takes a few ms and holds the GIL: a thread would
+                    # only add hand-overs, so it runs here, while the reads under way keep arriving.
+                    blocks.append(self._decode(start + offset, hash_, raw, scan))
             await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
             return blocks
+        except BaseException:
+            self._drop_ahead()
+            raise
         finally:
             for task in tasks:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _take(
+        self, ahead: dict[int, tuple[str, asyncio.Future[bytes]]], height: int, hash_: str
+    ) -> asyncio.Future[bytes]:
+        """The read of block `hash_` at `height`: the block ZMQ announced with its bytes, or the read
+        started ahead when it is for this very block and has not failed (a failure then may be over now),
+        else a new one. Every one is checked the same way afterwards."""
+        announced = self._announced.pop(hash_, None)
+        if announced is not None:
+            done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            done.set_result(announced)
+            return done
+        found = ahead.pop(height, None)
+        if found is not None:
+            read_hash, task = found
+            if read_hash == hash_ and not (task.done() and (task.cancelled() or task.exception() is not None)):
+                return task
+            _discard(task)
+        return asyncio.ensure_future(self.raw_block(hash_))
+
+    def _read_ahead(self, start: int, stop: int) -> None:
+        """Start reading blocks `start` to `stop - 1` (below the tip last seen) for the next `fetch`."""
+        stop = min(stop, self._best_height + 1)
+        if stop > start:
+            self._ahead_task = asyncio.ensure_future(self._start_reads(start, stop))
+
+    async def _start_reads(self, start: int, stop: int) -> None:
+        try:
+            hashes = await self.hashes(start, stop)
+        except Exception:  # reading ahead is a guess: the next fetch asks again, and reports
+            return
+        for offset, hash_ in enumerate(hashes):
+            self._ahead[start + offset] = (hash_, asyncio.ensure_future(self.raw_block(hash_)))
+
+    def _drop_ahead(self) -> None:
+        """Cancel every read started ahead."""
+        if self._ahead_task is not None:
+            self._ahead_task.cancel()
+            self._ahead_task = None
+        _cancel(self._ahead)
 
     async def prevouts_paying(self, start: int, stop: int, scripts: Container[bytes]) -> list[WatchedOutput]:
         """Outputs paid to `scripts` before block `start` and spent in blocks `start` to `stop - 1`.
@@ -310,6 +412,51 @@ class BitcoinSource:
                         f"chain {self.name}: getblock {hash_} 3: malformed prevout data ({exc!r:.200})"
                     ) from None
         return list(found.values())
+
+    # the mempool -------------------------------------------------------------------------------------
+
+    async def mempool_txids(self) -> list[str]:
+        """The ids of the transactions in the node's mempool (`getrawmempool`), in the node's order."""
+        answer = await self.rpc.call("getrawmempool")
+        if not isinstance(answer, list) or not all(isinstance(t, str) and _HASH.match(t) for t in answer):
+            raise BadNodeAnswer(f"chain {self.name}: getrawmempool: not a list of transaction ids")
+        return answer
+
+    async def mempool_txs(self, txids: Sequence[str]) -> list[Tx]:
+        """These transactions, decoded, in one `getrawtransaction` batch; those that left the mempool
+        meanwhile (mined or dropped: "not found") are skipped."""
+        results = await self.rpc.batch_results([Call("getrawtransaction", (t, False)) for t in txids])
+        txs = []
+        for txid, result in zip(txids, results, strict=True):
+            if isinstance(result, NotFound):
+                continue
+            if isinstance(result, RpcError):
+                raise result
+            call = f"getrawtransaction {txid}"
+            if not isinstance(result, str):
+                raise BadNodeAnswer(f"chain {self.name}: {call}: answer is {type(result).__name__}, not hex")
+            try:
+                tx = decode_tx(bytes.fromhex(result))
+            except (ValueError, BlockDecodeError) as exc:
+                raise BadNodeAnswer(f"chain {self.name}: {call}: not a transaction: {exc}") from None
+            if tx.txid != txid:
+                raise BadNodeAnswer(f"chain {self.name}: {call}: the node sent transaction {tx.txid} instead")
+            txs.append(tx)
+        return txs
+
+    def payments(self, tx: Tx, scripts: Container[bytes] | None = None) -> list[Transfer]:
+        """The transaction's outputs that move funds (a value, a script other than OP_RETURN), paying
+        `scripts` when given, as transfers with their addresses."""
+        asset, txid, address = self.asset, tx.txid, self._address
+        return [
+            Transfer(asset, out.value, txid, vout, out.script, to_address=address(out.script))
+            for vout, out in enumerate(tx.outputs)
+            if out.value > 0
+            and not (out.script and out.script[0] == OP_RETURN)
+            and (scripts is None or out.script in scripts)
+        ]
+
+    # new blocks ------------------------------------------------------------------------------------
 
     async def wait_for_head(self, timeout: float) -> None:
         """Return when a new block may be there (ZMQ wake-up, or a changed best hash), or after `timeout`."""
@@ -340,7 +487,7 @@ class BitcoinSource:
 
     # decoding --------------------------------------------------------------------------------------
 
-    def _scan_state(self) -> tuple[set[bytes], set[bytes], dict[bytes, int]] | None:
+    def _scan_state(self) -> tuple[Collection[bytes], set[bytes], Collection[bytes]] | None:
         """For the watched path: the book's active scripts, the outpoints to look for, its revoked scripts."""
         if self._registry is None:
             return None
@@ -361,7 +508,7 @@ class BitcoinSource:
         height: int,
         hash_: str,
         raw: bytes,
-        scan: tuple[set[bytes], set[bytes], dict[bytes, int]] | None,
+        scan: tuple[Collection[bytes], set[bytes], Collection[bytes]] | None,
     ) -> Block:
         """Check and decode one raw block fetched as `hash_` at `height`."""
         call = f"getblock {hash_} 0" if not self.config.rest_url else f"REST block {hash_}"
@@ -379,18 +526,12 @@ class BitcoinSource:
 
     def _full_block(self, height: int, hash_: str, raw: bytes) -> Block:
         block = decode_block(raw)
-        asset, network = self.asset, self.network
         transfers: list[Transfer] = []
         spends: list[Spend] = []
-        add_transfer, add_spend = transfers.append, spends.append
+        add_transfers, add_spend, payments = transfers.extend, spends.append, self.payments
         for position, tx in enumerate(block.txs):
             txid = tx.txid
-            for vout, out in enumerate(tx.outputs):
-                script = out.script
-                if out.value <= 0 or (script and script[0] == OP_RETURN):
-                    continue
-                address = bitcoin_script_to_address(script, network)
-                add_transfer(Transfer(asset, out.value, txid, vout, script, to_address=address))
+            add_transfers(payments(tx))
             if position:  # the first transaction is the coinbase: its input spends nothing
                 for vin, txin in enumerate(tx.inputs):
                     add_spend(Spend(txid, vin, txin.prev_txid[::-1].hex(), txin.prev_vout))
@@ -402,9 +543,9 @@ class BitcoinSource:
         height: int,
         hash_: str,
         raw: bytes,
-        active: set[bytes],
+        active: Collection[bytes],
         outpoints: set[bytes],
-        revoked: dict[bytes, int],
+        revoked: Collection[bytes],
     ) -> Block:
         # The active set and the revoked dict are looked up as they are (no merged set to build), and
         # only the outputs paying revoked scripts are followed to their spends: the tracker's sweeps.
@@ -412,17 +553,13 @@ class BitcoinSource:
             found = scan_block(raw, active, outpoints, more_scripts=revoked, follow=revoked)
         else:
             found = scan_block(raw, active, outpoints, follow=revoked)
-        asset, network = self.asset, self.network
+        asset, address = self.asset, self._watched_address
         transfers = []
         for hit in found.outputs:
             if hit.value <= 0:
                 continue
             script = hit.script
-            transfers.append(
-                Transfer(
-                    asset, hit.value, hit.txid, hit.vout, script, to_address=bitcoin_script_to_address(script, network)
-                )
-            )
+            transfers.append(Transfer(asset, hit.value, hit.txid, hit.vout, script, to_address=address(script)))
             if script in revoked:  # a sweep of it later in this fetch must be seen
                 outpoints.add(outpoint_key(hit.txid, hit.vout))
         spends = tuple(Spend(s.txid, s.vin, s.prev_txid, s.prev_vout) for s in found.spends)
@@ -431,8 +568,17 @@ class BitcoinSource:
 
     # ZMQ -------------------------------------------------------------------------------------------
 
+    def _keep_announced(self, raw: bytes) -> None:
+        if len(raw) < 80:
+            return  # not a block: the RPC will be asked
+        self._announced[block_hash(raw[:80])] = raw
+        while len(self._announced) > ANNOUNCED_KEPT:
+            del self._announced[next(iter(self._announced))]
+
     async def _listen_zmq(self, url: str) -> None:
-        """Set the head event on `hashblock` and on `sequence` block connect/disconnect messages."""
+        """Set the head event on `hashblock`, `rawblock` and on `sequence` block connect/disconnect
+        messages; keep the bytes of the last few `rawblock`s, so the fetch of a new tip needs no
+        `getblock` (they are checked as any block read: header hash, merkle root)."""
         import zmq
         import zmq.asyncio
 
@@ -441,6 +587,7 @@ class BitcoinSource:
         try:
             socket.connect(url)
             socket.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+            socket.setsockopt(zmq.SUBSCRIBE, b"rawblock")
             socket.setsockopt(zmq.SUBSCRIBE, b"sequence")
             log.info("listening for ZMQ block announcements", chain=self.name, url=url)
             while True:
@@ -448,7 +595,10 @@ class BitcoinSource:
                 if len(parts) < 2:
                     continue
                 topic, body = parts[0], parts[1]
-                if topic == b"hashblock" or (topic == b"sequence" and body[32:33] in (b"C", b"D")):
+                if topic == b"rawblock":
+                    self._keep_announced(body)
+                    self._head.set()
+                elif topic == b"hashblock" or (topic == b"sequence" and body[32:33] in (b"C", b"D")):
                     self._head.set()
                 elif topic == b"sequence" and body[32:33] in (b"A", b"R"):
                     self.mempool_changed.set()

@@ -28,11 +28,13 @@ aiohttp with orjson directly, one keep-alive session for every request; bitcoinr
 
 from __future__ import annotations
 
+import binascii
 from decimal import Decimal
 from typing import Any
 
 import structlog
 
+from depositwatch import jsonutil
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.rpc import (
     WARMING_UP,
@@ -51,6 +53,11 @@ from depositwatch.chains.rpc import (
     rpc_error,
 )
 from depositwatch.config import ChainConfig, ConfigError, redact_url
+
+_RESULT = b'"result":"'
+# Members an envelope may hold beside its result; none of them may be an object or a list, so the
+# result found first is the top-level one.
+_ENVELOPE = frozenset({"result", "error", "id", "jsonrpc"})
 
 __all__ = [
     "WARMING_UP",
@@ -134,6 +141,40 @@ class BitcoinRpc(NodeClient):
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
+    async def hex_result(self, method: str, *params: Any, timeout: float | None = None) -> bytes:
+        """A call whose result is a hex string (`getblock HASH 0`), as the bytes the hex spells.
+
+        A 1 MB block is 2 MB of hex: parsing the answer as JSON copies it into a str and `bytes.fromhex`
+        reads that again. Here the hex is decoded straight out of the body (`binascii.unhexlify` over a
+        view of it), and the rest of the envelope, with the result taken out, is parsed as JSON and
+        checked (no error, nothing nested). Any other answer (an error, another status, an unexpected
+        shape, escapes inside the string) takes the ordinary path: the same typed errors as `call`.
+        A string that is not whole hex bytes is a `BadNodeAnswer`.
+        """
+        label = Call(method, params).label
+        request = {"jsonrpc": "2.0", "id": 0, "method": method, "params": list(params)}
+
+        async def attempt(target: Endpoint) -> bytes | None:
+            request["id"] = next(self._ids)
+            body = jsonutil.dumps_bytes(request)
+            status, raw = await self.exchange(
+                "POST", target.url, target.shown, label, body=body, auth=self._auth(target), timeout=timeout
+            )
+            return _hex_from_body(raw) if status == 200 else None
+
+        found = await self.with_retries(attempt)
+        if found is not None:
+            return found
+        text = await self.call(method, *params, timeout=timeout)  # the ordinary path: its errors, its checks
+        if not isinstance(text, str):
+            raise BadNodeAnswer(f"chain {self.chain}: {label}: answer is {type(text).__name__}, not hex")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise BadNodeAnswer(
+                f"chain {self.chain}: {label}: the answer is not whole hex bytes ({len(text)} characters)"
+            ) from None
+
     async def rest(self, path: str, *, timeout: float | None = None) -> bytes:
         """GET `rest_url` + `path` (e.g. `/rest/block/HASH.bin`): the body. 404 raises NotFound."""
         if self.rest_url is None:
@@ -154,3 +195,31 @@ class BitcoinRpc(NodeClient):
             raise BadNodeAnswer(f"chain {self.chain}: {label} {shown}: HTTP {status}: {text}")
 
         return await self.with_retries(attempt, failover=False)
+
+
+def _hex_from_body(body: bytes) -> bytes | None:
+    """The bytes spelled by the hex string result of a JSON-RPC answer, read from the body without parsing
+    the string; None when the body is not a plain successful answer of that shape."""
+    at = body.find(_RESULT, 0, 64)  # `{"result":"` (Core 25), `{"jsonrpc":"2.0","result":"` (Core 28)
+    if at < 0:
+        return None
+    start = at + len(_RESULT)
+    end = body.find(b'"', start)  # hex has no quote: the first one closes the string (an escape is not hex)
+    if end < 0:
+        return None
+    try:
+        envelope = jsonutil.loads(body[:start] + body[end:])
+    except ValueError:
+        return None
+    if (
+        not isinstance(envelope, dict)
+        or envelope.get("result") != ""
+        or envelope.get("error") is not None
+        or not envelope.keys() <= _ENVELOPE
+        or any(isinstance(v, dict | list) for v in envelope.values())
+    ):
+        return None
+    try:
+        return binascii.unhexlify(memoryview(body)[start:end])
+    except (binascii.Error, ValueError):
+        return None

@@ -23,9 +23,11 @@ Conventions, as in Bitcoin Core:
 - A header's `version` is a signed 32-bit integer (Core's `nVersion`); a transaction's `version` is
   read unsigned, as Core prints it and BIP68 reads it. Output values are signed 64-bit.
 
-Two ways to read a block: `decode_block` builds the whole object tree; `scan_block` checks exactly
-as much but only looks each output script and each spent outpoint up in the caller's sets and
-builds objects for the hits: that is the hot path of a watcher.
+The transaction grammar is written once, in `_read_txs`: it reads and checks the transactions of a
+block (or the one of `decode_tx`) and records where each input and output is, and each output's
+script. Two ways to read a block sit on it: `decode_block` builds the whole object tree;
+`scan_block` checks exactly as much but only looks each output script and each spent outpoint up in
+the caller's sets and builds objects for the hits: that is the hot path of a watcher.
 
 `scan_block` has an optional compiled fast path, `depositwatch.chains._btcscan` (C, SHA-256 from
 OpenSSL's libcrypto), built by `pip install` where a compiler and libcrypto's headers are found. It
@@ -45,8 +47,10 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from bisect import bisect_right
 from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from operator import eq
 from typing import Any
 
@@ -297,125 +301,214 @@ def _superfluous(start: int) -> BlockDecodeError:
     return BlockDecodeError(f"superfluous witness record in the transaction at byte offset {start}")
 
 
-def _parse_txs(buf: bytes, mv: memoryview, off: int, count: int) -> tuple[list[Tx], list[bytes], int, bool]:
-    """`count` transactions from `off`: the transactions, their txids (internal order), the end offset,
-    and whether any of them has witness data.
+def _read_txs(
+    buf: bytes,
+    off: int,
+    count: int,
+    layout: list[int],
+    ins: list[int],
+    outs: list[int],
+    scripts: list[bytes],
+    stacks: list[int] | None,
+) -> int:
+    """The transaction grammar, the one reading of transactions that every decoder and scan builds on.
 
-    A read past the end surfaces as IndexError or struct.error: every slice is followed by a bounded
-    read (the next length or value, or the locktime), so an overlong slice is always caught.
+    Reads `count` transactions from `off` and checks them (flag, canonical counts that fit, a segwit
+    form only with some witness, nothing read past the end); returns where the last one ends. Appends,
+    for each transaction, to `layout` six ints (`_LAYOUT`): where it starts, where its input count is
+    (after the segwit marker and flag), where its witness data starts (0 when it has none), where it
+    ends, its number of inputs and of outputs; to `ins` the offset of each input (its 36-byte outpoint
+    starts there); to `outs` the offset of each output (its 8-byte value starts there) and to `scripts`
+    its script; and, when `stacks` is a list, for each input of a segwit transaction its number of
+    witness items followed by the start and the end of each item.
+
+    A read past the end surfaces as IndexError or struct.error, raised as a truncation: every slice
+    taken here or by a caller from these offsets is followed by a bounded read here (the next length
+    or value, or the locktime), so an overlong one is always caught.
     """
-    txs: list[Tx] = []
-    txids: list[bytes] = []
-    sha = _sha256
-    in_twin, out_twin, tx_twin = _TxInTwin, _TxOutTwin, _TxTwin
-    in_cls, out_cls, tx_cls = TxIn, TxOut, Tx
-    obj: Any
+    add_in, add_out, add_script, extend = ins.append, outs.append, scripts.append, layout.extend
     start = off
-    witness_seen = False
     try:
         for _ in range(count):
             start = off
-            version = _U32(buf, off)[0]
-            off += 4
-            nin = buf[off]
-            segwit = nin == 0
-            if segwit:
-                if buf[off + 1] != 1:
-                    raise _bad_flag(buf[off + 1], off + 1)
-                off += 2
-                nin = buf[off]
-            body = off
+            body = off + 4
+            nin = buf[body]
+            if nin == 0:  # the segwit marker
+                if buf[body + 1] != 1:
+                    raise _bad_flag(buf[body + 1], body + 1)
+                body += 2
+                nin = buf[body]
             if nin < 0xFD:
-                off += 1
+                off = body + 1
             else:
-                nin, off = _read_count(buf, off, 41)
-            ins: list[Any] = []
-            add = ins.append
+                nin, off = _read_count(buf, body, 41)
             for _ in range(nin):
-                vout, ln = _IN_TAIL(buf, off + 32)
+                add_in(off)
+                ln = buf[off + 36]
                 if ln < 0xFD:
-                    s = off + 37
+                    off += 41 + ln
                 else:
                     ln, s = _read_long_varint(buf, off + 36)
-                e = s + ln
-                obj = in_twin()
-                obj.prev_txid = buf[off : off + 32]
-                obj.prev_vout = vout
-                obj.script_sig = buf[s:e]
-                obj.sequence = _U32(buf, e)[0]
-                obj.witness = ()
-                add(obj)
-                off = e + 4
+                    off = s + ln + 4
             nout = buf[off]
             if nout < 0xFD:
                 off += 1
             else:
                 nout, off = _read_count(buf, off, 9)
-            outs: list[Any] = []
-            add = outs.append
             for _ in range(nout):
-                value, ln = _OUT_HEAD(buf, off)
+                add_out(off)
+                ln = buf[off + 8]
                 if ln < 0xFD:
                     s = off + 9
                 else:
                     ln, s = _read_long_varint(buf, off + 8)
                 off = s + ln
-                obj = out_twin()
-                obj.value = value
-                obj.script = buf[s:off]
-                obj.__class__ = out_cls
-                add(obj)
-            if segwit:
-                wit_start = off
-                any_witness = False
-                for obj in ins:
-                    nitems = buf[off]
-                    if nitems < 0xFD:
-                        off += 1
-                    else:
-                        nitems, off = _read_count(buf, off, 1)
-                    if nitems:
-                        any_witness = True
-                        items: list[bytes] = []
-                        for _ in range(nitems):
-                            ln = buf[off]
-                            if ln < 0xFD:
-                                s = off + 1
-                            else:
-                                ln, s = _read_long_varint(buf, off)
-                            off = s + ln
-                            items.append(buf[s:off])
-                        obj.witness = tuple(items)
-                if not any_witness:
-                    raise _superfluous(start)
-                witness_seen = True
-                end = off + 4
-                locktime = _U32(buf, off)[0]
-                h = sha(mv[start : start + 4])
-                h.update(mv[body:wit_start])
-                h.update(mv[off:end])
-                txid = sha(h.digest()).digest()
-                wtxid = sha(sha(mv[start:end]).digest()).digest()
-            else:
-                end = off + 4
-                locktime = _U32(buf, off)[0]
-                txid = wtxid = sha(sha(mv[start:end]).digest()).digest()
-            for obj in ins:
-                obj.__class__ = in_cls
-            obj = tx_twin()
-            obj.txid = txid[::-1].hex()
-            obj.wtxid = obj.txid if wtxid is txid else wtxid[::-1].hex()
-            obj.version = version
-            obj.inputs = tuple(ins)
-            obj.outputs = tuple(outs)
-            obj.locktime = locktime
-            obj.__class__ = tx_cls
-            txs.append(obj)
-            txids.append(txid)
-            off = end
+                add_script(buf[s:off])
+            witness = 0
+            if body != start + 4:
+                witness, off = off, _read_witness(buf, start, off, nin, stacks)
+            buf[off + 3]  # the locktime is there
+            off += 4
+            extend((start, body, witness, off, nin, nout))
     except _TRUNCATED:
         raise _truncated(start, buf) from None
-    return txs, txids, off, witness_seen
+    return off
+
+
+_LAYOUT = 6
+"""Ints per transaction in `_read_txs`'s layout."""
+
+
+def _read_witness(buf: bytes, start: int, off: int, nin: int, stacks: list[int] | None) -> int:
+    """`_read_txs`'s reading of the witness stacks of `nin` inputs at `off`: where they end."""
+    witness = off
+    for _ in range(nin):
+        nitems = buf[off]
+        if nitems < 0xFD:
+            off += 1
+        else:
+            nitems, off = _read_count(buf, off, 1)
+        if stacks is not None:
+            stacks.append(nitems)
+        for _ in range(nitems):
+            ln = buf[off]
+            if ln < 0xFD:
+                s = off + 1
+            else:
+                ln, s = _read_long_varint(buf, off)
+            off = s + ln
+            if stacks is not None:
+                stacks.append(s)
+                stacks.append(off)
+    # each stack takes one byte when empty and at least two otherwise
+    if off - witness == nin:
+        raise _superfluous(start)
+    return off
+
+
+def _txid(data: bytes | memoryview, start: int, body: int, witness: int, end: int) -> bytes:
+    """The txid (internal order) of a transaction `_read_txs` read: its serialization without witness."""
+    if witness:
+        h = _sha256(data[start : start + 4])
+        h.update(data[body:witness])
+        h.update(data[end - 4 : end])
+        return _sha256(h.digest()).digest()
+    return _sha256(_sha256(data[start:end]).digest()).digest()
+
+
+def _build_txs(
+    buf: bytes,
+    mv: memoryview,
+    layout: list[int],
+    ins: list[int],
+    outs: list[int],
+    scripts: list[bytes],
+    stacks: list[int],
+) -> tuple[list[Tx], list[bytes]]:
+    """The transactions `_read_txs` read, as `Tx` objects (see the module docstring on the twins), and
+    their txids in internal order. Inputs and outputs are built in one pass each over the block."""
+    inputs = _build_inputs(buf, ins)
+    if stacks:
+        _add_witness(buf, layout, inputs, stacks)
+    in_cls = TxIn
+    for txin in inputs:
+        txin.__class__ = in_cls
+    outputs: list[Any] = []
+    add = outputs.append
+    out_twin, out_cls, i64 = _TxOutTwin, TxOut, _I64
+    obj: Any
+    for pos, script in zip(outs, scripts, strict=True):
+        obj = out_twin()
+        obj.value = i64(buf, pos)[0]
+        obj.script = script
+        obj.__class__ = out_cls
+        add(obj)
+    txids = _txids(buf, layout)
+    txs: list[Tx] = []
+    sha, u32, tx_cls = _sha256, _U32, Tx
+    first_in = first_out = 0
+    for k, txid in enumerate(txids):
+        start, _, witness, end, nin, nout = layout[k * _LAYOUT : k * _LAYOUT + _LAYOUT]
+        obj = _TxTwin()
+        obj.txid = txid[::-1].hex()
+        obj.wtxid = sha(sha(mv[start:end]).digest()).digest()[::-1].hex() if witness else obj.txid
+        obj.version = u32(buf, start)[0]
+        obj.inputs = tuple(inputs[first_in : first_in + nin])
+        obj.outputs = tuple(outputs[first_out : first_out + nout])
+        obj.locktime = u32(buf, end - 4)[0]
+        obj.__class__ = tx_cls
+        txs.append(obj)
+        first_in += nin
+        first_out += nout
+    return txs, txids
+
+
+def _build_inputs(buf: bytes, ins: list[int]) -> list[Any]:
+    """The inputs at these offsets, as twins still to be given their class, with no witness yet."""
+    inputs: list[Any] = []
+    add = inputs.append
+    twin, u32, in_tail = _TxInTwin, _U32, _IN_TAIL
+    obj: Any
+    for pos in ins:
+        vout, ln = in_tail(buf, pos + 32)
+        if ln < 0xFD:
+            s = pos + 37
+        else:
+            ln, s = _read_long_varint(buf, pos + 36)
+        obj = twin()
+        obj.prev_txid = buf[pos : pos + 32]
+        obj.prev_vout = vout
+        obj.script_sig = buf[s : s + ln]
+        obj.sequence = u32(buf, s + ln)[0]
+        obj.witness = ()
+        add(obj)
+    return inputs
+
+
+def _add_witness(buf: bytes, layout: list[int], inputs: list[Any], stacks: list[int]) -> None:
+    """Give the inputs of the transactions with witness data their stacks, from `_read_txs`'s `stacks`."""
+    at = first = 0
+    for k in range(0, len(layout), _LAYOUT):
+        nin = layout[k + 4]
+        if layout[k + 2]:
+            for txin in inputs[first : first + nin]:
+                nitems = stacks[at]
+                txin.witness = tuple(buf[stacks[j] : stacks[j + 1]] for j in range(at + 1, at + 1 + 2 * nitems, 2))
+                at += 1 + 2 * nitems
+        first += nin
+
+
+def _parse_txs(buf: bytes, mv: memoryview, off: int, count: int) -> tuple[list[Tx], list[bytes], int, bool]:
+    """`count` transactions from `off`: the transactions, their txids (internal order), the end offset,
+    and whether any of them has witness data."""
+    layout: list[int] = []
+    ins: list[int] = []
+    outs: list[int] = []
+    scripts: list[bytes] = []
+    stacks: list[int] = []
+    end = _read_txs(buf, off, count, layout, ins, outs, scripts, stacks)
+    txs, txids = _build_txs(buf, mv, layout, ins, outs, scripts, stacks)
+    return txs, txids, end, bool(stacks)
 
 
 def decode_tx(raw: bytes | bytearray | memoryview) -> Tx:
@@ -592,13 +685,6 @@ def decode_block(raw: bytes | bytearray | memoryview) -> RawBlock:
     return RawBlock(header, tuple(txs))
 
 
-# One byte of an output script's length -> the length; of a witness item's -> how far to move past
-# the item. A long CompactSize (0xfd to 0xff) gives `_ASTRAY` instead: every later read
-# is then out of range, so the transaction is read again by `_scan_tx`, which handles it exactly.
-_ASTRAY = -(1 << 60)
-_SCRIPT_LEN = (*range(0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
-_ITEM_STEP = (*range(1, 1 + 0xFD), _ASTRAY, _ASTRAY, _ASTRAY)
-
 _USE_EXTENSION = _BUILT and os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") in ("", "0")
 """Whether `scan_block` tries the extension: built, and `DEPOSITWATCH_PURE_PYTHON` not set."""
 
@@ -673,130 +759,26 @@ def _scan_block_py(
 ) -> BlockScan:
     """`scan_block` in pure Python: the reference, and the reader of every block the extension gives up on.
 
-    Each transaction is first read on a fast path that takes every length to be one byte, looks the
-    outpoints up only once there is one to look for, and slices nothing but the output scripts. A long
-    length, a truncation or anything odd sends it to `_scan_tx`, which reads it again exactly as
-    `decode_block` does and raises the same errors.
+    The transactions are read with `_read_txs`, which gives the offsets of the inputs and the output
+    scripts; the output scripts are then looked up in one sweep over the block, and the inputs, in
+    transaction order, only when there is an outpoint to look for. So a malformed block raises exactly
+    what `decode_block` raises, before any lookup.
     """
     buf = bytes(raw)
-    n = len(buf)
     header, count, off = _block_start(buf)
-    sha = _sha256
-    script_len, item_step = _SCRIPT_LEN, _ITEM_STEP
-    txids: list[bytes] = []
-    append_txid = txids.append
-    out_hits: list[tuple[int, int, int, int]] = []  # tx, vout, script start, script end
-    spend_hits: list[tuple[int, int, int]] = []  # tx, vin, outpoint offset
-    # the outpoints to look for: None while there are none, then the caller's, then a set of ours
-    spent: Collection[bytes] | None = outpoints if outpoints else None
-    own: set[bytes] | None = None
-    heads = {key[0] for key in outpoints if key}  # their first bytes: a cheap test before the slice
-    hit = False
-    for i in range(count):
-        start = off
-        try:
-            body = off + 4
-            nin = buf[body]
-            segwit = nin == 0
-            if segwit:
-                if buf[body + 1] != 1:
-                    raise _bad_flag(buf[body + 1], body + 1)
-                body += 2
-                nin = buf[body]
-            if nin < 0xFD:
-                off = body + 1
-            else:
-                nin, off = _read_count(buf, body, 41)
-            if spent is None:
-                for _ in range(nin):
-                    ln = buf[off + 36]
-                    if ln < 0xFD:
-                        off += 41 + ln
-                    else:  # a long script: multisig spends have them often enough to read it here
-                        ln, s = _read_long_varint(buf, off + 36)
-                        off = s + ln + 4
-            else:
-                for vin in range(nin):
-                    if buf[off] in heads and buf[off : off + 36] in spent:
-                        spend_hits.append((i, vin, off))
-                    ln = buf[off + 36]
-                    if ln < 0xFD:
-                        off += 41 + ln
-                    else:
-                        ln, s = _read_long_varint(buf, off + 36)
-                        off = s + ln + 4
-            nout = buf[off]
-            if nout < 0xFD:
-                off += 1
-            else:
-                nout, off = _read_count(buf, off, 9)
-            if more_scripts is None:
-                for vout in range(nout):
-                    s = off + 9
-                    off = s + script_len[buf[off + 8]]
-                    if buf[s:off] in scripts:
-                        out_hits.append((i, vout, s, off))
-                        hit = True
-            else:
-                for vout in range(nout):
-                    s = off + 9
-                    off = s + script_len[buf[off + 8]]
-                    script = buf[s:off]
-                    if script in scripts or script in more_scripts:
-                        out_hits.append((i, vout, s, off))
-                        hit = True
-            if segwit:
-                wit_start = off
-                for _ in range(nin):
-                    nitems = buf[off]
-                    if nitems < 0xFD:
-                        off += 1
-                    else:
-                        nitems, off = _read_count(buf, off, 1)
-                    for _ in range(nitems):
-                        off += item_step[buf[off]]
-                # each stack takes one byte when empty and at least two otherwise
-                if off - wit_start == nin:
-                    raise _superfluous(start)
-                end = off + 4
-                if not start < end <= n:
-                    raise IndexError
-                h = sha(buf[start : start + 4])
-                h.update(buf[body:wit_start])
-                h.update(buf[off:end])
-                txid = sha(h.digest()).digest()
-            else:
-                end = off + 4
-                if not start < end <= n:
-                    raise IndexError
-                txid = sha(sha(buf[start:end]).digest()).digest()
-        except IndexError:
-            while out_hits and out_hits[-1][0] == i:
-                out_hits.pop()
-            while spend_hits and spend_hits[-1][0] == i:
-                spend_hits.pop()
-            end, txid, hit = _scan_tx(buf, start, i, scripts, more_scripts, spent, out_hits, spend_hits)
-        append_txid(txid)
-        if hit:
-            hit = False
-            fresh = [
-                txid + _P32(vout) for j, vout, s, e in out_hits if j == i and (follow is None or buf[s:e] in follow)
-            ]
-            if fresh:
-                if own is None:
-                    own = set(outpoints)
-                    spent = own
-                own.update(fresh)
-                heads.update(key[0] for key in fresh)
-        off = end
+    layout: list[int] = []
+    ins: list[int] = []
+    outs: list[int] = []
+    paid: list[bytes] = []
+    off = _read_txs(buf, off, count, layout, ins, outs, paid, None)
+    txids = _txids(buf, layout)
+    out_hits = _output_hits(paid, layout, scripts, more_scripts)
+    spend_hits = _spend_hits(buf, ins, layout, outpoints, _fresh_outpoints(paid, txids, out_hits, follow))
     _block_end(buf, off, txids, verify_merkle)
     return BlockScan(
         header,
         count,
-        tuple(
-            OutputHit(i, txids[i][::-1].hex(), vout, _I64(buf, _value_offset(s, e))[0], buf[s:e])
-            for i, vout, s, e in out_hits
-        ),
+        tuple(OutputHit(i, txids[i][::-1].hex(), vout, _I64(buf, outs[k])[0], paid[k]) for k, i, vout in out_hits),
         tuple(
             SpendHit(i, txids[i][::-1].hex(), vin, buf[at : at + 32][::-1].hex(), _U32(buf, at + 32)[0])
             for i, vin, at in spend_hits
@@ -804,94 +786,81 @@ def _scan_block_py(
     )
 
 
-def _scan_tx(
-    buf: bytes,
-    start: int,
-    i: int,
-    scripts: Container[bytes],
-    more_scripts: Container[bytes] | None,
-    spent: Container[bytes] | None,
-    out_hits: list[tuple[int, int, int, int]],
-    spend_hits: list[tuple[int, int, int]],
-) -> tuple[int, bytes, bool]:
-    """`scan_block`'s exact reading of transaction `i` at `start`: every CompactSize read and checked,
-    a truncation raised as such. Appends its hits; returns its end, its txid and whether it had a hit."""
-    n = len(buf)
-    hit = False
-    try:
-        body = start + 4
-        nin = buf[body]
-        segwit = nin == 0
-        if segwit:
-            if buf[body + 1] != 1:
-                raise _bad_flag(buf[body + 1], body + 1)
-            body += 2
-            nin = buf[body]
-        if nin < 0xFD:
-            off = body + 1
-        else:
-            nin, off = _read_count(buf, body, 41)
-        for vin in range(nin):
-            if spent is not None and buf[off : off + 36] in spent:
-                spend_hits.append((i, vin, off))
-            ln = buf[off + 36]
-            if ln < 0xFD:
-                off += 41 + ln
-            else:
-                ln, s = _read_long_varint(buf, off + 36)
-                off = s + ln + 4
-        nout = buf[off]
-        if nout < 0xFD:
-            off += 1
-        else:
-            nout, off = _read_count(buf, off, 9)
-        for vout in range(nout):
-            ln = buf[off + 8]
-            if ln < 0xFD:
-                s = off + 9
-            else:
-                ln, s = _read_long_varint(buf, off + 8)
-            off = s + ln
-            script = buf[s:off]
-            if script in scripts or (more_scripts is not None and script in more_scripts):
-                out_hits.append((i, vout, s, off))
-                hit = True
-        if segwit:
-            wit_start = off
-            any_witness = False
-            for _ in range(nin):
-                nitems = buf[off]
-                if nitems < 0xFD:
-                    off += 1
-                else:
-                    nitems, off = _read_count(buf, off, 1)
-                if nitems:
-                    any_witness = True
-                for _ in range(nitems):
-                    ln = buf[off]
-                    if ln < 0xFD:
-                        off += 1 + ln
-                    else:
-                        ln, s = _read_long_varint(buf, off)
-                        off = s + ln
-            if not any_witness:
-                raise _superfluous(start)
-            end = off + 4
-            if end > n:
-                raise _truncated(start, buf)
-            h = _sha256(buf[start : start + 4])
-            h.update(buf[body:wit_start])
-            h.update(buf[off:end])
-            return end, _sha256(h.digest()).digest(), hit
-        end = off + 4
-        if end > n:
-            raise _truncated(start, buf)
-        return end, sha256d(buf[start:end]), hit
-    except _TRUNCATED:
-        raise _truncated(start, buf) from None
+def _txids(buf: bytes, layout: list[int]) -> list[bytes]:
+    """The txids (internal order) of the transactions in `_read_txs`'s layout."""
+    sha = _sha256
+    with memoryview(buf) as mv:
+        if not any(layout[2::_LAYOUT]):  # no witness data: each txid covers the whole transaction
+            return [
+                sha(sha(mv[s:e]).digest()).digest() for s, e in zip(layout[0::_LAYOUT], layout[3::_LAYOUT], strict=True)
+            ]
+        return [
+            _txid(mv, *layout[k : k + 4])
+            if layout[k + 2]
+            else sha(sha(mv[layout[k] : layout[k + 3]]).digest()).digest()
+            for k in range(0, len(layout), _LAYOUT)
+        ]
 
 
-def _value_offset(script_start: int, script_end: int) -> int:
-    """Where an output's value is, from its script's position (its CompactSize length is canonical)."""
-    ln = script_end - script_start
-    return script_start - 8 - (1 if ln < 0xFD else 3 if ln <= 0xFFFF else 5)
+def _marks(counts: list[int]) -> list[int]:
+    """How many inputs (or outputs) come before each transaction, from their counts in the layout."""
+    return [0, *accumulate(counts)]
+
+
+def _output_hits(
+    paid: list[bytes], layout: list[int], scripts: Container[bytes], more_scripts: Container[bytes] | None
+) -> list[tuple[int, int, int]]:
+    """The outputs paying a script in `scripts` or `more_scripts`: (output, transaction, vout)."""
+    if more_scripts is None:
+        found = [k for k, script in enumerate(paid) if script in scripts]
+    else:
+        found = [k for k, script in enumerate(paid) if script in scripts or script in more_scripts]
+    if not found:
+        return []
+    out_marks = _marks(layout[5::_LAYOUT])
+    hits = []
+    for k in found:
+        i = bisect_right(out_marks, k) - 1
+        hits.append((k, i, k - out_marks[i]))
+    return hits
+
+
+def _fresh_outpoints(
+    paid: list[bytes], txids: list[bytes], out_hits: list[tuple[int, int, int]], follow: Container[bytes] | None
+) -> dict[int, list[bytes]]:
+    """The outpoints of the hit outputs to follow (all, or those paying a script in `follow`), by transaction."""
+    fresh: dict[int, list[bytes]] = {}
+    for k, i, vout in out_hits:
+        if follow is None or paid[k] in follow:
+            fresh.setdefault(i, []).append(txids[i] + _P32(vout))
+    return fresh
+
+
+def _spend_hits(
+    buf: bytes, ins: list[int], layout: list[int], outpoints: Collection[bytes], fresh: dict[int, list[bytes]]
+) -> list[tuple[int, int, int]]:
+    """The inputs spending an outpoint in `outpoints`, or one in `fresh` of an earlier transaction:
+    (transaction, vin, outpoint offset). The caller's collection is asked until this block adds its
+    own outpoints; then a set of both is."""
+    if not outpoints and not fresh:
+        return []
+    in_marks = _marks(layout[4::_LAYOUT])
+    spent: Collection[bytes] | None = outpoints if outpoints else None
+    own: set[bytes] | None = None
+    heads = {key[0] for key in outpoints if key}  # their first bytes: a cheap test before the slice
+    hits: list[tuple[int, int, int]] = []
+    for i in range(min(fresh) if spent is None else 0, len(in_marks) - 1):
+        if spent is not None:
+            first = in_marks[i]
+            for j in range(first, in_marks[i + 1]):
+                at = ins[j]
+                if buf[at] in heads and buf[at : at + 36] in spent:
+                    hits.append((i, j - first, at))
+        keys = fresh.get(i)
+        if keys:
+            if own is None:
+                own = set(outpoints)
+                spent = own
+            own.update(keys)
+            heads.update(key[0] for key in keys)
+    return hits

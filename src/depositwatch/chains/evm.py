@@ -28,7 +28,9 @@ left out, receipts are asked only for blocks where a key sends or receives, and 
 Transfer to a key) instead of every Transfer log of the configured tokens. Measured by
 `bench/eth_bench.py` on 3,000 anvil blocks of 15 transactions (docs/performance.md): with 20 keys, anvil's
 CPU falls from 2.9 to 2.6 ms a block and this source's from 0.9 to 0.2 ms (the blocks themselves must
-still be fetched for ETH); with 5,000 keys, filtered here, the client's from 0.9 to 0.7 ms.
+still be fetched for ETH); with 5,000 keys, filtered here, the client's from 0.9 to 0.7 ms. Up to
+`filter_max_keys` keys, on a node that serves `trace_filter`, the blocks themselves are not fetched in
+full either: see `chains/evm_filtered.py` (`fetch_path` says which path a fetch takes, and why).
 
 Every call goes through the shared node client (`chains/rpc.py`: aiohttp + orjson, batched, failover
 across every URL of `rpc_urls`, size cap, no redirects): the chain id, the tip and block hashes too, so
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import re
 from collections.abc import Awaitable, Collection, Iterable, Sequence
@@ -69,7 +72,8 @@ import orjson
 import structlog
 
 from depositwatch.addresses import ethereum_checksum_address
-from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
+from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, TokenMetadataCache, WrongChain
+from depositwatch.chains.evm_tokens import PLACEHOLDER_SYMBOL, TokenDirectory
 from depositwatch.chains.rpc import Call, NodeClient, RpcAuthError, RpcError, describe
 from depositwatch.config import ChainConfig, redact_url
 from depositwatch.models import Asset, Block, BlockRef, Transfer
@@ -90,6 +94,18 @@ _NOT_SUPPORTED = re.compile(
 # 1,000 sub-topics a position, some hosted endpoints more than 100); a larger one is filtered here.
 LOG_FILTER_MAX_KEYS = 100
 _TOPIC_PAD = "0x" + "00" * 12
+GWEI = 10**9
+MAX_WITHDRAWALS = 1024  # a block carries at most 16 today; more is a hostile answer
+
+
+def withdrawal_txid(index: int) -> str:
+    """The synthetic transaction id of consensus-layer withdrawal `index` (it has no transaction).
+
+    The withdrawal index is unique over the whole chain, so the id (and the alert id made from it)
+    stays the same when a reorg puts the withdrawal in another block.
+    """
+    return f"withdrawal:{index}"
+
 
 _HASH = re.compile(r"0x[0-9a-fA-F]{64}\Z")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
@@ -179,7 +195,6 @@ class _Tx:
     sender: str
     to: str | None
     value: int
-    calls_contract: bool
 
 
 @dataclass(slots=True)
@@ -189,6 +204,7 @@ class _RawBlock:
     parent_hash: str
     time: int
     txs: list[_Tx]
+    withdrawals: list[tuple[int, str, int]] = field(default_factory=list)  # (index, address, amount in wei)
     statuses: dict[str, bool] = field(default_factory=dict)
     internal: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
 
@@ -199,10 +215,22 @@ class _Watch:
 
     keys: frozenset[bytes]
     hex: frozenset[str]  # "0x" + lower-case hex, as transactions carry them
-    topics: list[str] | None  # 32-byte topics for the node, when there are few enough keys
+    # 32-byte topics for the node, when there are few enough keys: books of at most LOG_FILTER_MAX_KEYS
+    topics: tuple[list[str], ...] | None
 
     def tx(self, tx: _Tx) -> bool:
         return tx.sender in self.hex or tx.to in self.hex
+
+    def log(self, item: _Log) -> bool:
+        return item.sender in self.keys or item.recipient in self.keys
+
+
+@dataclass(frozen=True, slots=True)
+class _Revoked:
+    """The keys given to `set_revoked`: Transfer logs of any contract touching them are kept."""
+
+    keys: frozenset[bytes]
+    topics: list[str] | None  # 32-byte topics for the node, when there are few enough keys
 
     def log(self, item: _Log) -> bool:
         return item.sender in self.keys or item.recipient in self.keys
@@ -215,6 +243,7 @@ class _ReadAhead:
     start: int
     stop: int
     watch: _Watch | None
+    revoked: _Revoked | None
     task: asyncio.Future[list[Block]]
 
     def drop(self) -> None:
@@ -237,12 +266,29 @@ class _Log:
     tx_hash: str
     index: int
     asset: Asset
+    contract: str  # lower-case hex
     sender: bytes
     recipient: bytes
     amount: int
 
 
-def _parse_block(raw: Any, height: int) -> _RawBlock:
+@lru_cache(maxsize=4096)
+def _provisional(contract: str) -> Asset:
+    """An unlisted contract's asset until its metadata is known."""
+    return Asset(PLACEHOLDER_SYMBOL, 0, _checksum(bytes.fromhex(contract[2:])), listed=False)
+
+
+def _unwatched(tx: dict[str, Any], keys: frozenset[str]) -> bool:
+    """Neither end of the transaction is a watched key (the keys are valid lower-case hex: a field that
+    lower-cases into one is a valid address, anything else, well formed or not, is no key of ours)."""
+    sender, to = tx.get("from"), tx.get("to")
+    return not (isinstance(sender, str) and sender.lower() in keys) and not (isinstance(to, str) and to.lower() in keys)
+
+
+def _parse_block(raw: Any, height: int, watch: _Watch | None = None) -> _RawBlock:
+    """The block's header fields and transactions. With `watch`, a transaction touching no watched key
+    keeps only its hash (which receipts and logs are checked against): its sender, recipient and value
+    are neither used nor validated, and it reads as sending nothing."""
     block = _dict(raw, "the block")
     number = _quantity(block, "number")
     if number != height:
@@ -250,18 +296,22 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
     block_hash = _hash(block, "hash")
     txs_raw = _list(block.get("transactions"), "transactions")
     txs = []
-    for position, item in enumerate(txs_raw):
-        tx = _dict(item, f"transaction {position}")  # a bare hash here means the node ignored `true`
-        _same_block(tx, f"transaction {position}", number, block_hash)
+    number_hex = hex(number)
+    for position, tx in enumerate(txs_raw):
+        if not isinstance(tx, dict):  # a bare hash here means the node ignored `true`
+            _dict(tx, f"transaction {position}")
+        if tx.get("blockHash", block_hash) != block_hash or tx.get("blockNumber", number_hex) != number_hex:
+            _same_block(tx, f"transaction {position}", number, block_hash)  # else the fields are this block's
+        if watch is not None and _unwatched(tx, watch.hex):
+            txs.append(_Tx(hash=_hash(tx, "hash"), sender="", to=None, value=0))
+            continue
         to = _optional_address(tx, "to")
-        data = tx.get("input", tx.get("data", "0x"))
         txs.append(
             _Tx(
                 hash=_hash(tx, "hash"),
                 sender=_address(tx, "from"),
                 to=to,
                 value=_quantity(tx, "value", MAX_VALUE),
-                calls_contract=to is not None and isinstance(data, str) and len(data) > 2,
             )
         )
     return _RawBlock(
@@ -270,7 +320,23 @@ def _parse_block(raw: Any, height: int) -> _RawBlock:
         parent_hash=_hash(block, "parentHash"),
         time=_quantity(block, "timestamp"),
         txs=txs,
+        withdrawals=_withdrawals(block.get("withdrawals")),
     )
+
+
+def _withdrawals(raw: Any) -> list[tuple[int, str, int]]:
+    """A block's consensus-layer withdrawals (absent before Shanghai): (index, address, amount in wei)."""
+    if raw is None:
+        return []
+    items = _list(raw, "withdrawals")
+    if len(items) > MAX_WITHDRAWALS:
+        raise _Invalid(f"{len(items)} withdrawals, more than {MAX_WITHDRAWALS}")
+    found = []
+    for position, item in enumerate(items):
+        entry = _dict(item, f"withdrawal {position}")
+        gwei = _quantity(entry, "amount", 2**64 - 1)  # a uint64 of Gwei
+        found.append((_quantity(entry, "index"), _address(entry, "address"), gwei * GWEI))
+    return found
 
 
 def _same_block(item: dict[str, Any], what: str, height: int, block_hash: str) -> None:
@@ -433,6 +499,8 @@ class EvmSource:
         self.traces = False  # found out in open() when config.traces is on
         self.client = client or _client(config)
         self._rpc = _EvmRpc(self.name, self.client)
+        self.unlisted = TokenDirectory(self.name, self._rpc)
+        self._revoked: _Revoked | None = None
         self._opened = False
         self._checked_switches = 0  # the client's `switches` when the chain id was last checked
         self._ws_task: asyncio.Task[None] | None = None
@@ -443,6 +511,35 @@ class EvmSource:
         self._node_filter = True  # topic OR-lists in eth_getLogs; off after a node refuses them
         self._known_tip = -1  # the node's height at the last eth_blockNumber
         self._ahead: list[_ReadAhead] = []  # consecutive ranges read ahead, the next one first
+        # The filtered path (chains/evm_filtered.py): books of at most this many keys fetch only what can
+        # match, where the node serves trace_filter (found out in open()).
+        self.filter_max_keys = config.filter_max_keys
+        self.trace_filter = False
+        self.trace_union = False  # trace_filter takes `mode: union` (both directions in one call)
+        self._said_path: str | None = None
+        # The last block worth reading ahead (a replay's or a replay shard's last block): None, the tip.
+        self.read_until: int | None = None
+
+    @property
+    def log_filter_limit(self) -> int:
+        """The largest watched set whose keys go to the node as eth_getLogs topic OR-lists (in books of at most
+        `LOG_FILTER_MAX_KEYS`): the larger of that and `filter_max_keys`."""
+        return max(LOG_FILTER_MAX_KEYS, self.filter_max_keys)
+
+    @property
+    def fetch_path(self) -> str:
+        """Which way `fetch` reads the chain now, and why (logged when it changes, shown in replay's summary)."""
+        from depositwatch.chains.evm_filtered import fetch_path
+
+        return fetch_path(self, self._watch, self._revoked)
+
+    def _say_path(self) -> None:
+        if not self._opened:
+            return  # open() says it
+        path = self.fetch_path
+        if path != self._said_path:
+            self._said_path = path
+            log.info("evm fetch path", chain=self.name, path=path)
 
     @property
     def url(self) -> str:
@@ -465,14 +562,48 @@ class EvmSource:
         """
         if keys is None:
             self._watch = None
+            self._drop_ahead()
+            self._say_path()
             return
         frozen = frozenset(keys)
         for key in frozen:
             if not isinstance(key, bytes) or len(key) != 20:
                 raise ValueError(f"chain {self.name}: log filter key {key!r} is not 20 bytes")
-        topics = sorted(_TOPIC_PAD + key.hex() for key in frozen) if len(frozen) <= LOG_FILTER_MAX_KEYS else None
-        self._watch = _Watch(frozen, frozenset("0x" + key.hex() for key in frozen), topics)
+        books = None
+        if len(frozen) <= self.log_filter_limit:
+            topics = sorted(_TOPIC_PAD + key.hex() for key in frozen)
+            books = tuple(topics[n : n + LOG_FILTER_MAX_KEYS] for n in range(0, len(topics), LOG_FILTER_MAX_KEYS))
+        self._watch = _Watch(frozen, frozenset("0x" + key.hex() for key in frozen), books)
         self._drop_ahead()  # read with the old keys
+        self._say_path()
+
+    def set_revoked(self, keys: Collection[bytes] | None) -> None:
+        """Keep Transfer logs of every contract, configured or not, whose `from` or `to` is one of `keys`
+        (the chain's revoked addresses); None or empty keeps only the configured tokens' logs.
+
+        A log of an unconfigured contract gets an asset with `listed = False`, named from the
+        contract (`chains/evm_tokens.py`). How the logs are asked for: with a log filter of at most
+        `LOG_FILTER_MAX_KEYS` keys, its topic OR-lists go to the node without a contract list (no
+        extra request); otherwise, with at most `LOG_FILTER_MAX_KEYS` revoked keys, two more
+        `eth_getLogs` per range carry them as topic lists; with more, one `eth_getLogs` of every
+        Transfer log of every contract replaces the configured tokens' one and is filtered here.
+        Call it again whenever the book changes, like `set_log_filter`.
+        """
+        if not keys or not self.config.any_tokens:
+            self._revoked = None
+        else:
+            frozen = frozenset(keys)
+            for key in frozen:
+                if not isinstance(key, bytes) or len(key) != 20:
+                    raise ValueError(f"chain {self.name}: revoked key {key!r} is not 20 bytes")
+            topics = sorted(_TOPIC_PAD + k.hex() for k in frozen) if len(frozen) <= LOG_FILTER_MAX_KEYS else None
+            self._revoked = _Revoked(frozen, topics)
+        self._drop_ahead()
+        self._say_path()
+
+    def set_metadata_cache(self, cache: TokenMetadataCache | None) -> None:
+        """Where looked-up token metadata is kept across restarts (the store); memory only without one."""
+        self.unlisted.cache = cache
 
     # connection
 
@@ -501,6 +632,10 @@ class EvmSource:
         tip = await self._block_number()
         self.block_receipts = await self._probe_block_receipts(tip)
         self.traces = await self._probe_traces(tip) if self.config.traces else False
+        if self.filter_max_keys > 0:
+            from depositwatch.chains.evm_filtered import probe_trace_filter
+
+            self.trace_filter, self.trace_union = await probe_trace_filter(self, tip)
         if self.ws_url and self._ws_task is None:
             self._ws_task = asyncio.create_task(self._follow_heads(), name=f"{self.name}-newheads")
         log.info(
@@ -514,7 +649,11 @@ class EvmSource:
             traces=self.traces if self.config.traces else "off",
             tokens=sorted(a.symbol for a in self.tokens.values()),
             new_heads="websocket" if self.ws_url else "polling",
+            trace_filter=("union" if self.trace_union else self.trace_filter) if self.filter_max_keys > 0 else "off",
         )
+        self._said_path = None
+        if self._watch is not None:  # else the watched set, given after open (attach), says it
+            self._say_path()
         if self.config.traces and not self.traces:
             log.warning(
                 "the node serves no call traces: ETH forwarded by contracts (internal transfers) is not seen",
@@ -642,7 +781,13 @@ class EvmSource:
             return []
         queue, self._ahead = self._ahead, []
         head = queue[0] if queue else None
-        if head is not None and head.start == start and stop <= head.stop and head.watch is self._watch:
+        if (
+            head is not None
+            and head.start == start
+            and stop <= head.stop
+            and head.watch is self._watch
+            and head.revoked is self._revoked
+        ):
             del queue[0]
             try:
                 blocks = (await head.task)[: stop - start]
@@ -655,7 +800,7 @@ class EvmSource:
             stop = min(stop, await self._block_number() + 1)
             if stop <= start:
                 return []
-            blocks = await self._fetch_range(start, stop, self._watch)
+            blocks = await self._fetch_range(start, stop, self._watch, self._revoked)
         await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
         following = start + len(blocks)
         if following != stop or (queue and queue[0].start != following):
@@ -663,10 +808,11 @@ class EvmSource:
             queue = []
         if following == stop:
             nxt = queue[-1].stop if queue else following
-            while len(queue) < self.config.read_ahead and nxt <= self._known_tip:
-                end = min(nxt + (stop - start), self._known_tip + 1)
-                task = asyncio.ensure_future(self._fetch_range(nxt, end, self._watch))
-                queue.append(_ReadAhead(nxt, end, self._watch, task))
+            limit = self._known_tip if self.read_until is None else min(self._known_tip, self.read_until)
+            while len(queue) < self.config.read_ahead and nxt <= limit:
+                end = min(nxt + (stop - start), limit + 1)
+                task = asyncio.ensure_future(self._fetch_range(nxt, end, self._watch, self._revoked))
+                queue.append(_ReadAhead(nxt, end, self._watch, self._revoked, task))
                 nxt = end
         self._ahead = queue
         return blocks
@@ -680,11 +826,20 @@ class EvmSource:
         queue, self._ahead = self._ahead, []
         await _cancel_all(queue)
 
-    async def _fetch_range(self, start: int, stop: int, watch: _Watch | None) -> list[Block]:
+    async def _fetch_range(
+        self, start: int, stop: int, watch: _Watch | None, revoked: _Revoked | None = None
+    ) -> list[Block]:
         """Blocks `start` to `stop - 1` (at most; fewer if the node's tip moved back below them)."""
+        if watch is not None and self.trace_filter and self.filter_max_keys > 0:
+            from depositwatch.chains.evm_filtered import fetch_filtered, filtered
+
+            if filtered(self, watch, revoked):
+                found = await fetch_filtered(self, start, stop, watch, revoked)
+                if found is not None:
+                    return found  # None: the node stopped filtering during the range; read it in full
         logs_task: asyncio.Future[dict[int, list[_Log]]] | None = None
-        if self.tokens and (watch is None or watch.keys):
-            logs_task = asyncio.ensure_future(self._logs(start, stop, watch))
+        if (self.tokens or revoked is not None) and (watch is None or watch.keys):
+            logs_task = asyncio.ensure_future(self._logs(start, stop, watch, revoked))
         try:
             parts = await _run_all(
                 self._fetch_chunk(chunk, logs_task, watch) for chunk in _chunks(start, stop, self.config.batch_blocks)
@@ -746,7 +901,7 @@ class EvmSource:
                             to_address=_checksum(recipient),
                         )
                     )
-            if status and tx.hash in raw.internal:
+            if status is not False and tx.hash in raw.internal:  # a failed transaction's trace has none
                 for n, (frm, to, value) in enumerate(raw.internal[tx.hash]):
                     sender, recipient = bytes.fromhex(frm[2:]), bytes.fromhex(to[2:])
                     if watch is not None and sender not in watch.keys and recipient not in watch.keys:
@@ -782,6 +937,20 @@ class EvmSource:
                             to_address=_checksum(item.recipient),
                         )
                     )
+        for index, address, amount in raw.withdrawals:
+            if amount == 0 or (watch is not None and address not in watch.hex):
+                continue
+            recipient = bytes.fromhex(address[2:])
+            transfers.append(
+                Transfer(
+                    asset=native,
+                    amount=amount,
+                    txid=withdrawal_txid(index),
+                    index=index,
+                    to_key=recipient,
+                    to_address=_checksum(recipient),
+                )
+            )
         return Block(
             height=raw.height,
             hash=raw.hash,
@@ -803,42 +972,46 @@ class EvmSource:
             if result is None:  # above the node's tip (it moved back since we asked)
                 break
             try:
-                blocks.append(_parse_block(result, height))
+                blocks.append(_parse_block(result, height, watch))
             except _Invalid as exc:
                 raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for block {height}: {exc}") from None
         logs = await asyncio.shield(logs_task) if logs_task is not None else {}
-        need_receipts = [
-            b
-            for b in blocks
-            if b.height in logs
-            or any(tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)) for tx in b.txs)
-            or (self.traces and any(tx.calls_contract for tx in b.txs))
-        ]
-        if need_receipts:
-            await self._statuses(need_receipts, logs, watch)
+        need = [b for b in blocks if self._needs_receipts(b, logs, watch) or (self.traces and b.txs)]
+        if need:
+            await self._statuses(need, logs, watch)
         return blocks
+
+    @staticmethod
+    def _needs_receipts(block: _RawBlock, logs: dict[int, list[_Log]], watch: _Watch | None) -> bool:
+        return block.height in logs or any(
+            tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)) for tx in block.txs
+        )
 
     async def _statuses(
         self, blocks: list[_RawBlock], logs: dict[int, list[_Log]], watch: _Watch | None = None
     ) -> None:
-        """Fill each block's receipt statuses (and internal transfers, with traces) in one batch."""
+        """Fill each block's receipt statuses (and internal transfers, with traces) in one batch.
+
+        With traces on, every block with transactions is traced: value moves inside a plain ETH send
+        to a contract (its receive() forwarding it), inside a creation (a constructor forwarding it)
+        and inside any call, so no cheaper test on the transaction says which blocks can be left out.
+        A trace's top frame carries the transaction's failure, so traces need no receipts of their own.
+        """
         calls: list[Call] = []
         wanted: list[tuple[str, _RawBlock, str | None]] = []  # (kind, block, tx hash)
         for block in blocks:
-            if self.block_receipts:
+            if not self._needs_receipts(block, logs, watch):
+                pass
+            elif self.block_receipts:
                 calls.append(Call("eth_getBlockReceipts", (hex(block.height),), f"block {block.height}"))
                 wanted.append(("receipts", block, None))
             else:
                 with_logs = {item.tx_hash for item in logs.get(block.height, ())}
                 for tx in block.txs:
-                    if (
-                        (tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx)))
-                        or tx.hash in with_logs
-                        or (self.traces and tx.calls_contract)
-                    ):
+                    if (tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx))) or tx.hash in with_logs:
                         calls.append(Call("eth_getTransactionReceipt", (tx.hash,), f"block {block.height}"))
                         wanted.append(("receipt", block, tx.hash))
-            if self.traces and any(tx.calls_contract for tx in block.txs):
+            if self.traces and block.txs:
                 calls.append(
                     Call("debug_traceBlockByNumber", (hex(block.height), CALL_TRACER), f"block {block.height}")
                 )
@@ -862,13 +1035,18 @@ class EvmSource:
         if len(receipts) != len(block.txs):
             raise _Invalid(f"{len(receipts)} receipts for {len(block.txs)} transactions")
         known = {tx.hash for tx in block.txs}
+        number_hex = hex(block.height)
         # Matched by hash, not position: some nodes have returned block receipts out of order.
         for item in receipts:
             receipt = _dict(item, "a receipt")
-            tx_hash = _hash(receipt, "transactionHash")
+            tx_hash = receipt.get("transactionHash")
+            if type(tx_hash) is not str or tx_hash not in known:  # a known hash is a valid one: checked once
+                tx_hash = _hash(receipt, "transactionHash")
             if tx_hash not in known or tx_hash in block.statuses:
                 raise _Invalid(f"receipt of {tx_hash}, which is not (or no longer) expected in the block")
-            _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
+            named_hash, named_number = receipt.get("blockHash", block.hash), receipt.get("blockNumber", number_hex)
+            if named_hash != block.hash or named_number != number_hex:
+                _same_block(receipt, f"the receipt of {tx_hash}", block.height, block.hash)
             block.statuses[tx_hash] = _receipt_status(receipt)
 
     @staticmethod
@@ -898,38 +1076,71 @@ class EvmSource:
             if moved:
                 block.internal[tx.hash] = moved
 
-    async def _logs(self, start: int, stop: int, watch: _Watch | None = None) -> dict[int, list[_Log]]:
-        """Transfer logs of the configured tokens in [start, stop), by height (those touching `watch`)."""
+    async def _logs(
+        self, start: int, stop: int, watch: _Watch | None = None, revoked: _Revoked | None = None
+    ) -> dict[int, list[_Log]]:
+        """Transfer logs in [start, stop), by height: the configured tokens' (those touching `watch`),
+        and any contract's touching `revoked` (see `set_revoked`)."""
         if watch is not None and not watch.keys:
             return {}  # an empty book: no token transfer can concern it
         chunks = _chunks(start, stop, self.config.getlogs_max_range)
-        if watch is not None and watch.topics is not None and self._node_filter:
-            parts = await _run_all(
-                self._filtered_logs_range(chunk.start, chunk.stop - 1, watch.topics) for chunk in chunks
-            )
-        else:
-            parts = await _run_all(self._logs_range(chunk.start, chunk.stop - 1) for chunk in chunks)
+        queries: list[Awaitable[list[_Log]]] = []
+        for chunk in chunks:
+            first, last = chunk.start, chunk.stop - 1
+            if watch is not None and watch.topics is not None and self._node_filter:
+                # The watched keys include the revoked ones: the same topic lists serve every contract.
+                for book in watch.topics:
+                    queries.append(self._filtered_logs_range(first, last, book, any_contract=revoked is not None))
+            elif revoked is not None and (revoked.topics is None or not self._node_filter):
+                queries.append(self._logs_range(first, last, any_contract=True))
+            else:
+                if self.tokens:
+                    queries.append(self._logs_range(first, last))
+                if revoked is not None:
+                    assert revoked.topics is not None
+                    queries.append(self._filtered_logs_range(first, last, revoked.topics, any_contract=True))
+        parts = await _run_all(queries)
         by_height: dict[int, list[_Log]] = {}
-        seen: set[tuple[int, int]] = set()
+        seen: dict[tuple[int, int], _Log] = {}
+        unlisted: set[str] = set()
         for part in parts:
             for item in part:
                 key = (item.height, item.index)
-                if key in seen:
-                    raise BadNodeAnswer(
-                        f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} twice"
-                    )
-                seen.add(key)
-                if watch is None or watch.log(item):
+                other = seen.get(key)
+                if other is not None:
+                    if other != item:  # the same log may come in two answers (two queries), never two logs
+                        raise BadNodeAnswer(
+                            f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} twice"
+                        )
+                    continue
+                seen[key] = item
+                if item.asset.listed:
+                    if watch is None or watch.log(item):
+                        by_height.setdefault(item.height, []).append(item)
+                elif revoked is not None and revoked.log(item):
                     by_height.setdefault(item.height, []).append(item)
+                    unlisted.add(item.contract)
+        if unlisted:
+            assets = await self.unlisted.assets(unlisted)
+            for height, items in by_height.items():
+                by_height[height] = [
+                    item if item.asset.listed else dataclasses.replace(item, asset=assets[item.contract])
+                    for item in items
+                ]
         return by_height
 
-    async def _filtered_logs_range(self, first: int, last: int, topics: list[str]) -> list[_Log]:
-        """Transfers from a key, then to a key (a log between two keys comes in both: kept once)."""
+    async def _filtered_logs_range(
+        self, first: int, last: int, topics: list[str], *, any_contract: bool = False
+    ) -> list[_Log]:
+        """Transfers from a key, then to a key (a log between two keys comes in both: kept once).
+
+        With `any_contract` the contracts are not named: every contract's Transfer logs touching a key
+        (the configured ones among them keep their configured asset)."""
         try:
             sent, received = await _run_all(
                 [
-                    self._logs_range(first, last, [TRANSFER_TOPIC, topics]),
-                    self._logs_range(first, last, [TRANSFER_TOPIC, None, topics]),
+                    self._logs_range(first, last, [TRANSFER_TOPIC, topics], any_contract=any_contract),
+                    self._logs_range(first, last, [TRANSFER_TOPIC, None, topics], any_contract=any_contract),
                 ]
             )
         except BadNodeAnswer as exc:
@@ -941,7 +1152,7 @@ class EvmSource:
                 chain=self.name,
                 error=str(exc),
             )
-            return await self._logs_range(first, last)
+            return await self._logs_range(first, last, any_contract=any_contract)
         found = {(item.height, item.index): item for item in sent}
         for item in received:
             other = found.setdefault((item.height, item.index), item)
@@ -952,32 +1163,34 @@ class EvmSource:
                 )
         return sorted(found.values(), key=lambda item: (item.height, item.index))
 
-    async def _logs_range(self, first: int, last: int, topics: list[Any] | None = None) -> list[_Log]:
+    async def _logs_range(
+        self, first: int, last: int, topics: list[Any] | None = None, *, any_contract: bool = False
+    ) -> list[_Log]:
         what = f"block {first}" if first == last else f"blocks {first}-{last}"
-        params = [
-            {
-                "fromBlock": hex(first),
-                "toBlock": hex(last),
-                "address": list(self.tokens),
-                "topics": topics or [TRANSFER_TOPIC],
-            }
-        ]
+        query: dict[str, Any] = {"fromBlock": hex(first), "toBlock": hex(last)}
+        if not any_contract:
+            query["address"] = list(self.tokens)
+        query["topics"] = topics or [TRANSFER_TOPIC]
+        params = [query]
         ((result, error),) = await self.rpc.replies([Call("eth_getLogs", tuple(params), what)])
         if error is not None:
             message = error.message
             if first < last and _GETLOGS_TOO_LARGE.search(message) and not (topics and "topic" in message.lower()):
                 middle = (first + last) // 2
                 low, high = await _run_all(
-                    [self._logs_range(first, middle, topics), self._logs_range(middle + 1, last, topics)]
+                    [
+                        self._logs_range(first, middle, topics, any_contract=any_contract),
+                        self._logs_range(middle + 1, last, topics, any_contract=any_contract),
+                    ]
                 )
                 return low + high
             raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {_rpc_error(error)}")
         try:
-            return self._parse_logs(result, first, last)
+            return self._parse_logs(result, first, last, any_contract)
         except _Invalid as exc:
             raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {exc}") from None
 
-    def _parse_logs(self, result: Any, first: int, last: int) -> list[_Log]:
+    def _parse_logs(self, result: Any, first: int, last: int, any_contract: bool = False) -> list[_Log]:
         found: list[_Log] = []
         for item in _list(result, "the logs"):
             entry = _dict(item, "a log")
@@ -987,9 +1200,12 @@ class EvmSource:
             height = _quantity(entry, "blockNumber")
             if not first <= height <= last:
                 raise _Invalid(f"a log of block {height}, outside the range asked")
-            asset = self.tokens.get(_address(entry, "address"))
+            contract = _address(entry, "address")
+            asset = self.tokens.get(contract)
             if asset is None:
-                raise _Invalid(f"a log of contract {entry.get('address')}, which was not asked for")
+                if not any_contract:
+                    raise _Invalid(f"a log of contract {entry.get('address')}, which was not asked for")
+                asset = _provisional(contract)
             topics = _list(entry.get("topics"), "topics")
             for topic in topics:
                 if not isinstance(topic, str) or not _HASH.match(topic):
@@ -1013,6 +1229,7 @@ class EvmSource:
                     tx_hash=tx_hash,
                     index=index,
                     asset=asset,
+                    contract=contract,
                     sender=_word_address(topics[1], "topic 1 (from)"),
                     recipient=_word_address(topics[2], "topic 2 (to)"),
                     amount=int(data, 16),

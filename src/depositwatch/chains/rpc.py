@@ -27,6 +27,11 @@ Every request to a node (Bitcoin Core's JSON-RPC and REST, an EVM node's JSON-RP
   or the cookie file (`__cookie__:HEX`, read again once on HTTP 401 since the node rewrites it at every
   start) go as an `Authorization` header on each request to that URL only; redirects are never followed
   (a 3xx is `NodeRedirect`), and the session keeps no cookies. HTTP 401 and 403 raise `RpcAuthError`.
+  A provider's API key header (TronGrid's `TRON-PRO-API-KEY`) is a `SecretStr` sent only to the
+  configured URLs, and never named by value in an error or a log line.
+- **REST calls** (`post_path`): java-tron's HTTP API is POST JSON to a path (`/wallet/getnowblock`), one
+  JSON answer per request, with the same limits, failover, retries and typed errors; the node's own
+  `{"Error": ...}` answers are the caller's to read.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
+from pydantic import SecretStr
 
 from depositwatch import jsonutil
 from depositwatch.chains.base import BadNodeAnswer, ChainError, NodeUnavailable
@@ -54,7 +60,6 @@ log = structlog.get_logger(__name__)
 REPORT_EVERY = 60.0  # seconds between two "still failing" log lines
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _JSON = {"Content-Type": "application/json"}
-_READ_CHUNK = 1 << 16
 _RETRIED_STATUSES = frozenset({408, 425, 429})
 
 T = TypeVar("T")
@@ -197,6 +202,7 @@ class NodeClient:
         retry_for: float = 30.0,
         backoff_initial: float = 0.25,
         backoff_max: float = 4.0,
+        headers: dict[str, SecretStr] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one node URL is needed")
@@ -204,6 +210,8 @@ class NodeClient:
         self.kind = kind  # "bitcoin", "evm": named in the trouble log line
         self.endpoints = [endpoint(u, user, password) for u in urls]
         self.cookie_file = cookie_file
+        # Sent with every request to the configured URLs (an API key header): values stay SecretStr here.
+        self._headers = dict(headers or {})
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.timeout = request_timeout
@@ -282,21 +290,28 @@ class NodeClient:
     # one HTTP exchange -----------------------------------------------------------------------------
 
     async def _read(self, resp: aiohttp.ClientResponse, label: str, shown: str) -> bytes:
-        """The body, read as a stream and refused once it passes the cap."""
+        """The body, refused before reading if its announced length passes the cap, else read as it comes
+        (decompressed, whatever the headers said) and refused once it passes the cap.
+
+        The pieces are kept as they arrive and joined once: one copy of a large answer (a range of
+        TRON blocks is tens of MiB), not one per 64 KiB piece and another at the end.
+        """
         cap = self.max_response_bytes
         if resp.content_length is not None and resp.content_length > cap:
             raise AnswerTooLarge(
                 f"chain {self.chain}: {label}: {shown} announced {resp.content_length} bytes, more than "
                 f"max_response_bytes = {cap}"
             )
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
-            body += chunk
-            if len(body) > cap:
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in resp.content.iter_any():
+            size += len(piece)
+            if size > cap:
                 raise AnswerTooLarge(
                     f"chain {self.chain}: {label}: the answer from {shown} is longer than max_response_bytes = {cap}"
                 )
-        return bytes(body)
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def exchange(
         self,
@@ -313,6 +328,8 @@ class NodeClient:
         await self.open()
         assert self._session is not None
         headers = dict(_JSON) if body is not None else {}
+        for name, value in self._headers.items():
+            headers[name] = value.get_secret_value()
         if auth is not None:
             headers["Authorization"] = auth
         try:
@@ -372,6 +389,47 @@ class NodeClient:
                     f"{text or 'empty body'}"
                 )
             return answer
+
+    async def post_path(self, path: str, body: dict[str, Any], *, what: str = "", timeout: float | None = None) -> Any:
+        """POST `body` as JSON to `path` under each node URL (java-tron's HTTP API); the parsed answer.
+
+        HTTP 401/403 is `RpcAuthError` (a missing or refused API key); 408, 425, 429 and 5xx, a redirect
+        or a broken connection fail over and retry like any request; another status or a body that is
+        not JSON is a `BadNodeAnswer` naming the call and the node.
+        """
+        if not path.startswith("/") or "//" in path or "?" in path or "#" in path:
+            raise ValueError(f"not an API path: {path[:100]!r}")
+        label = f"{path} for {what}" if what else path
+        payload = jsonutil.dumps_bytes(body)
+
+        async def attempt(target: Endpoint) -> Any:
+            status, raw = await self.exchange(
+                "POST",
+                target.url.rstrip("/") + path,
+                target.shown,
+                label,
+                body=payload,
+                auth=self._auth(target),
+                timeout=timeout,
+            )
+            if status in (401, 403):
+                what_key = "the API key header" if self._headers else "no API key was configured (api_key)"
+                raise RpcAuthError(
+                    f"chain {self.chain}: {label}: {target.shown} refused the request (HTTP {status}): {what_key}"
+                )
+            if status >= 500 or status in _RETRIED_STATUSES:
+                text = raw[:200].decode(errors="replace").strip()
+                raise Retry(f"{label}: HTTP {status} from {target.shown}: {text or 'empty body'}")
+            if status != 200:
+                raise BadNodeAnswer(f"chain {self.chain}: {label}: HTTP {status} from {target.shown}")
+            try:
+                return jsonutil.loads(raw)
+            except ValueError as exc:
+                raise BadNodeAnswer(
+                    f"chain {self.chain}: {label}: the answer from {target.shown} is not JSON ({exc})"
+                ) from None
+
+        return await self.with_retries(attempt)
 
     # retries and failover --------------------------------------------------------------------------
 

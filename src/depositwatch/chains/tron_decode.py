@@ -6,11 +6,20 @@ transaction trie root, which covers each transaction's result codes), the contra
 the signed `raw_data_hex` and must agree with the JSON beside them, and a transaction info must name a
 transaction of this block. A mismatch is a `BadNodeAnswer`, never a match.
 
+Each transaction is first read in one step (`_usual_transaction`: the node's usual JSON, java-tron's
+layout, no names built for error messages); anything else, failures included, is read again field
+by field (`_transaction`), which names what is wrong. Both check the same things and give the same
+answer (the tests hold them to it); the first is what makes decoding cost a few times the hashing.
+
 Transfers produced:
 - TRX: `TransferContract` (sun, 6 decimals); TRC-10: `TransferAssetContract` (`asset_name` is the token
   id; configured ids get their symbol and decimals, others are reported under their id with 0 decimals);
 - TRC-20: `Transfer(address,address,uint256)` logs with exactly three topics, emitted by a configured
-  token contract (anyone can emit the event; only the token's own contract counts);
+  token contract (anyone can emit the event; only the token's own contract counts); and, given
+  `revoked` keys, such logs of any other contract whose `from` or `to` is revoked, with an asset of
+  `listed = False` named `PLACEHOLDER_SYMBOL` until the source asks the contract (`tron_tokens`). A log
+  of another contract that is not ERC-20-shaped (address words with upper bytes set, data of another
+  length) is skipped: any contract can emit anything, and it must never fail the block;
 - internal TRX: `internal_transactions` (`callValueInfo` without `tokenId`, not `rejected`), present only
   where the node saves them.
 All of them only from transactions that succeeded. `index` is None for TRX and TRC-10, the log's index
@@ -22,14 +31,16 @@ transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from depositwatch.addresses.common import AddressError
 from depositwatch.addresses.tron import parse_tron_address, tron_address
 from depositwatch.chains import tron_wire as wire
 from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.evm_tokens import PLACEHOLDER_SYMBOL
 from depositwatch.models import Asset, Block, Transfer
 
 TRX = Asset(symbol="TRX", decimals=6)
@@ -103,6 +114,15 @@ def _hex(value: Any, height: int, what: str, size: int | None = None) -> bytes:
     return raw
 
 
+def _hex_of(value: Any, size: int) -> bytes | None:
+    """`_hex` with its size, without a name: None where `_hex` would raise."""
+    try:
+        raw = bytes.fromhex(value)
+    except (TypeError, ValueError):
+        return None
+    return raw if len(raw) == size else None
+
+
 def _account(value: Any, height: int, what: str) -> bytes:
     """A 21-byte node account (`41` + 20 bytes) to its 20 bytes."""
     raw = _hex(value, height, what, 21)
@@ -121,17 +141,10 @@ def _node_account(value: Any, height: int, what: str) -> bytes:
     return _hex(value, height, what)
 
 
-def _signed_account(raw: bytes, height: int, what: str) -> bytes:
+def _signed_account(raw: bytes, height: int, txid: str, name: str) -> bytes:
     if len(raw) != 21 or raw[0] != 0x41:
-        raise _fail(height, f"{what} in the signed bytes is not a 21-byte 0x41 account")
+        raise _fail(height, f"{txid} {name} in the signed bytes is not a 21-byte 0x41 account")
     return raw[1:]
-
-
-@dataclass(frozen=True, slots=True)
-class _Tx:
-    txid: str
-    contract: wire.SignedContract
-    success: bool
 
 
 def decode_header(block: Any, height: int | None = None) -> tuple[int, str, str, int]:
@@ -183,12 +196,20 @@ def needs_infos(block: Any) -> bool:
 
 
 def decode_block(
-    block: Any, infos: Any, height: int, tokens: TronTokens, *, internal: bool = True, watch: Watch = None
+    block: Any,
+    infos: Any,
+    height: int,
+    tokens: TronTokens,
+    *,
+    internal: bool = True,
+    watch: Watch = None,
+    revoked: Watch = None,
 ) -> Block:
     """Check and decode one block; `height` is the number that was asked for.
 
     Every identity is checked whatever `watch` says; with `watch`, only transfers from or to one of its
-    keys are built.
+    keys are built. With `revoked`, Transfer logs of unlisted contracts from or to one of its keys are
+    built too (asset `listed = False`, placeholder name).
     """
     block = _dict(block, height, "the block")
     header = _dict(_dict(block.get("block_header"), height, "block_header").get("raw_data"), height, "header")
@@ -196,7 +217,9 @@ def decode_block(
     txs, leaves = _transactions(_list(block.get("transactions"), height, "transactions"), height)
     if wire.merkle_root(leaves) != bytes.fromhex(header["txTrieRoot"]):
         raise _fail(height, "txTrieRoot does not recompute from the transactions")
-    transfers = _transfers(txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch)
+    transfers = _transfers(
+        txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch, revoked=revoked
+    )
     return Block(
         height=number,
         hash=block_id,
@@ -210,6 +233,16 @@ def decode_block(
 # The usual `ret` entry, `{"contractRet": NAME}` with no fee, encoded once per name.
 _RESULT_BYTES = {name: wire.encode_result(code) for name, code in wire.ContractResult.__members__.items()}
 _SUCCESSFUL = frozenset({wire.ContractResult.SUCCESS, wire.ContractResult.DEFAULT})
+# ... and as the tail of a whole `Transaction` (field 5), with whether it succeeded: (calls, others)
+_RESULT_TAILS = {
+    name: (b"\x2a" + wire.encode_varint(len(encoded)) + encoded, name == "SUCCESS", name in ("SUCCESS", "DEFAULT"))
+    for name, encoded in _RESULT_BYTES.items()
+}
+_TRIGGER = int(wire.ContractType.TRIGGER_SMART_CONTRACT)
+
+
+_UsualReading = Callable[[str, str, bytes], tuple[str, bytes, wire.SignedFields] | None]
+_Tx = tuple[wire.SignedFields, bool]  # a checked transaction: its signed contract, whether it succeeded
 
 
 def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], str | None]:
@@ -234,29 +267,65 @@ def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], 
 def _transactions(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
     txs: dict[str, _Tx] = {}
     leaves: list[bytes] = []
-    sha256 = hashlib.sha256
     for position, item in enumerate(items):
-        where = f"transaction {position}"
-        tx = _dict(item, height, where)
-        raw = _hex(tx.get("raw_data_hex"), height, f"{where}.raw_data_hex")
-        txid = sha256(raw).hexdigest()
-        if tx.get("txID") != txid:
-            raise _fail(height, f"{where}: txID is not sha256(raw_data_hex)")
-        signatures = [_hex(s, height, f"{where}.signature") for s in _list(tx.get("signature"), height, where)]
-        results, first = _results(tx, height, where)
-        leaves.append(sha256(wire.transaction_bytes(raw, signatures, results)).digest())
-        try:
-            contract = wire.decode_contract(raw)
-        except wire.WireError as exc:
-            raise _fail(height, f"{where}: {exc}") from None
-        _agrees(tx, contract, height, where)
-        code = wire.ContractResult[first] if first is not None else None
-        if contract.type == wire.ContractType.TRIGGER_SMART_CONTRACT:
-            success = code is wire.ContractResult.SUCCESS
-        else:
-            success = code is None or code in _SUCCESSFUL
-        txs[txid] = _Tx(txid=txid, contract=contract, success=success)
+        checked = _usual_transaction(item)
+        if checked is None:
+            checked = _transaction(item, height, position)
+        txid, leaf, tx = checked
+        txs[txid] = tx
+        leaves.append(leaf)
     return txs, leaves
+
+
+def _usual_transaction(tx: Any, read: _UsualReading = wire.usual_transaction) -> tuple[str, bytes, _Tx] | None:
+    """`_transaction` for the usual shape, with no names for errors; None for anything else.
+
+    The usual shape: one 65-byte signature, one `{"contractRet": NAME}` result, the contract in
+    java-tron's layout, the JSON's fields equal to the signed ones as the node writes them (lowercase
+    hex). Whatever else (including every failure) goes to `_transaction`, which checks the same
+    things field by field and names what is wrong: both give the same answer (the tests check it).
+    """
+    if type(tx) is not dict:
+        return None
+    raw_hex, signatures, rets = tx.get("raw_data_hex"), tx.get("signature"), tx.get("ret")
+    if type(raw_hex) is not str or type(signatures) is not list or type(rets) is not list:
+        return None
+    if len(signatures) != 1 or len(rets) != 1 or type(ret := rets[0]) is not dict or len(ret) != 1:
+        return None
+    name, signature = ret.get("contractRet"), signatures[0]
+    if type(name) is not str or name not in _RESULT_TAILS or type(signature) is not str:
+        return None
+    tail, call_success, success = _RESULT_TAILS[name]
+    usual = read(raw_hex, signature, tail)
+    if usual is None or tx.get("txID") != usual[0] or not _json_agrees(tx, usual[2]):
+        return None
+    txid, leaf, fields = usual
+    return txid, leaf, (fields, call_success if fields[0] == _TRIGGER else success)
+
+
+def _transaction(item: Any, height: int, position: int) -> tuple[str, bytes, _Tx]:
+    """One transaction checked field by field: `(txID, its trie leaf, its contract and success)`."""
+    where = f"transaction {position}"
+    tx = _dict(item, height, where)
+    raw = _hex(tx.get("raw_data_hex"), height, f"{where}.raw_data_hex")
+    txid = hashlib.sha256(raw).hexdigest()
+    if tx.get("txID") != txid:
+        raise _fail(height, f"{where}: txID is not sha256(raw_data_hex)")
+    signatures = [_hex(s, height, f"{where}.signature") for s in _list(tx.get("signature"), height, where)]
+    results, first = _results(tx, height, where)
+    leaf = hashlib.sha256(wire.transaction_bytes(raw, signatures, results)).digest()
+    try:
+        contract = wire.decode_contract(raw)
+    except wire.WireError as exc:
+        raise _fail(height, f"{where}: {exc}") from None
+    _agrees(tx, contract, height, where)
+    code = wire.ContractResult[first] if first is not None else None
+    if contract.type == wire.ContractType.TRIGGER_SMART_CONTRACT:
+        success = code is wire.ContractResult.SUCCESS
+    else:
+        success = code is None or code in _SUCCESSFUL
+    c = contract
+    return txid, leaf, ((c.type, c.owner, c.to, c.contract, c.amount, c.asset, c.data), success)
 
 
 _JSON_FIELDS = {
@@ -268,6 +337,39 @@ _JSON_FIELDS = {
     "data": "data",
     "asset_name": "asset",
 }
+
+
+def _json_agrees(tx: dict[str, Any], fields: wire.SignedFields) -> bool:
+    """`_agrees` for the node's usual JSON (lowercase hex, one contract, the usual fields of its type):
+    True when it agrees, False when `_agrees` must look (it raises on any disagreement)."""
+    raw_data = tx.get("raw_data")
+    entries = raw_data.get("contract") if type(raw_data) is dict else None
+    if type(entries) is not list or len(entries) != 1 or type(entry := entries[0]) is not dict:
+        return False
+    parameter = entry.get("parameter")
+    value = parameter.get("value") if type(parameter) is dict else None
+    if type(value) is not dict:
+        return False
+    kind, owner, to, contract, amount, asset, data = fields
+    if value.get("owner_address") != owner.hex():
+        return False
+    if kind == _TRIGGER and contract is not None:  # call_value and data are left out when 0 or empty
+        shown = 2 + ("call_value" in value) + ("data" in value)
+        return (
+            len(value) == shown
+            and value.get("contract_address") == contract.hex()
+            and value.get("call_value", 0) == amount
+            and value.get("data", "") == data.hex()
+        )
+    if to is None:
+        return False
+    shown = 2 + ("amount" in value) + (asset is not None)  # TRC-10: asset_name too
+    return (
+        len(value) == shown
+        and value.get("to_address") == to.hex()
+        and value.get("amount", 0) == amount
+        and (asset is None or value.get("asset_name") == asset.hex())
+    )
 
 
 def _agrees(tx: dict[str, Any], contract: wire.SignedContract, height: int, where: str) -> None:
@@ -299,12 +401,16 @@ def _agrees(tx: dict[str, Any], contract: wire.SignedContract, height: int, wher
 
 def _infos(infos: Any, height: int, txs: Mapping[str, _Tx]) -> dict[str, dict[str, Any]]:
     by_id: dict[str, dict[str, Any]] = {}
-    for position, item in enumerate(_list(infos, height, "transaction infos")):
-        info = _dict(item, height, f"transaction info {position}")
+    for position, info in enumerate(_list(infos, height, "transaction infos")):
+        if type(info) is not dict:  # the names in messages are built only when they are needed
+            raise _fail(height, f"transaction info {position} is not an object")
         txid = info.get("id")
         if not isinstance(txid, str) or txid not in txs:
             raise _fail(height, f"transaction info {position} names a transaction that is not in this block")
-        if _int(info.get("blockNumber", height), height, f"transaction info {position}.blockNumber") != height:
+        number = info.get("blockNumber", height)
+        if (type(number) is not int or number != height) and _int(
+            number, height, f"transaction info {position}.blockNumber"
+        ) != height:
             raise _fail(height, f"transaction info {position} names another block")
         if txid in by_id:
             raise _fail(height, f"transaction info {position} repeats a transaction")
@@ -319,7 +425,9 @@ def _receipt_ok(info: dict[str, Any] | None, height: int, txid: str) -> bool:
     receipt = info.get("receipt")
     if receipt is None:
         return True
-    result = _dict(receipt, height, f"{txid} receipt").get("result")
+    if type(receipt) is not dict:
+        raise _fail(height, f"{txid} receipt is not an object")
+    result = receipt.get("result")
     return result is None or result == "SUCCESS"
 
 
@@ -331,45 +439,59 @@ def _transfers(
     *,
     internal: bool,
     watch: Watch,
+    revoked: Watch = None,
 ) -> list[Transfer]:
     transfers: list[Transfer] = []
-    for txid, tx in txs.items():
+    for txid, (fields, success) in txs.items():
         info = infos.get(txid)
-        if not tx.success or not _receipt_ok(info, height, txid):
+        if not success:
             continue
-        contract = tx.contract
-        if contract.type in (wire.ContractType.TRANSFER, wire.ContractType.TRANSFER_ASSET) and contract.amount:
-            native = _native(contract, txid, height, tokens, watch)
+        if info is not None:
+            receipt = info.get("receipt")  # `_receipt_ok`, inline: this runs for most transactions
+            if type(receipt) is dict:
+                result = receipt.get("result")
+                if result is not None and result != "SUCCESS":
+                    continue
+            elif not _receipt_ok(info, height, txid):
+                continue
+        if fields[0] in _NATIVE and fields[4]:
+            native = _native(fields, txid, height, tokens, watch)
             if native is not None:
                 transfers.append(native)
         if info is None:
             continue
-        transfers.extend(info_transfers(info, height, tokens, internal=internal, watch=watch))
+        transfers.extend(_token_logs(info, txid, height, tokens, watch, revoked))  # id checked by `_infos`
+        if internal and info.get("internal_transactions") is not None:
+            transfers.extend(_internal(info, txid, height, watch))
     return transfers
 
 
 def info_transfers(
-    info: Any, height: int, tokens: TronTokens, *, internal: bool = True, watch: Watch = None
+    info: Any, height: int, tokens: TronTokens, *, internal: bool = True, watch: Watch = None, revoked: Watch = None
 ) -> list[Transfer]:
     """The TRC-20 and internal TRX transfers of one transaction info (its transaction succeeded)."""
     info = _dict(info, height, "transaction info")
     txid = info.get("id")
     if not isinstance(txid, str) or len(txid) != 64:
         raise _fail(height, "transaction info without a 32-byte id")
-    transfers = _token_logs(info, txid, height, tokens, watch)
-    if internal:
+    transfers = _token_logs(info, txid, height, tokens, watch, revoked)
+    if internal and info.get("internal_transactions") is not None:
         transfers.extend(_internal(info, txid, height, watch))
     return transfers
 
 
-def _native(contract: wire.SignedContract, txid: str, height: int, tokens: TronTokens, watch: Watch) -> Transfer | None:
-    owner = _signed_account(contract.owner, height, f"{txid} owner_address")
-    to = _signed_account(contract.to or b"", height, f"{txid} to_address")
+_NATIVE = frozenset({int(wire.ContractType.TRANSFER), int(wire.ContractType.TRANSFER_ASSET)})
+
+
+def _native(fields: wire.SignedFields, txid: str, height: int, tokens: TronTokens, watch: Watch) -> Transfer | None:
+    kind, signed_owner, signed_to, _, amount, token, _ = fields
+    owner = _signed_account(signed_owner, height, txid, "owner_address")
+    to = _signed_account(signed_to or b"", height, txid, "to_address")
     asset = TRX
-    if contract.type == wire.ContractType.TRANSFER_ASSET:
-        token_id = (contract.asset or b"").decode("ascii", "replace")
+    if kind == wire.ContractType.TRANSFER_ASSET:
+        token_id = (token or b"").decode("ascii", "replace")
         asset = tokens.trc10.get(token_id) or Asset(symbol=token_id, decimals=0)
-    return _transfer(asset, contract.amount, txid, None, owner, to, watch)
+    return _transfer(asset, amount, txid, None, owner, to, watch)
 
 
 def _topic_account(topic: Any, height: int, where: str) -> bytes:
@@ -379,21 +501,72 @@ def _topic_account(topic: Any, height: int, where: str) -> bytes:
     return word[12:]
 
 
-def _token_logs(info: dict[str, Any], txid: str, height: int, tokens: TronTokens, watch: Watch) -> list[Transfer]:
+_ZERO_WORD_HEAD = "0" * 24  # the upper 12 bytes of an address topic, as the node writes them
+
+
+def _usual_account(topic: Any) -> bytes | None:
+    """`_topic_account` for the node's lowercase hex with zero upper bytes; None: `_topic_account` decides."""
+    if type(topic) is not str or len(topic) != 64 or not topic.startswith(_ZERO_WORD_HEAD):
+        return None
+    try:
+        key = bytes.fromhex(topic[24:])
+    except ValueError:
+        return None
+    return key if len(key) == 20 else None
+
+
+@lru_cache(maxsize=4096)
+def unlisted_asset(contract: bytes) -> Asset:
+    """An unlisted contract's asset until the source has asked the contract for its names."""
+    return Asset(PLACEHOLDER_SYMBOL, 0, tron_address(contract), listed=False)
+
+
+def _unlisted_log(
+    entry: dict[str, Any], key: bytes, txid: str, position: int, revoked: Container[bytes]
+) -> Transfer | None:
+    """A Transfer log of an unlisted contract, when it is ERC-20-shaped and touches a revoked key."""
+    topics = entry["topics"]
+    sender, recipient = _usual_account(topics[1]), _usual_account(topics[2])
+    if sender is None or recipient is None or (sender not in revoked and recipient not in revoked):
+        return None
+    word = _hex_of(entry.get("data"), 32)
+    if word is None:
+        return None
+    return _transfer(unlisted_asset(key), int.from_bytes(word, "big"), txid, position, sender, recipient, None)
+
+
+def _token_logs(
+    info: dict[str, Any], txid: str, height: int, tokens: TronTokens, watch: Watch, revoked: Watch = None
+) -> list[Transfer]:
     transfers: list[Transfer] = []
-    for position, item in enumerate(_list(info.get("log"), height, f"{txid} log")):
-        where = f"{txid} log {position}"
-        entry = _dict(item, height, where)
-        topics = _list(entry.get("topics"), height, f"{where}.topics")
+    trc20 = tokens.trc20
+    logs = info.get("log")
+    for position, entry in enumerate(logs if type(logs) is list else _list(logs, height, f"{txid} log")):
+        if type(entry) is not dict:  # the names in messages are built only when they are needed
+            raise _fail(height, f"{txid} log {position} is not an object")
+        topics = entry.get("topics")
+        if type(topics) is not list:
+            topics = _list(topics, height, f"{txid} log {position}.topics")
         if len(topics) != 3 or topics[0] != TRANSFER_TOPIC:
             continue  # not an ERC-20-shaped Transfer (ERC-721 has four topics)
-        asset = tokens.trc20.get(_hex(entry.get("address"), height, f"{where}.address", 20))
+        address = entry.get("address")
+        key = _hex_of(address, 20) or _hex(address, height, f"{txid} log {position}.address", 20)
+        asset = trc20.get(key)
         if asset is None:
-            continue  # anyone can emit a Transfer event: only the configured contract's count
-        sender = _topic_account(topics[1], height, f"{where}.topics[1]")
-        recipient = _topic_account(topics[2], height, f"{where}.topics[2]")
-        amount = int.from_bytes(_hex(entry.get("data"), height, f"{where}.data", 32), "big")
-        transfer = _transfer(asset, amount, txid, position, sender, recipient, watch)
+            # anyone can emit a Transfer event: only the configured contract's count, and any contract's
+            # touching a revoked key
+            if revoked is not None:
+                unlisted = _unlisted_log(entry, key, txid, position, revoked)
+                if unlisted is not None:
+                    transfers.append(unlisted)
+            continue
+        sender = _usual_account(topics[1]) or _topic_account(topics[1], height, f"{txid} log {position}.topics[1]")
+        recipient = _usual_account(topics[2]) or _topic_account(topics[2], height, f"{txid} log {position}.topics[2]")
+        data = entry.get("data")
+        word = _hex_of(data, 32) or _hex(data, height, f"{txid} log {position}.data", 32)
+        if watch is not None and sender not in watch and recipient not in watch:
+            continue  # `_transfer` would give None
+        transfer = _transfer(asset, int.from_bytes(word, "big"), txid, position, sender, recipient, watch)
         if transfer is not None:
             transfers.append(transfer)
     return transfers

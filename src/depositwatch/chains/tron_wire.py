@@ -14,14 +14,32 @@ bytes, not on the JSON beside them, so this module decodes the fields a deposit 
 
 Only the protobuf wire format is needed (varints and length-delimited fields), not generated classes:
 a reader of a few dozen lines with hard bounds gives exact control over which bytes are hashed.
+
+There is one grammar, `fields`. Contracts are read two ways over it: `canonical_fields` reads the one
+layout java-tron writes (nearly every transaction) at fixed offsets and declines anything else, and
+`general_contract` reads any layout through `fields`. A generator step per field costs more than
+hashing the transaction, which is why the first exists; the tests hold both to the same answers on
+real, generated, damaged and random bytes. `_tronscan` (C, built by setup.py where a compiler and
+libcrypto's headers are) does the same reading, and for usual transactions the hashing with it, in
+one call; `DEPOSITWATCH_PURE_PYTHON=1` turns it off, as for the Bitcoin scan.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+
+try:
+    from depositwatch.chains import _tronscan
+except ImportError:  # not built (no compiler or no libcrypto headers): the Python reading does it all
+    _tronscan = None  # type: ignore[assignment]
+_BUILT: bool = _tronscan is not None
+"""Whether the compiled fast path (`_tronscan.c`) was built and imported."""
+_USE_EXTENSION = _BUILT and os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") in ("", "0")
 
 _MAX_VARINT_BYTES = 10
 _INT64_MAX = 2**63 - 1
@@ -201,54 +219,29 @@ def tx_id(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
 
 
-def _length_delimited(buf: bytes, wanted: int) -> list[bytes]:
-    """Every length-delimited field `wanted` of a message, skipping the others without building them.
-
-    The same checks as `fields`, in one loop: this runs for every transaction of every block.
-    """
-    found: list[bytes] = []
-    pos, end = 0, len(buf)
-    while pos < end:
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos)
-        number, kind = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
-        if kind == _BYTES:
-            if pos < end and buf[pos] < 0x80:
-                length = buf[pos]
-                pos += 1
-            else:
-                length, pos = _varint(buf, pos)
-            if length > end - pos:
-                raise WireError(f"field {number}: {length} bytes announced, {end - pos} left")
-            if number == wanted:
-                found.append(buf[pos : pos + length])
-            pos += length
-        elif kind == _VARINT:
-            if number == wanted:
-                raise WireError(f"field {number}: expected length-delimited bytes")
-            start = pos
-            while pos < end and buf[pos] & 0x80:
-                pos += 1
-            pos += 1
-            if pos > end or pos - start > _MAX_VARINT_BYTES:
-                raise WireError("truncated or overlong varint")
-        elif kind in (_FIXED64, _FIXED32):
-            pos += 8 if kind == _FIXED64 else 4
-            if pos > end:
-                raise WireError(f"field {number}: truncated fixed{32 if kind == _FIXED32 else 64}")
-        else:
-            raise WireError(f"field {number}: unsupported wire type {kind}")
-    return found
-
-
 def decode_contract(raw: bytes) -> SignedContract:
     """The first contract of `Transaction.raw` bytes (TRON transactions carry exactly one)."""
-    contracts = _length_delimited(raw, 11)
+    canonical = canonical_fields(raw)
+    return SignedContract(*canonical) if canonical is not None else general_contract(raw)
+
+
+# `SignedContract`'s fields as a plain tuple, in the same order: building a frozen dataclass costs
+# more than hashing a transaction, so the block decoder keeps these.
+SignedFields = tuple[int, bytes, bytes | None, bytes | None, int, bytes | None, bytes]
+
+
+def contract_fields(raw: bytes) -> SignedFields:
+    """`decode_contract` as a `SignedFields` tuple: the canonical layout read directly, else the grammar."""
+    canonical = canonical_fields(raw)
+    if canonical is not None:
+        return canonical
+    c = general_contract(raw)
+    return c.type, c.owner, c.to, c.contract, c.amount, c.asset, c.data
+
+
+def general_contract(raw: bytes) -> SignedContract:
+    """`decode_contract` through the general grammar (`fields`), whatever the field order and extras."""
+    contracts = [_bytes(value, "raw.contract") for number, _, value in fields(raw) if number == 11]
     if len(contracts) != 1:
         raise WireError(f"raw data holds {len(contracts)} contracts, expected 1")
     kind = 0
@@ -263,6 +256,145 @@ def decode_contract(raw: bytes) -> SignedContract:
         if number == 2:
             inner = _bytes(value, "contract.parameter.value")
     return _decode_parameter(kind, inner)
+
+
+# java-tron's layout of `Transaction.raw`: ref_block_bytes (2 bytes), ref_block_hash (8 bytes),
+# expiration, then the contract; after it only timestamp and fee_limit. Varints of at most 9 bytes
+# (63 bits) are always valid; a 10-byte one is left to the general grammar, which checks its bound.
+_RAW_HEAD = re.compile(rb"\x0a\x02..\x22\x08.{8}\x40[\x80-\xff]{0,8}[\x00-\x7f]\x5a", re.DOTALL)
+_RAW_TAIL = re.compile(rb"(?:\x70[\x80-\xff]{0,8}[\x00-\x7f])?(?:\x90\x01[\x80-\xff]{0,8}[\x00-\x7f])?", re.DOTALL)
+
+
+def _canonical_fields_py(raw: bytes) -> SignedFields | None:
+    """`contract_fields` for the layout java-tron writes, read at fixed offsets; None for any other layout.
+
+    The general grammar walks every field through a generator, which costs more than hashing the
+    transaction. Nearly every transaction is laid out the same way, so this reads that one layout
+    without building a field list: the known fields in their order, one contract of a known type
+    whose parameter holds exactly its usual fields, 21-byte accounts, lengths that add up to the
+    message. Anything else (another field, another order, a memo, a permission id, a truncation)
+    returns None and `general_contract` decides, so both always give the same answer (the tests
+    check this on real and random bytes).
+    """
+    head = _RAW_HEAD.match(raw)
+    if head is None:
+        return None
+    try:
+        pos = head.end()
+        size = raw[pos]
+        if size < 0x80:  # lengths are read inline up to two bytes (16 KB); longer ones go the general way
+            pos += 1
+        elif raw[pos + 1] < 0x80:
+            size = size & 0x7F | raw[pos + 1] << 7
+            pos += 2
+        else:
+            return None
+        end = pos + size
+        if end > len(raw) or _RAW_TAIL.fullmatch(raw, end) is None:
+            return None
+        # Contract: type = 1, parameter = 2 (a google.protobuf.Any filling the rest)
+        kind = raw[pos + 1]
+        if raw[pos] != 0x08 or raw[pos + 2] != 0x12 or kind not in _CANONICAL_KINDS:
+            return None
+        size = raw[pos + 3]
+        if size < 0x80:
+            pos += 4
+        elif raw[pos + 4] < 0x80:
+            size = size & 0x7F | raw[pos + 4] << 7
+            pos += 5
+        else:
+            return None
+        if pos + size != end or raw[pos] != 0x0A or raw[pos + 1] >= 0x80:
+            return None
+        pos += 2 + raw[pos + 1]  # Any.type_url, not read
+        if raw[pos] != 0x12:
+            return None
+        size = raw[pos + 1]
+        if size < 0x80:
+            pos += 2
+        elif raw[pos + 2] < 0x80:
+            size = size & 0x7F | raw[pos + 2] << 7
+            pos += 3
+        else:
+            return None
+        if pos + size != end:
+            return None
+        return _canonical_parameter(raw, kind, pos, end)
+    except (IndexError, WireError):
+        return None
+
+
+canonical_fields: Callable[[bytes], SignedFields | None] = _tronscan.fields if _USE_EXTENSION else _canonical_fields_py
+"""`contract_fields` for java-tron's layout, None for any other (compiled where built)."""
+
+
+def _usual_transaction_py(raw_hex: str, signature_hex: str, tail: bytes) -> tuple[str, bytes, SignedFields] | None:
+    """`(txID hex, trie leaf, contract fields)` of a transaction with one 65-byte signature, its raw
+    data in java-tron's layout, `tail` its encoded result field; None for anything else."""
+    try:
+        raw, signature = bytes.fromhex(raw_hex), bytes.fromhex(signature_hex)
+    except ValueError:
+        return None
+    fields = _canonical_fields_py(raw)
+    if fields is None or len(signature) != 65:
+        return None
+    size = len(raw)  # Transaction.raw_data = 1, its length a varint of two bytes for usual sizes
+    head = bytes((0x0A, size & 0x7F | 0x80, size >> 7)) if 0x80 <= size < 0x4000 else b"\x0a" + encode_varint(size)
+    leaf = hashlib.sha256(b"".join((head, raw, b"\x12\x41", signature, tail))).digest()
+    return hashlib.sha256(raw).hexdigest(), leaf, fields
+
+
+usual_transaction: Callable[[str, str, bytes], tuple[str, bytes, SignedFields] | None] = (
+    _tronscan.transaction if _USE_EXTENSION else _usual_transaction_py
+)
+"""`(txID hex, trie leaf, contract fields)` from the hex of a usual transaction's raw data and of its one
+signature, and its encoded result field; None for anything else (compiled where built)."""
+
+_CANONICAL_KINDS = frozenset(int(kind) for kind in ContractType)
+_TRANSFER_ASSET = int(ContractType.TRANSFER_ASSET)
+_TRIGGER_SMART_CONTRACT = int(ContractType.TRIGGER_SMART_CONTRACT)
+
+
+def _canonical_parameter(raw: bytes, kind: int, pos: int, end: int) -> SignedFields | None:
+    """The parameter message at `raw[pos:end]`, its fields in number order, accounts 21 bytes long."""
+    asset: bytes | None = None
+    if kind == _TRANSFER_ASSET:  # asset_name = 1 comes before the accounts
+        if raw[pos] != 0x0A or raw[pos + 1] >= 0x80:
+            return None
+        asset = raw[pos + 2 : pos + 2 + raw[pos + 1]]
+        pos += 2 + raw[pos + 1]
+        accounts = b"\x12\x15", b"\x1a\x15"
+        amount_key = 0x20
+    else:
+        accounts = b"\x0a\x15", b"\x12\x15"
+        amount_key = 0x18
+    if raw[pos : pos + 2] != accounts[0] or raw[pos + 23 : pos + 25] != accounts[1]:
+        return None
+    owner = raw[pos + 2 : pos + 23]
+    other = raw[pos + 25 : pos + 46]
+    pos += 46
+    amount = 0
+    if pos < end and raw[pos] == amount_key:
+        amount, pos = _varint(raw, pos + 1)
+        if amount > _INT64_MAX:
+            return None
+    if kind != _TRIGGER_SMART_CONTRACT:
+        if pos != end:
+            return None
+        return kind, owner, other, None, amount, asset, b""
+    data = b""
+    if pos < end:
+        if raw[pos] != 0x22:
+            return None
+        size = raw[pos + 1]
+        pos += 2
+        if size >= 0x80:
+            size, pos = _varint(raw, pos - 1)
+        data = raw[pos : pos + size]
+        pos += size
+    if pos != end:
+        return None
+    return kind, owner, None, other, amount, None, data
 
 
 def _decode_parameter(kind: int, inner: bytes) -> SignedContract:

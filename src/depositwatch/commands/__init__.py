@@ -68,7 +68,19 @@ def err(line: str) -> None:
 def command_modules() -> list[CommandModule]:
     """Every command group, in help order."""
     found: list[CommandModule] = []
-    for name in ("addresses", "db", "settings", "replay", "run", "alerts", "matches", "btc", "systemd", "demo"):
+    for name in (
+        "addresses",
+        "db",
+        "settings",
+        "replay",
+        "run",
+        "alerts",
+        "matches",
+        "report",
+        "btc",
+        "systemd",
+        "demo",
+    ):
         try:
             found.append(importlib.import_module(f"depositwatch.commands.{name}"))
         except ModuleNotFoundError as exc:

@@ -6,10 +6,18 @@ import argparse
 import sys
 from typing import Any
 
-from depositwatch.addressbook import BadRows, ChainDirectory, read_address_list, read_import_csv, read_text
-from depositwatch.addresses import AddressError, BitcoinNetwork, parse_bitcoin_address, parse_ethereum_address
+from depositwatch.addressbook import BadRows, ChainDirectory, read_address_list, read_book_csv, read_text
+from depositwatch.addresses import (
+    AddressError,
+    BitcoinNetwork,
+    normalise_key,
+    parse_bitcoin_address,
+    parse_ethereum_address,
+)
+from depositwatch.addresses.tron import parse_tron_address, tron_hex
 from depositwatch.chains.base import ChainSource
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
+from depositwatch.commands import trees as key_trees
 from depositwatch.config import Config
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AddressStatus
@@ -25,12 +33,16 @@ def register(sub: Any) -> None:
     group = sub.add_parser("addresses", help="the address book").add_subparsers(dest="addr_command", required=True)
 
     parse = group.add_parser("parse", help="parse and normalise addresses; print one JSON object each")
-    parse.add_argument("--chain", required=True, choices=["btc", "eth"], help="btc or eth")
+    parse.add_argument("--chain", required=True, choices=["btc", "eth", "tron"], help="btc, eth or tron")
     parse.add_argument("--network", default="mainnet", choices=[str(n) for n in BitcoinNetwork])
-    parse.add_argument("address", nargs="+")
+    parse.add_argument("address", nargs="*")
+    key_trees.add_parse_options(parse)
     parse.set_defaults(handler=_parse)
 
-    imp = group.add_parser("import", help="import a CSV (chain,address,status,label,owner,revoked_at,reason)")
+    imp = group.add_parser(
+        "import",
+        help="import a CSV (chain,address,status,label,owner,revoked_at,reason; key trees: descriptor,range,gap)",
+    )
     imp.add_argument("file", help="CSV file, or - for stdin")
     imp.add_argument("--dry-run", action="store_true", help="validate and count, store nothing")
     add_store_option(imp)
@@ -41,6 +53,7 @@ def register(sub: Any) -> None:
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--file", help="addresses, one per line (# comments)")
     which.add_argument("--all-active", action="store_true", help="every active address of the chain(s)")
+    which.add_argument("--descriptor", action="append", help="a key tree of the book (repeatable): all its addresses")
     revoke.add_argument("--at", required=True, help="when the keys may have leaked (ISO 8601 with zone, or unix)")
     revoke.add_argument("--reason", required=True)
     revoke.add_argument(
@@ -66,12 +79,37 @@ def register(sub: Any) -> None:
     add_store_option(stats)
     stats.set_defaults(handler=_stats)
 
+    reinstate = group.add_parser(
+        "reinstate", help="make a revoked address active again (audited; the only way back from revoked)"
+    )
+    reinstate.add_argument("address")
+    reinstate.add_argument("--chain", help="the chain (needed when the address is revoked on several)")
+    reinstate.add_argument("--reason", required=True, help="why the key is trusted again (kept in the audit log)")
+    add_store_option(reinstate)
+    reinstate.set_defaults(handler=_reinstate)
+
+    history = group.add_parser("history", help="the audit log of one address: who changed it, when and why")
+    history.add_argument("address")
+    history.add_argument("--chain", help="only this chain")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_store_option(history)
+    history.set_defaults(handler=_history)
+
 
 async def _parse(args: argparse.Namespace) -> int:
+    if args.descriptor:
+        return key_trees.parse_descriptor(args)
+    if not args.address:
+        raise CommandError("give one or more addresses, or --descriptor")
     bad = []
     for text in args.address:
         try:
-            parsed = parse_bitcoin_address(text, args.network) if args.chain == "btc" else parse_ethereum_address(text)
+            if args.chain == "btc":
+                parsed = parse_bitcoin_address(text, args.network)
+            elif args.chain == "tron":
+                parsed = parse_tron_address(text)
+            else:
+                parsed = parse_ethereum_address(text)
         except AddressError as exc:
             bad.append(f"invalid {args.chain} address {exc.address!r}: {exc.reason}")
             continue
@@ -79,6 +117,8 @@ async def _parse(args: argparse.Namespace) -> int:
         if args.chain == "btc":
             record["script_hex"] = parsed.key.hex()
             record["network"] = args.network
+        elif args.chain == "tron":
+            record["hex"] = tron_hex(parsed.key)
         out(dumps(record))
     for line in bad:
         err(line)
@@ -89,7 +129,7 @@ async def _import(args: argparse.Namespace) -> int:
     config = load(args, required=False)
     directory = ChainDirectory.from_config(config)
     try:
-        entries = read_import_csv(read_text(args.file), directory, source=args.file)
+        book = read_book_csv(read_text(args.file), directory, source=args.file)
     except BadRows as exc:
         err(f"{len(exc.problems)} bad row(s); nothing was imported:")
         err(str(exc))
@@ -98,7 +138,7 @@ async def _import(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     store = await store_from(args, config, migrate=True)
     try:
-        result = await store.import_addresses(entries, dry_run=args.dry_run)
+        result = await key_trees.import_book(store, book, dry_run=args.dry_run, source=args.file)
     except ImportRejected as exc:
         err(f"{len(exc.problems)} row(s) refused; nothing was imported:")
         for line, reason in exc.problems:
@@ -107,7 +147,9 @@ async def _import(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     verb = "would import" if args.dry_run else "imported"
-    out(f"{verb} {len(entries)} row(s): {result.inserted} new, {result.updated} updated, {result.unchanged} unchanged")
+    rows = len(book.entries) + len({line for line, _ in book.trees})
+    trees = f" ({len(book.trees)} key tree(s))" if book.trees else ""
+    out(f"{verb} {rows} row(s){trees}: {result.inserted} new, {result.updated} updated, {result.unchanged} unchanged")
     return 0
 
 
@@ -144,14 +186,20 @@ async def _revoke(args: argparse.Namespace) -> int:
             if unknown:
                 raise CommandError(f"--rescan needs the chain(s) in the config: {', '.join(unknown)} missing")
         policies = {c.name: make_policy(c, config.alerts) for c in config.chains if c.name in chains}
-        try:
-            result = await store.revoke(chains, keys, at, args.reason, policies)
-        except StoreError as exc:
-            raise CommandError(str(exc)) from None
-        out(
-            f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
-            f" ({result.already_revoked} were already revoked and keep their revocation time)"
-        )
+        if args.descriptor:
+            named = key_trees.tree_revocations(directory, chains, args.descriptor)
+            result = await key_trees.revoke_trees(store, named, at, args.reason, policies)
+        else:
+            try:
+                result = await store.revoke(chains, keys, at, args.reason, policies)
+            except StoreError as exc:
+                raise CommandError(str(exc)) from None
+            out(
+                f"revoked {result.revoked} address(es) on {', '.join(chains)} as of {iso(at)}"
+                f" ({result.already_revoked} were already revoked and keep their revocation time)"
+            )
+            if args.all_active:
+                await key_trees.revoke_active_trees(store, chains, at, args.reason, policies)
         if result.revoked and not args.rescan:
             for line in retro_report(result, at):
                 out(line)
@@ -243,6 +291,7 @@ async def _list(args: argparse.Namespace) -> int:
             owner=args.owner,
             limit=args.limit,
         )
+        trees = await key_trees.tree_rows(store, args)
     finally:
         await store.close()
     rows = [
@@ -260,10 +309,14 @@ async def _list(args: argparse.Namespace) -> int:
         for e in entries
     ]
     if args.format == "json":
-        for row in rows:
+        for row in rows + trees:
             out(dumps(row))
     else:
         print_table(rows, ["chain", "address", "type", "status", "label", "owner", "revoked_at", "reason"])
+        if trees:
+            out("")
+            out("key trees:")
+            print_table(trees, key_trees.TREE_LIST_COLUMNS)
     return 0
 
 
@@ -271,13 +324,19 @@ async def _stats(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
         rows = await store.address_stats()
+        trees = await store.tree_stats()
     finally:
         await store.close()
     if args.format == "json":
-        out(dumps(rows))
+        out(dumps(rows + [{"tree": True, **row} for row in trees] if trees else rows))
     else:
         print_table(rows, ["chain", "type", "status", "count"])
         out(f"total: {sum(r['count'] for r in rows)}")
+        if trees:
+            out("")
+            out("key trees:")
+            print_table(trees, key_trees.TREE_STATS_COLUMNS)
+            out(f"total: {sum(r['trees'] for r in trees)} tree(s), {sum(r['keys'] for r in trees)} derived key(s)")
     return 0
 
 
@@ -288,3 +347,97 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     out("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         out("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def _where(store: SqlStore, config: Config, text: str, chain: str | None) -> list[tuple[str, str, bytes | None]]:
+    """The (chain, display address, key) an address names on the chosen chain, or on each chain of the
+    config and the book where it parses; text that parses nowhere is looked up as written."""
+    directory = ChainDirectory.from_config(config)
+    names = [chain] if chain else sorted(set(directory.chains) | set(await store.chains_in_book()))
+    found: list[tuple[str, str, bytes | None]] = []
+    for name in names:
+        try:
+            info = directory.chains.get(name) or ChainDirectory.DEFAULTS.get(name) or directory.info("eth")
+            parsed = normalise_key(info.kind, text, info.network)
+        except (AddressError, ValueError):
+            found.append((name, text.strip(), None))
+            continue
+        found.append((name, parsed.address, parsed.key))
+    return found
+
+
+async def _reinstate(args: argparse.Namespace) -> int:
+    config = load(args, required=False)
+    if not args.reason.strip():
+        raise CommandError("--reason must say why the key is trusted again")
+    store = await store_from(args, config)  # nothing to reinstate in a store that does not exist yet
+    try:
+        candidates = [(c, a, k) for c, a, k in await _where(store, config, args.address, args.chain) if k is not None]
+        revoked = []
+        for chain, address, key in candidates:
+            if any(e.status is AddressStatus.REVOKED for e in await store.book_entries(chain, [key])):
+                revoked.append((chain, address, key))
+        if not revoked:
+            where = f" on {args.chain}" if args.chain else ""
+            raise CommandError(f"{args.address} is not a revoked address in the book{where}")
+        if len(revoked) > 1:
+            raise CommandError(
+                f"{args.address} is revoked on several chains ({', '.join(c for c, _, _ in revoked)}): name one with"
+                " --chain"
+            )
+        chain, address, key = revoked[0]
+        try:
+            await store.reinstate(chain, [key], args.reason)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        await store.close()
+    out(f"reinstated {chain} address {address}: active again (recorded in its history)")
+    return 0
+
+
+async def _history(args: argparse.Namespace) -> int:
+    config = load(args, required=False)
+    store = await store_from(args, config)
+    try:
+        pairs = [(c, a) for c, a, _ in await _where(store, config, args.address, args.chain)]
+        records = await store.address_history(pairs)
+    finally:
+        await store.close()
+    rows = [
+        {
+            "id": r.id,
+            "at": iso(r.at),
+            "actor": r.actor,
+            "action": r.action,
+            "chain": r.chain,
+            "address": r.address,
+            "owner": r.owner,
+            "reason": r.reason,
+            "detail": r.detail,
+        }
+        for r in records
+    ]
+    if args.json:
+        for row in rows:
+            out(dumps(row))
+        return 0
+    if not rows:
+        err(f"no recorded changes of {args.address}")
+        return 1
+    table = [{**row, "detail": _detail_text(r.detail)} for row, r in zip(rows, records, strict=True)]
+    print_table(table, ["at", "actor", "action", "chain", "address", "reason", "detail"])
+    return 0
+
+
+def _detail_text(detail: dict[str, Any]) -> str:
+    """`active -> revoked, revoked_at 2023-09-12T00:00:00Z, file book.csv`: the detail as one short line."""
+    parts = [f"{detail.get('previous_status') or 'new'} -> {detail.get('status')}"]
+    for name in ("revoked_at", "previous_revoked_at"):
+        if detail.get(name) is not None:
+            parts.append(f"{name} {iso(detail[name])}")
+    if detail.get("changed"):
+        parts.append("changed " + "/".join(detail["changed"]))
+    if detail.get("file"):
+        parts.append(f"file {detail['file']} line {detail.get('line')}")
+    return ", ".join(parts)

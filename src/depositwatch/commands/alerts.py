@@ -11,15 +11,16 @@ from typing import Any
 import structlog
 
 from depositwatch.alerts.dispatcher import Dispatcher
+from depositwatch.alerts.factory import dispatcher_for, reload_sinks, sinks_for
 from depositwatch.alerts.format import test_alert_body
-from depositwatch.alerts.sinks import AlertSink, build_sinks
+from depositwatch.alerts.sinks import AlertSink
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
 from depositwatch.config import Config, ConfigError, SinkConfig, load_config
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.leadership import AlreadyRunning, take_dispatcher
+from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.models import MatchKind
-from depositwatch.store import OutboxMessage, SqlStore
-from depositwatch.store.base import Delivery
+from depositwatch.store import SqlStore
 from depositwatch.timeutil import iso
 
 log = structlog.get_logger("depositwatch.alerts")
@@ -245,9 +246,9 @@ def _sink_config(config: Config, name: str) -> SinkConfig:
 
 async def _test(args: argparse.Namespace) -> int:
     config = load(args)
-    [sink] = build_sinks([_sink_config(config, args.sink)], config.chains)
+    [sink] = sinks_for(config, [_sink_config(config, args.sink).name])
     store = await store_from(args, config)
-    dispatcher = Dispatcher(store, [sink], config.alerts)
+    dispatcher = dispatcher_for(config, store, sinks=[sink])
     try:
         message = await store.enqueue_test_alert(test_alert_body(sink.name), sink.name)
         attempt = await dispatcher.deliver_now(message, sink.name, final=True)
@@ -268,7 +269,7 @@ async def _test(args: argparse.Namespace) -> int:
 def _sinks(config: Config) -> list[AlertSink]:
     if not config.sinks:
         raise CommandError("no sinks are configured: add [[sinks]] sections to the config")
-    return build_sinks(config.sinks, config.chains)
+    return sinks_for(config)
 
 
 async def _deliver(args: argparse.Namespace) -> int:
@@ -281,7 +282,7 @@ async def _deliver(args: argparse.Namespace) -> int:
     except AlreadyRunning as exc:
         await store.close()
         raise CommandError(str(exc)) from None
-    dispatcher = Dispatcher(leases.outbox, sinks, config.alerts)
+    dispatcher = dispatcher_for(config, leases.outbox, sinks=sinks)
     try:
         if args.until_empty:
             return await _until_empty(args, store, dispatcher)
@@ -310,8 +311,9 @@ async def _until_signalled(args: argparse.Namespace, dispatcher: Dispatcher, con
 
     def reload() -> None:
         try:
-            fresh = load_config(args.config)
-            dispatcher.reconfigure(_sinks(fresh))
+            if not load_config(args.config).sinks:
+                raise CommandError("no sinks are configured: add [[sinks]] sections to the config")
+            reload_sinks(dispatcher, args.config)
         except (ConfigError, CommandError) as exc:
             log.error("reload failed; keeping the current sinks", error=str(exc))
 

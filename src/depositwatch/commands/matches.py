@@ -128,5 +128,9 @@ def _print(args: argparse.Namespace, rows: list[dict[str, Any]], what: str) -> i
         }
         for r in records
     ]
-    print_table(table, MATCH_COLUMNS)
+    # Key-tree hits name their tree and index (`tree_id/index`); the column shows only when there are some.
+    trees = [r for r in table if r.get("tree_id") is not None]
+    for r in trees:
+        r["tree"] = f"{r['tree_id']}/{r['tree_index']}"
+    print_table(table, MATCH_COLUMNS + (["tree"] if trees else []))
     return 0

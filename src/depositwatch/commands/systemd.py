@@ -57,6 +57,8 @@ def credentials(config: Config, directory: Path) -> tuple[list[Credential], list
     for where, secret in secrets(config):
         if secret.env is not None:
             name = f"{where.split('.')[1]}-secret" if where.count(".") == 2 else "db-password"
+            if where.startswith("api.tokens."):
+                name = f"api-token-{where.split('.')[2]}"
             problems.append(
                 f"{where}: environment variable {secret.env} is not passed by the units; name a credential "
                 f'instead, e.g. {{ file = "{name}" }}, and write the secret to {directory / name}'

@@ -13,7 +13,6 @@ from depositwatch.store.base import (
     ImportRejected,
     ImportResult,
     LeaseLost,
-    OutboxMessage,
     RegistryRow,
     RevokeResult,
     SchemaError,
@@ -34,7 +33,6 @@ __all__ = [
     "ImportRejected",
     "ImportResult",
     "LeaseLost",
-    "OutboxMessage",
     "RegistryRow",
     "RevokeResult",
     "SchemaError",
@@ -47,17 +45,19 @@ __all__ = [
 ]
 
 
-async def connect_store(config: StoreConfig | str, *, create: bool = False) -> SqlStore:
+async def connect_store(config: StoreConfig | str, *, create: bool = False, scratch: bool = False) -> SqlStore:
     """Connect to the store named by the config (or a URL) without looking at its schema.
 
     `create` lets SQLite make a missing database file; only the commands that build or change the
-    store (`db migrate`, `run`, `addresses import`, `addresses revoke`) ask for it.
+    store (`db migrate`, `run`, `addresses import`, `addresses revoke`) ask for it. `scratch` marks a
+    SQLite file that is thrown away when the process ends (an ad-hoc replay's): it is written
+    without fsync (see `SqliteDriver.pragmas`); never for a store that must survive.
     """
     if isinstance(config, str):
         config = StoreConfig(url=config)
     driver: SqliteDriver | PostgresDriver
     if config.url.startswith("sqlite:"):
-        driver = SqliteDriver(sqlite_path(config.url), create=create)
+        driver = SqliteDriver(sqlite_path(config.url), create=create, scratch=scratch)
     else:
         password = config.password.resolve().get_secret_value() if config.password else None
         driver = PostgresDriver(config.url, password=password, pool_size=config.pool_size)
@@ -65,13 +65,13 @@ async def connect_store(config: StoreConfig | str, *, create: bool = False) -> S
     return SqlStore(driver)
 
 
-async def open_store(config: StoreConfig | str, *, migrate: bool = False) -> SqlStore:
+async def open_store(config: StoreConfig | str, *, migrate: bool = False, scratch: bool = False) -> SqlStore:
     """Open the store named by the config (or a URL) and check its schema is this program's.
 
     With `migrate` a missing SQLite file is created and pending migrations are applied first; without
     it a missing, empty, older or newer store is refused with SchemaError (or StoreError).
     """
-    store = await connect_store(config, create=migrate)
+    store = await connect_store(config, create=migrate, scratch=scratch)
     try:
         if migrate:
             await store.migrate()

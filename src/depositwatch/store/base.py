@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.models import (
     AddressEntry,
     AddressStatus,
@@ -14,6 +15,7 @@ from depositwatch.models import (
     Match,
     MatchKind,
     Severity,
+    TreeEntry,
     WatchedOutput,
 )
 
@@ -139,6 +141,24 @@ class ChainPolicy:
         }
     )
     keep_blocks: int = 200  # recent block hashes kept for reorg walk-back
+    # Poisoning (zero or dust transfers to or from revoked addresses): thresholds in base units by the
+    # symbol of a listed asset, and whether such matches alert at `info` ("info") or not at all ("off").
+    dust: Mapping[str, int] = field(default_factory=dict)
+    poisoning_alerts: str = "info"
+
+    def is_poisoning(self, match: Match) -> bool:
+        """A zero transfer, or a listed asset's below its dust threshold, to or from a revoked address."""
+        if match.kind is MatchKind.DEPOSIT:
+            return False
+        asset = match.transfer.asset
+        return self.is_dust(asset.symbol, asset.listed, match.transfer.amount)
+
+    def is_dust(self, symbol: str, listed: bool, amount: int) -> bool:
+        """Zero, or below a listed asset's dust threshold (an unlisted token's symbol is its own claim)."""
+        if amount == 0:
+            return True
+        threshold = self.dust.get(symbol) if listed else None
+        return threshold is not None and amount < threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,42 +169,6 @@ class BlockEffects:
     matches: Sequence[Match] = ()
     new_outputs: Sequence[WatchedOutput] = ()
     spent_outputs: Sequence[tuple[str, int, str]] = ()  # (txid, vout, spending txid)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
-    """One message of the outbox, as the dispatcher and the CLI see it."""
-
-    seq: int
-    alert_id: str
-    rev: int
-    event: str
-    kind: str
-    severity: str
-    chain: str
-    order_key: str
-    block_height: int | None
-    status: str
-    payload: str
-    created_at: int
-
-    @property
-    def idempotency_key(self) -> str:
-        """The key a receiver deduplicates on: the same message always carries the same key."""
-        return f"{self.alert_id}:{self.rev}"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A message's delivery state for one sink."""
-
-    outbox_seq: int
-    sink: str
-    status: str
-    attempts: int
-    next_attempt_at: float
-    last_error: str | None
-    delivered_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +222,28 @@ class Store(Protocol):
     def iter_registry(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[RegistryRow]]: ...
     async def address_book_version(self) -> int: ...
     async def chains_in_book(self) -> list[str]: ...
+    # key trees (store/trees.py)
+    async def import_trees(
+        self,
+        entries: Sequence[tuple[int, TreeEntry]],
+        *,
+        dry_run: bool = False,
+        actor: str | None = None,
+        source: str | None = None,
+    ) -> ImportResult: ...
+    async def revoke_trees(
+        self,
+        trees: Sequence[tuple[str, str]],
+        at: int,
+        reason: str,
+        policies: Mapping[str, ChainPolicy] | None = None,
+        *,
+        actor: str | None = None,
+    ) -> RevokeResult: ...
+    async def list_trees(
+        self, *, chain: str | None = None, status: AddressStatus | None = None, owner: str | None = None
+    ) -> list[tuple[TreeEntry, int]]: ...
+    async def tree_stats(self) -> list[dict[str, Any]]: ...
 
     # chains and cursors
     async def check_identity(self, chain: str, identity: str) -> None: ...

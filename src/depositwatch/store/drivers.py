@@ -22,6 +22,9 @@ import asyncpg
 from depositwatch.store.base import SchemaError, StoreError
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# SQLite's page cache per connection, in KiB (its default is 2 MiB): the matches table's indexes of a
+# long replay must stay in memory, or every commit reads its pages back from the file.
+CACHE_KIB = 64 * 1024
 
 
 class Conn(Protocol):
@@ -119,9 +122,10 @@ class SqliteDriver:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str, *, create: bool = True) -> None:
+    def __init__(self, path: str, *, create: bool = True, scratch: bool = False) -> None:
         self.path = path
         self.create = create
+        self.scratch = scratch
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -150,10 +154,20 @@ class SqliteDriver:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
         db.row_factory = sqlite3.Row
-        # FULL: a committed alert survives a power cut, not only a crash.
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+        for pragma in self.pragmas():
             await db.execute(f"PRAGMA {pragma}")
         return db
+
+    def pragmas(self) -> tuple[str, ...]:
+        """The settings every connection gets.
+
+        A store's own (the daemon's, a configured replay's): FULL, so a committed alert survives a power
+        cut, not only a crash. A scratch store (an ad-hoc replay's temporary file, deleted when the run
+        ends) holds nothing that must outlive the process: no fsync at all. Both get a page cache of
+        `CACHE_KIB`, so the indexes a commit touches stay in memory as the store grows.
+        """
+        durability = ("synchronous=OFF",) if self.scratch else ("synchronous=FULL",)
+        return ("journal_mode=WAL", *durability, f"cache_size=-{CACHE_KIB}", "foreign_keys=ON", "busy_timeout=10000")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConn]:
@@ -242,8 +256,17 @@ class PostgresDriver:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgConn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield _PgConn(conn)
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    yield _PgConn(conn)
+            except asyncpg.InternalClientError as exc:
+                # The server ended this session (a takeover, an idle limit) and its farewell arrived while
+                # the commit was being sent: asyncpg then says "cannot switch to state ...". Nothing was
+                # committed; say so as the lost connection it is, like the other timings of the same event.
+                if not conn.is_closed():
+                    raise
+                raise asyncpg.ConnectionDoesNotExistError(f"the server ended this session: {exc}") from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[_PgConn]:

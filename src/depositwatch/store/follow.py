@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from depositwatch.alerts.payload import build_payload
 from depositwatch.jsonutil import dumps
-from depositwatch.models import AlertEvent, BlockRef, Match, MatchKind, WatchedOutput
+from depositwatch.messages import build_payload
+from depositwatch.models import AlertEvent, BlockRef, Match, MatchKind, WatchedOutput, pending_token_id
 from depositwatch.store.base import (
     BlockEffects,
     ChainPolicy,
@@ -17,6 +18,7 @@ from depositwatch.store.base import (
     Scope,
 )
 from depositwatch.store.leases import check_fence
+from depositwatch.store.trees import TreeMixin
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
@@ -25,11 +27,11 @@ if TYPE_CHECKING:
 _MATCH_COLUMNS = (
     "scope, id, chain, kind, status, asset_symbol, asset_contract, asset_decimals, amount, from_address,"
     " to_address, key, address, label, owner, revoked_at, txid, idx, block_height, block_hash, block_time,"
-    " first_seen, updated_at"
+    " first_seen, updated_at, asset_listed, poisoning, tree_id, tree_index"
 )
 
 
-_INSERT_MATCH = f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 24))})"
+_INSERT_MATCH = f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 28))})"
 _IN_CHUNK = 500  # keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
 
 
@@ -67,7 +69,41 @@ def _with_late_revocations(matches: Sequence[Match], details: dict[bytes, Any]) 
     return found
 
 
-def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int) -> tuple[Any, ...]:
+def _pending_ids(matches: Sequence[Match]) -> dict[str, str]:
+    """For a block's token alerts: the id each would have had if first seen pending (`pending_token_id`)."""
+    return {
+        m.id: pending_token_id(m.chain, m.kind, m.transfer.txid, m.transfer.asset.contract)
+        for m in matches
+        if m.is_alert and m.block is not None and m.transfer.index is not None and m.transfer.asset.contract
+    }
+
+
+def _following_pending(
+    matches: Sequence[Match], pending: dict[str, str], known: dict[str, str], keys: dict[str, bytes]
+) -> tuple[list[Match], list[Match]]:
+    """A block's token match whose transfer was first seen pending takes the pending match's id (the
+    first such match of that transaction, contract and watched key), so the pending alert gets the
+    `mined` update instead of a second alert. Returns the matches and those that took a pending id."""
+    if not pending:
+        return list(matches), []
+    out: list[Match] = []
+    taken: list[Match] = []
+    for match in matches:
+        earlier = pending.get(match.id)
+        if (
+            earlier is not None
+            and match.id not in known
+            and earlier in known
+            and keys.get(earlier) == match.key
+            and earlier not in {m.id for m in taken}
+        ):
+            match = dataclasses.replace(match, id=earlier)
+            taken.append(match)
+        out.append(match)
+    return out, taken
+
+
+def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int, policy: ChainPolicy) -> tuple[Any, ...]:
     """The values of a new `matches` row, in `_MATCH_COLUMNS` order."""
     t = match.transfer
     block = match.block
@@ -95,6 +131,10 @@ def _match_row(scope: Scope, match: Match, info: Any, status: str, stamp: int) -
         match.block_time,
         stamp,
         stamp,
+        int(t.asset.listed),
+        int(policy.is_poisoning(match)),
+        info["tree_id"] if info else None,
+        info["tree_index"] if info else None,
     )
 
 
@@ -102,7 +142,7 @@ def _cursor(row: Any) -> Cursor:
     return Cursor(row["name"], row["chain"], row["height"], row["hash"], row["range_start"], row["range_stop"])
 
 
-class FollowMixin:
+class FollowMixin(TreeMixin):
     """Cursor, block and match operations; mixed into SqlStore."""
 
     db: Driver
@@ -254,10 +294,18 @@ class FollowMixin:
             )
 
     async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
+        """Each key's book entry: the plain address's row, else its key tree's (naming tree and index)."""
         rows = await _fetch_in(
-            conn, "SELECT key, address, label, owner, revoked_at FROM addresses WHERE chain = $1 AND key", [chain], keys
+            conn,
+            "SELECT key, address, label, owner, revoked_at, NULL AS tree_id, NULL AS tree_index FROM addresses"
+            " WHERE chain = $1 AND key",
+            [chain],
+            keys,
         )
-        return {bytes(row["key"]): row for row in rows}
+        found: dict[bytes, Any] = {bytes(row["key"]): row for row in rows}
+        if len(found) < len(keys):
+            found.update(await self._tree_details(conn, chain, keys - found.keys()))
+        return found
 
     async def _upsert_matches(
         self,
@@ -272,12 +320,28 @@ class FollowMixin:
         one multi-row insert and one outbox write for the whole list, in the list's order."""
         details = await self._address_details(conn, policy.chain, {m.key for m in matches})
         matches = _with_late_revocations(matches, details)
+        await self._extend_trees(conn, [info for info in details.values() if isinstance(info, dict)])
+        pending = _pending_ids(matches)
         rows = await _fetch_in(
-            conn, "SELECT id, status FROM matches WHERE scope = $1 AND id", [scope.name], {m.id for m in matches}
+            conn,
+            "SELECT id, status, key FROM matches WHERE scope = $1 AND id",
+            [scope.name],
+            {m.id for m in matches} | set(pending.values()),
         )
         known: dict[str, str] = {row["id"]: row["status"] for row in rows}
+        matches, mined = _following_pending(matches, pending, known, {row["id"]: bytes(row["key"]) for row in rows})
+        if mined:  # the block's log index and amount, from now on
+            await conn.executemany(
+                "UPDATE matches SET idx = $1, amount = $2 WHERE scope = $3 AND id = $4",
+                [(m.transfer.index, str(m.transfer.amount), scope.name, m.id) for m in mined],
+            )
         inserts: list[tuple[Any, ...]] = []
         alerts: list[tuple[str, AlertEvent, int]] = []
+        # A replay's match already deep enough is written confirmed: `_confirm` would turn it so in this
+        # same transaction, and a replay announces first sightings only, never the confirmation. Written
+        # 'seen' and then updated, every match would leave a dead 'seen' entry in PostgreSQL's status
+        # index (no HOT update: the column is indexed), which each later `_confirm` walks until a vacuum.
+        final_from = tip_height - policy.confirmations + 1 if scope.mode == "replay" else None
 
         async def flush() -> None:
             if inserts:
@@ -291,7 +355,9 @@ class FollowMixin:
             status = known.get(match.id)
             if status is None:
                 status = "seen" if block is not None else "mempool"
-                inserts.append(_match_row(scope, match, details.get(match.key), status, stamp))
+                if block is not None and final_from is not None and block.height <= final_from:
+                    status = "confirmed"
+                inserts.append(_match_row(scope, match, details.get(match.key), status, stamp, policy))
                 known[match.id] = status
                 event = AlertEvent.DETECTED
             else:
@@ -324,9 +390,11 @@ class FollowMixin:
 
     async def _confirm(self, conn: Conn, scope: Scope, policy: ChainPolicy, tip_height: int, stamp: int) -> None:
         deepest = tip_height - policy.confirmations + 1
+        # `+block_height`: look the rows up by status (few are 'seen' at any time). Searched by height,
+        # a commit would walk every match below the depth, a cost that grows with the store.
         rows = await conn.fetch(
             "SELECT id, block_height FROM matches"
-            " WHERE scope = $1 AND chain = $2 AND status = 'seen' AND block_height <= $3",
+            " WHERE scope = $1 AND chain = $2 AND status = 'seen' AND +block_height <= $3",
             scope.name,
             policy.chain,
             deepest,
@@ -335,7 +403,7 @@ class FollowMixin:
             return
         await conn.execute(
             "UPDATE matches SET status = 'confirmed', updated_at = $1"
-            " WHERE scope = $2 AND chain = $3 AND status = 'seen' AND block_height <= $4",
+            " WHERE scope = $2 AND chain = $3 AND status = 'seen' AND +block_height <= $4",
             stamp,
             scope.name,
             policy.chain,
@@ -389,7 +457,13 @@ class FollowMixin:
                 return
         rows = {
             row["id"]: row
-            for row in await _fetch_in(conn, "SELECT * FROM matches WHERE scope = $1 AND id", [scope.name], ids)
+            for row in await _fetch_in(
+                conn,
+                "SELECT m.*, t.descriptor AS tree_descriptor FROM matches m LEFT JOIN key_trees t ON t.id = m.tree_id"
+                " WHERE m.scope = $1 AND m.id",
+                [scope.name],
+                ids,
+            )
         }
         # Revisions continue after what the outbox holds and after what retention removed from it.
         pruned_revs = await _fetch_in(conn, "SELECT alert_id, rev FROM outbox_pruned WHERE alert_id", [], ids)
@@ -402,8 +476,11 @@ class FollowMixin:
         for match_id, event, confirmations in alerts:
             row = rows[match_id]
             kind = MatchKind(row["kind"])
+            poisoning = bool(row["poisoning"])
+            if poisoning and policy.poisoning_alerts == "off":
+                continue  # recorded, never announced
             rev = revs[match_id] = revs.get(match_id, 0) + 1
-            severity = str(policy.severities.get(kind, "info"))
+            severity = "info" if poisoning else str(policy.severities.get(kind, "info"))
             payload = build_payload(
                 row,
                 alert_id=match_id,
@@ -573,17 +650,22 @@ class FollowMixin:
         """Matches of a scope in chain order (height, txid, index), as plain dicts; `heights` is inclusive."""
         sql = "SELECT * FROM matches WHERE scope = $1"
         args: list[Any] = [scope.name]
-        if heights is not None:
-            args += list(heights)
-            sql += f" AND block_height BETWEEN ${len(args) - 1} AND ${len(args)}"
-        if chain is not None:
-            args.append(chain)
-            sql += f" AND chain = ${len(args)}"
-        if kind is not None:
-            args.append(str(kind))
-            sql += f" AND kind = ${len(args)}"
-        sql += " ORDER BY block_height, txid, idx, kind"
         async with self.db.read() as conn:
+            if heights is not None and chain is None:
+                # The index is (scope, chain, block_height): without the chain a height range reads every
+                # row of the scope, a cost that grows with each commit of a long replay. A replay scope
+                # holds one chain's matches: its cursor's (the cursor bears the scope's name).
+                chain = await conn.fetchval("SELECT chain FROM cursors WHERE name = $1", scope.name)
+            if heights is not None:
+                args += list(heights)
+                sql += f" AND block_height BETWEEN ${len(args) - 1} AND ${len(args)}"
+            if chain is not None:
+                args.append(chain)
+                sql += f" AND chain = ${len(args)}"
+            if kind is not None:
+                args.append(str(kind))
+                sql += f" AND kind = ${len(args)}"
+            sql += " ORDER BY block_height, txid, idx, kind"
             return [dict(r) for r in await conn.fetch(sql, *args)]
 
     async def list_matches(

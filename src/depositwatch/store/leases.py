@@ -6,7 +6,6 @@ agree on the time, and a frozen instance's clock cannot extend its lease.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,9 +42,10 @@ class LeaseRow:
     session: str | None
 
 
-def fenced_name(holder: str) -> str:
-    """The PostgreSQL `application_name` of a holder's transactions on its leases (at most 63 bytes)."""
-    return "depositwatch lease " + hashlib.sha256(holder.encode()).hexdigest()[:24]
+# The PostgreSQL `application_name` of a holder's fenced transactions (at most 63 bytes), computed by the
+# server from its database and schema as well as the holder: deployments sharing a server (other schemas,
+# other databases) with an instance of the same name are never taken for this one.
+FENCED_NAME = "'depositwatch lease ' || left(md5(current_database() || '/' || current_schema() || '/' || $1), 24)"
 
 
 async def limit_idle(conn: Conn, dialect: str, ttl: float, holder: str) -> None:
@@ -56,7 +56,7 @@ async def limit_idle(conn: Conn, dialect: str, ttl: float, holder: str) -> None:
     of a pipelined statement is not idle)."""
     if dialect == "postgres":
         await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {max(1000, int(ttl * 1000))}")
-        await conn.execute(f"SET LOCAL application_name = '{fenced_name(holder)}'")
+        await conn.execute(f"SELECT set_config('application_name', {FENCED_NAME}, true)", holder)
 
 
 async def check_fence(conn: Conn, dialect: str, fence: Fence | None) -> None:
@@ -98,49 +98,56 @@ class LeaseMixin:
             return None  # the holder is inside a write on this lease: still alive, or ended once expired
 
     async def _acquire(self, name: str, holder: str, ttl: float, session: str | None, exclusive: bool) -> Fence | None:
+        async with self.db.transaction() as conn:
+            return await self.take_lease_in(conn, name, holder, ttl, session, exclusive=exclusive)
+
+    async def take_lease_in(
+        self, conn: Conn, name: str, holder: str, ttl: float, session: str | None, *, exclusive: bool = False
+    ) -> Fence | None:
+        """`acquire_lease` inside the caller's transaction (which also claims what the lease guards, such
+        as a replay shard); PostgreSQL raises LockNotAvailableError while the holder is inside a write."""
         now = DB_NOW[self.db.dialect]
         lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-        async with self.db.transaction() as conn:
-            await self._end_expired(conn, name, holder, exclusive)
-            await limit_idle(conn, self.db.dialect, ttl, holder)
-            if self.db.dialect == "postgres":  # never wait on a frozen holder's lock: come back instead
-                await conn.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
-            row = await conn.fetchrow(
-                f"SELECT holder, epoch, expires_at - {now} AS remaining, session FROM leases WHERE name = $1{lock}",
+        await self._end_expired(conn, name, holder, exclusive)
+        await limit_idle(conn, self.db.dialect, ttl, holder)
+        if self.db.dialect == "postgres":  # never wait on a frozen holder's lock: come back instead
+            await conn.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
+        row = await conn.fetchrow(
+            f"SELECT holder, epoch, expires_at - {now} AS remaining, session FROM leases WHERE name = $1{lock}",
+            name,
+        )
+        if row is None:  # two instances starting together: one inserts, the other stands by
+            inserted = await conn.execute(
+                "INSERT INTO leases (name, holder, epoch, expires_at, session, acquired_at)"
+                f" VALUES ($1, $2, 1, {now} + $3, $4, {now}) ON CONFLICT (name) DO NOTHING",
                 name,
-            )
-            if row is None:  # two instances starting together: one inserts, the other stands by
-                inserted = await conn.execute(
-                    "INSERT INTO leases (name, holder, epoch, expires_at, session, acquired_at)"
-                    f" VALUES ($1, $2, 1, {now} + $3, $4, {now}) ON CONFLICT (name) DO NOTHING",
-                    name,
-                    holder,
-                    float(ttl),
-                    session,
-                )
-                return Fence(name, holder, 1, ttl) if inserted == 1 else None
-            epoch = int(row["epoch"])
-            if row["holder"] == holder:
-                await conn.execute(
-                    f"UPDATE leases SET expires_at = {now} + $1, session = $2 WHERE name = $3",
-                    float(ttl),
-                    session,
-                    name,
-                )
-                return Fence(name, holder, epoch, ttl)
-            free = exclusive or row["remaining"] <= 0 or not await self._session_alive(conn, row["session"])
-            if not free:
-                return None
-            await conn.execute(
-                f"UPDATE leases SET holder = $1, epoch = $2, expires_at = {now} + $3, session = $4,"
-                f" acquired_at = {now} WHERE name = $5",
                 holder,
-                epoch + 1,
+                float(ttl),
+                session,
+            )
+            return Fence(name, holder, 1, ttl) if inserted == 1 else None
+        epoch = int(row["epoch"])
+        if row["holder"] == holder:
+            await conn.execute(
+                f"UPDATE leases SET expires_at = {now} + $1, session = $2 WHERE name = $3",
                 float(ttl),
                 session,
                 name,
             )
-            return Fence(name, holder, epoch + 1, ttl)
+            return Fence(name, holder, epoch, ttl)
+        free = exclusive or row["remaining"] <= 0 or not await self._session_alive(conn, row["session"])
+        if not free:
+            return None
+        await conn.execute(
+            f"UPDATE leases SET holder = $1, epoch = $2, expires_at = {now} + $3, session = $4,"
+            f" acquired_at = {now} WHERE name = $5",
+            holder,
+            epoch + 1,
+            float(ttl),
+            session,
+            name,
+        )
+        return Fence(name, holder, epoch + 1, ttl)
 
     async def _end_expired(self, conn: Conn, name: str, holder: str, exclusive: bool) -> None:
         """PostgreSQL: when another holder's lease has expired, end its transactions still under way
@@ -155,8 +162,8 @@ class LeaseMixin:
             return
         ended = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name = $1 AND pid <> pg_backend_pid()",
-            fenced_name(row["holder"]),
+            f" WHERE application_name = {FENCED_NAME} AND datname = current_database() AND pid <> pg_backend_pid()",
+            row["holder"],
         )
         if ended:
             log.warning(

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from depositwatch.jsonutil import dumps
-from depositwatch.store.base import Delivery, Fence, OutboxMessage
+from depositwatch.messages import Delivery, OutboxMessage
+from depositwatch.store.base import Fence
 from depositwatch.store.leases import check_fence
 from depositwatch.timeutil import now
 

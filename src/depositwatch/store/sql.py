@@ -6,11 +6,14 @@ Every state change is one transaction. Inserts are keyed (matches by (scope, id)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 from depositwatch.models import AddressEntry, AddressStatus, AlertEvent, MatchKind, match_id
+from depositwatch.store.audit import AuditChange, AuditMixin, import_changes, new_batch, unix_actor, write_audit
 from depositwatch.store.base import (
     ChainPolicy,
     Coverage,
@@ -22,10 +25,12 @@ from depositwatch.store.base import (
     Scope,
     StoreError,
 )
-from depositwatch.store.drivers import Conn, Driver
+from depositwatch.store.drivers import Conn, Driver, PostgresDriver
 from depositwatch.store.follow import FollowMixin
 from depositwatch.store.leases import LeaseMixin
 from depositwatch.store.outbox import OutboxMixin
+from depositwatch.store.reporting import ReportMixin
+from depositwatch.store.tokens import TokenMixin
 from depositwatch.timeutil import now
 
 _TYPES = {
@@ -107,7 +112,23 @@ def _entry(row: Any) -> AddressEntry:
     )
 
 
-class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
+async def _with_twins(conn: Conn, chain: str, keys: Sequence[bytes]) -> list[bytes]:
+    """`keys` and the other scripts registered for the same public key (the bare P2PK script imported
+    beside a P2PKH address: same chain and address text, type `p2pk`), so revoking one revokes both."""
+    found = list(dict.fromkeys(keys))
+    twins: list[bytes] = []
+    for batch in _chunks(found, 500):
+        rows = await conn.fetch(
+            "SELECT t.key FROM addresses t JOIN addresses a ON t.chain = a.chain AND t.address = a.address"
+            f" WHERE a.chain = $1 AND t.type = 'p2pk' AND a.key IN ({_marks(batch, 2)})",
+            chain,
+            *batch,
+        )
+        twins += [bytes(r[0]) for r in rows]
+    return list(dict.fromkeys(found + twins))
+
+
+class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, TokenMixin):
     """The store, for SQLite and PostgreSQL alike."""
 
     def __init__(self, db: Driver) -> None:
@@ -180,18 +201,46 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
 
     # address book ---------------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def book_changes(self, wake: Callable[[], None]) -> AsyncIterator[None]:
+        """While inside, `wake()` is called when another session changes the address book (PostgreSQL
+        LISTEN on a connection held for it). SQLite has no such signal: callers also poll the version."""
+        if not isinstance(self.db, PostgresDriver):
+            yield
+            return
+
+        def on_notify(*_: object) -> None:
+            wake()
+
+        listener = await self.db.pool.acquire()
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, on_notify)
+            yield
+        finally:
+            with contextlib.suppress(Exception):  # a connection the server ended: the pool replaces it
+                await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+            await self.db.pool.release(listener)
+
     async def _bump_book(self, conn: Conn) -> None:
         await conn.execute("UPDATE address_book_version SET version = version + 1 WHERE id = 1")
         if self.dialect == "postgres":
             await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
     async def import_addresses(
-        self, entries: Sequence[tuple[int, AddressEntry]], *, dry_run: bool = False
+        self,
+        entries: Sequence[tuple[int, AddressEntry]],
+        *,
+        dry_run: bool = False,
+        actor: str | None = None,
+        action: str = "import",
+        source: str | None = None,
     ) -> ImportResult:
         """Insert or update entries (given with their file line numbers) all at once, or not at all.
 
         Re-importing unchanged rows changes nothing. A row that would turn a revoked address back into
-        an active one is refused: un-revoking a possibly compromised key must be deliberate.
+        an active one is refused: un-revoking a possibly compromised key must be deliberate
+        (`reinstate`). Each new or changed address gets an audit row (`action`, by `actor`, the
+        process' unix user unless given; `source` names the file) in the same transaction.
         """
         seen: dict[tuple[str, bytes], int] = {}
         problems = []
@@ -238,7 +287,8 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                     [
                         (
                             r["line"],
-                            f"{r['chain']} address {r['address']} is revoked; importing it as active is refused",
+                            f"{r['chain']} address {r['address']} is revoked; importing it as active is refused"
+                            " (reinstating a revoked address is its own command, with a reason)",
                         )
                         for r in unrevoking
                     ]
@@ -256,6 +306,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
             )
             result = ImportResult(len(rows) - existing, changed, existing - changed)
             if not dry_run and (result.inserted or result.updated):
+                changes = await import_changes(conn, differs, source, len(rows))
                 await conn.execute(
                     "UPDATE addresses AS a SET status = s.status, label = s.label, owner = s.owner,"
                     " reason = s.reason, revoked_at = s.revoked_at, updated_at = s.updated_at"
@@ -267,6 +318,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                     " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.chain = s.chain AND a.key = s.key)"
                 )
                 await self._bump_book(conn)
+                await write_audit(conn, actor or unix_actor(), action, changes, stamp)
             await conn.execute("DROP TABLE staging_addresses")
         return result
 
@@ -277,6 +329,9 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
         at: int,
         reason: str,
         policies: Mapping[str, ChainPolicy] | None = None,
+        *,
+        actor: str | None = None,
+        owner: str | None = None,
     ) -> RevokeResult:
         """Retire addresses on the given chains: the listed keys, or every active one (`keys=None`).
 
@@ -284,40 +339,54 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
         already revoked keeps its first revocation time. In the same transaction the live deposits
         already recorded to the newly revoked addresses in blocks from `at` on become `revoked_incoming`
         matches with alerts (`mode: retro`, the original block): a backdated revocation is not silent
-        about what already landed. `policies` give the chains' alert severities and ids.
+        about what already landed. `policies` give the chains' alert severities and ids. With
+        `keys=None`, `owner` narrows the revocation to that owner's active addresses. Each newly revoked
+        address gets an audit row (by `actor`, the process' unix user unless given).
         """
         stamp = now()
         fresh: dict[str, list[bytes]] = {}
+        audited: list[tuple[str, str, str]] = []  # chain, address, owner of each newly revoked entry
         async with self.db.transaction() as conn:
             if keys is None:
+                mine = "" if owner is None else f" AND owner = ${len(chains) + 1}"
+                mine_args = () if owner is None else (owner,)
                 already = await conn.fetchval(
-                    f"SELECT COUNT(*) FROM addresses WHERE status = 'revoked' AND chain IN ({_marks(chains, 1)})",
+                    f"SELECT COUNT(*) FROM addresses WHERE status = 'revoked' AND chain IN ({_marks(chains, 1)})"
+                    + mine,
                     *chains,
+                    *mine_args,
                 )
                 for row in await conn.fetch(
-                    f"SELECT chain, key FROM addresses WHERE status = 'active' AND chain IN ({_marks(chains, 1)})",
+                    "SELECT chain, key, address, owner FROM addresses WHERE status = 'active'"
+                    f" AND chain IN ({_marks(chains, 1)}){mine}",
                     *chains,
+                    *mine_args,
                 ):
                     fresh.setdefault(row[0], []).append(bytes(row[1]))
+                    audited.append((row[0], row[2], row[3]))
                 revoked = await conn.execute(
                     "UPDATE addresses SET status = 'revoked', revoked_at = $1, reason = $2, updated_at = $3"
-                    f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})",
+                    f" WHERE status = 'active' AND chain IN ({_marks(chains, 4)})"
+                    + ("" if owner is None else f" AND owner = ${len(chains) + 4}"),
                     at,
                     reason,
                     stamp,
                     *chains,
+                    *mine_args,
                 )
             else:
                 revoked = already = 0
                 missing = []
                 for chain in chains:
-                    for batch in _chunks(list(keys), 500):
+                    for batch in _chunks(await _with_twins(conn, chain, keys), 500):
                         rows = await conn.fetch(
-                            f"SELECT key, status FROM addresses WHERE chain = $1 AND key IN ({_marks(batch, 2)})",
+                            "SELECT key, status, address, owner FROM addresses"
+                            f" WHERE chain = $1 AND key IN ({_marks(batch, 2)})",
                             chain,
                             *batch,
                         )
                         found = {bytes(r["key"]): r["status"] for r in rows}
+                        audited += [(chain, r["address"], r["owner"]) for r in rows if r["status"] == "active"]
                         missing += [(chain, k) for k in batch if k not in found]
                         already += sum(1 for s in found.values() if s == "revoked")
                         fresh.setdefault(chain, []).extend(k for k, s in found.items() if s == "active")
@@ -342,6 +411,10 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
             coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
                 await self._bump_book(conn)
+                detail = {"previous_status": "active", "status": "revoked", "revoked_at": at, "batch": new_batch()}
+                detail["rows"] = len(audited)
+                changes = [AuditChange(c, a, o, reason, detail) for c, a, o in audited]
+                await write_audit(conn, actor or unix_actor(), "revoke", changes, stamp)
         return RevokeResult(revoked, already, retro, coverage)
 
     async def _retro_alerts(self, conn: Conn, policy: ChainPolicy, keys: Sequence[bytes], at: int, stamp: int) -> int:
@@ -364,6 +437,9 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin):
                 alert_id = match_id(policy.chain, MatchKind.REVOKED_INCOMING, row["txid"], row["idx"])
                 values = {**dict(row), "id": alert_id, "kind": str(MatchKind.REVOKED_INCOMING), "revoked_at": at}
                 values["updated_at"] = stamp
+                values["poisoning"] = int(
+                    policy.is_dust(row["asset_symbol"], bool(row["asset_listed"]), int(row["amount"]))
+                )
                 columns = list(values)
                 inserted = await conn.execute(
                     f"INSERT INTO matches ({', '.join(columns)}) VALUES ({_marks(columns, 1)})"
