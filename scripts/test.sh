@@ -11,4 +11,7 @@ echo "== ruff"
 echo "== mypy (strict, src/)"
 .venv/bin/mypy
 echo "== pytest"
-exec .venv/bin/pytest "$@"
+# Three worker processes (pytest-xdist): most tests wait on nodes, daemons and PostgreSQL rather than on a
+# CPU, so three share the two cores well. `--dist loadfile` keeps each file on one worker, so a module-scoped
+# fixture (the install walk's host) is built once.
+exec .venv/bin/pytest -n "${DEPOSITWATCH_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -15,6 +15,9 @@ holding a copy of each `LoadCredential=`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shlex
@@ -99,6 +102,19 @@ def doc_blocks() -> dict[str, str]:
     return found
 
 
+@contextlib.asynccontextmanager
+async def checkout_build(*, exclusive: bool) -> AsyncIterator[None]:
+    """Held while a walked block builds the program from the checkout: pip builds in the checkout's
+    `build/`, so two walks building at once (parallel test workers) would remove each other's files."""
+    if not exclusive:
+        yield
+        return
+    name = hashlib.sha256(str(CHECKOUT).encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"depositwatch-build-{name}.lock").open("a") as lock:
+        await asyncio.to_thread(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def rooted(text: str, root: Path) -> str:
     """`text` with every install path moved under `root`."""
     return _PATH.sub(lambda m: f"{root}{m.group(1)}", text)
@@ -119,6 +135,10 @@ class Host:
         for old, new in (replace or {}).items():
             assert old in script, (name, old)
             script = script.replace(old, new)
+        async with checkout_build(exclusive="pip install" in script):
+            return await self._run(name, script, cwd, stdin)
+
+    async def _run(self, name: str, script: str, cwd: Path | None, stdin: str) -> str:
         process = await asyncio.create_subprocess_exec(
             "bash",
             "-c",
