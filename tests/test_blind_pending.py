@@ -315,6 +315,41 @@ async def test_pending_token_calls_dropped_or_reverted_are_retracted(tokens: Tok
     }
 
 
+class _BlockFirst:
+    """The watcher's store, with the block of the transactions it is about to record committed first: the
+    order in which a pool read just before the block and the block's commit can reach the store."""
+
+    def __init__(self, rig: Rig) -> None:
+        self._rig = rig
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rig.store, name)
+
+    async def record_mempool(self, *args: Any) -> int:
+        await self._rig.node.mine()
+        await self._rig.drain()
+        return await self._rig.store.record_mempool(*args)
+
+
+@pytest.mark.parametrize("kind", ["token", "eth"])
+async def test_pending_read_before_its_block_is_committed_alerts_once(tokens: Tokens, kind: str) -> None:
+    """A transaction read from the pool whose block is committed before the pending sighting is recorded:
+    the block's alert is the only one (no second alert under another id); the sighting adds nothing."""
+    rig = tokens.rig
+    if kind == "token":
+        txid = await send_token(rig.node.w3, tokens.usdt, tokens.customer, REVOKED, 5 * 10**6)
+    else:
+        txid = await send_eth(rig.node.w3, tokens.customer, REVOKED, 10**15)
+    rig.watcher.store = _BlockFirst(rig)  # type: ignore[assignment]
+    assert await rig.watcher.step() == 0
+    rows = await rig.store.matches(Scope.live())
+    assert [(r["txid"], r["kind"], r["status"]) for r in rows] == [(txid, "revoked_incoming", "seen")]
+    messages = [m for m in await rig.store.outbox() if m.alert_id is not None]
+    assert [(m.alert_id, m.event) for m in messages] == [(rows[0]["id"], "detected")]
+    if kind == "token":
+        assert rows[0]["id"] != pending_token_id("eth", MatchKind.REVOKED_INCOMING, txid, tokens.usdt)
+
+
 def _word(address: str) -> str:
     return address[2:].lower().rjust(64, "0")
 

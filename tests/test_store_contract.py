@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from depositwatch.jsonutil import loads
@@ -237,6 +239,36 @@ async def test_mempool_then_mined_then_dropped(store: SqlStore) -> None:
     assert await store.drop_mempool(LIVE, POLICY, gone) == 1
     events = sorted((m.alert_id == gone[0], m.event) for m in await store.outbox())
     assert events == [(False, "detected"), (False, "mined"), (True, "detected"), (True, "retracted")]
+
+
+async def test_pending_token_sighting_racing_its_block_alerts_once(store: SqlStore) -> None:
+    """A pending token transfer recorded while its block commits, round after round on concurrent
+    connections: whichever commits second sees the other, so each transfer is one alert (the pending
+    one taking the `mined` update, or the block's alone), never two under two ids."""
+    import asyncio
+
+    from depositwatch.matcher import match_transfers
+    from depositwatch.models import pending_token_id
+
+    await seed(store)
+    registry = await AddressRegistry.load(store)
+    cursor = Cursor("live:eth", "eth", 9, "h9")
+    for height in range(10, 40):
+        txid = f"0x{height:064x}"
+        pending = match_transfers("eth", [Transfer(USDT, 5, txid, None, A_REVOKED)], registry.book("eth"), 5000, None)
+        pending = [
+            dataclasses.replace(m, id=pending_token_id("eth", m.kind, txid, USDT.contract or "")) for m in pending
+        ]
+        b = block(height, transfers=(Transfer(USDT, 5, txid, 3, A_REVOKED),))
+        committed, _ = await asyncio.gather(
+            store.commit_blocks(LIVE, cursor, POLICY, [BlockEffects(b, matches_for(b, registry))], height),
+            store.record_mempool(LIVE, POLICY, pending),
+        )
+        cursor = committed
+        ids = {m.alert_id for m in await store.outbox(limit=10_000) if loads(m.payload)["txid"] == txid}
+        assert len(ids) == 1, (height, ids)
+    rows = await store.matches(LIVE)
+    assert len(rows) == 30 and {r["status"] for r in rows} <= {"seen", "confirmed"}
 
 
 async def test_replay_scope_is_separate_and_quiet(store: SqlStore) -> None:

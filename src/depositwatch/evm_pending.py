@@ -20,7 +20,9 @@ and `mempool: true`). An ETH match's id is the id the follower gives the same tr
 (the transaction hash, no index); a token match's is `pending_token_id` (the transaction and the
 contract: the log index is not known before the block), which the block's match of that transfer takes
 when the store holds it. Either way the block's commit turns them `seen` with a `mined` event (and the
-block's log index and amount for tokens) and then the confirmation updates.
+block's log index and amount for tokens) and then the confirmation updates. A token call read from the
+pool just before its block was committed is already in the store under the block's id: the sighting
+adds nothing (the store serializes a chain's live writers, so one of the two always sees the other).
 
 A transaction that leaves the pool was mined, dropped, or replaced (the same sender and nonce mined, or
 pooled, with another hash). Once it has been gone for `drop_grace` seconds, and the follower has
@@ -33,8 +35,7 @@ refused it) moved nothing: its matches are retracted too.
 
 Not covered here: the WebSocket `newPendingTransactions` subscription (polling `txpool_content` every
 `poll_interval` gives the same transactions); token calls other than those two (`transferMany`-style
-batches, calls through a router) are seen from their block only; and a pending token call read from the
-pool just before its block was committed keeps its pending alert (no `mined` update) beside the block's.
+batches, calls through a router) are seen from their block only.
 """
 
 from __future__ import annotations

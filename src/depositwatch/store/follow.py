@@ -78,6 +78,16 @@ def _pending_ids(matches: Sequence[Match]) -> dict[str, str]:
     }
 
 
+async def _one_writer(conn: Conn, dialect: str, scope: Scope, chain: str) -> None:
+    """Serialize the live writers of one chain (block commits, rewinds, the pending watcher's sightings)
+    until the transaction ends, so each sees what the other committed: a pending token transfer recorded
+    while its block commits would otherwise miss the block's match (and the block the pending row), and
+    the transfer would alert twice under two ids. SQLite's write transactions are exclusive already;
+    replay scopes have no pending watcher (their parallel shards are not serialized)."""
+    if dialect == "postgres" and scope.mode == "live":
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"{scope.name}|{chain}")
+
+
 def _following_pending(
     matches: Sequence[Match], pending: dict[str, str], known: dict[str, str], keys: dict[str, bytes]
 ) -> tuple[list[Match], list[Match]]:
@@ -233,6 +243,7 @@ class FollowMixin(TreeMixin):
         stamp = now()
         async with self.db.transaction() as conn:
             await check_fence(conn, self.db.dialect, scope.fence)
+            await _one_writer(conn, self.db.dialect, scope, policy.chain)
             await self._expect_cursor(conn, cursor)
             await conn.executemany(
                 "INSERT INTO blocks (cursor, height, hash, parent_hash, time) VALUES ($1, $2, $3, $4, $5)"
@@ -519,6 +530,7 @@ class FollowMixin(TreeMixin):
         moved = Cursor(cursor.name, cursor.chain, to.height, to.hash, cursor.range_start, cursor.range_stop)
         async with self.db.transaction() as conn:
             await check_fence(conn, self.db.dialect, scope.fence)
+            await _one_writer(conn, self.db.dialect, scope, policy.chain)
             await self._expect_cursor(conn, cursor)
             rows = await conn.fetch(
                 "SELECT id, kind, status FROM matches WHERE scope = $1 AND chain = $2 AND block_height > $3"
@@ -556,17 +568,21 @@ class FollowMixin(TreeMixin):
         return moved
 
     async def record_mempool(self, scope: Scope, policy: ChainPolicy, matches: Sequence[Match]) -> int:
-        """Record unconfirmed matches (block None) and alert on the new ones; return how many were new."""
+        """Record unconfirmed matches (block None) and alert on the new ones; return how many were new.
+
+        A token transfer whose block was committed first (the pool was read just before) is already
+        recorded under the block's id (`pending_token_id` differs from it): its sighting adds nothing."""
         stamp = now()
         async with self.db.transaction() as conn:
             await check_fence(conn, self.db.dialect, scope.fence)
+            await _one_writer(conn, self.db.dialect, scope, policy.chain)
             before = await conn.fetchval("SELECT COUNT(*) FROM outbox")
             fresh = []
             for match in matches:
                 status = await conn.fetchval(
                     "SELECT status FROM matches WHERE scope = $1 AND id = $2", scope.name, match.id
                 )
-                if status is None:
+                if status is None and not await self._mined_token(conn, scope, match):
                     fresh.append(match)
                 elif status == "retracted":  # dropped earlier, back in the mempool now
                     await self._move_match(conn, scope, match, "mempool", stamp)
@@ -577,12 +593,32 @@ class FollowMixin(TreeMixin):
             after = await conn.fetchval("SELECT COUNT(*) FROM outbox")
         return int(after - before)
 
+    async def _mined_token(self, conn: Conn, scope: Scope, match: Match) -> bool:
+        """Whether a pending token match's transfer is in a block already (same transaction, contract,
+        kind and key; not retracted)."""
+        contract = match.transfer.asset.contract
+        if contract is None:
+            return False  # ETH: the block's match has the pending match's id
+        # `kind <> 'deposit'` lets both databases use the partial index `matches_alerts_by_tx`.
+        found = await conn.fetchval(
+            "SELECT 1 FROM matches WHERE scope = $1 AND txid = $2 AND kind <> 'deposit' AND kind = $3"
+            " AND asset_contract = $4 AND key = $5 AND block_height IS NOT NULL"
+            " AND status IN ('seen', 'confirmed')",
+            scope.name,
+            match.transfer.txid,
+            str(match.kind),
+            contract,
+            match.key,
+        )
+        return found is not None
+
     async def drop_mempool(self, scope: Scope, policy: ChainPolicy, match_ids: Sequence[str]) -> int:
         """Retract unconfirmed matches whose transaction left the mempool without being mined."""
         stamp = now()
         dropped = 0
         async with self.db.transaction() as conn:
             await check_fence(conn, self.db.dialect, scope.fence)
+            await _one_writer(conn, self.db.dialect, scope, policy.chain)
             for match_id in match_ids:
                 changed = await conn.execute(
                     "UPDATE matches SET status = 'retracted', updated_at = $1"
