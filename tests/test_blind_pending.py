@@ -204,6 +204,25 @@ async def test_dropped_and_replaced_transactions_are_retracted(rig: Rig) -> None
     assert statuses == {dropped: "retracted", replaced: "retracted"}
 
 
+async def test_a_restarted_watcher_retracts_what_an_earlier_one_recorded(tokens: Tokens) -> None:
+    """After a restart or a failover the watcher starts with an empty memory: the pending ETH and token
+    sightings recorded before it, dropped from the pool since, are still retracted (from the store)."""
+    rig = tokens.rig
+    eth = await send_eth(rig.node.w3, tokens.customer, REVOKED, 10**15)
+    token = await send_token(rig.node.w3, tokens.usdt, tokens.customer, REVOKED, 10**6)
+    assert await rig.watcher.step() == 2
+    w = rig.watcher
+    fresh = PendingWatcher(w.source, w.store, w.registry, w.policy, w.scope, w.caught_up, drop_grace=0.0)
+    for tx in (eth, token):
+        assert await rig.node.rpc("anvil_dropTransaction", tx) is not None
+    assert await fresh.step() == 2
+    assert {r["txid"]: r["status"] for r in await rig.store.matches(Scope.live())} == {
+        eth: "retracted",
+        token: "retracted",
+    }
+    assert [e[0] for e in await rig.events(MatchKind.REVOKED_INCOMING, eth)] == ["detected", "retracted"]
+
+
 def test_hostile_pool_answers_are_refused() -> None:
     """Malformed `txpool_content` answers raise BadNodeAnswer naming the chain and the call."""
     sender = "0x" + "11" * 20

@@ -24,6 +24,9 @@ block's log index and amount for tokens) and then the confirmation updates. A to
 pool just before its block was committed is already in the store under the block's id: the sighting
 adds nothing (the store serializes a chain's live writers, so one of the two always sees the other).
 
+The watcher starts from the sightings the store holds still unconfirmed (recorded before a restart, or
+by the instance that led the chain before a failover), so they are retracted the same way.
+
 A transaction that leaves the pool was mined, dropped, or replaced (the same sender and nonce mined, or
 pooled, with another hash). Once it has been gone for `drop_grace` seconds, and the follower has
 processed the node's tip (`caught_up()`), the node is asked for it (`eth_getTransactionByHash`): unknown
@@ -186,6 +189,7 @@ class PendingWatcher:
         self._ids_by_tx: dict[str, list[str]] = {}  # match ids of transactions seen in the pool
         self._absent_since: dict[str, float] = {}  # tx hash -> when it was first missed from the pool
         self._book_version = registry.version
+        self._resumed = False  # whether the sightings an earlier watcher recorded were taken over
         self._log = log.bind(chain=self.chain, scope=scope.name)
 
     async def offered(self) -> bool:
@@ -202,6 +206,8 @@ class PendingWatcher:
 
     async def step(self) -> int:
         """Read the pool once; return how many alert messages were queued (new and retracted)."""
+        if not self._resumed:
+            await self._resume()
         if self.registry.version != self._book_version:
             self._book_version = self.registry.version
             self.known.clear()  # the book changed: every pending transaction deserves another look
@@ -223,6 +229,18 @@ class PendingWatcher:
                 self._log.info("pending match", kind=str(match.kind), txid=match.transfer.txid)
         queued += await self._retract_gone()
         return queued
+
+    async def _resume(self) -> None:
+        """Watch the transactions of the sightings still unconfirmed in the store, recorded before a
+        restart or by the instance that led the chain before this one: those gone from the pool are
+        looked up and retracted as if this watcher had recorded them."""
+        for match_id, txid in await self.store.mempool_matches(self.scope, self.chain):
+            ids = self._ids_by_tx.setdefault(txid.lower(), [])
+            if match_id not in ids:
+                ids.append(match_id)
+        self._resumed = True
+        if self._ids_by_tx:
+            self._log.info("unconfirmed pending sightings taken over from the store", count=len(self._ids_by_tx))
 
     async def _match(self, txs: list[PendingTx]) -> list[Match]:
         book = self.registry.book(self.chain)

@@ -638,11 +638,15 @@ class FollowMixin(TreeMixin):
 
     async def mempool_match_ids(self, scope: Scope, chain: str) -> list[str]:
         """Ids of matches seen only in the mempool so far."""
+        return [match_id for match_id, _ in await self.mempool_matches(scope, chain)]
+
+    async def mempool_matches(self, scope: Scope, chain: str) -> list[tuple[str, str]]:
+        """`(id, txid)` of the matches seen only in the mempool so far."""
         async with self.db.read() as conn:
             rows = await conn.fetch(
-                "SELECT id FROM matches WHERE scope = $1 AND chain = $2 AND status = 'mempool'", scope.name, chain
+                "SELECT id, txid FROM matches WHERE scope = $1 AND chain = $2 AND status = 'mempool'", scope.name, chain
             )
-        return [r[0] for r in rows]
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     async def watched_outputs(self, chain: str, scope: Scope | None = None) -> list[WatchedOutput]:
         """Unspent outputs that paid revoked scripts."""
