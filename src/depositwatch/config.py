@@ -175,7 +175,7 @@ class ChainConfig(_Strict):
     mempool: bool = True  # Bitcoin: the mempool; EVM: pending transactions (txpool_content), where offered
     # EVM, with `mempool`: pending ERC-20 transfer/transferFrom calls too (their alert id is the pending one)
     pending_tokens: bool = True
-    # Bitcoin: seconds a mempool match's transaction must have been gone before the match is retracted
+    # Seconds a mempool (Bitcoin) or pending (EVM) match's transaction must have been gone before it is retracted
     mempool_drop_grace: Annotated[float, Field(ge=0, le=86_400)] = 60.0
     traces: bool = False
     # EVM: a watched set (active and revoked) of at most this many addresses is fetched filtered, where the

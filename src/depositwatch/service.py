@@ -387,6 +387,7 @@ class Service:
                 make_policy(state.config, self.config.alerts),
                 follower.scope,  # fenced by the chain's lease, like the follower's commits
                 caught_up=lambda: follower.lag == 0,
+                drop_grace=state.config.mempool_drop_grace,
             ).run()
             return
         assert isinstance(state.source, BitcoinSource)

@@ -38,7 +38,7 @@ from depositwatch.devnet import (
     send_transaction,
     set_balance,
 )
-from depositwatch.models import match_id
+from depositwatch.models import match_id, pending_token_id
 from depositwatch.store import Scope, SqlStore, open_store
 from tests.btcnode.chain import ChainRuleError
 from tests.receivers import WEBHOOK_SECRET, Received, Receiver, Reply
@@ -136,9 +136,14 @@ async def import_book(store_url: str, book: Book) -> None:
 # --- what should come out --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class Want:
-    """One match the pipeline must record, and alert on if it is not a deposit."""
+    """One match the pipeline must record, and alert on if it is not a deposit.
+
+    A token transfer made by a plain `transfer` call (`contract` set) may have been seen pending first:
+    its alert then has the pending sighting's id (`pending_id`), else the block's. Which one is read from
+    the store once the run is over (`resolve_ids`); the checks then hold every want to exactly that id.
+    """
 
     chain: str
     kind: str
@@ -147,6 +152,8 @@ class Want:
     key: str
     amount: int
     height: int
+    contract: str | None = None
+    chosen: str | None = None
 
     @property
     def triple(self) -> tuple[str, str, int | None]:
@@ -157,8 +164,35 @@ class Want:
         return self.kind != "deposit"
 
     @property
-    def id(self) -> str:
+    def block_id(self) -> str:
         return match_id(self.chain, self.kind, self.txid, self.index)  # type: ignore[arg-type]
+
+    @property
+    def pending_id(self) -> str | None:
+        if self.contract is None or not self.alert:
+            return None
+        return pending_token_id(self.chain, self.kind, self.txid, self.contract)  # type: ignore[arg-type]
+
+    @property
+    def id(self) -> str:
+        return self.chosen or self.block_id
+
+
+def resolve_ids(rows: Iterable[dict[str, Any]], wants: Iterable[Want]) -> Counter[str]:
+    """Hold each want that may have been seen pending to the id its stored match has (the block's or the
+    pending sighting's, nothing else); return how many took each."""
+    by_triple = {(r["kind"], r["txid"].lower(), r["idx"]): r for r in rows}
+    taken: Counter[str] = Counter()
+    for want in wants:
+        if want.pending_id is None:
+            continue
+        row = by_triple.get(want.triple)
+        if row is None:
+            continue  # not recorded: the checks say so
+        assert row["id"] in (want.block_id, want.pending_id), (want.triple, row["id"])
+        want.chosen = row["id"]
+        taken["pending" if row["id"] == want.pending_id else "block"] += 1
+    return taken
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -317,7 +351,11 @@ def check_alerts(receiver: Receiver, wants: Iterable[Want], *, mode: str | None 
     )
     for body in detected:
         want = alerts[body["id"]]
-        assert (body["kind"], body["txid"].lower(), body["index"]) == want.triple, body
+        if body["id"] == want.pending_id and body["id"] != want.block_id:  # seen pending: no log index yet
+            assert body["mempool"] is True and body["index"] is None, body
+            assert (body["kind"], body["txid"].lower()) == want.triple[:2], body
+        else:
+            assert (body["kind"], body["txid"].lower(), body["index"]) == want.triple, body
         assert int(body["amount"]) == want.amount, (body, want)
         if mode is not None:
             assert body["mode"] == mode, body
@@ -404,9 +442,12 @@ async def cursor_at(store_url: str, cursor_name: str) -> tuple[int, str] | None:
 def check_matches_subset(view: StoreView, wants: Iterable[Want]) -> None:
     """No wrong match: everything recorded is expected (the run may not have seen everything yet)."""
     expected = {w.triple: w for w in wants}
+    pending = {(w.kind, w.txid.lower(), w.pending_id): w for w in wants if w.pending_id is not None}
     for row in view.matches:
         triple = (row["kind"], row["txid"].lower(), row["idx"])
         want = expected.get(triple)
+        if want is None and row["idx"] is None and row["block_height"] is None:  # a pending sighting
+            want = pending.get((row["kind"], row["txid"].lower(), row["id"]))
         assert want is not None, f"a match nobody expected: {triple} at {row['block_height']}"
         assert row["status"] != "retracted", f"retracted without a reorg: {triple}"
         assert int(row["amount"]) == want.amount and row["key"].hex() == want.key, (row, want)
@@ -470,10 +511,11 @@ class EvmTraffic:
 
     ACTIONS = ("eth", "eth", "token", "token", "eth_sweep", "token_sweep", "many", "failing", "other")
 
-    def __init__(self, node: Anvil, book: Book, rng: random.Random) -> None:
+    def __init__(self, node: Anvil, book: Book, rng: random.Random, *, pending: float = 0.0) -> None:
         self.node = node
         self.book = book
         self.rng = rng
+        self.pending = pending  # up to this many seconds in the pool before the block is mined
         self.token = ""
         self.sender = ""
         self.wants: list[Want] = []
@@ -535,6 +577,8 @@ class EvmTraffic:
         for _ in range(size):
             action = self.rng.choice(self.ACTIONS)
             sent.append((action, *await self._send(action)))
+        if self.pending:
+            await asyncio.sleep(self.rng.uniform(0, self.pending))
         await self.node.mine()
         height = await self.node.block_number()
         block = await rpc(self.node.w3, "eth_getBlockByNumber", hex(height), False)
@@ -557,14 +601,26 @@ class EvmTraffic:
                 if entry["address"].lower() != self.token.lower() or topics[0] != TRANSFER_TOPIC or len(topics) != 3:
                     continue
                 sender, to = "0x" + topics[1][-40:], "0x" + topics[2][-40:]
-                self._want(tx, int(entry["logIndex"], 16), to, sender, int(entry["data"], 16), height, when)
+                # A plain `transfer` call may be seen pending first (its alert then keeps that id).
+                contract = self.token.lower() if action in ("token", "token_sweep") else None
+                self._want(tx, int(entry["logIndex"], 16), to, sender, int(entry["data"], 16), height, when, contract)
         self.blocks += 1
         self.transactions += len(sent)
         return height
 
-    def _want(self, tx: str, index: int | None, to: str, sender: str, amount: int, height: int, when: int) -> None:
+    def _want(
+        self,
+        tx: str,
+        index: int | None,
+        to: str,
+        sender: str,
+        amount: int,
+        height: int,
+        when: int,
+        contract: str | None = None,
+    ) -> None:
         for kind, key in self.book.classify(to.lower()[2:], sender.lower()[2:], when):
-            self.wants.append(Want(self.book.chain, kind, tx.lower(), index, key, amount, height))
+            self.wants.append(Want(self.book.chain, kind, tx.lower(), index, key, amount, height, contract))
 
     async def run(self, stop: asyncio.Event, gap: tuple[float, float] = (0.05, 0.35)) -> None:
         """Make blocks until `stop` is set."""
@@ -601,15 +657,18 @@ def evm_chain_toml(
     batch_blocks: int = 3,
     confirmations: int = 3,
     poll_interval: float = 0.1,
+    pending_tokens: bool = False,
+    drop_grace: float | None = None,
 ) -> str:
+    """The chain's config. Pending token calls are off unless asked: a token alert first seen pending
+    keeps the pending id, which the checks resolve from the store (`resolve_ids`) where a test asks."""
     return (
         f'[[chains]]\nname = "{name}"\nkind = "evm"\nchain_id = {EVM_CHAIN_ID}\nrpc_urls = ["{rpc_url}"]\n'
         f"confirmations = {confirmations}\npoll_interval = {poll_interval}\nbatch_blocks = {batch_blocks}\n"
         f"start_height = {start}\nreorg_depth = 10000\nmax_lag_blocks = 1000\n"
         f'tokens = [{{ symbol = "TT", contract = "{token}", decimals = 6 }}]\n'
-        # The expected alert ids here are the block's (log index); a token transfer seen pending keeps its
-        # pending id (tests/test_blind_pending.py), which these checks do not model.
-        "pending_tokens = false\n"
+        f"pending_tokens = {'true' if pending_tokens else 'false'}\n"
+        + (f"mempool_drop_grace = {drop_grace}\n" if drop_grace is not None else "")
     )
 
 

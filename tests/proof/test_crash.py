@@ -67,6 +67,7 @@ from tests.proof.harness import (
     last_events,
     lease_holder,
     report,
+    resolve_ids,
     settled,
     store_view,
     until_done,
@@ -247,7 +248,9 @@ async def test_live_daemon_on_anvil_killed_at_random_points_loses_and_repeats_no
     book = evm_book()
     runner = Runner(tmp_path, "daemon")
     async with Anvil(chain_id=EVM_CHAIN_ID, no_mining=True) as node:
-        traffic = EvmTraffic(node, book, random.Random(rng.random()))
+        # Transactions wait in the pool a moment, so the pending watcher sees many of them first (ETH
+        # and token calls): their alerts start there and must stay one each through every kill.
+        traffic = EvmTraffic(node, book, random.Random(rng.random()), pending=0.3)
         start = await traffic.setup()
         async with (
             FaultProxy(node.http_url) as proxy,
@@ -255,7 +258,7 @@ async def test_live_daemon_on_anvil_killed_at_random_points_loses_and_repeats_no
         ):
             await import_book(pg_url, book)
             config = tmp_path / "config.toml"
-            chain = evm_chain_toml(proxy.url, token=traffic.token, start=start, batch_blocks=3)
+            chain = evm_chain_toml(proxy.url, token=traffic.token, start=start, batch_blocks=3, pending_tokens=True)
             config.write_text(config_toml(pg_url, chain, receiver.url))
             killer = Killer(
                 rng,
@@ -313,6 +316,7 @@ async def finish_live(
     final = runner.daemon(config)
     await final.wait_ready()
     await eventually(lambda: _caught_up(store_url, cursor, tip), 90, "the restarted daemon to reach the tip")
+    taken = resolve_ids((await store_view(store_url, cursor, Scope.live())).matches, wants)
     # Messages of one address go out one at a time, in order, so a backlog left by many kills drains
     # at the receiver's pace: wait while it moves, fail if it stalls.
     alerts = {w.id for w in wants if w.alert}
@@ -325,7 +329,11 @@ async def finish_live(
         lambda: len(everything & {b["id"] for b in _bodies(receiver, "confirmed")}), len(everything), "confirmations"
     )
     assert await final.terminate() == 0, final.tail()
-    return f"last run: tip reached, then {backlog} alerts still undelivered drained in {seconds:.0f}s; SIGTERM, exit 0"
+    ids = f"; token alerts first seen pending: {taken['pending']} of {taken.total()}" if taken else ""
+    return (
+        f"last run: tip reached, then {backlog} alerts still undelivered drained in {seconds:.0f}s; SIGTERM, exit 0"
+        + ids
+    )
 
 
 def outcome_lines(figures: AlertFigures, stored: dict[str, int], tip: tuple[int, str]) -> list[str]:
@@ -706,7 +714,7 @@ REORG_EVM_KILLS = (8, 80)
 REORG_BTC_KILLS = (8, 80)
 REORG_SHARE = 0.12  # of blocks followed by a reorg, besides those made at the `reorg` kill point
 REORG_DEPTH = 6
-DROP_GRACE = 5.0  # the mempool watcher's wait before it retracts a transaction gone from the mempool (60 s by default)
+DROP_GRACE = 5.0  # the mempool watchers' wait before they retract a transaction gone from the pool (60 s by default)
 
 
 class Reorgs:
@@ -844,7 +852,9 @@ async def test_live_daemon_on_anvil_killed_during_reorgs_retracts_and_loses_noth
         async with Receiver(jittery(random.Random(rng.random()))) as receiver:
             await import_book(pg_url, book)
             config = tmp_path / "config.toml"
-            chain = evm_chain_toml(node.http_url, token=traffic.token, start=start, batch_blocks=3)
+            chain = evm_chain_toml(
+                node.http_url, token=traffic.token, start=start, batch_blocks=3, drop_grace=DROP_GRACE
+            )
             config.write_text(config_toml(pg_url, chain, receiver.url))
             killer = Killer(rng, receiver=receiver)
             points = [*killer.points, "reorg"]
