@@ -9,7 +9,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from depositwatch.metrics import Metrics
-from depositwatch.supervise import Restarts, supervise
+from depositwatch.supervise import Episode, Restarts, supervise
 
 
 async def test_a_failing_component_is_restarted_counted_and_logged_with_its_traceback_once() -> None:
@@ -46,3 +46,34 @@ async def test_cancellation_propagates_through_supervision() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_an_episode_backs_off_logs_once_a_minute_and_says_when_it_ends() -> None:
+    """The one retry-and-report helper of every loop: capped doubling waits, a `failing` line at most
+    once a minute (by the injected clock), one `restored` line with the count and the time it lasted."""
+    now = [1000.0]
+    episode = Episode(
+        structlog.get_logger("test"),
+        "node trouble, retrying",
+        "node connection restored",
+        first_backoff=0.25,
+        max_backoff=2.0,
+        clock=lambda: now[0],
+    )
+    with capture_logs() as logs:
+        waits = []
+        for _ in range(6):
+            waits.append(episode.failed(ConnectionError("refused")))
+            now[0] += 20
+        episode.recovered()
+        episode.recovered()  # nothing to say twice
+        assert episode.failed("another reason") == 0.25  # a new episode starts from the first wait
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    events = [(e["event"], e.get("error"), e.get("failures"), e.get("down_for")) for e in logs]
+    assert events == [
+        ("node trouble, retrying", "ConnectionError: refused", None, None),
+        ("node trouble, retrying", "ConnectionError: refused", None, None),  # 60 s later
+        ("node connection restored", None, 6, 120.0),
+        ("node trouble, retrying", "another reason", None, None),
+    ]
+    assert episode.total == 7 and episode.failures == 1

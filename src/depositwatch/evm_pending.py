@@ -60,6 +60,7 @@ from depositwatch.matcher import match_transfers
 from depositwatch.models import Asset, Match, MatchKind, Transfer, pending_token_id
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy, Scope, SqlStore
+from depositwatch.supervise import Episode
 
 log = structlog.get_logger(__name__)
 
@@ -354,27 +355,19 @@ class PendingWatcher:
         if not await self.offered():
             return
         interval = self.source.config.poll_interval
-        backoff = interval
-        failing_since: float | None = None
-        last_report = 0.0
+        trouble = Episode(
+            self._log,
+            "pending watcher: node trouble, retrying",
+            "pending watcher: node connection restored",
+            first_backoff=interval,
+        )
         while True:
             try:
                 await self.step()
-            except asyncio.CancelledError:
-                raise
             except ChainError as exc:
-                now = time.monotonic()
-                if failing_since is None:
-                    failing_since = now
-                if now - last_report >= 60:
-                    last_report = now
-                    self._log.warning("pending watcher: node trouble, retrying", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await asyncio.sleep(trouble.failed(exc))
                 continue
-            if failing_since is not None:
-                self._log.info("pending watcher: node connection restored")
-                failing_since, last_report, backoff = None, 0.0, interval
+            trouble.recovered()
             await asyncio.sleep(interval)
 
 

@@ -21,6 +21,7 @@ from depositwatch.metrics import Metrics
 from depositwatch.models import Block, BlockRef, Match
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStore
+from depositwatch.supervise import Episode
 
 log = structlog.get_logger(__name__)
 
@@ -301,10 +302,13 @@ class Follower:
         """
         if self.cursor is None:
             await self.start()
-        backoff = 0.25
-        failing_since: float | None = None
-        last_report = 0.0
-        loop = asyncio.get_running_loop()
+        trouble = Episode(
+            self._log,
+            "node trouble, retrying",
+            "node connection restored",
+            first_backoff=0.25,
+            max_backoff=max(5.0, self.settings.poll_interval),
+        )
         while not self._stopping.is_set() and not self.done:
             self.heartbeat = time.monotonic()
             try:
@@ -320,21 +324,12 @@ class Follower:
                         f"chain {self.chain}: giving up after {self.failures} failed attempts in a row; "
                         f"the last: {self.failing}"
                     ) from exc
-                now = loop.time()
-                if failing_since is None:
-                    failing_since = now
-                if now - last_report >= 60:
-                    last_report = now
-                    level = "warning" if isinstance(exc, NodeUnavailable) else "error"
-                    getattr(self._log, level)("node trouble, retrying", error=str(exc), backoff=backoff)
+                backoff = trouble.failed(exc, level="warning" if isinstance(exc, NodeUnavailable) else "error")
                 await self._sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, max(5.0, self.settings.poll_interval))
                 continue
             self.failing = None
             self.failures = 0
-            if failing_since is not None:
-                self._log.info("node connection restored", down_for=round(loop.time() - failing_since, 1))
-                failing_since, last_report, backoff = None, 0.0, 0.25
+            trouble.recovered()
             if committed == 0 and not self.done:
                 waiter = asyncio.ensure_future(self.source.wait_for_head(self.settings.poll_interval))
                 stopper = asyncio.ensure_future(self._stopping.wait())

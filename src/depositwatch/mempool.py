@@ -42,6 +42,7 @@ from depositwatch.matcher import match_transfers
 from depositwatch.models import Match, MatchKind, Spend, Transfer, WatchedOutput
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy, Scope, SqlStore
+from depositwatch.supervise import Episode
 from depositwatch.sweeps import sweeps
 
 log = structlog.get_logger(__name__)
@@ -181,27 +182,20 @@ class MempoolWatcher:
         if not self.config.mempool:
             self._log.info("mempool watching is off")
             return
-        backoff = self.config.poll_interval
-        failing_since: float | None = None
-        last_report = 0.0
+        trouble = Episode(
+            self._log,
+            "mempool watcher: node trouble, retrying",
+            "mempool watcher: node connection restored",
+            first_backoff=self.config.poll_interval,
+            clock=self.clock,
+        )
         while True:
             try:
                 await self.step()
-            except asyncio.CancelledError:
-                raise
             except ChainError as exc:
-                now = self.clock()
-                if failing_since is None:
-                    failing_since = now
-                if now - last_report >= 60:
-                    last_report = now
-                    self._log.warning("mempool watcher: node trouble, retrying", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await asyncio.sleep(trouble.failed(exc))
                 continue
-            if failing_since is not None:
-                self._log.info("mempool watcher: node connection restored")
-                failing_since, last_report, backoff = None, 0.0, self.config.poll_interval
+            trouble.recovered()
             await self._wait(self.config.poll_interval)
 
     async def _wait(self, seconds: float) -> None:

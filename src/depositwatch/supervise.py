@@ -1,7 +1,10 @@
-"""Restart with backoff: what a failed chain or component does instead of ending the daemon.
+"""Retry with backoff, and say so: what every loop that meets trouble does instead of ending the daemon.
 
-A failure is logged at most once a minute (with its traceback the first time of an episode, so a bug
-can be found without flooding the journal) and the next attempt waits a capped exponential backoff.
+`Episode` is one loop's failure episode, the one way the project writes "retry with backoff, log at most
+once a minute, say when it works again": the node client, the follower, the mempool and pending
+watchers and the dispatcher each keep one. `Restarts` is the episode of a chain or component that
+`supervise` restarts (its first failure logged with the traceback, so a bug can be found without
+flooding the journal).
 """
 
 from __future__ import annotations
@@ -25,42 +28,63 @@ HEALTHY_AFTER = 60.0  # a run this long ends the failure episode: the next failu
 
 
 @dataclass(slots=True)
-class Restarts:
-    """One chain's or component's failure episode: counts, backoff and rate-limited logging."""
+class Episode:
+    """Failures in a row of one retrying loop: their count, the next wait (capped exponential backoff), a
+    log line (`failing`) at most once a minute while they last, and one line (`restored`) when they end."""
 
-    what: str
     logger: Any
+    failing: str
+    restored: str
+    first_backoff: float = FIRST_BACKOFF
+    max_backoff: float = MAX_BACKOFF
+    level: str = "warning"
+    traceback: bool = False  # the first failure of an episode logged with its traceback
+    clock: Callable[[], float] = time.monotonic
     failures: int = 0  # in this episode
     total: int = 0  # since the start of the process
     error: str | None = None
+    since: float | None = None  # when the episode began
     _last_log: float = float("-inf")
 
-    def failed(self, exc: BaseException) -> float:
-        """Record a failure; log it when due; return the seconds to wait before the next attempt."""
+    def failed(self, exc: BaseException | str, *, level: str | None = None, **fields: Any) -> float:
+        """Record a failure (an exception, or the reason in words); log it when due; return the seconds to
+        wait before the next attempt."""
+        now = self.clock()
         self.failures += 1
         self.total += 1
-        self.error = describe(exc)
-        now = time.monotonic()
+        self.error = exc if isinstance(exc, str) else describe(exc)
+        if self.since is None:
+            self.since = now
         if now - self._last_log >= LOG_EVERY:
             self._last_log = now
-            self.logger.error(
-                f"{self.what} failed; restarting with backoff",
-                error=self.error,
-                failures=self.failures,
-                exc_info=exc if self.failures == 1 else None,
-            )
-        return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** min(self.failures - 1, 16)))
+            if self.traceback and self.failures == 1 and isinstance(exc, BaseException):
+                fields["exc_info"] = exc
+            getattr(self.logger, level or self.level)(self.failing, error=self.error, **fields)
+        return float(min(self.max_backoff, self.first_backoff * 2.0 ** min(self.failures - 1, 16)))
+
+    def recovered(self, **fields: Any) -> None:
+        """Working again: say so once (with the failures and how long it lasted) and start the next
+        episode from the first backoff."""
+        if self.failures:
+            down_for = round(self.clock() - self.since, 1) if self.since is not None else 0.0
+            self.logger.info(self.restored, failures=self.failures, down_for=down_for, **fields)
+        self.failures, self.error, self.since, self._last_log = 0, None, None, float("-inf")
+
+
+class Restarts(Episode):
+    """The failure episode of a chain or component that `supervise` restarts."""
+
+    __slots__ = ()
+
+    def __init__(self, what: str, logger: Any) -> None:
+        super().__init__(
+            logger, f"{what} failed; restarting with backoff", f"{what} recovered", level="error", traceback=True
+        )
 
     def ran(self, seconds: float) -> None:
         """An attempt ran this long before it ended; a long run ends the episode."""
         if seconds >= HEALTHY_AFTER:
             self.recovered()
-
-    def recovered(self) -> None:
-        """Working again: say so once and start the next episode from the first backoff."""
-        if self.failures:
-            self.logger.info(f"{self.what} recovered", failures=self.failures)
-        self.failures, self.error, self._last_log = 0, None, float("-inf")
 
 
 def describe(exc: BaseException) -> str:

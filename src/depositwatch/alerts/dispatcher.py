@@ -30,6 +30,7 @@ from depositwatch.config import AlertsConfig, RetryConfig
 from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.metrics import Metrics
 from depositwatch.store.base import LeaseLost, StoreError
+from depositwatch.supervise import Episode
 
 log = structlog.get_logger("depositwatch.alerts")
 
@@ -154,8 +155,13 @@ class Dispatcher:
         """
         self._looping += 1
         self._mark_all()
-        failures = 0
-        last_report = float("-inf")
+        trouble = Episode(
+            log,
+            "outbox unavailable; retrying",
+            "outbox available again",
+            first_backoff=self.config.poll_interval * 2,
+            max_backoff=5.0,
+        )
         log.info("alert dispatcher started", sinks=sorted(self._sinks), poll_interval=self.config.poll_interval)
         try:
             while not self._stopping:
@@ -169,15 +175,9 @@ class Dispatcher:
                     raise
                 except OUTBOX_ERRORS as exc:
                     self._mark_all()
-                    failures += 1
-                    if time.monotonic() - last_report >= 60:
-                        last_report = time.monotonic()
-                        log.warning("outbox unavailable; retrying", error=f"{type(exc).__name__}: {exc}")
-                    await asyncio.sleep(min(5.0, self.config.poll_interval * 2 ** min(failures, 16)))
+                    await asyncio.sleep(trouble.failed(exc))
                     continue
-                if failures:
-                    log.info("outbox available again", failures=failures)
-                    failures, last_report = 0, float("-inf")
+                trouble.recovered()
                 await self._wait()
         except asyncio.CancelledError:
             await self._abort()

@@ -40,7 +40,6 @@ import asyncio
 import base64
 import itertools
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +53,10 @@ from pydantic import SecretStr
 from depositwatch import jsonutil
 from depositwatch.chains.base import BadNodeAnswer, ChainError, NodeUnavailable
 from depositwatch.config import redact_url
+from depositwatch.supervise import Episode
 
 log = structlog.get_logger(__name__)
 
-REPORT_EVERY = 60.0  # seconds between two "still failing" log lines
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _JSON = {"Content-Type": "application/json"}
 _RETRIED_STATUSES = frozenset({408, 425, 429})
@@ -226,9 +225,8 @@ class NodeClient:
         self._current = 0
         self._cookie: str | None = None
         self._ids = itertools.count(1)
-        self._failing_since: float | None = None
-        self._last_report = 0.0
         self._log = log.bind(chain=chain)
+        self._trouble = Episode(self._log, f"{self.kind} node trouble, retrying", "connection restored")
 
     # session ---------------------------------------------------------------------------------------
 
@@ -467,19 +465,10 @@ class NodeClient:
             return result
 
     def _failed(self, reason: str) -> None:
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        if now - self._last_report >= REPORT_EVERY:
-            self._last_report = now
-            self._log.warning(f"{self.kind} node trouble, retrying", reason=reason, nodes=len(self.endpoints))
+        self._trouble.failed(reason, nodes=len(self.endpoints))
 
     def _restored(self) -> None:
-        if self._failing_since is not None:
-            down_for = round(time.monotonic() - self._failing_since, 1)
-            self._failing_since = None
-            self._last_report = 0.0
-            self._log.info("connection restored", url=self.url, down_for=down_for)
+        self._trouble.recovered(url=self.url)
 
     # JSON-RPC --------------------------------------------------------------------------------------
 
