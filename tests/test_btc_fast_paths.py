@@ -210,6 +210,27 @@ async def test_nothing_is_read_ahead_above_the_tip(node: BitcoinRegtestServer) -
         await source.close()
 
 
+async def test_nothing_past_read_until_is_read_ahead(node: BitcoinRegtestServer) -> None:
+    """A replay's (or a shard's) last block bounds the read-ahead as the tip does."""
+    node.chain.mine(20)
+    start = node.chain.height - 19
+    source = source_for(btc_config(node))
+    source.read_until = start + 7
+    await source.open()
+    try:
+        await source.tip()
+        await source.fetch(start, start + 5)
+        await until(lambda: getblock_calls(node) == 8, "the next range read ahead, cut at read_until")
+        assert sorted(source._ahead) == [start + 5, start + 6, start + 7]
+        before = len(node.calls)
+        last = await source.fetch(start + 5, start + 8)
+        assert [b.height for b in last] == [start + 5, start + 6, start + 7]
+        assert source._ahead_task is None and not source._ahead
+        assert node.calls[before:] == []
+    finally:
+        await source.close()
+
+
 @pytest.mark.parametrize("watched", [True, False], ids=["watched-path", "full-blocks"])
 async def test_a_reorg_of_blocks_read_ahead_is_followed(
     node: BitcoinRegtestServer, store: SqlStore, watched: bool

@@ -423,6 +423,33 @@ async def test_read_ahead_serves_the_next_range_with_the_book_of_its_use(node: T
         await source.close()
 
 
+async def test_nothing_past_read_until_is_read_ahead(node: TronNodeServer) -> None:
+    """A replay's (or a shard's) last block bounds the read-ahead: the range after the last fetch is cut
+    at `read_until`, and a fetch that ends there reads nothing ahead (the next blocks are another
+    shard's, or no one's)."""
+    from depositwatch.chains.tron import TronSource
+
+    chain = node.chain
+    start = chain.tip + 1
+    for n in range(30):
+        chain.mine([trx(CUSTOMER, account(41), 100 + n, nonce=chain.next_nonce())])
+    source = make_source(tron_config(node.url))
+    assert isinstance(source, TronSource)
+    source.watch(AddressRegistry({"tron": ChainBook()}))
+    source.read_until = start + 14
+    await source.open()
+    try:
+        assert await source.tip()
+        await source.fetch(start, start + 10)
+        assert source._ahead is not None and source._ahead[:2] == (start + 10, start + 15)
+        await source._ahead[2]
+        last = await source.fetch(start + 10, start + 15)
+        assert [b.height for b in last] == list(range(start + 10, start + 15))
+        assert source._ahead is None
+    finally:
+        await source.close()
+
+
 async def test_ranges_over_the_answer_cap_are_split(node: TronNodeServer, store: SqlStore) -> None:
     """Busy blocks make a 100-block answer longer than `max_response_bytes`: the source asks again in
     smaller ranges, and the replay is whole; one block alone over the cap is an error naming the cap."""

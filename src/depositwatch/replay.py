@@ -145,11 +145,11 @@ async def replay(
 
         hook = make_hook(chain)
         attach(source, registry, hook, store)
+        source.read_until = stop  # nothing past the range is read ahead
         if isinstance(source, EvmSource):
             # The book is fixed for the run: the node can leave out what touches none of its keys.
             book = registry.book(chain.name)
             source.set_log_filter(book.active | book.revoked.keys())
-            source.read_until = stop  # nothing past the range is read ahead
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
             from depositwatch.chains.bitcoin import BitcoinSource

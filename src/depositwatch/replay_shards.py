@@ -211,8 +211,7 @@ async def _replay_shard(
         if first.height == shard.first and first.parent_hash:
             await shards.set_anchor(run, shard.index, first.parent_hash, fence)
 
-    if isinstance(source, EvmSource):
-        source.read_until = shard.last  # past it, the blocks are another shard's
+    source.read_until = shard.last  # past it, the blocks are another shard's
     follower = Follower(
         source=source,
         store=store,

@@ -32,6 +32,8 @@ class ChainSource(Protocol):
     """
 
     name: str
+    # The last block anyone will ask for (a replay's or a shard's last), or None: reading ahead stops there.
+    read_until: int | None
 
     async def open(self) -> None:
         """Connect and check the node is on the configured chain (raise `WrongChain` if not)."""

@@ -156,6 +156,7 @@ class BitcoinSource:
         self._announced: dict[str, bytes] = {}  # raw blocks from ZMQ `rawblock`, by hash, oldest first
         self._ahead: dict[int, tuple[str, asyncio.Future[bytes]]] = {}  # height -> (hash, its read started ahead)
         self._ahead_task: asyncio.Future[None] | None = None
+        self.read_until: int | None = None  # a replay's (or shard's) last block: nothing past it is read ahead
         self._zmq_task: asyncio.Task[None] | None = None
         self._genesis = ""  # found in open()
         self._checked_switches = -1  # the client's `switches` when the node's chain was last checked
@@ -369,8 +370,11 @@ class BitcoinSource:
         return asyncio.ensure_future(self.raw_block(hash_))
 
     def _read_ahead(self, start: int, stop: int) -> None:
-        """Start reading blocks `start` to `stop - 1` (below the tip last seen) for the next `fetch`."""
+        """Start reading blocks `start` to `stop - 1` (below the tip last seen, and at most `read_until`)
+        for the next `fetch`."""
         stop = min(stop, self._best_height + 1)
+        if self.read_until is not None:
+            stop = min(stop, self.read_until + 1)
         if stop > start:
             self._ahead_task = asyncio.ensure_future(self._start_reads(start, stop))
 

@@ -166,6 +166,7 @@ class TronSource:
         self._checked_switches = 0
         self.read_ahead = read_ahead
         self._ahead: tuple[int, int, asyncio.Task[list[tuple[Any, Any]]]] | None = None
+        self.read_until: int | None = None  # a replay's (or shard's) last block: nothing past it is read ahead
         self.any_tokens = any_tokens
         self._revoked: Container[bytes] | None = None
         self.unlisted = TronTokenDirectory(name, self)
@@ -314,8 +315,9 @@ class TronSource:
         raw = await self._answers_ahead(start, stop)
         if raw is None:
             raw = await self._answers(start, stop)
-        if self.read_ahead and len(raw) == stop - start and self._head is not None and stop <= self._head:
-            self._ahead_from(stop, stop + (stop - start))
+        limit = self._head if self.read_until is None or self._head is None else min(self._head, self.read_until)
+        if self.read_ahead and len(raw) == stop - start and limit is not None and stop <= limit:
+            self._ahead_from(stop, min(stop + (stop - start), limit + 1))
         blocks = await self._decode(start, raw)
         await self._recheck_after_failover()
         return blocks
