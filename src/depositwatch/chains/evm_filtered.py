@@ -38,30 +38,27 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable
-from depositwatch.chains.evm import (
-    _GETLOGS_TOO_LARGE,
+from depositwatch.chains.evm_decode import (
     _HASH,
-    CALL_TRACER,
     MAX_INDEX,
     MAX_VALUE,
     _address,
-    _chunks,
     _dict,
     _hash,
     _internal_transfers,
     _Invalid,
     _list,
     _Log,
+    _make_block,
     _quantity,
     _RawBlock,
     _Revoked,
-    _rpc_error,
-    _run_all,
     _Tx,
-    _unsupported,
+    _tx_status,
     _Watch,
     _withdrawals,
 )
+from depositwatch.chains.evm_rpc import _GETLOGS_TOO_LARGE, CALL_TRACER, _chunks, _rpc_error, _run_all, _unsupported
 from depositwatch.chains.rpc import Call, RpcError
 from depositwatch.models import Block
 
@@ -215,7 +212,7 @@ async def fetch_filtered(
         raw = header.raw
         if raw.txs or raw.withdrawals:  # something may concern the watched set: the full path's assembly
             header.expand()
-            blocks.append(source._block(raw, logs.get(raw.height, ()), watch))
+            blocks.append(_make_block(source.name, source.native, raw, logs.get(raw.height, ()), watch))
         else:  # nothing in this block touches a key: no transfer to build
             blocks.append(Block(raw.height, raw.hash, raw.parent_hash, raw.time, (), tx_count=len(header.hashes)))
     return blocks
@@ -316,7 +313,7 @@ async def _statuses(
     for call, (receipt, raw, tx_hash), result in zip(calls, wanted, results, strict=True):
         try:
             if receipt:
-                source._tx_status(raw, tx_hash, result)
+                _tx_status(raw, tx_hash, result)
             else:
                 moved = _internal_transfers(_dict(result, "the trace"))
                 if moved:
