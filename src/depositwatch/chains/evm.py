@@ -4,7 +4,8 @@
 serves, keeps the watched and revoked keys, answers `tip` and `hash_at`, and fetches ranges of blocks
 (read ahead while catching up) with their receipts and traces. Its parts: what counts as a transfer and
 how each answer is checked, `chains/evm_decode.py` (no I/O); the JSON-RPC plumbing, `chains/evm_rpc.py`;
-the filtered fetch path, `chains/evm_filtered.py`; unlisted tokens' metadata, `chains/evm_tokens.py`.
+the filtered fetch path, `chains/evm_filtered.py`; unlisted tokens' metadata, `chains/evm_tokens.py`; new
+heads (WebSocket or polling), `chains/evm_heads.py`.
 
 How blocks are fetched: one `eth_getLogs` over the whole range (split every `getlogs_max_range`
 blocks, and halved again when the node says the answer is too large), JSON-RPC batches of
@@ -52,15 +53,12 @@ validation cost about what the bare client's JSON parsing costs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import orjson
 import structlog
 
 from depositwatch.chains.base import BadNodeAnswer, TokenMetadataCache, WrongChain
@@ -85,6 +83,7 @@ from depositwatch.chains.evm_decode import (
     _Watch,
 )
 from depositwatch.chains.evm_filtered import fetch_filtered, fetch_path, filtered, probe_trace_filter
+from depositwatch.chains.evm_heads import follow_heads, wait_for_head
 from depositwatch.chains.evm_rpc import (
     _GETLOGS_TOO_LARGE,
     _NOT_SUPPORTED,
@@ -97,8 +96,8 @@ from depositwatch.chains.evm_rpc import (
     _unsupported,
 )
 from depositwatch.chains.evm_tokens import TokenDirectory
-from depositwatch.chains.rpc import Call, NodeClient, describe
-from depositwatch.config import ChainConfig, redact_url
+from depositwatch.chains.rpc import Call, NodeClient
+from depositwatch.config import ChainConfig
 from depositwatch.models import Asset, Block, BlockRef
 
 # A watched set up to this size is sent to the node as eth_getLogs topic OR-lists (geth refuses more than
@@ -293,7 +292,7 @@ class EvmSource:
         if self.filter_max_keys > 0:
             self.trace_filter, self.trace_union = await probe_trace_filter(self, tip)
         if self.ws_url and self._ws_task is None:
-            self._ws_task = asyncio.create_task(self._follow_heads(), name=f"{self.name}-newheads")
+            self._ws_task = asyncio.create_task(follow_heads(self), name=f"{self.name}-newheads")
         log.info(
             "evm node checked",
             chain=self.name,
@@ -696,58 +695,4 @@ class EvmSource:
 
     async def wait_for_head(self, timeout: float) -> None:
         """Return when a new head arrives over WebSocket, or after `timeout` (polling without one)."""
-        if self._ws_task is None:
-            await asyncio.sleep(min(timeout, self.config.poll_interval))
-            return
-        wait = timeout if self._ws_live else min(timeout, self.config.poll_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._head.wait(), wait)
-        self._head.clear()
-
-    async def _follow_heads(self) -> None:
-        """Keep a `newHeads` subscription; after a drop, reconnect and subscribe again, with backoff."""
-        assert self.ws_url is not None
-        shown = redact_url(self.ws_url)
-        backoff = 1.0
-        while True:
-            try:
-                async with self.client.session.ws_connect(
-                    self.ws_url, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)
-                ) as ws:
-                    request_id = next(self._ids)
-                    await ws.send_bytes(
-                        orjson.dumps(
-                            {
-                                "jsonrpc": "2.0",
-                                "id": request_id,
-                                "method": "eth_subscribe",
-                                "params": ["newHeads"],
-                            }
-                        )
-                    )
-                    subscribed = False
-                    async for message in ws:
-                        if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                            break
-                        data = orjson.loads(message.data)
-                        if not isinstance(data, dict):
-                            continue
-                        if not subscribed and data.get("id") == request_id:
-                            if data.get("error") is not None or not isinstance(data.get("result"), str):
-                                raise BadNodeAnswer(f"eth_subscribe newHeads refused: {data.get('error')!r}")
-                            subscribed = True
-                            self._ws_live = True
-                            backoff = 1.0
-                            log.info("subscribed to new heads", chain=self.name, url=shown)
-                            self._head.set()  # heads may have come while not subscribed
-                        elif data.get("method") == "eth_subscription":
-                            self._head.set()
-            except asyncio.CancelledError:
-                raise
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, BadNodeAnswer) as exc:
-                log.warning("new-heads subscription lost", chain=self.name, url=shown, error=describe(exc))
-            finally:
-                self._ws_live = False
-            self._head.set()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        await wait_for_head(self, timeout)
