@@ -4,8 +4,9 @@
 serves, keeps the watched and revoked keys, answers `tip` and `hash_at`, and fetches ranges of blocks
 (read ahead while catching up) with their receipts and traces. Its parts: what counts as a transfer and
 how each answer is checked, `chains/evm_decode.py` (no I/O); the JSON-RPC plumbing, `chains/evm_rpc.py`;
-the filtered fetch path, `chains/evm_filtered.py`; unlisted tokens' metadata, `chains/evm_tokens.py`; new
-heads (WebSocket or polling), `chains/evm_heads.py`.
+the Transfer logs over `eth_getLogs`, `chains/evm_logs.py`; the two fetch paths, `chains/evm_full.py`
+(every block in full) and `chains/evm_filtered.py` (only what touches the watched set); unlisted tokens'
+metadata, `chains/evm_tokens.py`; new heads (WebSocket or polling), `chains/evm_heads.py`.
 
 How blocks are fetched: one `eth_getLogs` over the whole range (split every `getlogs_max_range`
 blocks, and halved again when the node says the answer is too large), JSON-RPC batches of
@@ -53,11 +54,9 @@ validation cost about what the bare client's JSON parsing costs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -65,34 +64,22 @@ from depositwatch.chains.base import BadNodeAnswer, TokenMetadataCache, WrongCha
 from depositwatch.chains.evm_decode import (
     _QUANTITY,
     MAX_INDEX,
-    TRANSFER_TOPIC,
-    _block_statuses,
     _dict,
     _hash,
     _Invalid,
-    _Log,
-    _make_block,
-    _needs_receipts,
-    _parse_block,
-    _parse_logs,
     _quantity,
-    _RawBlock,
     _Revoked,
-    _traces,
-    _tx_status,
     _Watch,
 )
 from depositwatch.chains.evm_filtered import fetch_filtered, fetch_path, filtered, probe_trace_filter
+from depositwatch.chains.evm_full import fetch_full
 from depositwatch.chains.evm_heads import follow_heads, wait_for_head
 from depositwatch.chains.evm_rpc import (
-    _GETLOGS_TOO_LARGE,
     _NOT_SUPPORTED,
     CALL_TRACER,
-    _chunks,
     _client,
     _EvmRpc,
     _rpc_error,
-    _run_all,
     _unsupported,
 )
 from depositwatch.chains.evm_tokens import TokenDirectory
@@ -489,207 +476,7 @@ class EvmSource:
             found = await fetch_filtered(self, start, stop, watch, revoked)
             if found is not None:
                 return found  # None: the node stopped filtering during the range; read it in full
-        logs_task: asyncio.Future[dict[int, list[_Log]]] | None = None
-        if (self.tokens or revoked is not None) and (watch is None or watch.keys):
-            logs_task = asyncio.ensure_future(self._logs(start, stop, watch, revoked))
-        try:
-            parts = await _run_all(
-                self._fetch_chunk(chunk, logs_task, watch) for chunk in _chunks(start, stop, self.config.batch_blocks)
-            )
-            logs = await logs_task if logs_task is not None else {}
-        finally:
-            if logs_task is not None and not logs_task.done():
-                logs_task.cancel()
-                await asyncio.gather(logs_task, return_exceptions=True)
-        return self._assemble(start, parts, logs, watch)
-
-    def _assemble(
-        self, start: int, parts: list[list[_RawBlock]], logs: dict[int, list[_Log]], watch: _Watch | None = None
-    ) -> list[Block]:
-        blocks: list[Block] = []
-        expected = start
-        for part in parts:
-            for raw in part:
-                if raw.height != expected:  # a chunk stopped short: the tip moved back; stop at the gap
-                    return blocks
-                blocks.append(_make_block(self.name, self.native, raw, logs.get(raw.height, ()), watch))
-                expected += 1
-        return blocks
-
-    async def _fetch_chunk(
-        self, heights: range, logs_task: asyncio.Future[dict[int, list[_Log]]] | None, watch: _Watch | None = None
-    ) -> list[_RawBlock]:
-        calls = [Call("eth_getBlockByNumber", (hex(h), True), f"block {h}") for h in heights]
-        results = await self.rpc.batch(calls)
-        blocks: list[_RawBlock] = []
-        for height, result in zip(heights, results, strict=True):
-            if result is None:  # above the node's tip (it moved back since we asked)
-                break
-            try:
-                blocks.append(_parse_block(result, height, watch))
-            except _Invalid as exc:
-                raise BadNodeAnswer(f"chain {self.name}: eth_getBlockByNumber for block {height}: {exc}") from None
-        logs = await asyncio.shield(logs_task) if logs_task is not None else {}
-        need = [b for b in blocks if _needs_receipts(b, logs, watch) or (self.traces and b.txs)]
-        if need:
-            await self._statuses(need, logs, watch)
-        return blocks
-
-    async def _statuses(
-        self, blocks: list[_RawBlock], logs: dict[int, list[_Log]], watch: _Watch | None = None
-    ) -> None:
-        """Fill each block's receipt statuses (and internal transfers, with traces) in one batch.
-
-        With traces on, every block with transactions is traced: value moves inside a plain ETH send
-        to a contract (its receive() forwarding it), inside a creation (a constructor forwarding it)
-        and inside any call, so no cheaper test on the transaction says which blocks can be left out.
-        A trace's top frame carries the transaction's failure, so traces need no receipts of their own.
-        """
-        calls: list[Call] = []
-        wanted: list[tuple[str, _RawBlock, str | None]] = []  # (kind, block, tx hash)
-        for block in blocks:
-            if not _needs_receipts(block, logs, watch):
-                pass
-            elif self.block_receipts:
-                calls.append(Call("eth_getBlockReceipts", (hex(block.height),), f"block {block.height}"))
-                wanted.append(("receipts", block, None))
-            else:
-                with_logs = {item.tx_hash for item in logs.get(block.height, ())}
-                for tx in block.txs:
-                    if (tx.value > 0 and tx.to is not None and (watch is None or watch.tx(tx))) or tx.hash in with_logs:
-                        calls.append(Call("eth_getTransactionReceipt", (tx.hash,), f"block {block.height}"))
-                        wanted.append(("receipt", block, tx.hash))
-            if self.traces and block.txs:
-                calls.append(
-                    Call("debug_traceBlockByNumber", (hex(block.height), CALL_TRACER), f"block {block.height}")
-                )
-                wanted.append(("trace", block, None))
-        results = await self.rpc.batch(calls)
-        for call, (kind, block, tx_hash), result in zip(calls, wanted, results, strict=True):
-            try:
-                if kind == "receipts":
-                    _block_statuses(block, result)
-                elif kind == "receipt":
-                    assert tx_hash is not None
-                    _tx_status(block, tx_hash, result)
-                else:
-                    _traces(block, result)
-            except _Invalid as exc:
-                raise BadNodeAnswer(f"chain {self.name}: {call.method} for {call.what}: {exc}") from None
-
-    async def _logs(
-        self, start: int, stop: int, watch: _Watch | None = None, revoked: _Revoked | None = None
-    ) -> dict[int, list[_Log]]:
-        """Transfer logs in [start, stop), by height: the configured tokens' (those touching `watch`),
-        and any contract's touching `revoked` (see `set_revoked`)."""
-        if watch is not None and not watch.keys:
-            return {}  # an empty book: no token transfer can concern it
-        chunks = _chunks(start, stop, self.config.getlogs_max_range)
-        queries: list[Awaitable[list[_Log]]] = []
-        for chunk in chunks:
-            first, last = chunk.start, chunk.stop - 1
-            if watch is not None and watch.topics is not None and self._node_filter:
-                # The watched keys include the revoked ones: the same topic lists serve every contract.
-                for book in watch.topics:
-                    queries.append(self._filtered_logs_range(first, last, book, any_contract=revoked is not None))
-            elif revoked is not None and (revoked.topics is None or not self._node_filter):
-                queries.append(self._logs_range(first, last, any_contract=True))
-            else:
-                if self.tokens:
-                    queries.append(self._logs_range(first, last))
-                if revoked is not None:
-                    assert revoked.topics is not None
-                    queries.append(self._filtered_logs_range(first, last, revoked.topics, any_contract=True))
-        parts = await _run_all(queries)
-        by_height: dict[int, list[_Log]] = {}
-        seen: dict[tuple[int, int], _Log] = {}
-        unlisted: set[str] = set()
-        for part in parts:
-            for item in part:
-                key = (item.height, item.index)
-                other = seen.get(key)
-                if other is not None:
-                    if other != item:  # the same log may come in two answers (two queries), never two logs
-                        raise BadNodeAnswer(
-                            f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} twice"
-                        )
-                    continue
-                seen[key] = item
-                if item.asset.listed:
-                    if watch is None or watch.log(item):
-                        by_height.setdefault(item.height, []).append(item)
-                elif revoked is not None and revoked.log(item):
-                    by_height.setdefault(item.height, []).append(item)
-                    unlisted.add(item.contract)
-        if unlisted:
-            assets = await self.unlisted.assets(unlisted)
-            for height, items in by_height.items():
-                by_height[height] = [
-                    item if item.asset.listed else dataclasses.replace(item, asset=assets[item.contract])
-                    for item in items
-                ]
-        return by_height
-
-    async def _filtered_logs_range(
-        self, first: int, last: int, topics: list[str], *, any_contract: bool = False
-    ) -> list[_Log]:
-        """Transfers from a key, then to a key (a log between two keys comes in both: kept once).
-
-        With `any_contract` the contracts are not named: every contract's Transfer logs touching a key
-        (the configured ones among them keep their configured asset)."""
-        try:
-            sent, received = await _run_all(
-                [
-                    self._logs_range(first, last, [TRANSFER_TOPIC, topics], any_contract=any_contract),
-                    self._logs_range(first, last, [TRANSFER_TOPIC, None, topics], any_contract=any_contract),
-                ]
-            )
-        except BadNodeAnswer as exc:
-            if not self._node_filter:
-                raise
-            self._node_filter = False
-            log.warning(
-                "the node refused an eth_getLogs topic filter; filtering Transfer logs here instead",
-                chain=self.name,
-                error=str(exc),
-            )
-            return await self._logs_range(first, last, any_contract=any_contract)
-        found = {(item.height, item.index): item for item in sent}
-        for item in received:
-            other = found.setdefault((item.height, item.index), item)
-            if other != item:
-                raise BadNodeAnswer(
-                    f"chain {self.name}: eth_getLogs for block {item.height}: log index {item.index} differs "
-                    "between two answers"
-                )
-        return sorted(found.values(), key=lambda item: (item.height, item.index))
-
-    async def _logs_range(
-        self, first: int, last: int, topics: list[Any] | None = None, *, any_contract: bool = False
-    ) -> list[_Log]:
-        what = f"block {first}" if first == last else f"blocks {first}-{last}"
-        query: dict[str, Any] = {"fromBlock": hex(first), "toBlock": hex(last)}
-        if not any_contract:
-            query["address"] = list(self.tokens)
-        query["topics"] = topics or [TRANSFER_TOPIC]
-        params = [query]
-        ((result, error),) = await self.rpc.replies([Call("eth_getLogs", tuple(params), what)])
-        if error is not None:
-            message = error.message
-            if first < last and _GETLOGS_TOO_LARGE.search(message) and not (topics and "topic" in message.lower()):
-                middle = (first + last) // 2
-                low, high = await _run_all(
-                    [
-                        self._logs_range(first, middle, topics, any_contract=any_contract),
-                        self._logs_range(middle + 1, last, topics, any_contract=any_contract),
-                    ]
-                )
-                return low + high
-            raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {_rpc_error(error)}")
-        try:
-            return _parse_logs(self.tokens, result, first, last, any_contract)
-        except _Invalid as exc:
-            raise BadNodeAnswer(f"chain {self.name}: eth_getLogs for {what}: {exc}") from None
+        return await fetch_full(self, start, stop, watch, revoked)
 
     # new heads
 
