@@ -599,7 +599,8 @@ async def source_pass(
     import structlog
 
     from depositwatch.addressbook import ChainDirectory, ChainInfo, read_import_csv
-    from depositwatch.chains.evm import EvmSource, _checksum
+    from depositwatch.chains.evm import EvmSource
+    from depositwatch.chains.evm_decode import _checksum
     from depositwatch.config import ChainConfig, TokenConfig
     from depositwatch.matcher import match_block
     from depositwatch.registry import ChainBook

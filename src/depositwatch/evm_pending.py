@@ -53,7 +53,8 @@ from typing import Any
 import structlog
 
 from depositwatch.chains.base import BadNodeAnswer, ChainError
-from depositwatch.chains.evm import EvmSource, _checksum
+from depositwatch.chains.evm import EvmSource
+from depositwatch.chains.evm_decode import _checksum
 from depositwatch.chains.evm_tokens import PLACEHOLDER_SYMBOL
 from depositwatch.chains.rpc import Call
 from depositwatch.matcher import match_transfers

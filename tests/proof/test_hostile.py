@@ -46,7 +46,8 @@ from depositwatch.addresses import (
 )
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
 from depositwatch.chains.btc_wire import BlockDecodeError, decode_block, decode_header, decode_tx, scan_block
-from depositwatch.chains.evm import TRANSFER_TOPIC, EvmSource
+from depositwatch.chains.evm import EvmSource
+from depositwatch.chains.evm_decode import TRANSFER_TOPIC
 from depositwatch.config import ChainConfig, ConfigError, TokenConfig, load_config, parse_config
 from depositwatch.store import ImportRejected, open_store
 from tests.btcnode import RegtestChain, p2pkh, p2sh, p2tr, p2wpkh, p2wsh

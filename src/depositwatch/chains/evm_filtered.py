@@ -9,7 +9,7 @@ when the source opens), a range of blocks is read as:
   consensus-layer withdrawals, matched here as on the full path (they come with the block, no trace has them);
 - the Transfer logs touching a key: `eth_getLogs` with the keys as topic OR-lists (from in topic 1, then
   to in topic 2), in books of at most `LOG_FILTER_MAX_KEYS` keys, of the configured tokens and, where the
-  keys include revoked ones, of any contract (`EvmSource._logs`, shared with the full path);
+  keys include revoked ones, of any contract (`chains/evm_logs.py`, shared with the full path);
 - the ETH a key sends or receives, in a transaction or inside one: `trace_filter` with the keys as
   `fromAddress` and `toAddress` and `mode: union` in one call where the node is seen to take it (probed at
   start on a real call), else one call with `fromAddress` and one with `toAddress` (OpenEthereum-style nodes
@@ -38,30 +38,28 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable
-from depositwatch.chains.evm import (
-    _GETLOGS_TOO_LARGE,
+from depositwatch.chains.evm_decode import (
     _HASH,
-    CALL_TRACER,
     MAX_INDEX,
     MAX_VALUE,
     _address,
-    _chunks,
     _dict,
     _hash,
     _internal_transfers,
     _Invalid,
     _list,
     _Log,
+    _make_block,
     _quantity,
     _RawBlock,
     _Revoked,
-    _rpc_error,
-    _run_all,
     _Tx,
-    _unsupported,
+    _tx_status,
     _Watch,
     _withdrawals,
 )
+from depositwatch.chains.evm_logs import transfer_logs
+from depositwatch.chains.evm_rpc import _GETLOGS_TOO_LARGE, CALL_TRACER, _chunks, _rpc_error, _run_all, _unsupported
 from depositwatch.chains.rpc import Call, RpcError
 from depositwatch.models import Block
 
@@ -215,7 +213,7 @@ async def fetch_filtered(
         raw = header.raw
         if raw.txs or raw.withdrawals:  # something may concern the watched set: the full path's assembly
             header.expand()
-            blocks.append(source._block(raw, logs.get(raw.height, ()), watch))
+            blocks.append(_make_block(source.name, source.native, raw, logs.get(raw.height, ()), watch))
         else:  # nothing in this block touches a key: no transfer to build
             blocks.append(Block(raw.height, raw.hash, raw.parent_hash, raw.time, (), tx_count=len(header.hashes)))
     return blocks
@@ -284,7 +282,7 @@ async def _logs(
 ) -> dict[int, list[_Log]]:
     if not source.tokens and revoked is None:
         return {}
-    return await source._logs(start, stop, watch, revoked)
+    return await transfer_logs(source, start, stop, watch, revoked)
 
 
 async def _statuses(
@@ -316,7 +314,7 @@ async def _statuses(
     for call, (receipt, raw, tx_hash), result in zip(calls, wanted, results, strict=True):
         try:
             if receipt:
-                source._tx_status(raw, tx_hash, result)
+                _tx_status(raw, tx_hash, result)
             else:
                 moved = _internal_transfers(_dict(result, "the trace"))
                 if moved:

@@ -29,7 +29,7 @@ from depositwatch.chains.rpc import Call, RpcError
 from depositwatch.models import Asset, TokenInfo
 
 if TYPE_CHECKING:
-    from depositwatch.chains.evm import _EvmRpc
+    from depositwatch.chains.evm_rpc import _EvmRpc
 
 SYMBOL_SELECTOR = "0x95d89b41"  # symbol()
 DECIMALS_SELECTOR = "0x313ce567"  # decimals()
