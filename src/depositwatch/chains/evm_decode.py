@@ -409,7 +409,7 @@ def _parse_logs(
 # --- blocks ----------------------------------------------------------------------------------------
 
 
-def _make_block(  # noqa: C901
+def _make_block(  # noqa: C901 - one pass over a block's answers, each branch one field's check
     chain: str, native: Asset, raw: _RawBlock, logs: Sequence[_Log], watch: _Watch | None = None
 ) -> Block:
     """The `Block` of a parsed block and its Transfer logs (statuses and internal transfers filled in): chain

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-async def transfer_logs(  # noqa: C901
+async def transfer_logs(  # noqa: C901 - one read per filter shape, each branch one way a node answers
     source: EvmSource, start: int, stop: int, watch: _Watch | None = None, revoked: _Revoked | None = None
 ) -> dict[int, list[_Log]]:
     """Transfer logs in [start, stop), by height: the configured tokens' (those touching `watch`),
