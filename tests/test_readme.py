@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +33,42 @@ async def test_receiver_examples_verify_real_deliveries_and_refuse_garbage(marke
     deliveries are stored once, garbage headers, wrong keys, stale or re-keyed requests get 400."""
     [code] = python_blocks(README, marker)
     await check_documented_receiver(code, "README.md")
+
+
+def test_make_coverage_measures_branches_of_the_package_and_of_the_processes_tests_start(tmp_path: Path) -> None:
+    """`make coverage` (README, Tests) is the suite under coverage: the Makefile passes the coverage
+    options to the test command, and with the project's settings a test that runs the CLI as a process
+    records branch data for the package, the process's lines included."""
+    root = Path(__file__).resolve().parents[1]
+    assert "make coverage" in README
+    makefile = (root / "Makefile").read_text()
+    target = re.search(r"^coverage:\n\t(.+)$", makefile, re.M)
+    assert target is not None and target.group(1) == "bash scripts/test.sh --cov --cov-report=term"
+    data = tmp_path / "coverage"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:cacheprovider",
+            "--cov",
+            "--cov-report=json:" + str(tmp_path / "report.json"),
+            "tests/test_listen.py",
+        ],
+        cwd=root,
+        env={**os.environ, "COVERAGE_FILE": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["meta"]["branch_coverage"] is True
+    files = report["files"]
+    assert all("depositwatch" in name for name in files)
+    cli = next(v for k, v in files.items() if k.endswith("depositwatch/cli.py"))
+    assert cli["summary"]["covered_lines"] > 0  # only the CLI processes the test starts run cli.py
