@@ -56,15 +56,12 @@ if __package__ in (None, ""):  # run as `python bench/btc_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_line, rss_mb
-from depositwatch.chains import btc_wire
+from depositwatch.chains import btc_scan
 from depositwatch.chains.bitcoin import BitcoinSource
-from depositwatch.chains.btc_wire import (
-    _scan_block_py,
-    block_hash,
-    decode_block,
-    scan_block,
-    serialize_tx,
-)
+from depositwatch.chains.btc_decode import decode_block
+from depositwatch.chains.btc_scan import _scan_block_py, scan_block
+from depositwatch.chains.btc_serialize import serialize_tx
+from depositwatch.chains.btc_wire import block_hash
 from depositwatch.config import ChainConfig, Secret
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressStatus
@@ -113,11 +110,11 @@ def pure_python(job: Callable[[], object]) -> Callable[[], object]:
     """`job` with `scan_block` on its pure-Python path (the extension switched off for the call)."""
 
     def run() -> object:
-        btc_wire._USE_EXTENSION = False
+        btc_scan._USE_EXTENSION = False
         try:
             return job()
         finally:
-            btc_wire._USE_EXTENSION = True
+            btc_scan._USE_EXTENSION = True
 
     return run
 
@@ -125,7 +122,7 @@ def pure_python(job: Callable[[], object]) -> Callable[[], object]:
 def part_one(scripts: int, runs: int) -> dict[str, Any]:
     from depositwatch.sweeps import OutputTracker
 
-    if not btc_wire._USE_EXTENSION:
+    if not btc_scan._USE_EXTENSION:
         raise SystemExit(
             "the compiled scan is not in use: build it with `pip install -e .` (it needs gcc and libssl-dev) "
             "and leave DEPOSITWATCH_PURE_PYTHON unset"
@@ -241,7 +238,8 @@ def serve(blocks: int) -> None:
     from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
     from tests.btcnode.chain import unlocking_data
 
-    from depositwatch.chains.btc_wire import TxIn, TxOut, make_tx
+    from depositwatch.chains.btc_serialize import make_tx
+    from depositwatch.chains.btc_wire import TxIn, TxOut
 
     rng = random.Random(SEED)
     makers = [

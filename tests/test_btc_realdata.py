@@ -29,14 +29,9 @@ from aiohttp import web
 
 from depositwatch.addresses import bitcoin_script_to_address, parse_bitcoin_address, script_type
 from depositwatch.chains.bitcoin import BitcoinSource
-from depositwatch.chains.btc_wire import (
-    BlockHeader,
-    block_hash,
-    decode_block,
-    decode_tx,
-    serialize_header,
-    write_varint,
-)
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_serialize import serialize_header, write_varint
+from depositwatch.chains.btc_wire import BlockHeader, block_hash
 from depositwatch.config import ChainConfig, Secret
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressEntry, AddressStatus

@@ -14,14 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from depositwatch.chains.btc_wire import (
-    RawBlock,
-    block_hash,
-    decode_block,
-    decode_tx,
-    merkle_root,
-    serialize_tx,
-)
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_serialize import serialize_tx
+from depositwatch.chains.btc_wire import RawBlock, block_hash, merkle_root
 from tests.btcnode import (
     COIN,
     REGTEST_GENESIS_HASH,

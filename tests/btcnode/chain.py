@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from bip_utils import Base58Decoder, Base58Encoder, SegwitBech32Decoder, SegwitBech32Encoder
 
+from depositwatch.chains.btc_serialize import make_tx, serialize_tx, write_varint
 from depositwatch.chains.btc_wire import (
     COINBASE_VOUT,
     NULL_TXID,
@@ -28,12 +29,9 @@ from depositwatch.chains.btc_wire import (
     TxIn,
     TxOut,
     decode_header,
-    make_tx,
     merkle_root,
-    serialize_tx,
     sha256d,
     witness_commitment,
-    write_varint,
 )
 
 COIN = 100_000_000

@@ -55,16 +55,10 @@ import structlog
 
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
+from depositwatch.chains.btc_decode import decode_block, decode_tx
 from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, NotFound, RpcError, btc_to_sats
-from depositwatch.chains.btc_wire import (
-    BlockDecodeError,
-    Tx,
-    block_hash,
-    decode_block,
-    decode_tx,
-    outpoint_key,
-    scan_block,
-)
+from depositwatch.chains.btc_scan import outpoint_key, scan_block
+from depositwatch.chains.btc_wire import BlockDecodeError, Tx, block_hash
 from depositwatch.config import ChainConfig
 from depositwatch.models import Asset, Block, BlockRef, Spend, Transfer, WatchedOutput
 
