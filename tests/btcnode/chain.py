@@ -1,6 +1,6 @@
 """A regtest chain made of real serialized blocks, for a Bitcoin Core stand-in.
 
-Every block is built with `depositwatch.chains.btc_wire` the way Bitcoin Core's miner builds it:
+Every block is built with `depositwatch.chains.btc_serialize` the way Bitcoin Core's miner builds it:
 coinbase with the BIP34 height (`<height> OP_0`), subsidy plus fees, the BIP141 witness commitment
 and its 32-byte reserved value; valid merkle root; a nonce ground until the hash meets the regtest
 target (bits 0x207fffff, about one try in two). The genesis block is regtest's own, rebuilt from
