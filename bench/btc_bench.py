@@ -9,7 +9,7 @@ Part 1: block 413,567 (`shared/realdata/btc/block413567.raw`, 999,887 bytes, 1,5
 25-byte P2PKH scripts (active) plus 40 real scripts of the block (20 active, 20 revoked), the way the
 follower does it: `BitcoinSource.decode_blocks` (header hash check, merkle root check), `match_block`,
 and the `OutputTracker` hook. Both ways the source can decode: the watched path (`watch(registry,
-tracker)`: `btc_wire.scan_block` builds only the hits) and the full path (every output a `Transfer`
+tracker)`: `btc_scan.scan_block` builds only the hits) and the full path (every output a `Transfer`
 with its address, every input a `Spend`). `scan_block` runs on its compiled fast path (the C
 extension `depositwatch.chains._btcscan`, which the bench requires) and, in rows of their own, on the
 pure-Python path it falls back to. The floor is the double SHA-256 of every transaction's
@@ -56,15 +56,12 @@ if __package__ in (None, ""):  # run as `python bench/btc_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_line, rss_mb
-from depositwatch.chains import btc_wire
+from depositwatch.chains import btc_scan
 from depositwatch.chains.bitcoin import BitcoinSource
-from depositwatch.chains.btc_wire import (
-    _scan_block_py,
-    block_hash,
-    decode_block,
-    scan_block,
-    serialize_tx,
-)
+from depositwatch.chains.btc_decode import decode_block
+from depositwatch.chains.btc_scan import _scan_block_py, scan_block
+from depositwatch.chains.btc_serialize import serialize_tx
+from depositwatch.chains.btc_wire import block_hash
 from depositwatch.config import ChainConfig, Secret
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressStatus
@@ -113,11 +110,11 @@ def pure_python(job: Callable[[], object]) -> Callable[[], object]:
     """`job` with `scan_block` on its pure-Python path (the extension switched off for the call)."""
 
     def run() -> object:
-        btc_wire._USE_EXTENSION = False
+        btc_scan._USE_EXTENSION = False
         try:
             return job()
         finally:
-            btc_wire._USE_EXTENSION = True
+            btc_scan._USE_EXTENSION = True
 
     return run
 
@@ -125,7 +122,7 @@ def pure_python(job: Callable[[], object]) -> Callable[[], object]:
 def part_one(scripts: int, runs: int) -> dict[str, Any]:
     from depositwatch.sweeps import OutputTracker
 
-    if not btc_wire._USE_EXTENSION:
+    if not btc_scan._USE_EXTENSION:
         raise SystemExit(
             "the compiled scan is not in use: build it with `pip install -e .` (it needs gcc and libssl-dev) "
             "and leave DEPOSITWATCH_PURE_PYTHON unset"
@@ -167,19 +164,19 @@ def part_one(scripts: int, runs: int) -> dict[str, Any]:
         "watched path: decode_blocks + match_block + OutputTracker (C scan)": follow(watched_source, watched_tracker),
         "watched path, pure-Python scan": pure_python(follow(watched_source, watched_tracker)),
         "full path: decode_blocks + match_block + OutputTracker": follow(full_source, full_tracker),
-        "btc_wire.scan_block as the watched path calls it (active set, revoked dict followed): C": as_watched(
+        "btc_scan.scan_block as the watched path calls it (active set, revoked dict followed): C": as_watched(
             scan_block
         ),
-        "btc_wire.scan_block as the watched path calls it: pure Python": as_watched(_scan_block_py),
-        "btc_wire.scan_block, merkle checked (active set only): C": lambda: scan_block(raw, book.active),
-        "btc_wire.scan_block, merkle checked: pure Python": lambda: _scan_block_py(raw, book.active),
-        "btc_wire.scan_block, merkle skipped (active set only): C": lambda: scan_block(
+        "btc_scan.scan_block as the watched path calls it: pure Python": as_watched(_scan_block_py),
+        "btc_scan.scan_block, merkle checked (active set only): C": lambda: scan_block(raw, book.active),
+        "btc_scan.scan_block, merkle checked: pure Python": lambda: _scan_block_py(raw, book.active),
+        "btc_scan.scan_block, merkle skipped (active set only): C": lambda: scan_block(
             raw, book.active, verify_merkle=False
         ),
-        "btc_wire.scan_block, merkle skipped: pure Python": lambda: _scan_block_py(
+        "btc_scan.scan_block, merkle skipped: pure Python": lambda: _scan_block_py(
             raw, book.active, verify_merkle=False
         ),
-        "btc_wire.decode_block": lambda: decode_block(raw),
+        "btc_decode.decode_block": lambda: decode_block(raw),
     }
     for job in jobs.values():
         job()  # warm up
@@ -241,7 +238,8 @@ def serve(blocks: int) -> None:
     from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
     from tests.btcnode.chain import unlocking_data
 
-    from depositwatch.chains.btc_wire import TxIn, TxOut, make_tx
+    from depositwatch.chains.btc_serialize import make_tx
+    from depositwatch.chains.btc_wire import TxIn, TxOut
 
     rng = random.Random(SEED)
     makers = [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,11 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+if __package__ in (None, ""):  # run as `python bench/eth_realnode.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.recorded_rpc import etl_block
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "eth" / "mainnet_17173049"
 MAINNET_BLOCK = 17_173_049
@@ -51,10 +56,6 @@ def tx_hash(original: str, height: int) -> str:
     return "0x" + f"{height:016x}" + original[18:]
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _relinked_tx(original: str) -> str:
     return "0x@T@" + original[18:]
 
@@ -70,99 +71,26 @@ class RealBlock:
 
 
 def load_block(folder: Path = REALDATA) -> RealBlock:
-    """Block 17,173,049 rebuilt in the node's JSON-RPC shape from ethereum-etl's export files."""
-    (block,) = _json_lines(folder / "expected_blocks.json")
-    txs = sorted(_json_lines(folder / "expected_transactions.json"), key=lambda t: t["transaction_index"])
-    logs = json.loads(
-        (folder / f"eth_getLogs_fromBlock_{hex(MAINNET_BLOCK)}_toBlock_{hex(MAINNET_BLOCK)}.json").read_text()
-    )["result"]
+    """Block 17,173,049 rebuilt in the node's JSON-RPC shape from ethereum-etl's export files (the tests'
+    `etl_block`), with placeholders for what each copy rewrites, and made-up signature fields, mix hash
+    and receipt blooms (the export has none of them)."""
+    block, receipts, logs = etl_block(folder)
     common = {"blockHash": "@H@", "blockNumber": "@N@"}
     for entry in logs:
-        entry.update(common)
-        entry["transactionHash"] = _relinked_tx(entry["transactionHash"])
-    by_tx: dict[str, list[dict[str, Any]]] = {}
-    for entry in logs:
-        by_tx.setdefault(entry["transactionHash"], []).append(entry)
-    full_txs, receipts = [], []
-    for tx in txs:
-        relinked = _relinked_tx(tx["hash"])
-        item = {
-            **common,
-            "hash": relinked,
-            "from": tx["from_address"],
-            "to": tx["to_address"],
-            "value": hex(tx["value"]),
-            "input": tx["input"],
-            "nonce": hex(tx["nonce"]),
-            "gas": hex(tx["gas"]),
-            "gasPrice": hex(tx["gas_price"]),
-            "transactionIndex": hex(tx["transaction_index"]),
-            "type": hex(tx["transaction_type"]),
-            "chainId": "0x1",
-            "v": "0x1",
-            "r": "0x" + "11" * 32,
-            "s": "0x" + "22" * 32,
-        }
-        if tx["max_fee_per_gas"] is not None:
-            item["maxFeePerGas"] = hex(tx["max_fee_per_gas"])
-            item["maxPriorityFeePerGas"] = hex(tx["max_priority_fee_per_gas"])
-        full_txs.append(item)
-        receipt = {
-            **common,
-            "transactionHash": relinked,
-            "transactionIndex": hex(tx["transaction_index"]),
-            "from": tx["from_address"],
-            "to": tx["to_address"],
-            "contractAddress": tx["receipt_contract_address"],
-            "cumulativeGasUsed": hex(tx["receipt_cumulative_gas_used"]),
-            "gasUsed": hex(tx["receipt_gas_used"]),
-            "effectiveGasPrice": hex(tx["receipt_effective_gas_price"]),
-            "type": hex(tx["transaction_type"]),
-            "logs": by_tx.get(relinked, []),
-            "logsBloom": block["logs_bloom"],
-            "status": hex(tx["receipt_status"]),
-        }
-        receipts.append(receipt)
-    raw_block = {
-        "number": "@N@",
-        "hash": "@H@",
-        "parentHash": "@P@",
-        "nonce": block["nonce"],
-        "sha3Uncles": block["sha3_uncles"],
-        "logsBloom": block["logs_bloom"],
-        "transactionsRoot": block["transactions_root"],
-        "stateRoot": block["state_root"],
-        "receiptsRoot": block["receipts_root"],
-        "miner": block["miner"],
-        "difficulty": hex(block["difficulty"]),
-        "totalDifficulty": hex(block["total_difficulty"]),
-        "size": hex(block["size"]),
-        "extraData": block["extra_data"],
-        "gasLimit": hex(block["gas_limit"]),
-        "gasUsed": hex(block["gas_used"]),
-        "timestamp": "@S@",
-        "baseFeePerGas": hex(block["base_fee_per_gas"]),
-        "mixHash": "0x" + "33" * 32,
-        "withdrawalsRoot": block["withdrawals_root"],
-        "withdrawals": [
-            {
-                "index": hex(w["index"]),
-                "validatorIndex": hex(w["validator_index"]),
-                "address": w["address"],
-                "amount": hex(w["amount"]),
-            }
-            for w in block["withdrawals"]
-        ],
-        "uncles": [],
-        "transactions": full_txs,
-    }
+        entry.update(common, transactionHash=_relinked_tx(entry["transactionHash"]))
+    signature = {"chainId": "0x1", "v": "0x1", "r": "0x" + "11" * 32, "s": "0x" + "22" * 32}
+    for tx in block["transactions"]:
+        tx.update(common, hash=_relinked_tx(tx["hash"]), **signature)
+    for receipt in receipts:  # their logs are the entries above
+        receipt.update(common, transactionHash=_relinked_tx(receipt["transactionHash"]), logsBloom=block["logsBloom"])
+    block.update(number="@N@", hash="@H@", parentHash="@P@", timestamp="@S@", mixHash="0x" + "33" * 32)
     transfer_topic = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
     recipients = [
         "0x" + entry["topics"][2][26:]
         for entry in logs
         if len(entry["topics"]) == 3 and entry["topics"][0] == transfer_topic and len(entry["data"]) == 66
     ]
-    return RealBlock(raw_block, receipts, logs, recipients)
+    return RealBlock(block, receipts, logs, recipients)
 
 
 def _fill(template: bytes, height: int) -> bytes:

@@ -79,13 +79,16 @@ class RecordedChain:
             self.receipts[number] = []
 
 
-def mainnet_17173049() -> RecordedChain:
-    """Block 17,173,049 rebuilt from ethereum-etl's export files, with the recorded eth_getLogs answer."""
-    folder = realdata("eth", "mainnet_17173049")
+def etl_block(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A block rebuilt in the node's JSON-RPC shape from ethereum-etl's export files in `folder`
+    (`expected_blocks.json`, `expected_transactions.json` and the recorded `eth_getLogs` answer of the
+    block): the block with its full transactions, its receipts (each with its transaction's logs, the
+    same objects as in the list of logs) and the logs, every value as recorded. Also the source of
+    `bench/eth_realnode.py`'s relinked copies."""
     (block,) = json_lines(folder / "expected_blocks.json")
     txs = sorted(json_lines(folder / "expected_transactions.json"), key=lambda t: t["transaction_index"])
-    logs = _result(folder / "eth_getLogs_fromBlock_0x1060a39_toBlock_0x1060a39.json")
     number = block["number"]
+    logs = _result(folder / f"eth_getLogs_fromBlock_{hex(number)}_toBlock_{hex(number)}.json")
     common = {"blockHash": block["hash"], "blockNumber": hex(number)}
     full_txs = []
     receipts = []
@@ -157,7 +160,14 @@ def mainnet_17173049() -> RecordedChain:
         "uncles": [],
         "transactions": full_txs,
     }
-    return RecordedChain(chain_id=1, blocks={number: raw_block}, receipts={number: receipts}, logs=logs)
+    return raw_block, receipts, logs
+
+
+def mainnet_17173049() -> RecordedChain:
+    """Block 17,173,049 rebuilt from ethereum-etl's export files, with the recorded eth_getLogs answer."""
+    block, receipts, logs = etl_block(realdata("eth", "mainnet_17173049"))
+    number = int(block["number"], 16)
+    return RecordedChain(chain_id=1, blocks={number: block}, receipts={number: receipts}, logs=logs)
 
 
 def block_483920() -> RecordedChain:

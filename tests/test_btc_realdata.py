@@ -5,7 +5,7 @@
   found exactly, on the full path, the watched path and through `replay`.
 - bitcoin-etl's old-format recordings (`getblock HASH 2` in Bitcoin Core's pre-22 shape, with
   `scriptPubKey.addresses`) of blocks 0, 1 and 50,000 to 50,002: the recordings carry each
-  transaction's `hex`, so the raw blocks are rebuilt from them with `btc_wire` (header fields plus
+  transaction's `hex`, so the raw blocks are rebuilt from them with `btc_serialize` (header fields plus
   transactions) and must hash to the recorded hashes; the node answers `getblock 2` from the file
   and `getblock 0` with the rebuilt block. Every decoded output equals the recorded one (script hex,
   value as Decimal, n). Old Core listed a P2PK output under the P2PKH address of its key: matching
@@ -29,14 +29,9 @@ from aiohttp import web
 
 from depositwatch.addresses import bitcoin_script_to_address, parse_bitcoin_address, script_type
 from depositwatch.chains.bitcoin import BitcoinSource
-from depositwatch.chains.btc_wire import (
-    BlockHeader,
-    block_hash,
-    decode_block,
-    decode_tx,
-    serialize_header,
-    write_varint,
-)
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_serialize import serialize_header, write_varint
+from depositwatch.chains.btc_wire import BlockHeader, block_hash
 from depositwatch.config import ChainConfig, Secret
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressEntry, AddressStatus

@@ -22,22 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from depositwatch.chains import btc_wire
-from depositwatch.chains.btc_wire import (
-    BlockDecodeError,
-    BlockScan,
-    Tx,
-    TxIn,
-    TxOut,
-    _scan_block_ext,
-    _scan_block_py,
-    decode_block,
-    make_tx,
-    outpoint_key,
-    scan_block,
-    serialize_tx,
-    write_varint,
-)
+from depositwatch.chains import btc_scan
+from depositwatch.chains.btc_decode import decode_block
+from depositwatch.chains.btc_scan import BlockScan, _scan_block_ext, _scan_block_py, outpoint_key, scan_block
+from depositwatch.chains.btc_serialize import make_tx, serialize_tx, write_varint
+from depositwatch.chains.btc_wire import BlockDecodeError, Tx, TxIn, TxOut
 from tests.btcnode import RegtestChain, op_return, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
 from tests.realdata import realdata
 from tests.test_btc_realdata import old_recordings
@@ -130,15 +119,15 @@ def test_the_extension_is_built_and_used() -> None:
             "libssl-dev are installed (scripts/install-system-tools.sh installs them)",
             pytrace=False,
         )
-    assert btc_wire._BUILT and btc_wire._btcscan is ext
+    assert btc_scan._BUILT and btc_scan._btcscan is ext
     pure_python = os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") not in ("", "0")
-    assert btc_wire._USE_EXTENSION is not pure_python
+    assert btc_scan._USE_EXTENSION is not pure_python
 
 
 @pytest.mark.parametrize(("value", "used"), [("1", False), ("yes", False), ("0", True), ("", True)])
 def test_the_environment_variable_turns_the_extension_off(value: str, used: bool) -> None:
     env = {**os.environ, "DEPOSITWATCH_PURE_PYTHON": value}
-    code = "from depositwatch.chains import btc_wire; print(btc_wire._BUILT, btc_wire._USE_EXTENSION)"
+    code = "from depositwatch.chains import btc_scan; print(btc_scan._BUILT, btc_scan._USE_EXTENSION)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", str(used)]
 

@@ -14,6 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_scan import outpoint_key, scan_block
+from depositwatch.chains.btc_serialize import make_tx, serialize_block, serialize_header, serialize_tx, write_varint
 from depositwatch.chains.btc_wire import (
     COINBASE_VOUT,
     MAX_SIZE,
@@ -25,20 +28,11 @@ from depositwatch.chains.btc_wire import (
     TxIn,
     TxOut,
     block_hash,
-    decode_block,
     decode_header,
-    decode_tx,
-    make_tx,
     merkle_root,
-    outpoint_key,
     read_varint,
-    scan_block,
-    serialize_block,
-    serialize_header,
-    serialize_tx,
     sha256d,
     witness_commitment,
-    write_varint,
 )
 from tests.realdata import realdata
 

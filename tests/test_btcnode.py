@@ -1,7 +1,7 @@
 """The Bitcoin Core stand-in is faithful: real blocks, Core's JSON shapes, error codes and HTTP behaviour.
 
-Every block is fetched over HTTP and re-checked with `btc_wire` (hash, merkle root, witness
-commitment, proof of work), and every JSON view is compared with the raw bytes.
+Every block is fetched over HTTP and re-checked with `btc_wire` and `btc_decode` (hash, merkle root,
+witness commitment, proof of work), and every JSON view is compared with the raw bytes.
 """
 
 from __future__ import annotations
@@ -14,14 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from depositwatch.chains.btc_wire import (
-    RawBlock,
-    block_hash,
-    decode_block,
-    decode_tx,
-    merkle_root,
-    serialize_tx,
-)
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_serialize import serialize_tx
+from depositwatch.chains.btc_wire import RawBlock, block_hash, merkle_root
 from tests.btcnode import (
     COIN,
     REGTEST_GENESIS_HASH,

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from depositwatch import keytable
 from depositwatch.addresses import normalise_key
 from depositwatch.addresses.bitcoin import p2pk_script
-from depositwatch.chains.btc_wire import _scan_block_ext, _scan_block_py, decode_block
+from depositwatch.chains.btc_decode import decode_block
+from depositwatch.chains.btc_scan import _scan_block_ext, _scan_block_py
 from depositwatch.keytable import ACTIVE, KeyTable, PyKeyTable, new_table
 from depositwatch.matcher import match_transfers
 from depositwatch.models import AddressEntry, AddressStatus, Asset, Match, MatchKind, Transfer

@@ -1,6 +1,6 @@
 """A regtest chain made of real serialized blocks, for a Bitcoin Core stand-in.
 
-Every block is built with `depositwatch.chains.btc_wire` the way Bitcoin Core's miner builds it:
+Every block is built with `depositwatch.chains.btc_serialize` the way Bitcoin Core's miner builds it:
 coinbase with the BIP34 height (`<height> OP_0`), subsidy plus fees, the BIP141 witness commitment
 and its 32-byte reserved value; valid merkle root; a nonce ground until the hash meets the regtest
 target (bits 0x207fffff, about one try in two). The genesis block is regtest's own, rebuilt from
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from bip_utils import Base58Decoder, Base58Encoder, SegwitBech32Decoder, SegwitBech32Encoder
 
+from depositwatch.chains.btc_serialize import make_tx, serialize_tx, write_varint
 from depositwatch.chains.btc_wire import (
     COINBASE_VOUT,
     NULL_TXID,
@@ -28,12 +29,9 @@ from depositwatch.chains.btc_wire import (
     TxIn,
     TxOut,
     decode_header,
-    make_tx,
     merkle_root,
-    serialize_tx,
     sha256d,
     witness_commitment,
-    write_varint,
 )
 
 COIN = 100_000_000

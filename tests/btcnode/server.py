@@ -57,7 +57,9 @@ from typing import Any
 
 from aiohttp import web
 
-from depositwatch.chains.btc_wire import BlockDecodeError, Tx, decode_tx, serialize_tx
+from depositwatch.chains.btc_decode import decode_tx
+from depositwatch.chains.btc_serialize import serialize_tx
+from depositwatch.chains.btc_wire import BlockDecodeError, Tx
 
 from .chain import (
     COIN,

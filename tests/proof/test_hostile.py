@@ -45,7 +45,9 @@ from depositwatch.addresses import (
     parse_ethereum_address,
 )
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
-from depositwatch.chains.btc_wire import BlockDecodeError, decode_block, decode_header, decode_tx, scan_block
+from depositwatch.chains.btc_decode import decode_block, decode_tx
+from depositwatch.chains.btc_scan import scan_block
+from depositwatch.chains.btc_wire import BlockDecodeError, decode_header
 from depositwatch.chains.evm import EvmSource
 from depositwatch.chains.evm_decode import TRANSFER_TOPIC
 from depositwatch.config import ChainConfig, ConfigError, TokenConfig, load_config, parse_config

@@ -1,8 +1,8 @@
 /*
- * depositwatch.chains._btcscan: the compiled fast path of btc_wire.scan_block.
+ * depositwatch.chains._btcscan: the compiled fast path of btc_scan.scan_block.
  *
  * scan(buf, scripts, outpoints, more_scripts, follow, verify_merkle) reads a serialized block exactly
- * as btc_wire's pure-Python scan does: the header, canonical CompactSize counts and lengths (at most
+ * as btc_scan's pure-Python scan does: the header, canonical CompactSize counts and lengths (at most
  * MAX_SIZE, long counts no larger than what is left can hold), inputs, outputs, the segwit marker,
  * flag and witness stacks, no trailing bytes, the txid merkle root (Core's ComputeMerkleRoot) and the
  * mutation check. It looks every output script up in `scripts` (then `more_scripts`), every input's
@@ -551,7 +551,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(buf, scripts, outpoints, more_scripts, follow, verify_merkle): the facts of btc_wire.scan_block, "
+     "scan(buf, scripts, outpoints, more_scripts, follow, verify_merkle): the facts of btc_scan.scan_block, "
      "or None for anything irregular."},
     {NULL, NULL, 0, NULL},
 };
@@ -559,7 +559,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "depositwatch.chains._btcscan",
-    .m_doc = "The compiled fast path of btc_wire.scan_block.",
+    .m_doc = "The compiled fast path of btc_scan.scan_block.",
     .m_size = 0,
     .m_methods = methods,
 };

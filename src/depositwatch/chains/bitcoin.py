@@ -1,4 +1,4 @@
-"""Bitcoin as a `ChainSource`: raw blocks from Bitcoin Core, decoded here with `btc_wire`.
+"""Bitcoin as a `ChainSource`: raw blocks from Bitcoin Core, decoded here with `btc_decode` and `btc_scan`.
 
 - `open()` asks `getblockchaininfo` and refuses a node on another network than the config's (`main`,
   `test` or `testnet4`, `signet`, `regtest`), saying which. `identity()` is the genesis block hash.
@@ -16,7 +16,7 @@
   `to_address` = the script's address on the configured network, or None for scripts without one).
   Every input of a non-coinbase transaction is a `Spend` of its outpoint.
 - **The watched path.** Once `watch(registry, tracker)` has been called, `fetch` uses
-  `btc_wire.scan_block` instead of building every output and input: the block is checked just the
+  `btc_scan.scan_block` instead of building every output and input: the block is checked just the
   same, but only outputs paying a watched script (active or revoked) become transfers, and only
   inputs spending a watched output (the tracker's, or one paid to a revoked script earlier in the same
   fetch) become spends. Matching those gives exactly the matches and sweeps of the full block (the
@@ -55,16 +55,10 @@ import structlog
 
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
+from depositwatch.chains.btc_decode import decode_block, decode_tx
 from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, NotFound, RpcError, btc_to_sats
-from depositwatch.chains.btc_wire import (
-    BlockDecodeError,
-    Tx,
-    block_hash,
-    decode_block,
-    decode_tx,
-    outpoint_key,
-    scan_block,
-)
+from depositwatch.chains.btc_scan import outpoint_key, scan_block
+from depositwatch.chains.btc_wire import BlockDecodeError, Tx, block_hash
 from depositwatch.config import ChainConfig
 from depositwatch.models import Asset, Block, BlockRef, Spend, Transfer, WatchedOutput
 
