@@ -51,6 +51,7 @@ from depositwatch.pipeline import make_policy
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Cursor, Scope, SqlStore, open_store
 from depositwatch.store.follow import _MATCH_COLUMNS, _match_row
+from depositwatch.store.trees import address_details
 
 CHAIN = "eth"
 TMP = None  # the system's temporary folder, as the ad-hoc replay uses
@@ -160,7 +161,7 @@ class Replayer:
         at = {name: i for i, name in enumerate(columns)}
         async with self.store.db.transaction() as conn:
             keys = {t.to_key for t in self.kinds} | {t.from_key for t in self.kinds}
-            details = await self.store._address_details(conn, CHAIN, {k for k in keys if k is not None})
+            details = await address_details(conn, CHAIN, {k for k in keys if k is not None})
         (first,) = self.effects(1, 1)
         template = [
             (list(_match_row(self.scope, m, details.get(m.key), "confirmed", stamp, self.policy)), m)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from depositwatch.jsonutil import dumps
@@ -17,8 +17,9 @@ from depositwatch.store.base import (
     LeaseLost,
     Scope,
 )
+from depositwatch.store.drivers import fetch_in
 from depositwatch.store.leases import check_fence
-from depositwatch.store.trees import TreeMixin
+from depositwatch.store.trees import TreeMixin, address_details, extend_trees
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
@@ -32,19 +33,6 @@ _MATCH_COLUMNS = (
 
 
 _INSERT_MATCH = f"INSERT INTO matches ({_MATCH_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, 28))})"
-_IN_CHUNK = 500  # keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
-
-
-async def _fetch_in(conn: Conn, sql: str, args: Sequence[Any], keys: Collection[Any], tail: str = "") -> list[Any]:
-    """`sql IN (keys) tail` for any number of keys, in chunks; `sql` ends with the column compared
-    and its other parameters are `args`."""
-    ordered = list(keys)
-    rows: list[Any] = []
-    for i in range(0, len(ordered), _IN_CHUNK):
-        batch = ordered[i : i + _IN_CHUNK]
-        marks = ", ".join(f"${len(args) + j + 1}" for j in range(len(batch)))
-        rows += await conn.fetch(f"{sql} IN ({marks}){tail}", *args, *batch)
-    return rows
 
 
 def _with_late_revocations(matches: Sequence[Match], details: dict[bytes, Any]) -> list[Match]:
@@ -304,20 +292,6 @@ class FollowMixin(TreeMixin):
                 spent,
             )
 
-    async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
-        """Each key's book entry: the plain address's row, else its key tree's (naming tree and index)."""
-        rows = await _fetch_in(
-            conn,
-            "SELECT key, address, label, owner, revoked_at, NULL AS tree_id, NULL AS tree_index FROM addresses"
-            " WHERE chain = $1 AND key",
-            [chain],
-            keys,
-        )
-        found: dict[bytes, Any] = {bytes(row["key"]): row for row in rows}
-        if len(found) < len(keys):
-            found.update(await self._tree_details(conn, chain, keys - found.keys()))
-        return found
-
     async def _upsert_matches(
         self,
         conn: Conn,
@@ -329,11 +303,11 @@ class FollowMixin(TreeMixin):
     ) -> None:
         """Insert new matches, move known ones, and enqueue their alerts: one lookup of the known ids,
         one multi-row insert and one outbox write for the whole list, in the list's order."""
-        details = await self._address_details(conn, policy.chain, {m.key for m in matches})
+        details = await address_details(conn, policy.chain, {m.key for m in matches})
         matches = _with_late_revocations(matches, details)
-        await self._extend_trees(conn, [info for info in details.values() if isinstance(info, dict)])
+        await extend_trees(conn, self.db.dialect, [info for info in details.values() if isinstance(info, dict)])
         pending = _pending_ids(matches)
-        rows = await _fetch_in(
+        rows = await fetch_in(
             conn,
             "SELECT id, status, key FROM matches WHERE scope = $1 AND id",
             [scope.name],
@@ -453,9 +427,9 @@ class FollowMixin(TreeMixin):
             # A replay announces first sightings only, and nothing the live daemon (or an earlier
             # replay) already sent for the same id: the receivers have heard of it.
             told = {
-                row[0] for row in await _fetch_in(conn, "SELECT DISTINCT alert_id FROM outbox WHERE alert_id", [], ids)
+                row[0] for row in await fetch_in(conn, "SELECT DISTINCT alert_id FROM outbox WHERE alert_id", [], ids)
             }
-            pruned = await _fetch_in(conn, "SELECT alert_id FROM outbox_pruned WHERE alert_id", [], ids)
+            pruned = await fetch_in(conn, "SELECT alert_id FROM outbox_pruned WHERE alert_id", [], ids)
             told |= {row[0] for row in pruned}
             fresh = []
             for alert in alerts:
@@ -468,7 +442,7 @@ class FollowMixin(TreeMixin):
                 return
         rows = {
             row["id"]: row
-            for row in await _fetch_in(
+            for row in await fetch_in(
                 conn,
                 "SELECT m.*, t.descriptor AS tree_descriptor FROM matches m LEFT JOIN key_trees t ON t.id = m.tree_id"
                 " WHERE m.scope = $1 AND m.id",
@@ -477,9 +451,9 @@ class FollowMixin(TreeMixin):
             )
         }
         # Revisions continue after what the outbox holds and after what retention removed from it.
-        pruned_revs = await _fetch_in(conn, "SELECT alert_id, rev FROM outbox_pruned WHERE alert_id", [], ids)
+        pruned_revs = await fetch_in(conn, "SELECT alert_id, rev FROM outbox_pruned WHERE alert_id", [], ids)
         revs: dict[str, int] = {row[0]: int(row[1]) for row in pruned_revs}
-        for row in await _fetch_in(
+        for row in await fetch_in(
             conn, "SELECT alert_id, MAX(rev) FROM outbox WHERE alert_id", [], ids, " GROUP BY alert_id"
         ):
             revs[row[0]] = max(revs.get(row[0], 0), int(row[1]))

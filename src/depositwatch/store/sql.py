@@ -25,6 +25,7 @@ from depositwatch.store.base import (
     Scope,
     StoreError,
 )
+from depositwatch.store.book_version import NOTIFY_CHANNEL, bump_book
 from depositwatch.store.drivers import Conn, Driver, PostgresDriver
 from depositwatch.store.follow import FollowMixin
 from depositwatch.store.leases import LeaseMixin
@@ -37,7 +38,6 @@ _TYPES = {
     "sqlite": {"{BLOB}": "BLOB", "{SERIAL}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
     "postgres": {"{BLOB}": "BYTEA", "{SERIAL}": "BIGSERIAL PRIMARY KEY"},
 }
-NOTIFY_CHANNEL = "depositwatch_addresses"
 # The columns of `addresses`, in the order imports write them.
 ADDRESS_COLUMNS = (
     "chain", "key", "address", "type", "status", "label", "owner", "revoked_at", "reason", "created_at", "updated_at",
@@ -221,11 +221,6 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                 await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
             await self.db.pool.release(listener)
 
-    async def _bump_book(self, conn: Conn) -> None:
-        await conn.execute("UPDATE address_book_version SET version = version + 1 WHERE id = 1")
-        if self.dialect == "postgres":
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
-
     async def import_addresses(
         self,
         entries: Sequence[tuple[int, AddressEntry]],
@@ -317,7 +312,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                     f" SELECT {_ADDRESS_COLUMNS} FROM staging_addresses s"
                     " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.chain = s.chain AND a.key = s.key)"
                 )
-                await self._bump_book(conn)
+                await bump_book(conn, self.dialect)
                 await write_audit(conn, actor or unix_actor(), action, changes, stamp)
             await conn.execute("DROP TABLE staging_addresses")
         return result
@@ -410,7 +405,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                 retro += await self._retro_alerts(conn, policy, chain_keys, at, stamp)
             coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
-                await self._bump_book(conn)
+                await bump_book(conn, self.dialect)
                 detail = {"previous_status": "active", "status": "revoked", "revoked_at": at, "batch": new_batch()}
                 detail["rows"] = len(audited)
                 changes = [AuditChange(c, a, o, reason, detail) for c, a, o in audited]
