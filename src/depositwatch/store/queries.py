@@ -4,7 +4,7 @@ of its caller's read."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from depositwatch.models import MatchKind
@@ -41,25 +41,28 @@ async def matches_in_order(
     return [dict(r) for r in await conn.fetch(sql, *args)]
 
 
-async def list_matches(
-    conn: Conn,
-    scope: str,
-    *,
-    deposits_only: bool = False,
-    chain: str | None = None,
-    kind: str | None = None,
-    address: str | None = None,
-    owner: str | None = None,
-    since: int | None = None,
-    final: bool = False,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
+class MatchFilters(TypedDict, total=False):
+    """The filters of `list_matches`; each one left out filters nothing (`limit`: 100 rows)."""
+
+    deposits_only: bool
+    chain: str | None
+    kind: str | None
+    address: str | None
+    owner: str | None
+    since: int | None
+    final: bool
+    limit: int
+
+
+async def list_matches(conn: Conn, scope: str, **filters: Unpack[MatchFilters]) -> list[dict[str, Any]]:
     """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered; for the CLI.
 
     `address` compares case-insensitively for EVM text (0x...), exactly otherwise (base58 is
     case-sensitive); `since` is unix seconds against the block time (the first sighting while
     unmined). `deposits_only` with `final` reads the documented `deposits` view's meaning.
     """
+    chain, kind, address = filters.get("chain"), filters.get("kind"), filters.get("address")
+    owner, since = filters.get("owner"), filters.get("since")
     sql = "SELECT * FROM matches WHERE scope = $1"
     args: list[Any] = [scope]
 
@@ -68,7 +71,7 @@ async def list_matches(
         args.append(value)
         sql += " AND " + clause.replace("$?", f"${len(args)}")
 
-    if deposits_only:
+    if filters.get("deposits_only", False):
         where("kind = $?", "deposit")
     if chain is not None:
         where("chain = $?", chain)
@@ -83,9 +86,9 @@ async def list_matches(
         where("owner = $?", owner)
     if since is not None:
         where("COALESCE(block_time, first_seen) >= $?", since)
-    if final:
+    if filters.get("final", False):
         sql += " AND status = 'confirmed'"
-    args.append(limit)
+    args.append(filters.get("limit", 100))
     sql += (
         " ORDER BY COALESCE(block_height, -1) DESC, COALESCE(block_time, first_seen) DESC, txid, idx, kind"
         f" LIMIT ${len(args)}"

@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, Unpack
 
 from depositwatch.models import (
     AddressEntry,
@@ -43,6 +43,7 @@ from depositwatch.store.enqueue import enqueue
 from depositwatch.store.leases import LeaseMixin
 from depositwatch.store.outbox import OutboxMixin
 from depositwatch.store.outputs import add_outputs, unspent_outputs
+from depositwatch.store.queries import MatchFilters
 from depositwatch.store.reporting import ReportMixin
 from depositwatch.store.tokens import TokenMixin
 from depositwatch.store.trees import TreeMixin
@@ -636,34 +637,11 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
         async with self.db.read() as conn:
             return await queries.matches_in_order(conn, scope, chain=chain, kind=kind, heights=heights)
 
-    async def list_matches(
-        self,
-        scope: str,
-        *,
-        deposits_only: bool = False,
-        chain: str | None = None,
-        kind: str | None = None,
-        address: str | None = None,
-        owner: str | None = None,
-        since: int | None = None,
-        final: bool = False,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered (as
-        `queries.list_matches` describes); for the CLI."""
+    async def list_matches(self, scope: str, **filters: Unpack[MatchFilters]) -> list[dict[str, Any]]:
+        """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered as
+        `queries.list_matches` describes; for the CLI."""
         async with self.db.read() as conn:
-            return await queries.list_matches(
-                conn,
-                scope,
-                deposits_only=deposits_only,
-                chain=chain,
-                kind=kind,
-                address=address,
-                owner=owner,
-                since=since,
-                final=final,
-                limit=limit,
-            )
+            return await queries.list_matches(conn, scope, **filters)
 
     async def unsent_alerts(self, scope: Scope) -> int:
         """Alert matches of a scope (not retracted) that have no message in the outbox: nobody was told."""
