@@ -50,7 +50,8 @@ from depositwatch.models import Asset, Block, Transfer, match_id
 from depositwatch.pipeline import make_policy
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Cursor, Scope, SqlStore, open_store
-from depositwatch.store.follow import _MATCH_COLUMNS, _match_row
+from depositwatch.store.match_rows import MATCH_COLUMNS, match_row
+from depositwatch.store.trees import address_details
 
 CHAIN = "eth"
 TMP = None  # the system's temporary folder, as the ad-hoc replay uses
@@ -156,14 +157,14 @@ class Replayer:
         in bulk, so the commits that follow run against a store of that size. The rows are block 1's, as the
         commit path writes them, with each block's transactions, amounts, ids and block fields."""
         stamp = int(time.time())
-        columns = [c.strip() for c in _MATCH_COLUMNS.split(",")]
+        columns = [c.strip() for c in MATCH_COLUMNS.split(",")]
         at = {name: i for i, name in enumerate(columns)}
         async with self.store.db.transaction() as conn:
             keys = {t.to_key for t in self.kinds} | {t.from_key for t in self.kinds}
-            details = await self.store._address_details(conn, CHAIN, {k for k in keys if k is not None})
+            details = await address_details(conn, CHAIN, {k for k in keys if k is not None})
         (first,) = self.effects(1, 1)
         template = [
-            (list(_match_row(self.scope, m, details.get(m.key), "confirmed", stamp, self.policy)), m)
+            (list(match_row(self.scope, m, details.get(m.key), "confirmed", stamp, self.policy)), m)
             for m in first.matches
         ]
         for low in range(1, blocks + 1, 10_000):  # a transaction per 10,000 blocks, as SQLite's WAL prefers

@@ -152,7 +152,7 @@ def match_id(chain: str, kind: MatchKind, txid: str, index: int | None) -> str:
 def pending_token_id(chain: str, kind: MatchKind, txid: str, contract: str) -> str:
     """The id of a token transfer first seen in a pending transaction (`evm_pending`), before its log
     index is known: by the transaction and the token contract. The block's match of the same transfer
-    takes this id when the store holds it (`store.follow`), so the alert stays one."""
+    takes this id when the store holds it (`store.match_rows`), so the alert stays one."""
     text = f"{chain}|{kind}|{txid.lower()}|pending-token|{contract.lower()}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

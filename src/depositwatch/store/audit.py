@@ -12,12 +12,13 @@ import pwd
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.messages import OutboxMessage
 from depositwatch.models import AddressEntry, AddressStatus
 from depositwatch.store.base import StoreError
+from depositwatch.store.book_version import bump_book
 from depositwatch.store.drivers import Conn, Driver
 from depositwatch.store.outbox import _message
 from depositwatch.timeutil import now
@@ -135,10 +136,6 @@ class AuditMixin:
 
     db: Driver
 
-    if TYPE_CHECKING:  # SqlStore's, declared for the type checker as store/trees.py does
-
-        async def _bump_book(self, conn: Conn) -> None: ...
-
     async def reinstate(
         self, chain: str, keys: Sequence[bytes], reason: str, *, actor: str | None = None
     ) -> list[AddressEntry]:
@@ -199,7 +196,7 @@ class AuditMixin:
             ]
             await write_audit(conn, actor, "reinstate", changes, stamp)
             if wanted:
-                await self._bump_book(conn)
+                await bump_book(conn, self.db.dialect)
         return [_book_entry({**dict(found[k]), "status": "active", "revoked_at": None, "reason": ""}) for k in wanted]
 
     async def book_entries(self, chain: str, keys: Sequence[bytes]) -> list[AddressEntry]:

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 # SQLite's page cache per connection, in KiB (its default is 2 MiB): the matches table's indexes of a
 # long replay must stay in memory, or every commit reads its pages back from the file.
 CACHE_KIB = 64 * 1024
+IN_CHUNK = 500  # keys per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits
 
 
 class Conn(Protocol):
@@ -47,6 +48,18 @@ class Conn(Protocol):
 
     async def copy_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Bulk-insert rows (COPY on PostgreSQL)."""
+
+
+async def fetch_in(conn: Conn, sql: str, args: Sequence[Any], keys: Collection[Any], tail: str = "") -> list[Any]:
+    """`sql IN (keys) tail` for any number of keys, in chunks; `sql` ends with the column compared
+    and its other parameters are `args`."""
+    ordered = list(keys)
+    rows: list[Any] = []
+    for i in range(0, len(ordered), IN_CHUNK):
+        batch = ordered[i : i + IN_CHUNK]
+        marks = ", ".join(f"${len(args) + j + 1}" for j in range(len(batch)))
+        rows += await conn.fetch(f"{sql} IN ({marks}){tail}", *args, *batch)
+    return rows
 
 
 class Driver(Protocol):

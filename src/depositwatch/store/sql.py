@@ -10,13 +10,25 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, Unpack
 
-from depositwatch.models import AddressEntry, AddressStatus, AlertEvent, MatchKind, match_id
+from depositwatch.models import (
+    AddressEntry,
+    AddressStatus,
+    AlertEvent,
+    BlockRef,
+    Match,
+    MatchKind,
+    WatchedOutput,
+    match_id,
+)
+from depositwatch.store import commit, cursors, mempool_rows, queries
 from depositwatch.store.audit import AuditChange, AuditMixin, import_changes, new_batch, unix_actor, write_audit
 from depositwatch.store.base import (
+    BlockEffects,
     ChainPolicy,
     Coverage,
+    Cursor,
     ImportRejected,
     ImportResult,
     RegistryRow,
@@ -25,19 +37,22 @@ from depositwatch.store.base import (
     Scope,
     StoreError,
 )
+from depositwatch.store.book_version import NOTIFY_CHANNEL, bump_book
 from depositwatch.store.drivers import Conn, Driver, PostgresDriver
-from depositwatch.store.follow import FollowMixin
+from depositwatch.store.enqueue import enqueue
 from depositwatch.store.leases import LeaseMixin
 from depositwatch.store.outbox import OutboxMixin
+from depositwatch.store.outputs import add_outputs, unspent_outputs
+from depositwatch.store.queries import MatchFilters
 from depositwatch.store.reporting import ReportMixin
 from depositwatch.store.tokens import TokenMixin
+from depositwatch.store.trees import TreeMixin
 from depositwatch.timeutil import now
 
 _TYPES = {
     "sqlite": {"{BLOB}": "BLOB", "{SERIAL}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
     "postgres": {"{BLOB}": "BYTEA", "{SERIAL}": "BIGSERIAL PRIMARY KEY"},
 }
-NOTIFY_CHANNEL = "depositwatch_addresses"
 # The columns of `addresses`, in the order imports write them.
 ADDRESS_COLUMNS = (
     "chain", "key", "address", "type", "status", "label", "owner", "revoked_at", "reason", "created_at", "updated_at",
@@ -128,8 +143,14 @@ async def _with_twins(conn: Conn, chain: str, keys: Sequence[bytes]) -> list[byt
     return list(dict.fromkeys(found + twins))
 
 
-class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, TokenMixin):
-    """The store, for SQLite and PostgreSQL alike."""
+class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, TokenMixin):
+    """The store, for SQLite and PostgreSQL alike.
+
+    A follower's operations open their transaction (or read) here and run the parts of the store on its
+    connection: cursors (store/cursors.py), block commits and rewinds (store/commit.py, over
+    store/match_rows.py, store/outputs.py and store/enqueue.py), mempool sightings
+    (store/mempool_rows.py) and the reads of matches (store/queries.py).
+    """
 
     def __init__(self, db: Driver) -> None:
         self.db = db
@@ -220,11 +241,6 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
             with contextlib.suppress(Exception):  # a connection the server ended: the pool replaces it
                 await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
             await self.db.pool.release(listener)
-
-    async def _bump_book(self, conn: Conn) -> None:
-        await conn.execute("UPDATE address_book_version SET version = version + 1 WHERE id = 1")
-        if self.dialect == "postgres":
-            await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
     async def import_addresses(
         self,
@@ -317,7 +333,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                     f" SELECT {_ADDRESS_COLUMNS} FROM staging_addresses s"
                     " WHERE NOT EXISTS (SELECT 1 FROM addresses a WHERE a.chain = s.chain AND a.key = s.key)"
                 )
-                await self._bump_book(conn)
+                await bump_book(conn, self.dialect)
                 await write_audit(conn, actor or unix_actor(), action, changes, stamp)
             await conn.execute("DROP TABLE staging_addresses")
         return result
@@ -410,7 +426,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                 retro += await self._retro_alerts(conn, policy, chain_keys, at, stamp)
             coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
-                await self._bump_book(conn)
+                await bump_book(conn, self.dialect)
                 detail = {"previous_status": "active", "status": "revoked", "revoked_at": at, "batch": new_batch()}
                 detail["rows"] = len(audited)
                 changes = [AuditChange(c, a, o, reason, detail) for c, a, o in audited]
@@ -450,7 +466,7 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
                     depth = (tip - int(row["block_height"]) + 1) if tip is not None else 0
                     made.append((alert_id, AlertEvent.DETECTED, depth))
         # The live scope's rows, announced as found by re-examination, not by following.
-        await self._enqueue_many(conn, Scope("live", "retro", True), policy, made, stamp)
+        await enqueue(conn, Scope("live", "retro", True), policy, made, stamp)
         return len(made)
 
     async def _coverage(self, conn: Conn, chain: str) -> Coverage:
@@ -523,6 +539,121 @@ class SqlStore(FollowMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, To
         """The chain names the book has entries for."""
         async with self.db.read() as conn:
             return [r[0] for r in await conn.fetch("SELECT DISTINCT chain FROM addresses ORDER BY chain")]
+
+    # following: each operation is one transaction (or read) over the parts -------------------------
+
+    async def check_identity(self, chain: str, identity: str) -> None:
+        """Record the chain's identity on first use; afterwards refuse a node on another chain."""
+        async with self.db.transaction() as conn:
+            await cursors.check_identity(conn, chain, identity)
+
+    async def get_cursor(self, name: str) -> Cursor | None:
+        """The named cursor, or None before the first block."""
+        async with self.db.read() as conn:
+            return await cursors.read_cursor(conn, name)
+
+    async def cursor_updated_at(self, name: str) -> int | None:
+        """Unix time of the named cursor's last move (a commit by whichever instance leads), or None."""
+        async with self.db.read() as conn:
+            return await cursors.cursor_updated_at(conn, name)
+
+    async def set_cursor(self, cursor: Cursor) -> None:
+        """Create or move a cursor (used to start following at a chosen block).
+
+        The cursor's own block is remembered too, so a reorg of the very first blocks still finds it.
+        """
+        async with self.db.transaction() as conn:
+            await cursors.place_cursor(conn, cursor)
+
+    async def block_hash(self, cursor: str, height: int) -> str | None:
+        """The hash this cursor processed at `height`, if it still remembers it."""
+        async with self.db.read() as conn:
+            return await cursors.block_hash(conn, cursor, height)
+
+    async def commit_blocks(
+        self,
+        scope: Scope,
+        cursor: Cursor,
+        policy: ChainPolicy,
+        effects: Sequence[BlockEffects],
+        tip_height: int,
+    ) -> Cursor:
+        """Commit blocks' matches, outputs, alerts and the moved cursor in one transaction.
+
+        `cursor` is where the caller believes the chain stands; if the stored cursor differs (another
+        instance moved it), or the scope's lease fence no longer holds, nothing is written and
+        LeaseLost is raised.
+        """
+        if not effects:
+            return cursor
+        async with self.db.transaction() as conn:
+            return await commit.commit_blocks(conn, self.dialect, scope, cursor, policy, effects, tip_height)
+
+    async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor:
+        """Undo every block above `to` (a reorg): retract their matches and move the cursor back."""
+        async with self.db.transaction() as conn:
+            return await commit.rewind(conn, self.dialect, scope, cursor, policy, to)
+
+    async def record_mempool(self, scope: Scope, policy: ChainPolicy, matches: Sequence[Match]) -> int:
+        """Record unconfirmed matches (block None) and alert on the new ones; return how many were new."""
+        async with self.db.transaction() as conn:
+            return await mempool_rows.record_mempool(conn, self.dialect, scope, policy, matches)
+
+    async def drop_mempool(self, scope: Scope, policy: ChainPolicy, match_ids: Sequence[str]) -> int:
+        """Retract unconfirmed matches whose transaction left the mempool without being mined."""
+        async with self.db.transaction() as conn:
+            return await mempool_rows.drop_mempool(conn, self.dialect, scope, policy, match_ids)
+
+    async def mempool_match_ids(self, scope: Scope, chain: str) -> list[str]:
+        """Ids of matches seen only in the mempool so far."""
+        return [found for found, _ in await self.mempool_matches(scope, chain)]
+
+    async def mempool_matches(self, scope: Scope, chain: str) -> list[tuple[str, str]]:
+        """`(id, txid)` of the matches seen only in the mempool so far."""
+        async with self.db.read() as conn:
+            return await mempool_rows.mempool_matches(conn, scope, chain)
+
+    async def watched_outputs(self, chain: str, scope: Scope | None = None) -> list[WatchedOutput]:
+        """Unspent outputs that paid revoked scripts."""
+        async with self.db.read() as conn:
+            return await unspent_outputs(conn, scope or Scope.live(), chain)
+
+    async def add_watched_outputs(
+        self, chain: str, outputs: Sequence[WatchedOutput], scope: Scope | None = None
+    ) -> int:
+        """Add outputs found outside following (scantxoutset, prevouts); return how many were new."""
+        async with self.db.transaction() as conn:
+            return await add_outputs(conn, scope or Scope.live(), chain, outputs)
+
+    async def matches(
+        self,
+        scope: Scope,
+        *,
+        chain: str | None = None,
+        kind: MatchKind | None = None,
+        heights: tuple[int, int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Matches of a scope in chain order (height, txid, index), as plain dicts; `heights` is inclusive."""
+        async with self.db.read() as conn:
+            return await queries.matches_in_order(conn, scope, chain=chain, kind=kind, heights=heights)
+
+    async def list_matches(self, scope: str, **filters: Unpack[MatchFilters]) -> list[dict[str, Any]]:
+        """Matches of a scope (`live` or `replay:<run id>`), newest first, filtered as
+        `queries.list_matches` describes; for the CLI."""
+        async with self.db.read() as conn:
+            return await queries.list_matches(conn, scope, **filters)
+
+    async def unsent_alerts(self, scope: Scope) -> int:
+        """Alert matches of a scope (not retracted) that have no message in the outbox: nobody was told."""
+        async with self.db.read() as conn:
+            return await queries.unsent_alerts(conn, scope)
+
+    async def delete_scope(self, scope: Scope) -> None:
+        """Forget a replay run: its matches, outputs, cursor and blocks."""
+        async with self.db.transaction() as conn:
+            for table in ("matches", "watched_outputs"):
+                await conn.execute(f"DELETE FROM {table} WHERE scope = $1", scope.name)
+            await cursors.drop_cursor(conn, scope.name)
 
 
 def _marks(values: Sequence[Any], first: int) -> str:

@@ -19,6 +19,8 @@ from depositwatch.addresses.hd import HARDENED
 from depositwatch.models import AddressStatus, TreeEntry
 from depositwatch.store.audit import AuditChange, new_batch, unix_actor, write_audit
 from depositwatch.store.base import ChainPolicy, ImportRejected, ImportResult, RevokeResult, StoreError
+from depositwatch.store.book_version import bump_book
+from depositwatch.store.drivers import fetch_in
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
@@ -95,12 +97,10 @@ class TreeMixin:
 
     if TYPE_CHECKING:
 
-        async def _bump_book(self, conn: Conn) -> None: ...
         async def _retro_alerts(
             self, conn: Conn, policy: ChainPolicy, keys: Sequence[bytes], at: int, stamp: int
         ) -> int: ...
         async def _coverage(self, conn: Conn, chain: str) -> Coverage: ...
-        async def _address_details(self, conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]: ...
 
     async def import_trees(
         self,
@@ -160,7 +160,7 @@ class TreeMixin:
                 raise ImportRejected(problems)
             if not dry_run and (inserted or updated):
                 await write_audit(conn, actor or unix_actor(), "import", changes, stamp)
-                await self._bump_book(conn)
+                await bump_book(conn, self.db.dialect)
         return ImportResult(inserted, updated, unchanged)
 
     async def _insert_tree(self, conn: Conn, entry: TreeEntry, stamp: int) -> None:
@@ -275,7 +275,7 @@ class TreeMixin:
             coverage = tuple([await self._coverage(conn, chain) for chain in chains])
             if revoked:
                 await write_audit(conn, actor or unix_actor(), "revoke", changes, stamp)
-                await self._bump_book(conn)
+                await bump_book(conn, self.db.dialect)
         return RevokeResult(revoked, already, retro, coverage)
 
     async def list_trees(
@@ -345,39 +345,6 @@ class TreeMixin:
         async for rows in self.db.stream(sql):
             yield rows
 
-    async def _tree_details(self, conn: Conn, chain: str, keys: Collection[bytes]) -> dict[bytes, dict[str, Any]]:
-        """What a match row needs of derived keys: the tree's label, owner and revocation, its address
-        text, and the tree and index it hit. The lowest tree id wins for a key in two trees."""
-        found: dict[bytes, dict[str, Any]] = {}
-        ordered = list(keys)
-        trees: dict[int, KeyTree] = {}
-        for i in range(0, len(ordered), _IN_CHUNK):
-            batch = ordered[i : i + _IN_CHUNK]
-            marks = ", ".join(f"${j + 2}" for j in range(len(batch)))
-            rows = await conn.fetch(
-                "SELECT k.key, k.idx, t.id, t.descriptor, t.script, t.network, t.label, t.owner, t.revoked_at,"
-                " t.gap, t.last_index FROM tree_keys k JOIN key_trees t ON t.id = k.tree_id"
-                f" WHERE t.chain = $1 AND k.key IN ({marks}) ORDER BY t.id DESC",
-                chain,
-                *batch,
-            )
-            for row in rows:
-                tree_id = int(row["id"])
-                tree = trees.get(tree_id) or trees.setdefault(tree_id, tree_of(row["descriptor"], row["script"]))
-                key = bytes(row["key"])
-                found[key] = {
-                    "address": address_text(tree, key, row["network"] or "mainnet"),
-                    "label": row["label"],
-                    "owner": row["owner"],
-                    "revoked_at": row["revoked_at"],
-                    "tree_id": tree_id,
-                    "tree_index": int(row["idx"]),
-                    "descriptor": row["descriptor"],
-                    "gap": int(row["gap"]),
-                    "last_index": int(row["last_index"]),
-                }
-        return found
-
     async def grow_trees(self, chain: str, keys: Collection[bytes]) -> int:
         """Grow, before their block is committed, the trees whose gap these matched keys call for.
 
@@ -392,37 +359,87 @@ class TreeMixin:
         async with self.db.read() as conn:
             if await conn.fetchval("SELECT 1 FROM key_trees WHERE chain = $1 AND gap > 0 LIMIT 1", chain) is None:
                 return 0  # no tree of this chain can grow: one small query for a batch with matches
-            details = await self._address_details(conn, chain, set(keys))
+            details = await address_details(conn, chain, set(keys))
         wanted = [info for info in details.values() if isinstance(info, dict) and _growth_target(info) is not None]
         if not wanted:
             return 0
         async with self.db.transaction() as conn:
-            return await self._extend_trees(conn, wanted)
+            return await extend_trees(conn, self.db.dialect, wanted)
 
-    async def _extend_trees(self, conn: Conn, hits: Iterable[Mapping[str, Any]]) -> int:
-        """Grow each tree with a gap whose hit index came within `gap` of its range's end, deriving
-        the new keys into the cache; bump the book (so every instance reloads) when one grew.
-        Returns the number of trees extended."""
-        wanted: dict[int, int] = {}
-        for info in hits:
-            target = _growth_target(info)
-            if target is not None:
-                wanted[info["tree_id"]] = max(wanted.get(info["tree_id"], 0), target)
-        grown = 0
-        for tree_id, target in sorted(wanted.items()):
-            row = await conn.fetchrow("SELECT * FROM key_trees WHERE id = $1", tree_id)
-            if row is None or int(row["last_index"]) >= target:
-                continue  # another commit grew it meanwhile
-            old = _entry(row)
-            tree = tree_of(old.descriptor, old.script)
-            await _derive_into(conn, tree_id, tree, old.last + 1, target + 1, threaded=True)
-            await conn.execute(
-                "UPDATE key_trees SET last_index = $1, updated_at = $2 WHERE id = $3", target, now(), tree_id
-            )
-            grown += 1
-        if grown:
-            await self._bump_book(conn)
-        return grown
+
+async def address_details(conn: Conn, chain: str, keys: set[bytes]) -> dict[bytes, Any]:
+    """Each key's book entry: the plain address's row, else its key tree's (naming tree and index)."""
+    rows = await fetch_in(
+        conn,
+        "SELECT key, address, label, owner, revoked_at, NULL AS tree_id, NULL AS tree_index FROM addresses"
+        " WHERE chain = $1 AND key",
+        [chain],
+        keys,
+    )
+    found: dict[bytes, Any] = {bytes(row["key"]): row for row in rows}
+    if len(found) < len(keys):
+        found.update(await _tree_details(conn, chain, keys - found.keys()))
+    return found
+
+
+async def _tree_details(conn: Conn, chain: str, keys: Collection[bytes]) -> dict[bytes, dict[str, Any]]:
+    """What a match row needs of derived keys: the tree's label, owner and revocation, its address
+    text, and the tree and index it hit. The lowest tree id wins for a key in two trees."""
+    found: dict[bytes, dict[str, Any]] = {}
+    ordered = list(keys)
+    trees: dict[int, KeyTree] = {}
+    for i in range(0, len(ordered), _IN_CHUNK):
+        batch = ordered[i : i + _IN_CHUNK]
+        marks = ", ".join(f"${j + 2}" for j in range(len(batch)))
+        rows = await conn.fetch(
+            "SELECT k.key, k.idx, t.id, t.descriptor, t.script, t.network, t.label, t.owner, t.revoked_at,"
+            " t.gap, t.last_index FROM tree_keys k JOIN key_trees t ON t.id = k.tree_id"
+            f" WHERE t.chain = $1 AND k.key IN ({marks}) ORDER BY t.id DESC",
+            chain,
+            *batch,
+        )
+        for row in rows:
+            tree_id = int(row["id"])
+            tree = trees.get(tree_id) or trees.setdefault(tree_id, tree_of(row["descriptor"], row["script"]))
+            key = bytes(row["key"])
+            found[key] = {
+                "address": address_text(tree, key, row["network"] or "mainnet"),
+                "label": row["label"],
+                "owner": row["owner"],
+                "revoked_at": row["revoked_at"],
+                "tree_id": tree_id,
+                "tree_index": int(row["idx"]),
+                "descriptor": row["descriptor"],
+                "gap": int(row["gap"]),
+                "last_index": int(row["last_index"]),
+            }
+    return found
+
+
+async def extend_trees(conn: Conn, dialect: str, hits: Iterable[Mapping[str, Any]]) -> int:
+    """Grow each tree with a gap whose hit index came within `gap` of its range's end, deriving
+    the new keys into the cache; bump the book (so every instance reloads) when one grew.
+    Returns the number of trees extended."""
+    wanted: dict[int, int] = {}
+    for info in hits:
+        target = _growth_target(info)
+        if target is not None:
+            wanted[info["tree_id"]] = max(wanted.get(info["tree_id"], 0), target)
+    grown = 0
+    for tree_id, target in sorted(wanted.items()):
+        row = await conn.fetchrow("SELECT * FROM key_trees WHERE id = $1", tree_id)
+        if row is None or int(row["last_index"]) >= target:
+            continue  # another commit grew it meanwhile
+        old = _entry(row)
+        tree = tree_of(old.descriptor, old.script)
+        await _derive_into(conn, tree_id, tree, old.last + 1, target + 1, threaded=True)
+        await conn.execute(
+            "UPDATE key_trees SET last_index = $1, updated_at = $2 WHERE id = $3", target, now(), tree_id
+        )
+        grown += 1
+    if grown:
+        await bump_book(conn, dialect)
+    return grown
 
 
 def _growth_target(info: Mapping[str, Any]) -> int | None:
