@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from depositwatch.keytable import ACTIVE, Active, ActiveKeys, KeyTable, RevokedKeys, new_table
 from depositwatch.models import AddressStatus
 
 if TYPE_CHECKING:
-    from depositwatch.store import SqlStore
     from depositwatch.store.base import RegistryRow
+
+
+class BookStore(Protocol):
+    """The part of the Store the registry reads (SqlStore has it): the book's version, its plain keys and
+    the cached keys of its key trees, as bare rows."""
+
+    async def address_book_version(self) -> int: ...
+    def iter_registry_keys(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[Any]]: ...
+    async def tree_sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]: ...
+    def iter_tree_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]: ...
 
 
 class ChainBook:
@@ -135,7 +144,7 @@ class AddressRegistry:
         return cls(books, version)
 
     @classmethod
-    async def load(cls, store: SqlStore, chains: Sequence[str] | None = None) -> AddressRegistry:
+    async def load(cls, store: BookStore, chains: Sequence[str] | None = None) -> AddressRegistry:
         """Load the book from the store, streaming it in chunks.
 
         Each chunk's rows are dropped once their keys are copied into the books' tables, so no
@@ -151,22 +160,16 @@ class AddressRegistry:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            if hasattr(store, "iter_registry_keys"):
-                await _fill(books, store.iter_registry_keys(chains))
-            if hasattr(store, "tree_sources"):  # key trees: their cached keys
-                trees = await store.tree_sources(chains)
-                if trees:
-                    await _fill_trees(books, trees, store.iter_tree_keys(trees))
-            else:
-                async for chunk in store.iter_registry(chains):
-                    for row in chunk:
-                        books.setdefault(row.chain, ChainBook()).add(row.key, row.status, row.revoked_at)
+            await _fill(books, store.iter_registry_keys(chains))
+            trees = await store.tree_sources(chains)  # key trees: their cached keys
+            if trees:
+                await _fill_trees(books, trees, store.iter_tree_keys(trees))
         finally:
             if collecting:
                 gc.enable()
         return cls(books, version)
 
-    async def reload(self, store: SqlStore, chains: Sequence[str] | None = None) -> bool:
+    async def reload(self, store: BookStore, chains: Sequence[str] | None = None) -> bool:
         """Reload if the book changed; swap the new books in at once. Return whether it changed."""
         if await store.address_book_version() == self.version:
             return False
