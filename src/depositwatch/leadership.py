@@ -335,12 +335,9 @@ class SingleInstance:
 def open_leadership(store: SqlStore, ttl: float, password: str | None = None) -> Leadership:
     """Leadership over this store: PostgreSQL shares it among instances; SQLite locks the store file
     (AlreadyRunning when another instance has it) and then takes every lease at once."""
-    from depositwatch.store.drivers import PostgresDriver, SqliteDriver
-
-    if isinstance(store.db, PostgresDriver):
-        return Leadership(store, ttl, dsn=store.db.url, password=password)
-    assert isinstance(store.db, SqliteDriver)
-    single = SingleInstance(store.db.path)
+    if store.dialect == "postgres":
+        return Leadership(store, ttl, dsn=store.target, password=password)
+    single = SingleInstance(store.target)
     single.acquire()
     leadership = Leadership(store, ttl, exclusive=True)
     leadership.single = single

@@ -34,7 +34,6 @@ from depositwatch.pipeline import attach, make_hook, make_policy, make_settings,
 from depositwatch.registry import AddressRegistry
 from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, run_id
 from depositwatch.store import BlockEffects, LeaseLost, Scope, SqlStore
-from depositwatch.store.drivers import PostgresDriver
 from depositwatch.store.shards import ReplayRun, Shard, ShardStore
 
 log = structlog.get_logger(__name__)
@@ -130,8 +129,8 @@ async def open_run(
 def leadership_for(store: SqlStore, ttl: float, password: str | None = None) -> Leadership:
     """Leases for this process's shards: PostgreSQL tells a dead worker by its session; SQLite by expiry
     (never `exclusive`: other processes of the run share the store file)."""
-    if isinstance(store.db, PostgresDriver):
-        return Leadership(store, ttl, dsn=store.db.url, password=password)
+    if store.dialect == "postgres":
+        return Leadership(store, ttl, dsn=store.target, password=password)
     return Leadership(store, ttl)
 
 

@@ -655,6 +655,17 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
                 await conn.execute(f"DELETE FROM {table} WHERE scope = $1", scope.name)
             await cursors.drop_cursor(conn, scope.name)
 
+    @property
+    def target(self) -> str:
+        """Where the database is, per `dialect`: the PostgreSQL URL (for a session of the caller's own, as
+        leadership keeps) or the SQLite file path (which leadership locks)."""
+        from depositwatch.store.drivers import SqliteDriver
+
+        if isinstance(self.db, PostgresDriver):
+            return self.db.url
+        assert isinstance(self.db, SqliteDriver)
+        return self.db.path
+
 
 def _marks(values: Sequence[Any], first: int) -> str:
     """`$first, $first+1, ...` for an IN list."""
