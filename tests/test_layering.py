@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("depositwatch.pipeline", "depositwatch.leadership"),
     ("depositwatch.alerts",),
     ("depositwatch.replay", "depositwatch.replay_shards", "depositwatch.report", "depositwatch.api"),
-    ("depositwatch.service",),
+    ("depositwatch.service", "depositwatch.health", "depositwatch.chain_runner", "depositwatch.book_watch"),
     ("depositwatch.devnet", "depositwatch.demo"),
     ("depositwatch.commands",),
     ("depositwatch.cli", "depositwatch.__main__"),

@@ -10,6 +10,7 @@ flooding the journal).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,7 +116,10 @@ async def supervise(
             restarts.ran(time.monotonic() - started)
             delay = restarts.failed(exc)
             metrics.component_restarts.labels(name).inc()
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass
+            await pause(stopping, delay)
+
+
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less once `stopping` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
