@@ -19,7 +19,7 @@ import pytest
 
 from depositwatch.addresses.tron import tron_address
 from depositwatch.alerts.routing import Routed
-from depositwatch.chains import tron_decode, tron_wire
+from depositwatch.chains import tron_txs, tron_wire
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.tron import TronSource
 from depositwatch.chains.tron_decode import TronTokens, decode_block
@@ -339,9 +339,9 @@ def test_unlisted_logs_decode_alike_on_both_readings_and_never_fail_a_block(monk
     tokens = TronTokens(trc20={USDT: Asset("USDT", 6, addr(USDT))})
     readings = [tron_wire._usual_transaction_py] + ([tron_wire._tronscan.transaction] if tron_wire._BUILT else [])
     results = []
-    original = tron_decode._usual_transaction
+    original = tron_txs._usual_transaction
     for read in readings:
-        monkeypatch.setattr(tron_decode, "_usual_transaction", functools.partial(original, read=read))
+        monkeypatch.setattr(tron_txs, "_usual_transaction", functools.partial(original, read=read))
         decoded = decode_block(block, infos, 7, tokens, revoked={REVOKED})
         results.append([(t.txid, t.index, t.asset, t.amount, t.from_key, t.to_key) for t in decoded.transfers])
     assert all(r == results[0] for r in results)

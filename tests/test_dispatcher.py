@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from depositwatch.alerts.dispatcher import Dispatcher, backoff
+from depositwatch.alerts.delivery import backoff
+from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.sinks import AlertSink, WebhookSink
 from depositwatch.config import AlertsConfig, RetryConfig, Secret, SinkConfig

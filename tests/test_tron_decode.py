@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from depositwatch.addresses.tron import parse_tron_address, tron_address
-from depositwatch.chains import tron_decode, tron_wire
+from depositwatch.chains import tron_decode, tron_txs, tron_wire
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.tron_decode import TRX, TronTokens, decode_block, info_transfers
 from depositwatch.models import Asset
@@ -218,9 +218,9 @@ _READINGS = [tron_wire._usual_transaction_py] + ([tron_wire._tronscan.transactio
 def _same_or_declined(tx: Any) -> None:
     """The one-step reading declines, or gives exactly what the field-by-field checks give; where those
     refuse the transaction it always declines."""
-    readings = [tron_decode._usual_transaction(tx, read) for read in _READINGS]
+    readings = [tron_txs._usual_transaction(tx, read) for read in _READINGS]
     try:
-        checked = tron_decode._transaction(tx, 100, 0)
+        checked = tron_txs._transaction(tx, 100, 0)
     except BadNodeAnswer:
         assert not any(readings)
         return
@@ -233,7 +233,7 @@ def test_usual_transactions_are_read_in_one_step_with_the_same_result(tx: dict[s
     """Random TRX, TRC-10 and TRC-20 transactions as the node writes them: read in one step (compiled and
     in Python), same result."""
     for read in _READINGS:
-        assert tron_decode._usual_transaction(tx, read) is not None
+        assert tron_txs._usual_transaction(tx, read) is not None
     _same_or_declined(tx)
 
 
@@ -250,9 +250,9 @@ def test_the_one_step_reading_never_disagrees(change: str, tx: dict[str, Any]) -
 def test_real_transactions_are_read_in_one_step() -> None:
     """The real testnet transactions take the one-step reading, with the field-by-field result."""
     for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):
-        checked = tron_decode._transaction(tx, 55088560, position)
+        checked = tron_txs._transaction(tx, 55088560, position)
         for read in _READINGS:
-            assert tron_decode._usual_transaction(tx, read) == checked
+            assert tron_txs._usual_transaction(tx, read) == checked
 
 
 @given(

@@ -45,7 +45,6 @@ from depositwatch.chains.evm_decode import (
     _address,
     _dict,
     _hash,
-    _internal_transfers,
     _Invalid,
     _list,
     _Log,
@@ -54,11 +53,11 @@ from depositwatch.chains.evm_decode import (
     _RawBlock,
     _Revoked,
     _Tx,
-    _tx_status,
     _Watch,
     _withdrawals,
 )
 from depositwatch.chains.evm_logs import transfer_logs
+from depositwatch.chains.evm_receipts import _internal_transfers, _tx_status
 from depositwatch.chains.evm_rpc import _GETLOGS_TOO_LARGE, CALL_TRACER, _chunks, _rpc_error, _run_all, _unsupported
 from depositwatch.chains.rpc import Call, RpcError
 from depositwatch.models import Block

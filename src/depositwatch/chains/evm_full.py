@@ -6,8 +6,9 @@ A range is read as JSON-RPC batches of `batch_blocks` `eth_getBlockByNumber(n, t
 batch, one batch of `eth_getBlockReceipts` for the blocks that need statuses (a value-carrying transaction
 or a token log touching the watched set), or `eth_getTransactionReceipt` for just those transactions
 when the node lacks `eth_getBlockReceipts`, and `debug_traceBlockByNumber` for every block with
-transactions when traces are on. The answers are read by `chains/evm_decode.py`. The filtered path
-(`chains/evm_filtered.py`) hands a range back here when the node stops filtering.
+transactions when traces are on. The answers are read by `chains/evm_decode.py` (blocks, logs) and
+`chains/evm_receipts.py` (receipts, traces). The filtered path (`chains/evm_filtered.py`) hands a range
+back here when the node stops filtering.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ from typing import TYPE_CHECKING
 
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.evm_decode import (
-    _block_statuses,
     _Invalid,
     _Log,
     _make_block,
-    _needs_receipts,
     _parse_block,
     _RawBlock,
     _Revoked,
-    _traces,
-    _tx_status,
     _Watch,
 )
 from depositwatch.chains.evm_logs import transfer_logs
+from depositwatch.chains.evm_receipts import _block_statuses, _needs_receipts, _traces, _tx_status
 from depositwatch.chains.evm_rpc import CALL_TRACER, _chunks, _run_all
 from depositwatch.chains.rpc import Call
 from depositwatch.models import Block

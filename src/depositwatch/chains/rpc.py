@@ -32,6 +32,9 @@ Every request to a node (Bitcoin Core's JSON-RPC and REST, an EVM node's JSON-RP
 - **REST calls** (`post_path`): java-tron's HTTP API is POST JSON to a path (`/wallet/getnowblock`), one
   JSON answer per request, with the same limits, failover, retries and typed errors; the node's own
   `{"Error": ...}` answers are the caller's to read.
+
+The module is over 500 lines and stays whole: it is one client, whose request paths (calls, batches,
+REST posts) share one session, one failover state and the rules above, with the typed errors it raises.
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ transaction trie root, which covers each transaction's result codes), the contra
 the signed `raw_data_hex` and must agree with the JSON beside them, and a transaction info must name a
 transaction of this block. A mismatch is a `BadNodeAnswer`, never a match.
 
-Each transaction is first read in one step (`_usual_transaction`: the node's usual JSON, java-tron's
-layout, no names built for error messages); anything else, failures included, is read again field
-by field (`_transaction`), which names what is wrong. Both check the same things and give the same
-answer (the tests hold them to it); the first is what makes decoding cost a few times the hashing.
+The transactions are checked by `tron_txs`; this module checks the block around them (its id, the
+trie root over their leaves, the transaction infos) and builds the transfers.
 
 Transfers produced:
 - TRX: `TransferContract` (sun, 6 decimals); TRC-10: `TransferAssetContract` (`asset_name` is the token
@@ -30,24 +28,21 @@ transaction.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from depositwatch.addresses.common import AddressError
-from depositwatch.addresses.tron import parse_tron_address, tron_address
+from depositwatch.addresses.tron import tron_address
 from depositwatch.chains import tron_wire as wire
-from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.evm_tokens import PLACEHOLDER_SYMBOL
+from depositwatch.chains.tron_json import _account, _dict, _fail, _hex, _hex_of, _int, _list, _node_account
+from depositwatch.chains.tron_txs import _transactions, _Tx
 from depositwatch.models import Asset, Block, Transfer
 
 TRX = Asset(symbol="TRX", decimals=6)
 TRANSFER_TOPIC = "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
-_INT64_MAX = 2**63 - 1
 _UINT256_MAX = 2**256 - 1
-_BASE58_LENGTH = 34
 Watch = Container[bytes] | None  # the keys to build transfers for; None: every transfer
 _MAX_INTERNAL = 10_000  # per transaction: far above what the energy limit allows
 
@@ -76,69 +71,6 @@ def _transfer(
         from_address=tron_address(sender),
         to_address=tron_address(recipient),
     )
-
-
-def _fail(height: int, what: str) -> BadNodeAnswer:
-    return BadNodeAnswer(f"TRON block {height}: {what}")
-
-
-def _dict(value: Any, height: int, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(height, f"{what} is not an object")
-    return value
-
-
-def _list(value: Any, height: int, what: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _fail(height, f"{what} is not a list")
-    return value
-
-
-def _int(value: Any, height: int, what: str, maximum: int = _INT64_MAX) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
-        raise _fail(height, f"{what} is not an integer in 0..{maximum}")
-    return value
-
-
-def _hex(value: Any, height: int, what: str, size: int | None = None) -> bytes:
-    if not isinstance(value, str):
-        raise _fail(height, f"{what} is not a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise _fail(height, f"{what} is not hex") from None
-    if size is not None and len(raw) != size:
-        raise _fail(height, f"{what} is {len(raw)} bytes, expected {size}")
-    return raw
-
-
-def _hex_of(value: Any, size: int) -> bytes | None:
-    """`_hex` with its size, without a name: None where `_hex` would raise."""
-    try:
-        raw = bytes.fromhex(value)
-    except (TypeError, ValueError):
-        return None
-    return raw if len(raw) == size else None
-
-
-def _account(value: Any, height: int, what: str) -> bytes:
-    """A 21-byte node account (`41` + 20 bytes) to its 20 bytes."""
-    raw = _hex(value, height, what, 21)
-    if raw[0] != 0x41:
-        raise _fail(height, f"{what} has version byte 0x{raw[0]:02x}, expected 0x41")
-    return raw[1:]
-
-
-def _node_account(value: Any, height: int, what: str) -> bytes:
-    """An account as either API form gives it: `41`-hex (visible=false) or base58 (visible=true), as 21 bytes."""
-    if isinstance(value, str) and len(value) == _BASE58_LENGTH and value.startswith("T"):
-        try:
-            return b"\x41" + parse_tron_address(value).key
-        except AddressError:
-            raise _fail(height, f"{what} is not a TRON address") from None
-    return _hex(value, height, what)
 
 
 def _signed_account(raw: bytes, height: int, txid: str, name: str) -> bytes:
@@ -228,175 +160,6 @@ def decode_block(
         transfers=tuple(transfers),
         tx_count=len(txs),
     )
-
-
-# The usual `ret` entry, `{"contractRet": NAME}` with no fee, encoded once per name.
-_RESULT_BYTES = {name: wire.encode_result(code) for name, code in wire.ContractResult.__members__.items()}
-_SUCCESSFUL = frozenset({wire.ContractResult.SUCCESS, wire.ContractResult.DEFAULT})
-# ... and as the tail of a whole `Transaction` (field 5), with whether it succeeded: (calls, others)
-_RESULT_TAILS = {
-    name: (b"\x2a" + wire.encode_varint(len(encoded)) + encoded, name == "SUCCESS", name in ("SUCCESS", "DEFAULT"))
-    for name, encoded in _RESULT_BYTES.items()
-}
-_TRIGGER = int(wire.ContractType.TRIGGER_SMART_CONTRACT)
-
-
-_UsualReading = Callable[[str, str, bytes], tuple[str, bytes, wire.SignedFields] | None]
-_Tx = tuple[wire.SignedFields, bool]  # a checked transaction: its signed contract, whether it succeeded
-
-
-def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], str | None]:
-    """The encoded `Transaction.Result` messages and the first result's name."""
-    encoded: list[bytes] = []
-    first: str | None = None
-    for ret in _list(tx.get("ret"), height, f"{where}.ret"):
-        ret = _dict(ret, height, f"{where}.ret")
-        name = ret.get("contractRet", "DEFAULT")
-        plain = _RESULT_BYTES.get(name) if isinstance(name, str) else None
-        if plain is None:
-            raise _fail(height, f"{where}: unknown contractRet {str(name)[:40]!r}")
-        if first is None:
-            first = name
-        fee = ret.get("fee", 0)
-        encoded.append(
-            plain if not fee else wire.encode_result(wire.ContractResult[name], _int(fee, height, f"{where}.ret.fee"))
-        )
-    return encoded, first
-
-
-def _transactions(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
-    txs: dict[str, _Tx] = {}
-    leaves: list[bytes] = []
-    for position, item in enumerate(items):
-        checked = _usual_transaction(item)
-        if checked is None:
-            checked = _transaction(item, height, position)
-        txid, leaf, tx = checked
-        txs[txid] = tx
-        leaves.append(leaf)
-    return txs, leaves
-
-
-def _usual_transaction(tx: Any, read: _UsualReading = wire.usual_transaction) -> tuple[str, bytes, _Tx] | None:
-    """`_transaction` for the usual shape, with no names for errors; None for anything else.
-
-    The usual shape: one 65-byte signature, one `{"contractRet": NAME}` result, the contract in
-    java-tron's layout, the JSON's fields equal to the signed ones as the node writes them (lowercase
-    hex). Whatever else (including every failure) goes to `_transaction`, which checks the same
-    things field by field and names what is wrong: both give the same answer (the tests check it).
-    """
-    if type(tx) is not dict:
-        return None
-    raw_hex, signatures, rets = tx.get("raw_data_hex"), tx.get("signature"), tx.get("ret")
-    if type(raw_hex) is not str or type(signatures) is not list or type(rets) is not list:
-        return None
-    if len(signatures) != 1 or len(rets) != 1 or type(ret := rets[0]) is not dict or len(ret) != 1:
-        return None
-    name, signature = ret.get("contractRet"), signatures[0]
-    if type(name) is not str or name not in _RESULT_TAILS or type(signature) is not str:
-        return None
-    tail, call_success, success = _RESULT_TAILS[name]
-    usual = read(raw_hex, signature, tail)
-    if usual is None or tx.get("txID") != usual[0] or not _json_agrees(tx, usual[2]):
-        return None
-    txid, leaf, fields = usual
-    return txid, leaf, (fields, call_success if fields[0] == _TRIGGER else success)
-
-
-def _transaction(item: Any, height: int, position: int) -> tuple[str, bytes, _Tx]:
-    """One transaction checked field by field: `(txID, its trie leaf, its contract and success)`."""
-    where = f"transaction {position}"
-    tx = _dict(item, height, where)
-    raw = _hex(tx.get("raw_data_hex"), height, f"{where}.raw_data_hex")
-    txid = hashlib.sha256(raw).hexdigest()
-    if tx.get("txID") != txid:
-        raise _fail(height, f"{where}: txID is not sha256(raw_data_hex)")
-    signatures = [_hex(s, height, f"{where}.signature") for s in _list(tx.get("signature"), height, where)]
-    results, first = _results(tx, height, where)
-    leaf = hashlib.sha256(wire.transaction_bytes(raw, signatures, results)).digest()
-    try:
-        contract = wire.decode_contract(raw)
-    except wire.WireError as exc:
-        raise _fail(height, f"{where}: {exc}") from None
-    _agrees(tx, contract, height, where)
-    code = wire.ContractResult[first] if first is not None else None
-    if contract.type == wire.ContractType.TRIGGER_SMART_CONTRACT:
-        success = code is wire.ContractResult.SUCCESS
-    else:
-        success = code is None or code in _SUCCESSFUL
-    c = contract
-    return txid, leaf, ((c.type, c.owner, c.to, c.contract, c.amount, c.asset, c.data), success)
-
-
-_JSON_FIELDS = {
-    "owner_address": "owner",
-    "to_address": "to",
-    "contract_address": "contract",
-    "amount": "amount",
-    "call_value": "amount",
-    "data": "data",
-    "asset_name": "asset",
-}
-
-
-def _json_agrees(tx: dict[str, Any], fields: wire.SignedFields) -> bool:
-    """`_agrees` for the node's usual JSON (lowercase hex, one contract, the usual fields of its type):
-    True when it agrees, False when `_agrees` must look (it raises on any disagreement)."""
-    raw_data = tx.get("raw_data")
-    entries = raw_data.get("contract") if type(raw_data) is dict else None
-    if type(entries) is not list or len(entries) != 1 or type(entry := entries[0]) is not dict:
-        return False
-    parameter = entry.get("parameter")
-    value = parameter.get("value") if type(parameter) is dict else None
-    if type(value) is not dict:
-        return False
-    kind, owner, to, contract, amount, asset, data = fields
-    if value.get("owner_address") != owner.hex():
-        return False
-    if kind == _TRIGGER and contract is not None:  # call_value and data are left out when 0 or empty
-        shown = 2 + ("call_value" in value) + ("data" in value)
-        return (
-            len(value) == shown
-            and value.get("contract_address") == contract.hex()
-            and value.get("call_value", 0) == amount
-            and value.get("data", "") == data.hex()
-        )
-    if to is None:
-        return False
-    shown = 2 + ("amount" in value) + (asset is not None)  # TRC-10: asset_name too
-    return (
-        len(value) == shown
-        and value.get("to_address") == to.hex()
-        and value.get("amount", 0) == amount
-        and (asset is None or value.get("asset_name") == asset.hex())
-    )
-
-
-def _agrees(tx: dict[str, Any], contract: wire.SignedContract, height: int, where: str) -> None:
-    """The JSON's contract must say what the signed bytes say, for every field the watcher reads."""
-    raw_data = _dict(tx.get("raw_data"), height, f"{where}.raw_data")
-    entries = _list(raw_data.get("contract"), height, f"{where}.raw_data.contract")
-    if len(entries) != 1:
-        raise _fail(height, f"{where}: {len(entries)} contracts in the JSON, expected 1")
-    parameter = _dict(_dict(entries[0], height, where).get("parameter"), height, f"{where}.parameter")
-    value = _dict(parameter.get("value"), height, f"{where}.parameter.value")
-    for name, shown in value.items():
-        attribute = _JSON_FIELDS.get(name)
-        if attribute is None:
-            continue
-        signed = getattr(contract, attribute)
-        if isinstance(signed, int):
-            same = shown == signed
-        elif signed is None or not isinstance(shown, str):
-            same = False
-        elif shown == signed.hex():  # visible=false: the node's hex, lowercase
-            same = True
-        elif name.endswith("_address"):  # visible=true: base58
-            same = _node_account(shown, height, f"{where}.{name}") == signed
-        else:  # hex in another case, or a TRC-10 token id as text (visible=true)
-            same = shown.lower() == signed.hex() or shown == signed.decode("latin-1")
-        if not same:
-            raise _fail(height, f"{where}: {name} in the JSON differs from the signed bytes")
 
 
 def _infos(infos: Any, height: int, txs: Mapping[str, _Tx]) -> dict[str, dict[str, Any]]:
