@@ -50,7 +50,7 @@ from bench.common import (
     scratch_schema,
     with_search_path,
 )
-from depositwatch.store.sql import ADDRESS_COLUMNS
+from depositwatch.store.book import ADDRESS_COLUMNS
 
 CHUNK = 100_000  # rows per generated chunk; the book of size N is the first N rows of one sequence
 SEED = 20240611

@@ -13,7 +13,7 @@ import structlog
 
 from depositwatch.cli import main
 from depositwatch.store import SchemaError, SqlStore, connect_store, open_store
-from depositwatch.store.sql import _statements, migrations
+from depositwatch.store.schema import migrations, statements
 
 
 @pytest.fixture(autouse=True)
@@ -93,18 +93,18 @@ def test_statements_keep_semicolons_and_dashes_inside_literals() -> None:
         "INSERT INTO t (a, \"b;c\") VALUES ('x; y -- z', 'it''s; fine'); /* block; comment */\n"
         "CREATE TABLE u (v {BLOB});\n"
     )
-    assert _statements(sql, "postgres") == [
+    assert statements(sql, "postgres") == [
         "INSERT INTO t (a, \"b;c\") VALUES ('x; y -- z', 'it''s; fine')",
         "CREATE TABLE u (v BYTEA)",
     ]
     with pytest.raises(SchemaError, match="unterminated"):
-        _statements("INSERT INTO t VALUES ('open;", "sqlite")
+        statements("INSERT INTO t VALUES ('open;", "sqlite")
 
 
 async def test_a_literal_with_a_semicolon_runs_as_one_statement(store: SqlStore) -> None:
     """The split statements run on both backends as written."""
     async with store.db.transaction() as conn:
-        for statement in _statements("CREATE TABLE semi (t TEXT); INSERT INTO semi VALUES ('a;b'' -- c');", "sqlite"):
+        for statement in statements("CREATE TABLE semi (t TEXT); INSERT INTO semi VALUES ('a;b'' -- c');", "sqlite"):
             await conn.execute(statement)
         assert await conn.fetchval("SELECT t FROM semi") == "a;b' -- c"
 

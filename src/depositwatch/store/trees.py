@@ -19,12 +19,12 @@ from depositwatch.addresses.hd import HARDENED
 from depositwatch.models import AddressStatus, TreeEntry
 from depositwatch.store.audit import AuditChange, new_batch, unix_actor, write_audit
 from depositwatch.store.base import ChainPolicy, ImportRejected, ImportResult, RevokeResult, StoreError
+from depositwatch.store.book import chain_coverage, retro_alerts
 from depositwatch.store.book_version import bump_book
 from depositwatch.store.drivers import fetch_in
 from depositwatch.timeutil import now
 
 if TYPE_CHECKING:
-    from depositwatch.store.base import Coverage
     from depositwatch.store.drivers import Conn, Driver
 
 COPY_CHUNK = 50_000  # derived keys per copy: bounds the memory an import of millions of keys holds
@@ -94,13 +94,6 @@ class TreeMixin:
     """Key-tree operations; mixed into SqlStore."""
 
     db: Driver
-
-    if TYPE_CHECKING:
-
-        async def _retro_alerts(
-            self, conn: Conn, policy: ChainPolicy, keys: Sequence[bytes], at: int, stamp: int
-        ) -> int: ...
-        async def _coverage(self, conn: Conn, chain: str) -> Coverage: ...
 
     async def import_trees(
         self,
@@ -271,8 +264,8 @@ class TreeMixin:
                 ]
                 if keys:
                     policy = (policies or {}).get(chain) or ChainPolicy(chain, confirmations=1)
-                    retro += await self._retro_alerts(conn, policy, keys, at, stamp)
-            coverage = tuple([await self._coverage(conn, chain) for chain in chains])
+                    retro += await retro_alerts(conn, policy, keys, at, stamp)
+            coverage = tuple([await chain_coverage(conn, chain) for chain in chains])
             if revoked:
                 await write_audit(conn, actor or unix_actor(), "revoke", changes, stamp)
                 await bump_book(conn, self.db.dialect)
