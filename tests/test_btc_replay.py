@@ -15,6 +15,7 @@ import pytest
 from depositwatch.addressbook import ChainDirectory, ChainInfo, read_import_csv
 from depositwatch.addresses import parse_bitcoin_address
 from depositwatch.chains.bitcoin import BitcoinSource
+from depositwatch.chains.btc_prevouts import prevouts_paying
 from depositwatch.cli import main
 from depositwatch.replay import replay, run_id
 from depositwatch.store import Scope, open_store
@@ -201,8 +202,8 @@ async def test_prevouts_let_a_replay_see_the_sweep_of_an_output_paid_before_its_
     try:
         identity = await source.identity()
         revoked = {chain.revoked, chain.late}
-        found = await source.prevouts_paying(start, stop + 1, revoked)
-        assert await source.prevouts_paying(chain.first + 2, stop + 1, revoked) == []  # paid inside the range
+        found = await prevouts_paying(source, start, stop + 1, revoked)
+        assert await prevouts_paying(source, chain.first + 2, stop + 1, revoked) == []  # paid inside the range
     finally:
         await source.close()
     assert sorted((o.txid, o.vout, o.amount, o.script, o.height) for o in found) == sorted(

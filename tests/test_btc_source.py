@@ -17,6 +17,7 @@ import zmq.asyncio
 from depositwatch.addresses import parse_bitcoin_address
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable, WrongChain
 from depositwatch.chains.bitcoin import BitcoinSource
+from depositwatch.chains.btc_prevouts import prevouts_paying
 from depositwatch.chains.btc_rpc import RpcAuthError
 from depositwatch.config import ChainConfig, Secret, redact_url
 from depositwatch.matcher import match_block
@@ -424,7 +425,7 @@ async def test_malformed_prevouts_are_bad_node_answers(node: BitcoinRegtestServe
     node.chain.spend([(paid.txid, 0)], [(p2wpkh(b"\x06" * 20), 8_000)])
     node.chain.mine()
     height = node.chain.height
-    assert [o.amount for o in await source.prevouts_paying(height, height + 1, {p2wpkh(b"\x05" * 20)})] == [9_000]
+    assert [o.amount for o in await prevouts_paying(source, height, height + 1, {p2wpkh(b"\x05" * 20)})] == [9_000]
 
     def strip(params: list[Any], result: Any) -> Any:
         for tx in result["tx"]:
@@ -434,4 +435,4 @@ async def test_malformed_prevouts_are_bad_node_answers(node: BitcoinRegtestServe
 
     tamper(node, "getblock", strip)
     with pytest.raises(BadNodeAnswer, match=r"getblock \w+ 3: malformed prevout"):
-        await source.prevouts_paying(height, height + 1, {p2wpkh(b"\x05" * 20)})
+        await prevouts_paying(source, height, height + 1, {p2wpkh(b"\x05" * 20)})

@@ -153,10 +153,11 @@ async def replay(
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
             from depositwatch.chains.bitcoin import BitcoinSource
+            from depositwatch.chains.btc_prevouts import prevouts_paying
 
             if not isinstance(source, BitcoinSource):
                 raise ValueError("--prevouts is for Bitcoin chains")
-            found = await source.prevouts_paying(start, stop + 1, registry.book(chain.name).revoked)
+            found = await prevouts_paying(source, start, stop + 1, registry.book(chain.name).revoked)
             await store.add_watched_outputs(chain.name, found, scope)
         settings = make_settings(chain, start_height=start, stop_height=stop)
         if (

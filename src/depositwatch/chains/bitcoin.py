@@ -25,8 +25,8 @@
   thirds of its time encoding addresses; `docs/performance.md`, `bench/btc_bench.py`). The watched
   path keeps the addresses of the scripts it saw last. `tx_count` is the block's either way;
   `transfers` then counts the watched outputs only.
-- `prevouts_paying(start, stop, scripts)` finds, with `getblock HASH 3`, the outputs paid to watched
-  scripts before `start` and spent in the range, so a replay can see the sweep of funds it never saw
+- `btc_prevouts.prevouts_paying(source, start, stop, scripts)` finds, with `getblock HASH 3`, the outputs
+  paid to watched scripts before `start` and spent in the range, so a replay can see the sweep of funds it never saw
   arrive.
 - The mempool, for `depositwatch.mempool`: `mempool_txids()` is `getrawmempool`, `mempool_txs(txids)`
   the transactions still there, raw (`getrawtransaction TXID false` in one JSON-RPC batch), decoded
@@ -55,12 +55,14 @@ import structlog
 
 from depositwatch.addresses import bitcoin_script_to_address
 from depositwatch.chains.base import BadNodeAnswer, WrongChain
-from depositwatch.chains.btc_decode import decode_block, decode_tx
-from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, NotFound, RpcError, btc_to_sats
-from depositwatch.chains.btc_scan import outpoint_key, scan_block
+from depositwatch.chains.btc_blocks import full_block, watched_block
+from depositwatch.chains.btc_decode import decode_tx
+from depositwatch.chains.btc_rpc import BitcoinRpc, Call, InvalidParameter, NotFound, RpcError
+from depositwatch.chains.btc_scan import outpoint_key
 from depositwatch.chains.btc_wire import BlockDecodeError, Tx, block_hash
+from depositwatch.chains.btc_zmq import listen_zmq
 from depositwatch.config import ChainConfig
-from depositwatch.models import Asset, Block, BlockRef, Spend, Transfer, WatchedOutput
+from depositwatch.models import Asset, Block, BlockRef, Transfer
 
 if TYPE_CHECKING:
     from depositwatch.registry import AddressRegistry
@@ -87,27 +89,6 @@ def _block_hash_text(value: Any, call: str, chain: str) -> str:
     if not isinstance(value, str) or not _HASH.match(value):
         raise BadNodeAnswer(f"chain {chain}: {call}: answer {value!r:.100} is not a 64-digit block hash")
     return value
-
-
-def _spent_outputs(block: Any, before: int, scripts: Container[bytes]) -> list[WatchedOutput]:
-    """From a `getblock HASH 3` answer: the spent outputs paying `scripts` that were made before `before`."""
-    found = []
-    for tx in block["tx"]:
-        for txin in tx["vin"]:
-            if "coinbase" in txin:
-                continue
-            prevout = txin["prevout"]
-            script = bytes.fromhex(prevout["scriptPubKey"]["hex"])
-            height = prevout["height"]
-            if not isinstance(height, int) or isinstance(height, bool) or not 0 <= height <= MAX_HEIGHT:
-                raise ValueError(f"prevout height {height!r:.100}")
-            if script not in scripts or height >= before:
-                continue
-            txid, vout = txin["txid"], txin["vout"]
-            if not isinstance(txid, str) or not _HASH.match(txid) or not isinstance(vout, int) or not 0 <= vout < 2**32:
-                raise ValueError(f"outpoint {txid!r}:{vout!r}")
-            found.append(WatchedOutput(txid, vout, script, btc_to_sats(prevout["value"]), height))
-    return found
 
 
 def _discard(task: asyncio.Future[bytes]) -> None:
@@ -184,7 +165,7 @@ class BitcoinSource:
         if self.rpc.switches == switches:
             self._checked_switches = switches
         if self.config.zmq_url and self._zmq_task is None:
-            self._zmq_task = asyncio.create_task(self._listen_zmq(self.config.zmq_url), name=f"{self.name}-zmq")
+            self._zmq_task = asyncio.create_task(listen_zmq(self, self.config.zmq_url), name=f"{self.name}-zmq")
         log.info(
             "bitcoin node checked",
             chain=self.name,
@@ -387,32 +368,6 @@ class BitcoinSource:
             self._ahead_task = None
         _cancel(self._ahead)
 
-    async def prevouts_paying(self, start: int, stop: int, scripts: Container[bytes]) -> list[WatchedOutput]:
-        """Outputs paid to `scripts` before block `start` and spent in blocks `start` to `stop - 1`.
-
-        A replay that starts after an output was paid to a revoked script never sees the payment, so
-        the sweep would pass unnoticed; `getblock HASH 3` gives every input's spent output (`prevout`,
-        from the node's undo data), and this returns those paying a watched script, for
-        `store.add_watched_outputs(chain, outputs, scope)` before the replay's follower starts.
-        Verbosity 3 is JSON and about 20 times slower than the raw block: worth it only on demand.
-        """
-        found: dict[tuple[str, int], WatchedOutput] = {}
-        hashes = await self.hashes(start, stop)
-        for low in range(0, len(hashes), self.config.batch_blocks):
-            chunk = hashes[low : low + self.config.batch_blocks]
-            blocks = await asyncio.gather(*(self.rpc.call("getblock", h, 3) for h in chunk))
-            for hash_, block in zip(chunk, blocks, strict=True):
-                try:
-                    for out in _spent_outputs(block, start, scripts):
-                        found.setdefault((out.txid, out.vout), out)
-                except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                    raise BadNodeAnswer(
-                        f"chain {self.name}: getblock {hash_} 3: malformed prevout data ({exc!r:.200})"
-                    ) from None
-        return list(found.values())
-
-    # the mempool -------------------------------------------------------------------------------------
-
     async def mempool_txids(self) -> list[str]:
         """The ids of the transactions in the node's mempool (`getrawmempool`), in the node's order."""
         answer = await self.rpc.call("getrawmempool")
@@ -517,52 +472,10 @@ class BitcoinSource:
             raise BadNodeAnswer(f"chain {self.name}: {call}: the node sent block {got} instead")
         try:
             if scan is None:
-                return self._full_block(height, hash_, raw)
-            return self._watched_block(height, hash_, raw, *scan)
+                return full_block(height, hash_, raw, self.payments)
+            return watched_block(height, hash_, raw, *scan, self.asset, self._watched_address)
         except BlockDecodeError as exc:
             raise BadNodeAnswer(f"chain {self.name}: {call}: not a valid block: {exc}") from None
-
-    def _full_block(self, height: int, hash_: str, raw: bytes) -> Block:
-        block = decode_block(raw)
-        transfers: list[Transfer] = []
-        spends: list[Spend] = []
-        add_transfers, add_spend, payments = transfers.extend, spends.append, self.payments
-        for position, tx in enumerate(block.txs):
-            txid = tx.txid
-            add_transfers(payments(tx))
-            if position:  # the first transaction is the coinbase: its input spends nothing
-                for vin, txin in enumerate(tx.inputs):
-                    add_spend(Spend(txid, vin, txin.prev_txid[::-1].hex(), txin.prev_vout))
-        header = block.header
-        return Block(height, hash_, header.prev_hash, header.time, tuple(transfers), tuple(spends), len(block.txs))
-
-    def _watched_block(
-        self,
-        height: int,
-        hash_: str,
-        raw: bytes,
-        active: Collection[bytes],
-        outpoints: set[bytes],
-        revoked: Collection[bytes],
-    ) -> Block:
-        # The active set and the revoked dict are looked up as they are (no merged set to build), and
-        # only the outputs paying revoked scripts are followed to their spends: the tracker's sweeps.
-        if revoked:
-            found = scan_block(raw, active, outpoints, more_scripts=revoked, follow=revoked)
-        else:
-            found = scan_block(raw, active, outpoints, follow=revoked)
-        asset, address = self.asset, self._watched_address
-        transfers = []
-        for hit in found.outputs:
-            if hit.value <= 0:
-                continue
-            script = hit.script
-            transfers.append(Transfer(asset, hit.value, hit.txid, hit.vout, script, to_address=address(script)))
-            if script in revoked:  # a sweep of it later in this fetch must be seen
-                outpoints.add(outpoint_key(hit.txid, hit.vout))
-        spends = tuple(Spend(s.txid, s.vin, s.prev_txid, s.prev_vout) for s in found.spends)
-        header = found.header
-        return Block(height, hash_, header.prev_hash, header.time, tuple(transfers), spends, found.tx_count)
 
     # ZMQ -------------------------------------------------------------------------------------------
 
@@ -572,36 +485,3 @@ class BitcoinSource:
         self._announced[block_hash(raw[:80])] = raw
         while len(self._announced) > ANNOUNCED_KEPT:
             del self._announced[next(iter(self._announced))]
-
-    async def _listen_zmq(self, url: str) -> None:
-        """Set the head event on `hashblock`, `rawblock` and on `sequence` block connect/disconnect
-        messages; keep the bytes of the last few `rawblock`s, so the fetch of a new tip needs no
-        `getblock` (they are checked as any block read: header hash, merkle root)."""
-        import zmq
-        import zmq.asyncio
-
-        context = zmq.asyncio.Context()
-        socket = context.socket(zmq.SUB)
-        try:
-            socket.connect(url)
-            socket.setsockopt(zmq.SUBSCRIBE, b"hashblock")
-            socket.setsockopt(zmq.SUBSCRIBE, b"rawblock")
-            socket.setsockopt(zmq.SUBSCRIBE, b"sequence")
-            log.info("listening for ZMQ block announcements", chain=self.name, url=url)
-            while True:
-                parts = await socket.recv_multipart()
-                if len(parts) < 2:
-                    continue
-                topic, body = parts[0], parts[1]
-                if topic == b"rawblock":
-                    self._keep_announced(body)
-                    self._head.set()
-                elif topic == b"hashblock" or (topic == b"sequence" and body[32:33] in (b"C", b"D")):
-                    self._head.set()
-                elif topic == b"sequence" and body[32:33] in (b"A", b"R"):
-                    self.mempool_changed.set()
-        except zmq.ZMQError as exc:
-            log.warning("ZMQ listener stopped: polling only", chain=self.name, url=url, error=str(exc))
-        finally:
-            socket.close(linger=0)
-            context.term()
