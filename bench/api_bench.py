@@ -34,7 +34,7 @@ from depositwatch.api import ApiContext, TokenSet, build_app, start_api
 from depositwatch.config import ApiToken, Secret
 from depositwatch.store import open_store
 
-TOKEN = "bench-token-0123456789abcdef"
+TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - the benchmark's own API token
 
 
 def address(n: int) -> str:

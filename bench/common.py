@@ -16,7 +16,7 @@ MB = 1024 * 1024
 
 def proc_status_kb(field: str) -> int:
     """A `kB` field of /proc/self/status (VmRSS: resident now, VmHWM: the resident peak), in kB."""
-    with open("/proc/self/status") as status:
+    with Path("/proc/self/status").open() as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])

@@ -131,8 +131,8 @@ def run(
     """Run a command to completion; its wall time. Output goes to the files given (else discarded)."""
     began = time.perf_counter()
     with (
-        open(stdout or os.devnull, "wb") as out,
-        open(stderr or os.devnull, "wb") as err,
+        Path(stdout or os.devnull).open("wb") as out,
+        Path(stderr or os.devnull).open("wb") as err,
     ):
         done = subprocess.run(cmd, stdout=out, stderr=err, env=env, check=False)
     wall = time.perf_counter() - began
@@ -686,9 +686,9 @@ def median_run(runs: list[Run]) -> Run:
 
 
 def plot_batches(sweep: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -182,9 +182,9 @@ def _last_height(path: Path) -> int:
 
 
 def plot(path: str, along: list[dict[str, Any]], stores: list[dict[str, Any]]) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = (1 if along else 0) + (1 if stores else 0)

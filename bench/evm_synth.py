@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -128,7 +128,7 @@ class SynthNode:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> SynthNode:
+    async def __aenter__(self) -> Self:
         app = web.Application(client_max_size=1 << 24)
         app.router.add_post("/", self._handle)
         self._runner = web.AppRunner(app, access_log=None)

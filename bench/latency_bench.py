@@ -215,9 +215,9 @@ async def one_mode(mode: str, blocks: int, warmup: int, tmp: Path) -> dict[str, 
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -297,11 +297,8 @@ def section(results: list[dict[str, Any]], command: str, load_before: str, minut
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
     with tempfile.TemporaryDirectory(prefix="latency-bench-") as scratch:
-        for mode in args.modes.split(","):
-            results.append(await one_mode(mode, args.blocks, args.warmup, Path(scratch)))
-    return results
+        return [await one_mode(mode, args.blocks, args.warmup, Path(scratch)) for mode in args.modes.split(",")]
 
 
 def render(saved: dict[str, Any], args: argparse.Namespace) -> None:

@@ -190,7 +190,7 @@ async def prepare(size: int, stores: list[str], workdir: str) -> tuple[Scratch, 
         if "sqlite" in stores:
             fd, path = tempfile.mkstemp(prefix="dw_bench_registry_", suffix=".db", dir=workdir)
             os.close(fd)
-            os.unlink(path)
+            Path(path).unlink()
             scratch.sqlite_file = path
             url = f"sqlite:///{path}"
             store = await open_store(url, migrate=True)
@@ -528,9 +528,9 @@ def verdicts(results: list[Figures]) -> list[str]:
 
 
 def plot(results: list[Figures], path: str) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)

@@ -202,9 +202,9 @@ def render(results: list[Measure], args: argparse.Namespace, uptimes: list[str])
 
 
 def plot(results: list[Measure], args: argparse.Namespace, path: str) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))

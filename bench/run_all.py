@@ -77,8 +77,8 @@ def splice(doc: str, new: str) -> tuple[str, list[str]]:
     head, sections = split_sections(doc)
     _, fresh = split_sections(new)
     changed = []
-    for title, text in fresh:
-        text = text.rstrip("\n") + "\n\n"
+    for title, given in fresh:
+        text = given.rstrip("\n") + "\n\n"
         for i, (existing, _) in enumerate(sections):
             if existing == title:
                 sections[i] = (title, text)

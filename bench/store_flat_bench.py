@@ -75,7 +75,7 @@ eth,0x9696f59e4d72e237be84ffd425dcad154bf96976,revoked,hot-2,cust-5,1500000000,b
 
 def read_bytes() -> int:
     """Bytes this process read through the kernel (page cache hits included)."""
-    with open("/proc/self/io") as io:
+    with Path("/proc/self/io").open() as io:
         for line in io:
             if line.startswith("rchar:"):
                 return int(line.split()[1])

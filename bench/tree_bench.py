@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -278,7 +279,7 @@ async def measure(size: int, store: str, workdir: str, cpu: int, synthetic: bool
 
 
 def _seconds(value: float) -> str:
-    return "-" if value != value else f"{value:.1f}"  # NaN: not measured (--synthetic)
+    return "-" if math.isnan(value) else f"{value:.1f}"  # NaN: not measured (--synthetic)
 
 
 def report(rows: list[Row], pg: str | None, synthetic: bool = False) -> str:
@@ -322,11 +323,11 @@ def report(rows: list[Row], pg: str | None, synthetic: bool = False) -> str:
 
 
 def _rate(keys: int, seconds: float) -> str:
-    return "-" if seconds != seconds or seconds <= 0 else f"{keys / seconds:,.0f}"
+    return "-" if math.isnan(seconds) or seconds <= 0 else f"{keys / seconds:,.0f}"
 
 
 def _megabytes(value: float) -> str:
-    return "-" if value != value else f"{value:,.0f}"
+    return "-" if math.isnan(value) else f"{value:,.0f}"
 
 
 async def run(args: argparse.Namespace) -> str:

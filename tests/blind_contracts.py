@@ -86,7 +86,7 @@ def forwarder_code(target: bytes) -> bytes:
     return assemble(
         [
             "CALLDATASIZE", ("push", "generic"), "JUMPI",
-            # receive: CALL(gas, target, callvalue, 0, 0, 0, 0)
+            # receive: a CALL of target with the call value, no data, all gas
             0, 0, 0, 0, "CALLVALUE", target, "GAS", "CALL", "POP", "STOP",
             "@generic",
             0x40, "CALLDATASIZE", "SUB", 0x40, 0x00, "CALLDATACOPY",  # memory[0:] = payload

@@ -262,7 +262,9 @@ def revoked_key(i: int) -> bytes:
 class AlertMaker:
     """Puts real alerts in a store's outbox: revoked addresses, then blocks that pay them."""
 
-    def __init__(self, store: SqlStore, chain: str = "eth", chain_id: int | None = 1, confirmations: int = 1000):
+    def __init__(
+        self, store: SqlStore, chain: str = "eth", chain_id: int | None = 1, confirmations: int = 1000
+    ) -> None:
         self.store = store
         self.chain = chain
         self.policy = ChainPolicy(chain, confirmations=confirmations, chain_id=chain_id)

@@ -286,7 +286,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 def doc_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.DOTALL)
 
 
 def test_the_documented_config_is_valid() -> None:

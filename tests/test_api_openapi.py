@@ -54,7 +54,7 @@ def check_answer(method: str, path: str, status: int, body: Any) -> None:
     """An answer of the API against the document: a documented route answers only documented statuses
     with bodies of their schemas; anything else (unknown route, method) is an Error."""
     doc = json.loads(DOC_FILE.read_text())
-    template = _template(path.split("?")[0])
+    template = _template(path.split("?", maxsplit=1)[0])
     operation = doc["paths"].get(template, {}).get(method.lower()) if template else None
     if operation is None:
         assert status >= 400, (method, path, status)

@@ -21,7 +21,7 @@ def test_btc_replay_bench_prints_each_part_with_its_ratio_and_cpu() -> None:
     out = done.stdout
     assert "2 interleaved rounds" in out
     rows = re.findall(
-        r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d., ]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M
+        r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d., ]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.MULTILINE
     )
     parts = {row[0]: row for row in rows}
     assert set(parts) == {

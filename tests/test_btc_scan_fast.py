@@ -256,10 +256,11 @@ def chained_blocks(draw: st.DrawFn) -> bytes:
     paid: list[tuple[bytes, int]] = []  # outpoints of the block so far
     for _ in range(draw(st.integers(1, 6))):
         inputs = []
-        for txin in draw(st.lists(tx_inputs, min_size=1, max_size=3)):
+        for drawn in draw(st.lists(tx_inputs, min_size=1, max_size=3)):
+            txin = drawn
             if paid and draw(st.booleans()):
                 prev, vout = paid.pop(draw(st.integers(0, len(paid) - 1)))
-                txin = TxIn(prev, vout, txin.script_sig, txin.sequence, txin.witness)
+                txin = TxIn(prev, vout, drawn.script_sig, drawn.sequence, drawn.witness)
             inputs.append(txin)
         outputs = draw(
             st.lists(st.builds(TxOut, st.integers(-(2**63), 2**63 - 1), st.sampled_from(SCRIPTS)), max_size=4)

@@ -384,8 +384,8 @@ def garble(data: st.DataObject, raw: bytes) -> bytes:
         label="edits",
     )
     out = bytearray(raw)
-    for op, at, byte in edits:
-        at = min(at, len(out))
+    for op, where, byte in edits:
+        at = min(where, len(out))
         if op == "set" and at < len(out):
             out[at] = byte
         elif op == "insert":

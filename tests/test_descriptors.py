@@ -231,7 +231,7 @@ def _xprv(secret: bytes, version: str = "0488ade4") -> str:
     return b58check_encode(body)
 
 
-_SECRETS = st.binary(min_size=32, max_size=32).filter(lambda raw: any(raw))
+_SECRETS = st.binary(min_size=32, max_size=32).filter(any)
 
 
 @given(secret=_SECRETS, chain=st.sampled_from(["bitcoin", "evm", "tron"]), form=st.integers(0, 5))

@@ -191,7 +191,7 @@ async def test_receiver_down_for_a_while_then_back_on_the_same_port(store: SqlSt
     async def failed_attempts() -> bool:
         return sum([d.attempts for m in messages for d in await store.deliveries(m.seq)]) >= 2 * len(messages)
 
-    await eventually(lambda: failed_attempts(), timeout=30)
+    await eventually(failed_attempts, timeout=30)
     await rx.start()
     assert rx.port == port
     assert await draining

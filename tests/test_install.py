@@ -97,7 +97,7 @@ systemctl() { echo "$*" >> "$DW_ROOT/systemctl.log"; }
 
 def doc_blocks() -> dict[str, str]:
     """The document's walked blocks, by name."""
-    found = dict(re.findall(r"<!-- walk: ([\w-]+) -->\n```sh\n(.*?)```", DOC.read_text(), re.S))
+    found = dict(re.findall(r"<!-- walk: ([\w-]+) -->\n```sh\n(.*?)```", DOC.read_text(), re.DOTALL))
     assert set(found) >= {"install", "credential", "units", "network", "check", "migrate", "start"}, sorted(found)
     return found
 

@@ -137,7 +137,9 @@ def test_the_readmes_module_map_names_modules_that_exist() -> None:
                 missing.append(group.group(1))
             inner = group.group(2) or ""
             folder = head if head.is_dir() else package
-            for name in re.findall(r"`([\w.*/]+)`", inner):
-                if not any(folder.glob(name.rstrip("/"))):
-                    missing.append(f"{group.group(1)}{name}")
+            missing.extend(
+                f"{group.group(1)}{name}"
+                for name in re.findall(r"`([\w.*/]+)`", inner)
+                if not any(folder.glob(name.rstrip("/")))
+            )
     assert missing == []

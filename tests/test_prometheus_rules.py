@@ -30,7 +30,7 @@ needs_promtool = pytest.mark.skipif(
 
 
 def alert_names() -> list[str]:
-    return re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.M)
+    return re.findall(r"^\s*- alert: (\w+)$", RULES.read_text(), re.MULTILINE)
 
 
 def exported_names() -> set[str]:
@@ -51,7 +51,7 @@ def dashboard() -> dict[str, Any]:
 
 
 def doc_block(marker: str, lang: str) -> str:
-    match = re.search(rf"<!-- {re.escape(marker)} -->\n```{lang}\n(.*?)```", DOC.read_text(), re.S)
+    match = re.search(rf"<!-- {re.escape(marker)} -->\n```{lang}\n(.*?)```", DOC.read_text(), re.DOTALL)
     assert match is not None, f"no {marker!r} block in {DOC.name}"
     return match.group(1)
 
@@ -93,7 +93,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     firing: set[str] = set()
     quiet: set[str] = set()
     for case in cases:
-        for name, expected in re.findall(r"alertname: (\w+)\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time:|\Z)", case, re.S):
+        for name, expected in re.findall(
+            r"alertname: (\w+)\n\s+exp_alerts:(.*?)(?=\n\s+- eval_time:|\Z)", case, re.DOTALL
+        ):
             (quiet if expected.strip() == "[]" else firing).add(name)
     assert firing == set(names), set(names) ^ firing
     assert quiet == set(names), set(names) ^ quiet

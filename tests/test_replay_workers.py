@@ -291,9 +291,9 @@ def documented(where: str) -> list[list[str]]:
     """The commands of the README's parallel-replay section, or of docs/operations.md's walked block."""
     if where == "README":
         section = README[README.index("### Parallel replay") : README.index("## Alerts")]
-        found = re.search(r"```sh\n(.*?)```", section, re.S)
+        found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     else:
-        found = re.search(r"<!-- parallel-replay -->\n```sh\n(.*?)```", OPERATIONS, re.S)
+        found = re.search(r"<!-- parallel-replay -->\n```sh\n(.*?)```", OPERATIONS, re.DOTALL)
     assert found is not None
     return [shlex.split(line.split(" # ")[0]) for line in found.group(1).splitlines() if not line.startswith("#")]
 
@@ -336,7 +336,7 @@ async def test_the_documented_multi_machine_commands_run_as_written(
     assert outputs[0].read_bytes() == outputs[1].read_bytes() == single
     if where == "operations":  # its progress query, on the finished run
         section = OPERATIONS[OPERATIONS.index("## Parallel replay") : OPERATIONS.index("## Upgrade")]
-        found = re.search(r"```sql\n(.*?)```", section, re.S)
+        found = re.search(r"```sql\n(.*?)```", section, re.DOTALL)
         assert found is not None
         store = await open_store(pg_url)
         try:

@@ -35,14 +35,14 @@ def _reset_logging() -> Iterator[None]:
 
 def example_commands() -> list[str]:
     """The lines of the example's sh block."""
-    block = re.search(r"## Example\n.*?```sh\n(.*?)```", DOC, re.S)
+    block = re.search(r"## Example\n.*?```sh\n(.*?)```", DOC, re.DOTALL)
     assert block is not None
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
 def shown_outputs() -> dict[str, str]:
     """Each `Output of `COMMAND`:` and the fenced block below it."""
-    found = re.findall(r"Output of `([^`]+)`:\n\n```\w*\n(.*?)```", DOC, re.S)
+    found = re.findall(r"Output of `([^`]+)`:\n\n```\w*\n(.*?)```", DOC, re.DOTALL)
     return dict(found)
 
 

@@ -63,7 +63,7 @@ def test_docs_examples_parse_and_build(monkeypatch: pytest.MonkeyPatch, tmp_path
     """Every TOML block of docs/alerts.md; each new channel appears; the chain's explorer template is used."""
     with_secrets(monkeypatch, tmp_path)
     sinks, chains = [], []
-    for block in re.findall(r"```toml\n(.*?)```", DOCS, re.S):
+    for block in re.findall(r"```toml\n(.*?)```", DOCS, re.DOTALL):
         data = tomllib.loads(block)
         sinks += data.get("sinks", [])
         chains += data.get("chains", [])

@@ -140,7 +140,7 @@ async def test_read_only_commands_refuse_a_store_without_schema(
     assert code == 1 and stdout == ""
     assert "no depositwatch schema: run `depositwatch db migrate`" in stderr
     schema = pg_url.rsplit("search_path=", 1)[1]
-    conn = await asyncpg.connect(pg_url.split("?")[0])
+    conn = await asyncpg.connect(pg_url.split("?", maxsplit=1)[0])
     try:
         tables = await conn.fetch("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema)
     finally:

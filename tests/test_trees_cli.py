@@ -169,7 +169,7 @@ def test_an_xprv_in_the_csv_fails_the_whole_import_without_echoing_it(
     what an earlier import put there, and only that), and no part of the key shows on either stream."""
     xprv = (
         "xprv9s21ZrQH143K3QTDL4LXw2F7HEK3wJUD2nW2nRk4stbPy6cq3jPPqjiChk"
-        + "VvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33yuGBxrMPHi"
+        "VvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33yuGBxrMPHi"
     )
     earlier = tmp_path / "earlier.csv"
     earlier.write_text(f"chain,address,status\neth,{ETH_A},active\n")

@@ -20,7 +20,7 @@ SECTION = README[README.index("### Key trees") : README.index("## Running the da
 
 
 def block(kind: str) -> str:
-    found = re.search(rf"```{kind}\n(.*?)```", SECTION, re.S)
+    found = re.search(rf"```{kind}\n(.*?)```", SECTION, re.DOTALL)
     assert found is not None, f"no {kind} block in the README's key-tree section"
     return found.group(1)
 

@@ -18,7 +18,9 @@ def test_tron_replay_bench_runs_and_prints_every_figure() -> None:
         timeout=300,
     )
     out = done.stdout
-    assert re.search(r"^replay: [\d.]+ blocks/s, bare client [\d.]+ blocks/s: [\d.]+ of it \(3 blocks, ", out, re.M)
+    assert re.search(
+        r"^replay: [\d.]+ blocks/s, bare client [\d.]+ blocks/s: [\d.]+ of it \(3 blocks, ", out, re.MULTILINE
+    )
     # two rounds side by side, each with its ratio
     assert len(re.findall(r"[\d.]+ / [\d.]+ = [\d.]+", out)) == 2
     for client in ("replay", "bare"):
@@ -26,7 +28,7 @@ def test_tron_replay_bench_runs_and_prints_every_figure() -> None:
             rf"^  client CPU per block, {client}: ([\d.]+) ms \(rounds (.*)\), of which garbage"
             rf" collection (.*) ms$",
             out,
-            re.M,
+            re.MULTILINE,
         )
         assert line is not None, out
         assert len(line.group(2).split(", ")) == 2 and len(line.group(3).split(", ")) == 2

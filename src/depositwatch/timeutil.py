@@ -11,7 +11,7 @@ def now() -> int:
     return int(time.time())
 
 
-def iso(ts: int | float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     """Unix seconds as ISO 8601 UTC with a trailing Z, or None."""
     if ts is None:
         return None

@@ -104,6 +104,8 @@ class RpcError(Exception):
 class Raw(str):
     """A JSON number written exactly as this text."""
 
+    __slots__ = ()
+
 
 def amount(sats: int) -> Raw:
     sign = "-" if sats < 0 else ""

@@ -348,7 +348,7 @@ def test_config_loader_raises_only_config_errors(form: str) -> None:
 def test_config_files_of_any_content_raise_only_config_errors(form: str) -> None:
     toml_like = st.lists(
         st.sampled_from(
-            ['[store]\n', 'url = "sqlite:///x.db"\n', "[[chains]]\n", 'name = "eth"\n', 'kind = "evm"\n',
+            ["[store]\n", 'url = "sqlite:///x.db"\n', "[[chains]]\n", 'name = "eth"\n', 'kind = "evm"\n',
              "chain_id = 1\n", 'rpc_urls = ["http://x:1"]\n', "= = =\n", '"\\ud800"\n', "a.b.c = 1\n", "[x\n",
              'x = """\n', "\x00", "\ufeff", "n = nan\n", "i = inf\n", "d = 1979-05-27T07:32:00Z\n"]
         ),

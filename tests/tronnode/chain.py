@@ -114,7 +114,7 @@ def transaction_json(tx: Tx) -> dict[str, Any]:
     type_name = _TYPE_NAMES[tx.contract_type]
     return {
         "ret": [{"contractRet": tx.result}],
-        "signature": [hashlib.sha256(raw + b"sig").digest().hex() * 2 + "1b"],
+        "signature": [hashlib.sha256(raw + b"sig").hexdigest() * 2 + "1b"],
         "txID": wire.tx_id(raw).hex(),
         "raw_data": {
             "contract": [
@@ -242,7 +242,9 @@ class TronChain:
 
     SOLIDIFY_DEPTH = 19
 
-    def __init__(self, first_height: int = 1000, *, save_internal: bool = True, start_time: int = 1_700_000_000_000):
+    def __init__(
+        self, first_height: int = 1000, *, save_internal: bool = True, start_time: int = 1_700_000_000_000
+    ) -> None:
         self.first_height = first_height
         self.save_internal = save_internal
         self.start_time = start_time

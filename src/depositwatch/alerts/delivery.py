@@ -117,7 +117,7 @@ class Courier:
             # A bug in a sink (a formatting TypeError, say) must not stop the other messages and sinks:
             # it is logged with its traceback, counted as outcome `error`, and the message is retried
             # like a failure until its last attempt, then dead, kept for `alerts redeliver`.
-            log.error("sink raised unexpectedly (a bug)", sink=sink.name, seq=first.seq, error=repr(exc), exc_info=True)
+            log.exception("sink raised unexpectedly (a bug)", sink=sink.name, seq=first.seq, error=repr(exc))
             self._count(sink.name, "error", len(seqs))
             failure = DeliveryError(f"{type(exc).__name__}: {exc}")
         else:
@@ -193,7 +193,7 @@ class Courier:
             if first.kind == "test" and self.metrics is not None:
                 self.metrics.test_alerts.labels(sink.name, "dead").inc()
             why = "a one-off attempt failed" if final else "its last attempt failed"
-            log.error(f"alert delivery dead: {why}; `depositwatch alerts redeliver` retries it", **context)
+            log.error("alert delivery dead; `depositwatch alerts redeliver` retries it", why=why, **context)
             return Attempt(sink.name, seqs, "dead", failure.reason, attempts)
         delay = backoff(attempts, retry, self._rand)
         if failure.retry_after is not None:

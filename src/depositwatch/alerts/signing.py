@@ -19,7 +19,7 @@ import hmac
 import time
 from collections.abc import Mapping, Sequence
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 MIN_KEY_BYTES = 24
 MAX_KEY_BYTES = 1024
 ID_HEADER = "webhook-id"

@@ -258,7 +258,7 @@ class HttpSink:
         except (aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"connection failed: {type(exc).__name__}: {exc}") from None
 
-    async def send_burst(self, burst: Burst) -> None:
+    async def send_burst(self, burst: Burst) -> None:  # noqa: ARG002 - the method of sinks that summarise
         """Sinks that do not summarise send every message; the dispatcher never calls this for them."""
         raise TypeError(f"sink {self.name} does not summarise bursts: deliver each message instead")
 

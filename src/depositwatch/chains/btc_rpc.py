@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import binascii
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -87,7 +87,7 @@ def btc_to_sats(value: Any) -> int:
     amount below 21 million BTC, so going through that text is exact.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"amount {value!r} is not a number")
+        raise ValueError(f"amount {value!r} is not a number")  # noqa: TRY004 - a bad answer, not a caller's bug
     try:
         sats = Decimal(repr(value) if isinstance(value, float) else str(value)) * 100_000_000
     except ArithmeticError:  # decimal.InvalidOperation: not a number at all
@@ -134,7 +134,7 @@ class BitcoinRpc(NodeClient):
         settings.update(options)
         return cls(config.rpc_urls, **settings)
 
-    async def __aenter__(self) -> BitcoinRpc:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

@@ -221,7 +221,7 @@ def _spend_hits(
     if not outpoints and not fresh:
         return []
     in_marks = _marks(layout[4::_LAYOUT])
-    spent: Collection[bytes] | None = outpoints if outpoints else None
+    spent: Collection[bytes] | None = outpoints or None
     own: set[bytes] | None = None
     heads = {key[0] for key in outpoints if key}  # their first bytes: a cheap test before the slice
     hits: list[tuple[int, int, int]] = []

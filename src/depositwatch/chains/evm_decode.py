@@ -383,19 +383,19 @@ def _make_block(  # noqa: C901 - one pass over a block's answers, each branch on
                 raise BadNodeAnswer(f"chain {chain}: block {raw.height}: no receipt for {tx.hash}")
             if not status:  # a failed transaction has no logs; a node that says otherwise is not believed
                 continue
-            for item in sorted(tx_logs, key=lambda entry: entry.index):
-                transfers.append(
-                    Transfer(
-                        asset=item.asset,
-                        amount=item.amount,
-                        txid=tx.hash,
-                        index=item.index,
-                        to_key=item.recipient,
-                        from_key=item.sender,
-                        from_address=_checksum(item.sender),
-                        to_address=_checksum(item.recipient),
-                    )
+            transfers.extend(
+                Transfer(
+                    asset=item.asset,
+                    amount=item.amount,
+                    txid=tx.hash,
+                    index=item.index,
+                    to_key=item.recipient,
+                    from_key=item.sender,
+                    from_address=_checksum(item.sender),
+                    to_address=_checksum(item.recipient),
                 )
+                for item in sorted(tx_logs, key=lambda entry: entry.index)
+            )
     for index, address, amount in raw.withdrawals:
         if amount == 0 or (watch is not None and address not in watch.hex):
             continue

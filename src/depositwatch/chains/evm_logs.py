@@ -40,8 +40,10 @@ async def transfer_logs(  # noqa: C901 - one read per filter shape, each branch 
         first, last = chunk.start, chunk.stop - 1
         if watch is not None and watch.topics is not None and source._node_filter:
             # The watched keys include the revoked ones: the same topic lists serve every contract.
-            for book in watch.topics:
-                queries.append(_filtered_logs_range(source, first, last, book, any_contract=revoked is not None))
+            queries.extend(
+                _filtered_logs_range(source, first, last, book, any_contract=revoked is not None)
+                for book in watch.topics
+            )
         elif revoked is not None and (revoked.topics is None or not source._node_filter):
             queries.append(_logs_range(source, first, last, any_contract=True))
         else:

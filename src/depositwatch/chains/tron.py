@@ -210,7 +210,7 @@ class TronSource:
             return self._revoked
         if self._registry is not None:
             revoked = self._registry.book(self.name).revoked
-            return revoked if revoked else None
+            return revoked or None
         return None
 
     async def _call(self, path: str, body: dict[str, Any]) -> Any:

@@ -346,8 +346,8 @@ def _internal(info: dict[str, Any], txid: str, height: int, watch: Watch) -> lis
         if entry.get("rejected") is True:
             continue
         amount = 0
-        for value in _list(entry.get("callValueInfo"), height, f"{where}.callValueInfo"):
-            value = _dict(value, height, f"{where}.callValueInfo")
+        for given in _list(entry.get("callValueInfo"), height, f"{where}.callValueInfo"):
+            value = _dict(given, height, f"{where}.callValueInfo")
             if "tokenId" not in value:
                 amount += _int(value.get("callValue", 0), height, f"{where}.callValue")
         if not amount:

@@ -38,8 +38,8 @@ def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], 
     """The encoded `Transaction.Result` messages and the first result's name."""
     encoded: list[bytes] = []
     first: str | None = None
-    for ret in _list(tx.get("ret"), height, f"{where}.ret"):
-        ret = _dict(ret, height, f"{where}.ret")
+    for given in _list(tx.get("ret"), height, f"{where}.ret"):
+        ret = _dict(given, height, f"{where}.ret")
         name = ret.get("contractRet", "DEFAULT")
         plain = _RESULT_BYTES.get(name) if isinstance(name, str) else None
         if plain is None:

@@ -433,9 +433,9 @@ async def _history(args: argparse.Namespace) -> int:
 def _detail_text(detail: dict[str, Any]) -> str:
     """`active -> revoked, revoked_at 2023-09-12T00:00:00Z, file book.csv`: the detail as one short line."""
     parts = [f"{detail.get('previous_status') or 'new'} -> {detail.get('status')}"]
-    for name in ("revoked_at", "previous_revoked_at"):
-        if detail.get(name) is not None:
-            parts.append(f"{name} {iso(detail[name])}")
+    parts.extend(
+        f"{name} {iso(detail[name])}" for name in ("revoked_at", "previous_revoked_at") if detail.get(name) is not None
+    )
     if detail.get("changed"):
         parts.append("changed " + "/".join(detail["changed"]))
     if detail.get("file"):

@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
     demo.set_defaults(handler=_demo)
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(_args: argparse.Namespace) -> int:
     from depositwatch.demo import DemoError, run_demo
     from depositwatch.devnet import AnvilError
 

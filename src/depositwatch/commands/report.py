@@ -55,7 +55,7 @@ async def _report(args: argparse.Namespace) -> int:
         raise CommandError(f"--until {args.until} is before --since {args.since}")
     if args.plot is not None:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib as mpl  # noqa: F401
         except ImportError:
             err(f"depositwatch: {MISSING_PLOT}")
             return 1
@@ -279,15 +279,13 @@ def render_markdown(report: Report) -> str:
 
 def draw_plot(series: list[Series], path: Path) -> None:
     """A PNG of PLOT_SIZE pixels: the cumulative value landed per asset (in whole units, log scale)."""
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
+    mpl.use("Agg")
+    from matplotlib import pyplot as plt
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 
-    figure = pyplot.figure(
-        figsize=(PLOT_SIZE[0] / PLOT_DPI, PLOT_SIZE[1] / PLOT_DPI), dpi=PLOT_DPI, layout="constrained"
-    )
+    figure = plt.figure(figsize=(PLOT_SIZE[0] / PLOT_DPI, PLOT_SIZE[1] / PLOT_DPI), dpi=PLOT_DPI, layout="constrained")
     try:
         axes = figure.add_subplot()
         end = max((line.points[-1][0] for line in series), default=0)
@@ -313,4 +311,4 @@ def draw_plot(series: list[Series], path: Path) -> None:
         axes.grid(True, alpha=0.3)
         figure.savefig(path, format="png", dpi=PLOT_DPI)
     finally:
-        pyplot.close(figure)
+        plt.close(figure)

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import aiohttp
 from web3 import AsyncHTTPProvider, AsyncWeb3
@@ -208,7 +208,7 @@ class Anvil:
 
     # life cycle
 
-    async def __aenter__(self) -> Anvil:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -56,7 +56,6 @@ async def _with_twins(conn: Conn, chain: str, keys: Sequence[bytes]) -> list[byt
 
 def refuse_repeats(entries: Sequence[tuple[int, AddressEntry]]) -> None:
     """An import naming one chain's address twice is refused whole (ImportRejected, by line)."""
-
     seen: dict[tuple[str, bytes], int] = {}
     problems = []
     for line, entry in entries:
@@ -179,7 +178,6 @@ async def revoke(
     `keys=None`, `owner` narrows the revocation to that owner's active addresses. Each newly revoked
     address gets an audit row (by `actor`, the process' unix user unless given).
     """
-
     fresh: dict[str, list[bytes]] = {}
     audited: list[tuple[str, str, str]] = []  # chain, address, owner of each newly revoked entry
     if keys is None:

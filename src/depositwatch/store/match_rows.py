@@ -75,8 +75,9 @@ def _following_pending(
             and keys.get(earlier) == match.key
             and earlier not in {m.id for m in taken}
         ):
-            match = dataclasses.replace(match, id=earlier)
-            taken.append(match)
+            taken.append(dataclasses.replace(match, id=earlier))
+            out.append(taken[-1])
+            continue
         out.append(match)
     return out, taken
 

@@ -17,11 +17,10 @@ _TYPES = {
 
 def migrations() -> list[tuple[int, str]]:
     """The packaged migrations, as (version, SQL) in order."""
-    found = []
-    for item in resources.files("depositwatch.store").joinpath("migrations").iterdir():
-        if item.name.endswith(".sql"):
-            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
-    return sorted(found)
+    folder = resources.files("depositwatch.store").joinpath("migrations")
+    return sorted(
+        (int(item.name.split("_", 1)[0]), item.read_text()) for item in folder.iterdir() if item.name.endswith(".sql")
+    )
 
 
 def statements(sql: str, dialect: str) -> list[str]:
