@@ -26,7 +26,7 @@ from depositwatch.registry import AddressRegistry
 from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, p2pkh, p2sh, p2tr, p2wpkh, p2wsh, script_to_address
-from tests.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
+from tests.chains.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
 
 REVOKED_AT = int(time.time()) - 3600
 OTHER = p2wpkh(b"\xee" * 20)

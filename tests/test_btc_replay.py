@@ -20,7 +20,7 @@ from depositwatch.replay import replay, run_id
 from depositwatch.store import Scope, open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh, script_to_address
-from tests.test_btc_source import btc_config, script_of
+from tests.chains.test_btc_source import btc_config, script_of
 
 FIELDS = (
     "kind", "chain", "asset", "amount", "amount_decimal", "from", "to", "txid", "index", "block_height", "block_hash",

@@ -28,9 +28,18 @@ from depositwatch.chains.btc_scan import BlockScan, _scan_block_ext, _scan_block
 from depositwatch.chains.btc_serialize import make_tx, serialize_tx, write_varint
 from depositwatch.chains.btc_wire import BlockDecodeError, Tx, TxIn, TxOut
 from tests.btcnode import RegtestChain, op_return, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
+from tests.chains.test_btc_realdata import old_recordings
+from tests.chains.test_btc_wire import (
+    block_of,
+    blocks,
+    coinbase,
+    garble,
+    segwit_block,
+    simple_tx,
+    transactions,
+    tx_inputs,
+)
 from tests.realdata import realdata
-from tests.test_btc_realdata import old_recordings
-from tests.test_btc_wire import block_of, blocks, coinbase, garble, segwit_block, simple_tx, transactions, tx_inputs
 
 Watch = dict[str, Any]
 

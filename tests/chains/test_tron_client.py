@@ -9,8 +9,8 @@ from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable
 from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
 from depositwatch.config import Secret
 from depositwatch.pipeline import make_source
+from tests.chains.test_node_client import Recorder
 from tests.proof.faultproxy import Fault, FaultProxy
-from tests.test_node_client import Recorder
 from tests.test_tron_pipeline import tron_config
 from tests.tronnode.server import TronNodeServer
 

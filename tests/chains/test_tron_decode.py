@@ -211,7 +211,7 @@ _CHANGES: dict[str, Any] = {
 }
 
 
-# The one-step readings: in Python, and compiled where built (tests/test_tron_wire.py fails without it).
+# The one-step readings: in Python, and compiled where built (tests/chains/test_tron_wire.py fails without it).
 _READINGS = [tron_wire._usual_transaction_py] + ([tron_wire._tronscan.transaction] if tron_wire._BUILT else [])
 
 
@@ -284,7 +284,7 @@ def test_logs_in_capital_hex_decode_the_same() -> None:
 
 def test_tron_bench_runs_and_reports_decode_against_the_floor() -> None:
     """bench/tron_bench.py, the command docs/performance.md records, in a small form: every figure printed."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "tron_bench.py"), "--blocks", "2", "--rounds", "1"],
         capture_output=True,
