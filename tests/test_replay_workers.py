@@ -24,7 +24,7 @@ from bench.evm_synth import SynthChain, SynthNode
 
 from depositwatch.store import LeaseLost, SqlStore, connect_store, open_store
 from depositwatch.store.shards import ReplayRun, ShardStore, cut
-from tests.test_store_lifecycle import build_store_at
+from tests.store.test_store_lifecycle import build_store_at
 
 BLOCKS = 400
 

@@ -28,7 +28,7 @@ from depositwatch.addresses.hd import (
     public_children,
 )
 
-DATA = Path(__file__).parent / "data" / "hd"
+DATA = Path(__file__).parents[1] / "data" / "hd"
 BIP32: dict[str, Any] = json.loads((DATA / "bip32_vectors.json").read_text())
 WALLETS: dict[str, Any] = json.loads((DATA / "bip84_bip86_bip49.json").read_text())
 MNEMONIC = WALLETS["mnemonic"]
@@ -212,7 +212,7 @@ def test_hardened_child_is_refused() -> None:
 
 def test_derive_bench_runs_and_reports_every_script_type() -> None:
     """bench/derive_bench.py, the command docs/performance.md records, prints a row per script type."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "derive_bench.py"), "--sample", "200", "--million", ""],
         capture_output=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def test_registry_bench_measures_both_stores_and_the_baseline(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "figures.json"
     command = [sys.executable, str(root / "bench" / "registry_bench.py"), "--sizes", "3000", "--stores"]
     command += ["sqlite,postgres", "--queries", "2000", "--passes", "2", "--repeat", "1", "--baseline", str(root)]

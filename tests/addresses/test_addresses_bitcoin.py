@@ -26,7 +26,7 @@ from depositwatch.addresses.base58 import ALPHABET, b58check_encode
 from depositwatch.addresses.bech32 import CHARSET, Encoding, bech32_decode, bech32_encode, convert_bits
 from depositwatch.addresses.bitcoin import p2pkh_script, p2sh_script, witness_script
 
-DATA = Path(__file__).parent / "data" / "addresses"
+DATA = Path(__file__).parents[1] / "data" / "addresses"
 
 
 def _load(name: str) -> Any:

@@ -33,7 +33,7 @@ from depositwatch.addresses.hd import (
     parse_extended_public_key,
 )
 
-DATA = Path(__file__).parent / "data" / "hd"
+DATA = Path(__file__).parents[1] / "data" / "hd"
 VECTORS: dict[str, Any] = json.loads((DATA / "descriptors.json").read_text())
 WALLETS: dict[str, Any] = json.loads((DATA / "bip84_bip86_bip49.json").read_text())
 XPUB = "xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL"
