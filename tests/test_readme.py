@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_signing import check_documented_receiver, python_blocks
+from tests.alerts.test_signing import check_documented_receiver, python_blocks
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -57,7 +57,7 @@ def test_make_coverage_measures_branches_of_the_package_and_of_the_processes_tes
             "no:cacheprovider",
             "--cov",
             "--cov-report=json:" + str(tmp_path / "report.json"),
-            "tests/test_listen.py",
+            "tests/commands/test_listen.py",
         ],
         cwd=root,
         env={**os.environ, "COVERAGE_FILE": str(data)},

@@ -13,7 +13,7 @@ import pytest
 
 from depositwatch.cli import main
 from depositwatch.store import StoreError, open_store
-from tests.test_cli_addresses import BTC_P2PKH, BTC_P2WPKH, ETH_A, ETH_B, GOOD
+from tests.commands.test_cli_addresses import BTC_P2PKH, BTC_P2WPKH, ETH_A, ETH_B, GOOD
 
 USER = f"unix:{pwd.getpwuid(os.getuid()).pw_name}"
 

@@ -13,7 +13,7 @@ from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins
 from depositwatch.addresses.descriptors import parse_trees
 from depositwatch.cli import main
 
-DATA = Path(__file__).parent / "data" / "hd"
+DATA = Path(__file__).parents[1] / "data" / "hd"
 WALLETS: dict[str, Any] = json.loads((DATA / "bip84_bip86_bip49.json").read_text())
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 XPUB = "xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL"

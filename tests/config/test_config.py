@@ -10,7 +10,7 @@ from depositwatch.cli import main
 from depositwatch.config import ConfigError, load_config, parse_config
 
 HUNTER4 = "whsec_aHVudGVyNC1odW50ZXI0LWh1bnRlcjQtaHVudGVyNA=="
-EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "depositwatch.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "depositwatch.example.toml"
 
 
 def test_example_config_is_valid() -> None:

@@ -218,7 +218,7 @@ async def test_delivery_errors_never_show_a_secret_url_or_an_echoed_key() -> Non
                 SinkConfig(name="pd", type="pagerduty", url=pd_rx.url, secret=Secret(value=C["pagerduty_key"])),
             ]
         )
-        from tests.test_sinks import message
+        from tests.alerts.test_sinks import message
 
         reasons = []
         for sink in sinks:

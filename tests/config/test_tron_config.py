@@ -14,7 +14,7 @@ from depositwatch.cli import main
 from depositwatch.config import ConfigError, parse_config
 from depositwatch.preflight import secret_problems
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USDT = "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def test_api_bench_runs_and_reports_each_measurement() -> None:
     """Each store prints its four rows: single adds, batches, a revocation and history reads."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [
             sys.executable,

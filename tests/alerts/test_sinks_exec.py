@@ -18,8 +18,8 @@ from depositwatch.alerts.factory import build_sinks
 from depositwatch.alerts.sinks import DeliveryError
 from depositwatch.config import AlertsConfig, RetryConfig, SinkConfig
 from depositwatch.store import SqlStore
+from tests.alerts.test_sinks import message
 from tests.receivers import AlertMaker, eventually
-from tests.test_sinks import message
 
 FAST = RetryConfig(max_attempts=20, initial_backoff=0.01, max_backoff=0.1)
 ALERTS = AlertsConfig(poll_interval=0.05, shutdown_grace=5)

@@ -23,8 +23,8 @@ from depositwatch.jsonutil import dumps
 from depositwatch.metrics import Metrics
 from depositwatch.models import AlertEvent
 from depositwatch.store import SqlStore
+from tests.alerts.test_sinks import ETH_ADDRESS, TXID, USDT_CONTRACT, message
 from tests.receivers import AlertMaker, Receiver, Reply, ok
-from tests.test_sinks import ETH_ADDRESS, TXID, USDT_CONTRACT, message
 
 FAST = RetryConfig(max_attempts=20, initial_backoff=0.01, max_backoff=0.1)
 ALERTS = AlertsConfig(poll_interval=0.05, shutdown_grace=5)
@@ -374,7 +374,7 @@ async def test_alerts_test_command_reaches_a_new_channel(
 
     import structlog
 
-    from tests.test_alerts_cli import cli
+    from tests.commands.test_alerts_cli import cli
 
     async with Receiver(telegram_ok, path=ANY_PATH) as rx:
         path = tmp_path / "depositwatch.toml"

@@ -31,8 +31,8 @@ from depositwatch.config import AlertsConfig, RetryConfig, Secret, SinkConfig
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AlertEvent
 from depositwatch.store import SqlStore
+from tests.alerts.test_sinks import ETH_ADDRESS, TXID, message
 from tests.receivers import AlertMaker
-from tests.test_sinks import ETH_ADDRESS, TXID, message
 
 FAST = RetryConfig(max_attempts=20, initial_backoff=0.01, max_backoff=0.1)
 ALERTS = AlertsConfig(poll_interval=0.05, shutdown_grace=5)

@@ -32,12 +32,12 @@ from depositwatch.alerts.signing import (
 )
 from depositwatch.config import Secret, SinkConfig
 from depositwatch.models import AlertEvent
+from tests.alerts.test_sinks import message
 from tests.receivers import WEBHOOK_SECRET
-from tests.test_sinks import message
 
 KEY = decode_secret(WEBHOOK_SECRET)
 BODY = b'{"id":"abc","idempotency_key":"abc:1","amount":"5000000"}'
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "alerts.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "alerts.md"
 
 
 def test_signature_is_what_the_standardwebhooks_package_computes() -> None:

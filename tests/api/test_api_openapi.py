@@ -1,6 +1,6 @@
 """The checked-in OpenAPI document and the application agree: every route the app registers is in the
 document and every documented route is registered; answers are validated against its schemas (here
-for examples, and in tests/test_api.py for every answer of the real daemon)."""
+for examples, and in tests/api/test_api.py for every answer of the real daemon)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from depositwatch.addressbook import ChainDirectory
 from depositwatch.api import ApiContext, TokenSet, build_app
 from depositwatch.api.app import openapi_document
 
-DOC_FILE = Path(__file__).resolve().parents[1] / "src" / "depositwatch" / "api" / "openapi.json"
+DOC_FILE = Path(__file__).resolve().parents[2] / "src" / "depositwatch" / "api" / "openapi.json"
 URN = "urn:depositwatch:openapi"
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.commands.test_listen import exited, run
 from tests.test_daemon import Setup, free_port, sqlite_setup, stop
-from tests.test_listen import exited, run
 
 __all__ = ["sqlite_setup"]
 

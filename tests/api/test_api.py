@@ -25,7 +25,7 @@ import pytest
 from depositwatch.cli import main
 from depositwatch.config import parse_config
 from depositwatch.store import open_store
-from tests.test_api_openapi import check_answer
+from tests.api.test_api_openapi import check_answer
 from tests.test_daemon import ACTIVE, REVOKED, Daemon, Setup, _setup, free_port, pay, stop, wait_for
 
 WALLET_TOKEN = "wallet-token-3f9a1c0e5b7d42a8"
@@ -282,7 +282,7 @@ def test_the_audit_actor_of_the_command_line_is_the_unix_user() -> None:
     assert unix_actor() == f"unix:{pwd.getpwuid(os.getuid()).pw_name}"
 
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def doc_blocks(language: str) -> list[str]:
