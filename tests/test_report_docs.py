@@ -18,7 +18,7 @@ import structlog
 
 from depositwatch.cli import main
 from depositwatch.commands.report import PLOT_SIZE
-from tests.test_report import png_size
+from tests.report.test_report import png_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "report.md").read_text()
@@ -51,7 +51,7 @@ async def test_the_documented_example_prints_what_the_doc_shows(
 ) -> None:
     commands = example_commands()
     outputs = shown_outputs()
-    assert commands[0] == f"python -m tests.test_report_example {STORE}"
+    assert commands[0] == f"python -m tests.report.test_report_example {STORE}"
     assert commands[1:] == list(outputs), "every report command of the example shows its output, in order"
     formats = [shlex.split(c)[shlex.split(c).index("--format") + 1] if "--format" in c else "md" for c in outputs]
     assert formats == ["md", "csv", "json"]

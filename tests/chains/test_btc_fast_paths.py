@@ -22,7 +22,7 @@ from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh
 from tests.chains.test_btc_source import btc_config, source_for, tamper
-from tests.test_btc_follow import load_book
+from tests.pipeline.test_btc_follow import load_book
 
 REVOKED = p2wpkh(b"\x7e" * 20)
 

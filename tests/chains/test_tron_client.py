@@ -10,8 +10,8 @@ from depositwatch.chains.rpc import AnswerTooLarge, NodeRedirect
 from depositwatch.config import Secret
 from depositwatch.pipeline import make_source
 from tests.chains.test_node_client import Recorder
+from tests.pipeline.test_tron_pipeline import tron_config
 from tests.proof.faultproxy import Fault, FaultProxy
-from tests.test_tron_pipeline import tron_config
 from tests.tronnode.server import TronNodeServer
 
 KEY = "tron-client-key-canary-90ab3c"

@@ -11,7 +11,7 @@ from depositwatch.jsonutil import loads
 from depositwatch.store import open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer
-from tests.test_btc_replay import Scenario, address, run_cli, scenario
+from tests.replay.test_btc_replay import Scenario, address, run_cli, scenario
 
 __all__ = ["scenario"]
 

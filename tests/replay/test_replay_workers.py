@@ -283,8 +283,8 @@ def test_cut_covers_the_range_once() -> None:
         cut(1, 10, 0)
 
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-OPERATIONS = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+OPERATIONS = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
 
 
 def documented(where: str) -> list[list[str]]:
@@ -350,7 +350,7 @@ async def test_the_documented_multi_machine_commands_run_as_written(
 def test_the_bench_prints_the_figures_docs_performance_records(tmp_path: Path) -> None:
     """bench/replay_workers.py, the command docs/performance.md records, at a small size: a row for each
     store and worker count, the same matches whatever the count (it refuses to print otherwise)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     section = tmp_path / "section.md"
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "replay_workers.py"), "--blocks", "300", "--txs", "20", "--rounds", "1",

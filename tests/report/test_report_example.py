@@ -3,7 +3,7 @@
 
 The store is the one docs/report.md shows; it is built by
 
-    .venv/bin/python -m tests.test_report_example sqlite:///report-example.db
+    .venv/bin/python -m tests.report.test_report_example sqlite:///report-example.db
 
 Bitcoin (the regtest stand-in, its clock fixed so every txid and time is the same each run): the live
 follower records two payments to revoked addresses and their sweep; a backdated revocation turns a
@@ -34,8 +34,8 @@ from depositwatch.store import Scope, open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer
 from tests.ledger import T0, Ledger, key
-from tests.test_btc_follow import Rig
-from tests.test_btc_replay import OTHER, Scenario, address, run_cli
+from tests.pipeline.test_btc_follow import Rig
+from tests.replay.test_btc_replay import OTHER, Scenario, address, run_cli
 
 BTC_CLOCK = T0 + 7 * 86_400  # the stand-in's fixed clock: block times and so txids are the same every run
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
@@ -179,9 +179,9 @@ async def test_the_example_counts_each_transfer_once_with_its_sources_and_sweeps
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.test_report_example STORE_URL`: make the example store (it must not exist yet)."""
+    """`python -m tests.report.test_report_example STORE_URL`: make the example store (it must not exist yet)."""
     if len(argv) != 1:
-        print("usage: python -m tests.test_report_example STORE_URL", file=sys.stderr)
+        print("usage: python -m tests.report.test_report_example STORE_URL", file=sys.stderr)
         return 2
 
     async def make() -> None:

@@ -15,7 +15,7 @@ from depositwatch.addresses.tron import parse_tron_address, tron_address
 from depositwatch.chains import tron
 from depositwatch.cli import main
 from depositwatch.timeutil import iso
-from tests.test_tron_pipeline import (
+from tests.pipeline.test_tron_pipeline import (
     ACTIVE,
     BTT,
     CUSTOMER,
@@ -166,7 +166,7 @@ async def test_the_readme_tron_replay_command_runs(
     """The README's ad-hoc TRON replay, as written, with only the node, the range and the files ours."""
     import shlex
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     [line] = [x for x in readme.splitlines() if x.startswith("depositwatch replay --chain tron ")]
     argv = shlex.split(line)[1:]
     chain = node.chain

@@ -12,7 +12,7 @@ import structlog
 
 from tests.btcnode import BitcoinRegtestServer
 from tests.receivers import WEBHOOK_SECRET, Receiver
-from tests.test_btc_replay import FIELDS, Scenario, read_lines, run_cli, scenario
+from tests.replay.test_btc_replay import FIELDS, Scenario, read_lines, run_cli, scenario
 
 __all__ = ["scenario"]  # the fixture, shared with the replay tests
 

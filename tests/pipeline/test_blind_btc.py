@@ -20,7 +20,7 @@ from depositwatch.models import AddressStatus
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import Scope, SqlStore
 from tests.btcnode import BitcoinRegtestServer, p2pk, p2pkh, script_to_address
-from tests.test_btc_follow import Rig
+from tests.pipeline.test_btc_follow import Rig
 
 DIRECTORY = ChainDirectory({"btc": ChainInfo("bitcoin", "regtest")})
 HOUR_AGO = int(time.time()) - 3600

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def test_tron_replay_bench_runs_and_prints_every_figure() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "tron_replay.py"), "--blocks", "3", "--rounds", "2"],
         capture_output=True,

@@ -23,7 +23,7 @@ from depositwatch.store import Scope, open_store
 from depositwatch.store.reporting import ReportRows
 from depositwatch.timeutil import iso
 from tests.ledger import ETH, SENDER, T0, Ledger, key, text
-from tests.test_report_example import build_example
+from tests.report.test_report_example import build_example
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

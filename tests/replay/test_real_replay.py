@@ -24,7 +24,7 @@ from depositwatch.config import ChainConfig
 from tests.realdata import realdata
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _call(node: RealNode, method: str, *params: object) -> object:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def test_filtered_bench_runs_and_compares(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     markdown, result = tmp_path / "filtered.md", tmp_path / "filtered.json"
     subprocess.run(
         [

@@ -427,7 +427,7 @@ def test_token_metadata_answers_are_bounded() -> None:
 def test_trace_cost_bench_runs_and_reports_both_chains() -> None:
     """bench/trace_cost.py, the command docs/performance.md records, on tiny chains: the old rule traced
     every busy block and no quiet one; the new one traces all."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "trace_cost.py"), "--blocks", "3", "--rounds", "1"],
         capture_output=True,
