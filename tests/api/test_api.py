@@ -26,7 +26,7 @@ from depositwatch.cli import main
 from depositwatch.config import parse_config
 from depositwatch.store import open_store
 from tests.api.test_api_openapi import check_answer
-from tests.test_daemon import ACTIVE, REVOKED, Daemon, Setup, _setup, free_port, pay, stop, wait_for
+from tests.daemon.test_daemon import ACTIVE, REVOKED, Daemon, Setup, _setup, free_port, pay, stop, wait_for
 
 WALLET_TOKEN = "wallet-token-3f9a1c0e5b7d42a8"
 READER_TOKEN = "reader-token-8e2d6b1a4c9f0357"

@@ -14,8 +14,8 @@ from depositwatch.cli import main
 from depositwatch.config import ConfigError, parse_config
 from depositwatch.preflight import secrets
 from tests.commands.test_listen import exited, run
-from tests.test_daemon import Setup, sqlite_setup, stop
-from tests.test_systemd import EVM_CHAIN, credentials_command, loaded
+from tests.daemon.test_daemon import Setup, sqlite_setup, stop
+from tests.daemon.test_systemd import EVM_CHAIN, credentials_command, loaded
 
 __all__ = ["sqlite_setup"]
 

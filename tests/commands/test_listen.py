@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.test_daemon import Setup, free_port, setup, stop, wait_until_async
+from tests.daemon.test_daemon import Setup, free_port, setup, stop, wait_until_async
 
 __all__ = ["setup"]  # the daemon fixture (PostgreSQL: two instances share the store)
 

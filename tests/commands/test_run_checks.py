@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tests.commands.test_listen import exited, run
-from tests.test_daemon import Setup, free_port, sqlite_setup, stop
+from tests.daemon.test_daemon import Setup, free_port, sqlite_setup, stop
 
 __all__ = ["sqlite_setup"]
 

@@ -30,8 +30,8 @@ from depositwatch.config import ChainConfig, ConfigError, Secret, SinkConfig, pa
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from depositwatch.logging import setup_logging
 from tests.btcnode import BitcoinRegtestServer
+from tests.daemon.test_daemon import ACTIVE, CHAIN_ID, REVOKED, NotifySocket, book, free_port, reap, stop
 from tests.receivers import Received, Receiver, Reply
-from tests.test_daemon import ACTIVE, CHAIN_ID, REVOKED, NotifySocket, book, free_port, reap, stop
 from tests.tronnode.server import TronNodeServer
 
 DAEMON = [sys.executable, "-m", "depositwatch"]
@@ -527,7 +527,7 @@ async def test_the_daemon_never_prints_a_secret(scene: Scene) -> None:
                 stderr=stderr,
                 env={**os.environ, **env, "NOTIFY_SOCKET": str(notify.path)},
             )
-        from tests.test_daemon import Daemon
+        from tests.daemon.test_daemon import Daemon
 
         daemon = Daemon(process, notify, f"http://127.0.0.1:{port}", log, config)
         started.append(daemon)

@@ -13,7 +13,7 @@ from depositwatch.addresses.hd import parse_extended_public_key
 from depositwatch.cli import main
 from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer
-from tests.test_daemon import pay
+from tests.daemon.test_daemon import pay
 
 XPUB = "xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL"
 UPUB = parse_extended_public_key(XPUB)[0].serialise("upub")  # SLIP-132: sh(wpkh) on the test networks

@@ -18,8 +18,8 @@ from depositwatch.config import RetentionConfig
 from depositwatch.models import BlockRef
 from depositwatch.store import SqlStore, open_store
 from depositwatch.store.retention import DAY, PruneResult, prune_once
+from tests.daemon.test_daemon import Setup, sqlite_setup, stop, wait_until_async
 from tests.receivers import AlertMaker
-from tests.test_daemon import Setup, sqlite_setup, stop, wait_until_async
 
 __all__ = ["sqlite_setup"]  # the daemon fixture, shared
 

@@ -16,7 +16,7 @@ import pytest
 
 from depositwatch.metrics import Metrics
 
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 RULES = CHECKOUT / "deploy" / "prometheus" / "depositwatch-rules.yml"
 RULE_TESTS = CHECKOUT / "deploy" / "prometheus" / "depositwatch-rules.test.yml"
 DASHBOARD = CHECKOUT / "deploy" / "grafana" / "depositwatch-dashboard.json"

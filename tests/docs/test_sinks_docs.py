@@ -20,7 +20,7 @@ from depositwatch.alerts.telegram import TelegramSink
 from depositwatch.config import Config, parse_config
 from tests.receivers import WEBHOOK_SECRET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = (ROOT / "docs" / "alerts.md").read_text()
 EXAMPLE = (ROOT / "config" / "depositwatch.example.toml").read_text()
 MARKER = "# ---- more channels"

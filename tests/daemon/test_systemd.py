@@ -12,7 +12,7 @@ import pytest
 
 from depositwatch.cli import main
 
-UNITS = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
 INSTALLED = "/opt/depositwatch/bin/depositwatch"
 
 

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 
 from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
+from tests.daemon.test_daemon import SECRET, free_port, launch, reap, stop
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, free_port, launch, reap, stop
 from tests.util import eventually
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")

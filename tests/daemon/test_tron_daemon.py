@@ -12,9 +12,7 @@ import aiohttp
 import pytest
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
-from tests.pipeline.test_tron_pipeline import CUSTOMER, REVOKED, USDT, addr, txid
-from tests.receivers import Receiver
-from tests.test_daemon import (
+from tests.daemon.test_daemon import (
     CHAIN_ID,
     Daemon,
     Setup,
@@ -29,6 +27,8 @@ from tests.test_daemon import (
     wait_for,
     wait_until_async,
 )
+from tests.pipeline.test_tron_pipeline import CUSTOMER, REVOKED, USDT, addr, txid
+from tests.receivers import Receiver
 from tests.tronnode.chain import TronChain, trc20, trx
 from tests.tronnode.server import TronNodeServer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from depositwatch.devnet import Anvil, deploy_token, mint_token, send_eth, send_token, wait_receipt
+from tests.daemon.test_daemon import SECRET, Daemon, launch, reap, stop
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, Daemon, launch, reap, stop
 from tests.util import eventually, free_port
 
 REVOKED = "0x" + "a1" * 20

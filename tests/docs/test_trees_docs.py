@@ -15,7 +15,7 @@ from depositwatch.addresses.derive import address_text, derive
 from depositwatch.addresses.descriptors import parse_trees
 from depositwatch.cli import main
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 SECTION = README[README.index("### Key trees") : README.index("## Running the daemon")]
 
 
@@ -63,7 +63,7 @@ def test_tree_bench_runs_and_reports_both_loads(tmp_path: Path) -> None:
     """bench/tree_bench.py, the command docs/performance.md records, at a small size: a row with the
     expansion, both loads (tree cache and the same keys as plain entries) and memory per key, and a row
     with the expansion's parts (derivation rate, cache writes) and the resident memory."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     section = tmp_path / "section.md"
     done = subprocess.run(
         [sys.executable, str(root / "bench" / "tree_bench.py"), "--sizes", "2000", "--stores", "sqlite",

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
+from tests.daemon.test_daemon import SECRET, Daemon, free_port, launch, reap, stop
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, Daemon, free_port, launch, reap, stop
 from tests.util import eventually
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")

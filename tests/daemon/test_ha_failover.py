@@ -22,8 +22,7 @@ import asyncpg
 import pytest
 
 from depositwatch.devnet import Anvil
-from tests.receivers import Receiver
-from tests.test_daemon import (
+from tests.daemon.test_daemon import (
     CHAIN_ID,
     REVOKED,
     Daemon,
@@ -36,6 +35,7 @@ from tests.test_daemon import (
     stop,
     wait_for,
 )
+from tests.receivers import Receiver
 from tests.util import eventually
 
 TTL = 3.0

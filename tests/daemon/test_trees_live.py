@@ -18,8 +18,8 @@ from depositwatch.addresses.descriptors import KeyTree, parse_tree
 from depositwatch.addresses.hd import parse_extended_public_key
 from depositwatch.store import open_store
 from tests.btcnode import BitcoinRegtestServer
+from tests.daemon.test_daemon import SECRET, Daemon, Setup, _setup, free_port, launch, pay, reap, stop
 from tests.receivers import Receiver
-from tests.test_daemon import SECRET, Daemon, Setup, _setup, free_port, launch, pay, reap, stop
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
 
@@ -218,7 +218,7 @@ async def test_tron_tree_alerts_for_trx_and_usdt_and_grows_within_one_block(tmp_
     to index 8, which grows the range to 13, and USDT to index 12. Both alert, naming the tree and
     their index."""
     from depositwatch.chains.tron_wire import tx_id
-    from tests.test_daemon import Setup
+    from tests.daemon.test_daemon import Setup
     from tests.tronnode.chain import TronChain, account, trc20, trx
     from tests.tronnode.server import TronNodeServer
 

@@ -26,9 +26,7 @@ import aiohttp
 import pytest
 
 from depositwatch.devnet import Anvil
-from tests.proof.faultproxy import Fault, FaultProxy
-from tests.receivers import Receiver
-from tests.test_daemon import (
+from tests.daemon.test_daemon import (
     CHAIN_ID,
     REVOKED,
     Setup,
@@ -41,7 +39,9 @@ from tests.test_daemon import (
     wait_for,
     wait_until_async,
 )
-from tests.test_prometheus_rules import DASHBOARD, RULES, alert_names, doc_block
+from tests.daemon.test_prometheus_rules import DASHBOARD, RULES, alert_names, doc_block
+from tests.proof.faultproxy import Fault, FaultProxy
+from tests.receivers import Receiver
 
 __all__ = ["setup"]  # the daemon fixture: anvil, PostgreSQL, a webhook receiver
 

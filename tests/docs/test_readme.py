@@ -13,7 +13,7 @@ import pytest
 
 from tests.alerts.test_signing import check_documented_receiver, python_blocks
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_first_lines_give_the_two_commands() -> None:
@@ -23,7 +23,7 @@ def test_first_lines_give_the_two_commands() -> None:
     commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
     assert commands[:2] == ["make demo", "make test"]
     assert README.index("make demo") < 200
-    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "make test" in ci
 
 
@@ -39,7 +39,7 @@ def test_make_coverage_measures_branches_of_the_package_and_of_the_processes_tes
     """`make coverage` (README, Tests) is the suite under coverage: the Makefile passes the coverage
     options to the test command, and with the project's settings a test that runs the CLI as a process
     records branch data for the package, the process's lines included."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert "make coverage" in README
     makefile = (root / "Makefile").read_text()
     target = re.search(r"^coverage:\n\t(.+)$", makefile, re.M)

@@ -35,9 +35,9 @@ import pytest
 
 from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
+from tests.daemon.test_daemon import CHAIN_ID, REVOKED, NotifySocket, free_port, pay, wait_for
+from tests.daemon.test_systemd import base_system
 from tests.receivers import WEBHOOK_SECRET, Receiver
-from tests.test_daemon import CHAIN_ID, REVOKED, NotifySocket, free_port, pay, wait_for
-from tests.test_systemd import base_system
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning"),
@@ -47,7 +47,7 @@ pytestmark = [
     ),
 ]
 
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 DOC = CHECKOUT / "docs" / "operations.md"
 # Every path the install writes; the walk moves them under its root.
 PREFIXES = (

@@ -20,7 +20,7 @@ from depositwatch.cli import main
 from depositwatch.commands.report import PLOT_SIZE
 from tests.report.test_report import png_size
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "report.md").read_text()
 STORE = "sqlite:///report-example.db"
 IMAGE = "docs/img/report.png"
