@@ -6,7 +6,7 @@ time), so a replay finds deposits, revoked_incoming and sweeps (revoked_outgoing
 Every answer (full block, header, block receipts) is rendered to bytes when the node starts; a request
 costs a lookup and a join. `eth_getLogs` answers an empty list (the chain has no token logs).
 
-Used by bench/replay_workers.py and tests/test_replay_workers.py:
+Used by bench/replay_workers.py and tests/replay/test_replay_workers.py:
 
     python bench/evm_synth.py --blocks 2000 --txs 40     # serves until interrupted; prints its URL
 """

@@ -11,7 +11,7 @@ set -euo pipefail
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v systemd-sysusers >/dev/null || missing+=(systemd)
-# The install walk (tests/test_install.py): SQLite backups, and running steps as the service's uid.
+# The install walk (tests/daemon/test_install.py): SQLite backups, and running steps as the service's uid.
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v gcc >/dev/null || missing+=(gcc)

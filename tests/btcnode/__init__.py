@@ -6,7 +6,7 @@
         node.chain.mine()
         ...  # talk to node.url with node.user / node.password
 
-No Bitcoin Core binary is needed; `tests/test_btcnode.py` checks the stand-in against Core's rules.
+No Bitcoin Core binary is needed; `tests/devnet/test_btcnode.py` checks the stand-in against Core's rules.
 """
 
 from .chain import (

@@ -405,8 +405,8 @@ async def test_hostile_answers_of_one_node_leave_the_other_chain_alerting(
     keep coming; the daemon stays up, the redirect target gets nothing, and once the answers are honest
     again both chains catch up with every alert exactly once."""
     from tests.btcnode import BitcoinRegtestServer
+    from tests.chains.test_node_client import Recorder
     from tests.proof.harness import BtcTraffic, btc_book, btc_chain_toml
-    from tests.test_node_client import Recorder
 
     rng = random.Random(SEED + 30)
     eth_book, bitcoin_book = evm_book(), btc_book()

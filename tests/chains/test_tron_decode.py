@@ -1,0 +1,299 @@
+"""TRON answers to transfers: real mainnet infos decode exactly; integrity failures are typed errors, never matches."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from depositwatch.addresses.tron import parse_tron_address, tron_address
+from depositwatch.chains import tron_decode, tron_txs, tron_wire
+from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.tron_decode import TRX, TronTokens, decode_block, info_transfers
+from depositwatch.models import Asset
+from tests.realdata import realdata
+from tests.tronnode.chain import account, block_json, infos_json, transaction_json, trc10, trc20, trx
+
+USDT_KEY = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t").key
+USDT = Asset(symbol="USDT", decimals=6, contract="TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")
+TOKENS = TronTokens(trc20={USDT_KEY: USDT}, trc10={"1002000": Asset(symbol="BTT", decimals=6)})
+PARENT = "00" * 32
+
+
+def _load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(realdata("tron", name).read_text())
+    return data
+
+
+def test_real_usdt_transfer_info_decodes_to_its_transfer() -> None:
+    """Mainnet tx ec7c9584: one USDT Transfer log, 51.474803 USDT, accounts from the 20-byte topics."""
+    info = _load("mainnet_72822854.gettransactioninfobyid_ec7c9584.json")
+    (transfer,) = info_transfers(info, 72822854, TOKENS)
+    assert transfer.asset == USDT
+    assert transfer.amount == 51_474_803  # 0x3117173 in the log
+    assert transfer.from_key == bytes.fromhex("f1553144fce31a96b9b575de3a3a0f853d072b64")
+    assert transfer.to_key == bytes.fromhex("ad7e79abd49d4196b3bc7c16ad200b8d96e6c08c")
+    assert transfer.index == 0
+    assert transfer.txid == info["id"]
+    assert transfer.to_address is not None and transfer.to_address.startswith("T")
+
+
+def test_real_usdt_log_is_ignored_when_usdt_is_not_configured() -> None:
+    """The same log with no TRC-20 configured: nothing (only configured contracts count)."""
+    info = _load("mainnet_72822854.gettransactioninfobyid_ec7c9584.json")
+    assert info_transfers(info, 72822854, TronTokens()) == []
+
+
+def test_real_internal_trx_decodes() -> None:
+    """Mainnet tx c3dcf82d: one internal call moving 300,000 sun from the contract to 419173...; its other
+    log is not a Transfer."""
+    info = _load("mainnet_84276720.gettransactioninfobyid_c3dcf82d_internal_trx.json")
+    (transfer,) = info_transfers(info, 84276720, TOKENS)
+    assert transfer.asset == TRX
+    assert transfer.amount == 300_000
+    assert transfer.from_key == bytes.fromhex("52a5f2a94125ef11673f86104e2ce3f86ece2c25")
+    assert transfer.to_key == bytes.fromhex("9173b4004d81e3f1ae68d925dd9e874aa37edb2f")
+    assert transfer.index == -1
+    assert info_transfers(info, 84276720, TOKENS, internal=False) == []
+
+
+def test_real_testnet_block_decodes_with_no_transfers() -> None:
+    """The testnet block passes every integrity check; its calls move no TRX and have no infos here."""
+    block = _load("testnet_55088560.getblockbynum.json")
+    decoded = decode_block(block, [], 55088560, TOKENS)
+    assert decoded.hash == block["blockID"]
+    assert decoded.parent_hash == block["block_header"]["raw_data"]["parentHash"]
+    assert decoded.tx_count == 3
+    assert decoded.transfers == ()
+    assert decoded.time == 1749121581
+
+
+def _chain() -> tuple[list[Any], dict[str, Any], list[dict[str, Any]]]:
+    a, b, c = account(1), account(2), account(3)
+    txs = [
+        trx(a, b, 1_500_000),
+        trc10(a, c, "1002000", 42, nonce=1),
+        trc10(a, c, "1000001", 7, nonce=2),
+        trc20(b, c, USDT_KEY, 250_000_000, nonce=3),
+        trc20(b, c, account(77), 999, nonce=4),  # another token: not configured
+        trc20(b, c, USDT_KEY, 5, emitter=account(66), nonce=5),  # a fake contract emitting a Transfer
+        trc20(b, c, USDT_KEY, 6, result="REVERT", receipt_result="REVERT", nonce=6),
+        trc20(b, c, USDT_KEY, 7, result="OUT_OF_ENERGY", receipt_result="OUT_OF_ENERGY", nonce=7),
+    ]
+    return txs, block_json(100, PARENT, txs), infos_json(100, txs)
+
+
+def test_a_block_of_every_kind() -> None:
+    """TRX, a configured and an unconfigured TRC-10, USDT; a fake emitter, another token and failed calls ignored."""
+    _, block, infos = _chain()
+    decoded = decode_block(block, infos, 100, TOKENS)
+    found = [(t.asset.symbol, t.amount, t.index) for t in decoded.transfers]
+    assert found == [("TRX", 1_500_000, None), ("BTT", 42, None), ("1000001", 7, None), ("USDT", 250_000_000, 0)]
+    assert decoded.transfers[0].from_key == account(1) and decoded.transfers[0].to_key == account(2)
+
+
+def _mutated(change: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    _, block, infos = _chain()
+    block, infos = copy.deepcopy(block), copy.deepcopy(infos)
+    change(block, infos)
+    return block, infos
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda b, i: b["transactions"][0]["raw_data"]["contract"][0]["parameter"]["value"].update(amount=9), "amount"),
+        (
+            lambda b, i: b["transactions"][0]["raw_data"]["contract"][0]["parameter"]["value"].update(
+                to_address="41" + account(9).hex()
+            ),
+            "to_address",
+        ),
+        (lambda b, i: b["transactions"][0].update(txID="00" * 32), "txID"),
+        (lambda b, i: b["transactions"][6]["ret"][0].update(contractRet="SUCCESS"), "txTrieRoot"),
+        (lambda b, i: b.update(blockID="00" * 32), "blockID"),
+        (lambda b, i: b["block_header"]["raw_data"].update(number=101), "answered block 101"),
+        (lambda b, i: i[0].update(id="ab" * 32), "not in this block"),
+        (lambda b, i: i[0].update(blockNumber=99), "another block"),
+        (lambda b, i: i[3]["log"][0]["topics"].__setitem__(2, "ff" * 12 + account(3).hex()), "upper 12 bytes"),
+        (lambda b, i: b["block_header"]["raw_data"].update(timestamp=2**256), "timestamp"),
+        (lambda b, i: b["transactions"][1]["ret"][0].update(contractRet="MAYBE"), "unknown contractRet"),
+    ],
+)
+def test_integrity_failures_are_typed_errors(change: Any, message: str) -> None:
+    """Each lie about the signed bytes, the ids, the block or the topics is a BadNodeAnswer naming it."""
+    block, infos = _mutated(change)
+    with pytest.raises(BadNodeAnswer, match=message):
+        decode_block(block, infos, 100, TOKENS)
+
+
+def test_hostile_shapes_are_typed_errors() -> None:
+    """Wrong types anywhere raise BadNodeAnswer, not KeyError or TypeError."""
+    for block in (None, [], {"block_header": []}, {"block_header": {"raw_data": {"txTrieRoot": 5}}}):
+        with pytest.raises(BadNodeAnswer):
+            decode_block(block, [], 100, TOKENS)
+    _, good, _ = _chain()
+    with pytest.raises(BadNodeAnswer):
+        decode_block(good, {"id": 1}, 100, TOKENS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the usual shapes read in one step against the field-by-field checks
+
+_ACCOUNTS = st.integers(min_value=0, max_value=10**6).map(account)
+_RESULTS = st.sampled_from(["SUCCESS", "SUCCESS", "REVERT", "OUT_OF_ENERGY", "DEFAULT"])
+
+
+@st.composite
+def _tx_json(draw: st.DrawFn) -> dict[str, Any]:
+    """A transaction of a watched type as the node shows it, with random parties, amounts and result."""
+    sender, recipient, contract = draw(_ACCOUNTS), draw(_ACCOUNTS), draw(_ACCOUNTS)
+    amount, nonce, result = draw(st.integers(0, 2**63 - 1)), draw(st.integers(0, 2**32)), draw(_RESULTS)
+    kind = draw(st.sampled_from(["trx", "trc10", "trc20"]))
+    if kind == "trx":
+        tx = trx(sender, recipient, amount, nonce=nonce, result=result)
+    elif kind == "trc10":
+        tx = trc10(sender, recipient, str(draw(st.integers(1_000_000, 1_999_999))), amount, nonce=nonce, result=result)
+    else:
+        tx = trc20(sender, recipient, contract, amount % 2**256, nonce=nonce, result=result)
+    return transaction_json(tx)
+
+
+def _value(tx: dict[str, Any]) -> dict[str, Any]:
+    value: dict[str, Any] = tx["raw_data"]["contract"][0]["parameter"]["value"]
+    return value
+
+
+def _spaced(text: str) -> str:
+    return text[:2] + " " + text[2:]
+
+
+_CHANGES: dict[str, Any] = {
+    "raw_data_hex in capitals": lambda t: t.update(raw_data_hex=t["raw_data_hex"].upper()),
+    "raw_data_hex with a space": lambda t: t.update(raw_data_hex=_spaced(t["raw_data_hex"])),
+    "raw_data_hex cut": lambda t: t.update(raw_data_hex=t["raw_data_hex"][:-2]),
+    "txID in capitals": lambda t: t.update(txID=t["txID"].upper()),
+    "owner in capitals": lambda t: _value(t).update(owner_address=_value(t)["owner_address"].upper()),
+    "owner in base58": lambda t: _value(t).update(
+        owner_address=tron_address(bytes.fromhex(_value(t)["owner_address"])[1:])
+    ),
+    "another owner": lambda t: _value(t).update(owner_address="41" + account(7).hex()),
+    "an unknown field": lambda t: _value(t).update(permission_id=2),
+    "amount as true": lambda t: _value(t).update(amount=True),
+    "amount as a float": lambda t: _value(t).update(amount=float(_value(t).get("amount", 0))),
+    "no amount": lambda t: _value(t).pop("amount", None),
+    "a null recipient": lambda t: _value(t).update(to_address=None),
+    "a token id on any transfer": lambda t: _value(t).update(asset_name="31303032303030"),
+    "a contract on any transfer": lambda t: _value(t).update(contract_address="41" + account(8).hex()),
+    "other call data": lambda t: _value(t).update(data="a9059cbb"),
+    "a call value": lambda t: _value(t).update(call_value=5),
+    "a zero call value": lambda t: _value(t).update(call_value=0),
+    "no parameter value": lambda t: t["raw_data"]["contract"][0]["parameter"].pop("value"),
+    "two contracts": lambda t: t["raw_data"]["contract"].append(t["raw_data"]["contract"][0]),
+    "no raw_data": lambda t: t.pop("raw_data"),
+    "two signatures": lambda t: t["signature"].append(t["signature"][0]),
+    "a short signature": lambda t: t.update(signature=[t["signature"][0][:-2]]),
+    "a spaced signature": lambda t: t.update(signature=[_spaced(t["signature"][0])]),
+    "no signature": lambda t: t.update(signature=[]),
+    "a fee": lambda t: t["ret"][0].update(fee=5),
+    "no result": lambda t: t.update(ret=[]),
+    "two results": lambda t: t["ret"].append({"contractRet": "SUCCESS"}),
+    "an unknown result": lambda t: t["ret"][0].update(contractRet="MAYBE"),
+    "a result as a list": lambda t: t["ret"][0].update(contractRet=["SUCCESS"]),
+    "a transaction as a list": lambda t: t.update(raw_data_hex=[t["raw_data_hex"]]),
+}
+
+
+# The one-step readings: in Python, and compiled where built (tests/chains/test_tron_wire.py fails without it).
+_READINGS = [tron_wire._usual_transaction_py] + ([tron_wire._tronscan.transaction] if tron_wire._BUILT else [])
+
+
+def _same_or_declined(tx: Any) -> None:
+    """The one-step reading declines, or gives exactly what the field-by-field checks give; where those
+    refuse the transaction it always declines."""
+    readings = [tron_txs._usual_transaction(tx, read) for read in _READINGS]
+    try:
+        checked = tron_txs._transaction(tx, 100, 0)
+    except BadNodeAnswer:
+        assert not any(readings)
+        return
+    for usual in readings:
+        assert usual is None or usual == checked
+
+
+@given(_tx_json())
+def test_usual_transactions_are_read_in_one_step_with_the_same_result(tx: dict[str, Any]) -> None:
+    """Random TRX, TRC-10 and TRC-20 transactions as the node writes them: read in one step (compiled and
+    in Python), same result."""
+    for read in _READINGS:
+        assert tron_txs._usual_transaction(tx, read) is not None
+    _same_or_declined(tx)
+
+
+@pytest.mark.parametrize("change", sorted(_CHANGES))
+@settings(max_examples=30)
+@given(tx=_tx_json())
+def test_the_one_step_reading_never_disagrees(change: str, tx: dict[str, Any]) -> None:
+    """Each change to the JSON (case, spacing, extra or missing fields, lies, other results): the
+    one-step reading declines or agrees, and accepts nothing the field-by-field checks refuse."""
+    _CHANGES[change](tx)
+    _same_or_declined(tx)
+
+
+def test_real_transactions_are_read_in_one_step() -> None:
+    """The real testnet transactions take the one-step reading, with the field-by-field result."""
+    for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):
+        checked = tron_txs._transaction(tx, 55088560, position)
+        for read in _READINGS:
+            assert tron_txs._usual_transaction(tx, read) == checked
+
+
+@given(
+    st.one_of(st.binary(max_size=40), st.binary(min_size=20, max_size=20).map(lambda b: bytes(12) + b)), st.booleans()
+)
+def test_topic_accounts_read_either_way_agree(word: bytes, capitals: bool) -> None:
+    """An address topic read the short way declines or agrees with the checked reading, never accepts
+    what it refuses."""
+    text = word.hex().upper() if capitals else word.hex()
+    usual = tron_decode._usual_account(text)
+    try:
+        checked = tron_decode._topic_account(text, 100, "topic")
+    except BadNodeAnswer:
+        assert usual is None
+        return
+    assert usual in (None, checked)
+    assert usual is not None or capitals or len(word) != 32
+
+
+def test_logs_in_capital_hex_decode_the_same() -> None:
+    """The node's lowercase hex and the same log in capitals give the same transfer."""
+    _, block, infos = _chain()
+    shouted = copy.deepcopy(infos)
+    log = shouted[3]["log"][0]
+    log.update(address=log["address"].upper(), data=log["data"].upper(), topics=[t.upper() for t in log["topics"]])
+    shouted[3]["log"][0]["topics"][0] = infos[3]["log"][0]["topics"][0]
+    assert decode_block(block, shouted, 100, TOKENS) == decode_block(block, infos, 100, TOKENS)
+
+
+def test_tron_bench_runs_and_reports_decode_against_the_floor() -> None:
+    """bench/tron_bench.py, the command docs/performance.md records, in a small form: every figure printed."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "tron_bench.py"), "--blocks", "2", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    starts = [line.split(":")[0] for line in done.stdout.splitlines()]
+    for figure in ("hashing floor", "decode, 20 watched keys", "decode, every transfer built", "fetch"):
+        assert figure in starts
+    assert "decode, 20 watched keys, 10 revoked (any TRC-20 to or from them)" in starts
+    assert done.stdout.count("x the floor") == 3
