@@ -5,7 +5,7 @@ grammar recorded; a block with witness data must also commit to it (BIP141).
 Frozen dataclasses are slow to construct (every field goes through `object.__setattr__`), and a
 block has thousands of inputs and outputs, so the decoder fills a plain slotted twin of each class
 and then sets its `__class__` to the frozen one: same layout, same result, about four times
-cheaper. `tests/test_btc_wire.py` checks the objects are exactly what the constructors give.
+cheaper. `tests/chains/test_btc_wire.py` checks the objects are exactly what the constructors give.
 """
 
 from __future__ import annotations
