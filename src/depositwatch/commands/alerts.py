@@ -14,11 +14,12 @@ from depositwatch.alerts.dispatcher import Dispatcher
 from depositwatch.alerts.factory import dispatcher_for, reload_sinks, sinks_for
 from depositwatch.alerts.format import test_alert_body
 from depositwatch.alerts.sinks import AlertSink
+from depositwatch.api.records import alert_record
 from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
 from depositwatch.config import Config, ConfigError, SinkConfig, load_config
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.leadership import AlreadyRunning, take_dispatcher
-from depositwatch.messages import Delivery, OutboxMessage
+from depositwatch.messages import OutboxMessage
 from depositwatch.models import MatchKind
 from depositwatch.store import SqlStore
 from depositwatch.timeutil import iso
@@ -109,43 +110,12 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [header, *rows]]
 
 
-def _message_record(message: OutboxMessage, deliveries: list[Delivery] | None = None) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "seq": message.seq,
-        "alert_id": message.alert_id,
-        "rev": message.rev,
-        "idempotency_key": message.idempotency_key,
-        "event": message.event,
-        "kind": message.kind,
-        "severity": message.severity,
-        "chain": message.chain,
-        "block_height": message.block_height,
-        "status": message.status,
-        "created_at": iso(message.created_at),
-        "payload": loads(message.payload),
-    }
-    if deliveries is not None:
-        record["deliveries"] = [_delivery_record(d) for d in deliveries]
-    return record
-
-
-def _delivery_record(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "sink": delivery.sink,
-        "status": delivery.status,
-        "attempts": delivery.attempts,
-        "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
-        "last_error": delivery.last_error,
-        "delivered_at": iso(delivery.delivered_at),
-    }
-
-
 async def _list(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
         messages = await store.outbox(status=args.status, kind=args.kind, limit=args.limit)
         if args.json:
-            records = [_message_record(m, await store.deliveries(m.seq)) for m in messages]
+            records = [alert_record(m, await store.deliveries(m.seq)) for m in messages]
             out(dumps(records, indent=True))
             return 0
     finally:
@@ -169,7 +139,7 @@ async def _show(args: argparse.Namespace) -> int:
         err(f"no outbox message with alert id or seq {args.id!r}")
         return 1
     if args.json:
-        out(dumps([_message_record(m, d) for m, d in found], indent=True))
+        out(dumps([alert_record(m, d) for m, d in found], indent=True))
         return 0
     for index, (message, deliveries) in enumerate(found):
         if index:

@@ -17,7 +17,7 @@ from typing import Any
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.messages import OutboxMessage
 from depositwatch.models import AddressEntry, AddressStatus
-from depositwatch.store.base import StoreError
+from depositwatch.store.base import StoreError, address_entry
 from depositwatch.store.book_version import bump_book
 from depositwatch.store.drivers import Conn, Driver
 from depositwatch.store.outbox import _message
@@ -116,21 +116,6 @@ def _record(row: Any) -> AuditRecord:
     )
 
 
-def _book_entry(row: Any) -> AddressEntry:
-    return AddressEntry(
-        chain=row["chain"],
-        address=row["address"],
-        key=bytes(row["key"]),
-        status=AddressStatus(row["status"]),
-        label=row["label"],
-        owner=row["owner"],
-        revoked_at=row["revoked_at"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        type=row["type"],
-    )
-
-
 class AuditMixin:
     """Audit log reads, reinstatement and paged reads; mixed into SqlStore."""
 
@@ -197,7 +182,7 @@ class AuditMixin:
             await write_audit(conn, actor, "reinstate", changes, stamp)
             if wanted:
                 await bump_book(conn, self.db.dialect)
-        return [_book_entry({**dict(found[k]), "status": "active", "revoked_at": None, "reason": ""}) for k in wanted]
+        return [address_entry({**dict(found[k]), "status": "active", "revoked_at": None, "reason": ""}) for k in wanted]
 
     async def book_entries(self, chain: str, keys: Sequence[bytes]) -> list[AddressEntry]:
         """The book's entries of one chain for the given keys (those that are in it)."""
@@ -207,7 +192,7 @@ class AuditMixin:
                 rows = await conn.fetch(
                     f"SELECT * FROM addresses WHERE chain = $1 AND key IN ({_marks(part, 2)})", chain, *part
                 )
-                found += [_book_entry(r) for r in rows]
+                found += [address_entry(r) for r in rows]
         return found
 
     async def address_history(self, pairs: Sequence[tuple[str, str]]) -> list[AuditRecord]:
@@ -252,7 +237,7 @@ class AuditMixin:
         async with self.db.read() as conn:
             sql = f"SELECT * FROM addresses {where} ORDER BY chain, address LIMIT ${len(args)}"
             rows = await conn.fetch(sql, *args)
-        return [_book_entry(r) for r in rows]
+        return [address_entry(r) for r in rows]
 
     async def alerts_page(
         self,

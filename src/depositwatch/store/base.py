@@ -289,3 +289,19 @@ class Store(Protocol):
     async def deliveries(self, seq: int) -> list[Delivery]: ...
     async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int: ...
     async def outbox_counts(self) -> dict[str, int]: ...
+
+
+def address_entry(row: Any) -> AddressEntry:
+    """An `addresses` row as the book's entry."""
+    return AddressEntry(
+        chain=row["chain"],
+        address=row["address"],
+        key=bytes(row["key"]),
+        status=AddressStatus(row["status"]),
+        label=row["label"],
+        owner=row["owner"],
+        revoked_at=row["revoked_at"],
+        reason=row["reason"],
+        created_at=row["created_at"],
+        type=row["type"],
+    )

@@ -23,21 +23,6 @@ ADDRESS_LIST = ", ".join(ADDRESS_COLUMNS)
 STATUS = {str(status): status for status in AddressStatus}
 
 
-def entry(row: Any) -> AddressEntry:
-    return AddressEntry(
-        chain=row["chain"],
-        address=row["address"],
-        key=bytes(row["key"]),
-        status=AddressStatus(row["status"]),
-        label=row["label"],
-        owner=row["owner"],
-        revoked_at=row["revoked_at"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-        type=row["type"],
-    )
-
-
 async def _with_twins(conn: Conn, chain: str, keys: Sequence[bytes]) -> list[bytes]:
     """`keys` and the other scripts registered for the same public key (the bare P2PK script imported
     beside a P2PKH address: same chain and address text, type `p2pk`), so revoking one revokes both."""

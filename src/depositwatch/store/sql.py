@@ -30,6 +30,7 @@ from depositwatch.store.base import (
     RevokeResult,
     SchemaError,
     Scope,
+    address_entry,
 )
 from depositwatch.store.book_version import NOTIFY_CHANNEL
 from depositwatch.store.drivers import Driver, PostgresDriver
@@ -194,7 +195,7 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         async with self.db.read() as conn:
-            return [book.entry(r) for r in await conn.fetch(sql, *args)]
+            return [address_entry(r) for r in await conn.fetch(sql, *args)]
 
     async def address_stats(self) -> list[dict[str, Any]]:
         """Counts per chain, type and status."""
