@@ -10,7 +10,7 @@ demo: setup
 test:
 	bash scripts/test.sh
 
-# The suite under coverage (branches; about 1.6 times the time of `make test`): a figure to watch, no threshold.
+# The suite under coverage (branches; about 1.3 times the time of `make test`): a figure to watch, no threshold.
 coverage:
 	bash scripts/test.sh --cov --cov-report=term
 

@@ -86,8 +86,10 @@ async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg
             chain.mine(1)
             await wait_for(receiver, pay.txid, "mined")
             chain.mine(1)
-            await wait_for(receiver, pay.txid, "confirmed")
+            await wait_for(receiver, pay.txid, "confirmed", kind="revoked_incoming")
             # the deposit to the active address is final at 2 confirmations and goes to the deposits sink
+            # (its own delivery, which may arrive before or after the alert's)
+            await wait_for(receiver, pay.txid, "confirmed", kind="deposit")
             assert ("deposit", "confirmed", 2, False) in events(receiver, pay.txid)
 
             sweep = chain.send([(p2wpkh(b"\x66" * 20), 60_000)], from_script=REVOKED)
