@@ -33,7 +33,7 @@ from depositwatch.config import Config, parse_listen
 from depositwatch.jsonutil import dumps, loads
 from depositwatch.models import AddressStatus
 from depositwatch.store import ImportRejected, SqlStore, StoreError
-from depositwatch.store.base import ChainPolicy
+from depositwatch.store.base import ChainPolicy, RevokeResult
 from depositwatch.timeutil import iso, now, parse_timestamp
 
 log = structlog.get_logger("depositwatch.api")
@@ -355,6 +355,11 @@ async def _revoke(request: web.Request) -> web.Response:
     except StoreError as exc:
         raise ApiError(409, "conflict", str(exc), "addresses") from None
     ctx.on_change()
+    return _revoked(result, at)
+
+
+def _revoked(result: RevokeResult, at: int) -> web.Response:
+    """The answer to a revocation (by address or by key tree)."""
     return _json(
         {
             "revoked": result.revoked,
@@ -382,14 +387,7 @@ async def _revoke_tree(
     except StoreError as exc:
         raise ApiError(409, "conflict", str(exc), "tree") from None
     ctx.on_change()
-    return _json(
-        {
-            "revoked": result.revoked,
-            "already_revoked": result.already_revoked,
-            "retro_alerts": result.retro,
-            "revoked_at": iso(at),
-        }
-    )
+    return _revoked(result, at)
 
 
 def _revocation_time(value: Any) -> int:
