@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -171,7 +171,7 @@ class Follower:
             return 0
         stop = min(last, cursor.height + self.settings.batch_blocks) + 1
         while True:
-            blocks = await self._fetch(cursor.height + 1, stop)
+            blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop))
             if not blocks:
                 return 0
             cursor = await self._anchor(cursor, blocks[0])
@@ -182,6 +182,23 @@ class Follower:
             matches = [match_block(self.chain, block, self.registry.book(self.chain)) for block in chain]
             if not await self._grow_trees(matches):
                 return await self._commit(cursor, chain, matches, tip.height)
+
+    async def _unless_stopped(self, reading: Coroutine[Any, Any, list[Block]]) -> list[Block]:
+        """The blocks read, or none once `stop()` is called meanwhile: the read is abandoned (no block is in
+        hand before it returns, so nothing is half done), rather than waited for as long as a silent node
+        holds it (its request timeout: minutes)."""
+        read = asyncio.ensure_future(reading)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not read.done():
+                read.cancel()
+            await asyncio.gather(read, stopper, return_exceptions=True)
+        if read.cancelled():
+            return []
+        return read.result()
 
     async def _fetch(self, start: int, stop: int) -> list[Block]:
         while True:
@@ -291,7 +308,7 @@ class Follower:
     # loops ----------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop taking new blocks; the block in hand is finished first."""
+        """Stop taking new blocks: a read under way is abandoned, a batch being committed is finished first."""
         self._stopping.set()
 
     async def run(self) -> None:

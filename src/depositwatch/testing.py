@@ -26,6 +26,7 @@ class MemoryChain:
         self.blocks: list[Block] = [Block(0, _hash("", 0, "genesis"), "", genesis_time)]
         self.down = False
         self.new_head = asyncio.Event()
+        self.read_until: int | None = None  # nothing is read ahead here
 
     def mine(self, transfers: tuple[Transfer, ...] = (), salt: str = "") -> Block:
         """Append a block with these transfers."""
