@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import asyncpg
 import pytest
 
 from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
-from tests.daemon.test_daemon import SECRET, free_port, launch, reap, stop
+from tests.daemon.test_daemon import SECRET, free_port, launch, reap, run_depositwatch, stop
 from tests.receivers import Receiver
 from tests.util import eventually
 
@@ -62,20 +61,7 @@ async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg
             'kinds = ["revoked_incoming", "revoked_outgoing", "deposit"]\n'
             "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
         )
-        importer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "depositwatch",
-            "--config",
-            str(config),
-            "addresses",
-            "import",
-            str(book),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await importer.communicate()
-        assert importer.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
         daemon = launch(config, tmp_path, 0)
         notify = daemon.notify
         try:
@@ -139,12 +125,7 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
             "chain,address,status,label,owner,revoked_at,reason\n"
             f"btc,{script_to_address(REVOKED, 'regtest')},revoked,old-1,cust-1,2020-01-01T00:00:00Z,breach\n"
         )
-        importer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "depositwatch", "--config", str(config), "addresses", "import", str(book),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await importer.communicate()
-        assert importer.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")

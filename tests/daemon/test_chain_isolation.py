@@ -6,7 +6,6 @@ and the failed one shows as such in /healthz and /metrics, then comes back by it
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
-from tests.daemon.test_daemon import SECRET, Daemon, free_port, launch, reap, stop
+from tests.daemon.test_daemon import SECRET, Daemon, free_port, launch, reap, run_depositwatch, stop
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import Receiver
 from tests.util import eventually
@@ -119,20 +118,7 @@ class World:
             f"bsc,{REVOKED},revoked,r-bsc,cust-1,2020-01-01T00:00:00Z,breach\n"
             f"btc,{script_to_address(BTC_REVOKED, 'regtest')},revoked,r-btc,cust-1,2020-01-01T00:00:00Z,breach\n"
         )
-        done = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "depositwatch",
-            "--config",
-            str(config),
-            "addresses",
-            "import",
-            str(book),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await done.communicate()
-        assert done.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
 
     # payments and their alerts ------------------------------------------------------------------------
 

@@ -121,6 +121,17 @@ async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0)
     raise AssertionError("the daemon did not stop in time:\n" + daemon.output())
 
 
+async def run_depositwatch(*argv: str, code: int = 0) -> str:
+    """Run a depositwatch command as a process; its output (stdout and stderr), after checking it exited
+    with `code`."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "depositwatch", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == code, out.decode()
+    return out.decode()
+
+
 async def book(store_url: str, tmp: Path) -> None:
     csv = tmp / "book.csv"
     csv.write_text(
@@ -128,20 +139,7 @@ async def book(store_url: str, tmp: Path) -> None:
         f"eth,{REVOKED},revoked,r1,cust-r1,2020-01-01T00:00:00Z,breach\n"
         f"eth,{ACTIVE},active,a1,cust-a1,,\n"
     )
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "addresses",
-        "import",
-        str(csv),
-        "--store",
-        store_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await done.communicate()
-    assert done.returncode == 0, out.decode()
+    await run_depositwatch("addresses", "import", str(csv), "--store", store_url)
 
 
 async def _setup(tmp_path: Path, store_url: str) -> AsyncIterator[Setup]:
@@ -257,27 +255,10 @@ async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup:
     await pay(s.node, ACTIVE, 1)
     listing = s.tmp / "leaked.txt"
     listing.write_text(ACTIVE + "\n")
-    revoke = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "addresses",
-        "revoke",
-        "--chain",
-        "eth",
-        "--file",
-        str(listing),
-        "--at",
-        "2021-01-01T00:00:00Z",
-        "--reason",
-        "leak",
-        "--store",
-        s.store_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await revoke.communicate()
-    assert revoke.returncode == 0, out.decode()
+    await run_depositwatch(
+        "addresses", "revoke", "--chain", "eth", "--file", str(listing), "--at", "2021-01-01T00:00:00Z",
+        "--reason", "leak", "--store", s.store_url,
+    )  # fmt: skip
     await wait_for(lambda: "address book reloaded" in daemon.output(), what="the revocation to load")
     [txid] = await pay(s.node, ACTIVE, 1)
     await wait_for(lambda: txid in {r.json()["txid"] for r in s.receiver.accepted}, what="alert after revocation")
@@ -302,21 +283,8 @@ async def test_sqlite_runs_a_single_instance(sqlite_setup: Setup) -> None:
     assert code != 0
     assert "SQLite runs a single instance" in second.output()
     # a stand-alone dispatcher next to the daemon would deliver everything twice: refused too
-    deliver = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "--config",
-        str(first.config),
-        "alerts",
-        "deliver",
-        "--until-empty",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    text, _ = await deliver.communicate()
-    assert deliver.returncode == 2, text.decode()
-    assert "SQLite runs a single instance" in text.decode()
+    text = await run_depositwatch("--config", str(first.config), "alerts", "deliver", "--until-empty", code=2)
+    assert "SQLite runs a single instance" in text
     assert first.process.poll() is None
     assert await stop(first) == 0
 
