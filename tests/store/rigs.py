@@ -41,3 +41,10 @@ async def ledger_at(url: str) -> AsyncIterator[Ledger]:
         yield Ledger(store)
     finally:
         await store.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command in this thread: its exit code, stdout and stderr."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
