@@ -107,6 +107,25 @@ async def test_tree_on_anvil_revoked_while_running_and_grown_by_its_gap(sqlite_s
     assert await stop(daemon) == 0
 
 
+async def btc_config(
+    tmp_path: Path, store_url: str, node: BitcoinRegtestServer, receiver: Receiver, book: Path
+) -> Path:
+    """A daemon's config on the Bitcoin stand-in from its next block (no mempool), alerting to `receiver`;
+    `book` imported into the store at `store_url`."""
+    chain = node.chain
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[store]\nurl = "{store_url}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n[alerts]\npoll_interval = 0.05\n'
+        '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
+        f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
+        f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
+        f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
+        "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
+    )
+    await run_depositwatch("--config", str(config), "addresses", "import", str(book))
+    return config
+
+
 async def test_tree_on_bitcoin_pkh_pays_its_p2pk_and_wpkh_index_123456(tmp_path: Path, pg_url: str) -> None:
     """On the Bitcoin stand-in (regtest, PostgreSQL): a wpkh(tpub) tree revoked while running alerts for
     index 123,456 and grows by its gap; a pkh tree alerts for a bare P2PK output of one of its keys."""
@@ -121,16 +140,7 @@ async def test_tree_on_bitcoin_pkh_pays_its_p2pk_and_wpkh_index_123456(tmp_path:
             f"btc,{wpkh_text},123000-123500,50,active,hot,ops,,\n"
             f"btc,{pkh_text},0-9,,revoked,legacy,ops,2020-01-01T00:00:00Z,breach\n"
         )
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[store]\nurl = "{pg_url}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n[alerts]\npoll_interval = 0.05\n'
-            '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-            f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
-            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
-        )
-        await run_depositwatch("--config", str(config), "addresses", "import", str(csv))
+        config = await btc_config(tmp_path, pg_url, node, receiver, csv)
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
@@ -174,16 +184,7 @@ async def test_tree_grown_by_a_transfer_matches_one_beyond_its_range_in_the_same
             "chain,descriptor,range,gap,status,label,owner,revoked_at,reason\n"
             f"btc,{text},123000-123500,50,revoked,hot,ops,2021-01-01T00:00:00Z,seed leaked\n"
         )
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[store]\nurl = "sqlite:///{tmp_path}/state.db"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
-            '[alerts]\npoll_interval = 0.05\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-            f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
-            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
-        )
-        await run_depositwatch("--config", str(config), "addresses", "import", str(csv))
+        config = await btc_config(tmp_path, f"sqlite:///{tmp_path}/state.db", node, receiver, csv)
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
