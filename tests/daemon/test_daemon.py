@@ -404,19 +404,26 @@ async def test_metrics_in_seconds_and_every_series_from_the_start(setup: Setup) 
     assert await stop(daemon) == 0
 
 
+async def leader_and_standby(s: Setup, leader_rpc: str, standby_max_commit_age: int) -> tuple[Daemon, Daemon]:
+    """Two instances with `standby_max_commit_age` set: the leader (reading its node through `leader_rpc`)
+    once it holds the chain's lease, then the standby once it stands by."""
+    bound = f"start_height = 1\nstandby_max_commit_age = {standby_max_commit_age}\n"
+    leader_config = s.config(rpc_url=leader_rpc)
+    leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
+    leader = await s.start(leader_config)
+    await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
+    standby_config = s.config()
+    standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
+    standby = await s.start(standby_config)
+    await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+    return leader, standby
+
+
 async def test_health_shows_the_outage_and_a_standby_sees_the_leader_stall(setup: Setup) -> None:
     """/healthz says node-down with the node's error during an outage (not `following`, `null`); a standby
     reports the time since the leader's last commit and turns unhealthy when it passes the bound."""
     async with FaultProxy(setup.node.http_url) as proxy, aiohttp.ClientSession() as http:
-        bound = "start_height = 1\nstandby_max_commit_age = 5\n"
-        leader_config = setup.config(rpc_url=proxy.url)
-        leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
-        leader = await setup.start(leader_config)
-        await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
-        standby_config = setup.config()
-        standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
-        standby = await setup.start(standby_config)
-        await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+        leader, standby = await leader_and_standby(setup, proxy.url, standby_max_commit_age=5)
         await pay(setup.node, ACTIVE, 1)
 
         async def standby_health() -> tuple[int, dict[str, Any]]:
