@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
-from tests.daemon.test_daemon import SECRET, free_port, launch, reap, run_depositwatch, stop
+from tests.daemon.test_daemon import SECRET, execute_sql, free_port, launch, reap, run_depositwatch, stop
 from tests.receivers import Receiver
 from tests.util import eventually
 
@@ -96,14 +95,6 @@ WHEN (NEW.status = 'mempool') EXECUTE FUNCTION fail_mempool();
 HEAL_MEMPOOL_MATCHES = "DROP TRIGGER fail_mempool ON matches; DROP FUNCTION fail_mempool();"
 
 
-async def _sql(pg_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_path: Path, pg_url: str) -> None:
     """A store error in the mempool watcher is logged, counted and the watcher restarted: mempool alerts
     come back once the store is repaired, without a block being mined."""
@@ -129,7 +120,7 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
-            await _sql(pg_url, FAIL_MEMPOOL_MATCHES)
+            await execute_sql(pg_url, FAIL_MEMPOOL_MATCHES)
             pay = chain.send([(REVOKED, 70_000)])
 
             async def restarts() -> float:
@@ -151,7 +142,7 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
             assert component["restarts"] >= 1 and "injected mempool store failure" in component["error"]
             assert events(receiver, pay.txid) == []  # nothing mined, the mempool path is stopped by the store
 
-            await _sql(pg_url, HEAL_MEMPOOL_MATCHES)
+            await execute_sql(pg_url, HEAL_MEMPOOL_MATCHES)
             await wait_for(receiver, pay.txid, "detected")  # the restarted watcher, still unmined
             assert events(receiver, pay.txid)[0] == ("revoked_incoming", "detected", 0, True)
             assert daemon.process.poll() is None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -119,6 +120,15 @@ async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0)
         await asyncio.sleep(0.05)
     daemon.process.kill()
     raise AssertionError("the daemon did not stop in time:\n" + daemon.output())
+
+
+async def execute_sql(pg_url: str, sql: str) -> None:
+    """Run `sql` on the PostgreSQL store at `pg_url` (to break or mend it under a running daemon)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 async def run_depositwatch(*argv: str, code: int = 0) -> str:
