@@ -125,8 +125,9 @@ def bench_decode(chain: TronChain, rounds: int) -> None:
     print(f"decode, every transfer built: {decode * 1000:.2f} ms a block: {decode / floor:.2f}x the floor")
 
 
-async def bare_fetch(url: str, start: int, stop: int) -> int:
-    """Fetch and parse the same answers the source asks for, with no checks: the client's floor."""
+async def bare_fetch(url: str, start: int, stop: int, in_flight: int = 4) -> int:
+    """Fetch and parse the same answers the source (and so a replay) asks for, `in_flight` info calls at
+    a time, with no checks: the client's floor."""
     count = 0
     async with aiohttp.ClientSession() as session:
 
@@ -134,7 +135,7 @@ async def bare_fetch(url: str, start: int, stop: int) -> int:
             async with session.post(url + path, data=orjson.dumps(body)) as response:
                 return orjson.loads(await response.read())
 
-        sem = asyncio.Semaphore(4)
+        sem = asyncio.Semaphore(in_flight)
 
         async def infos(num: int) -> Any:
             async with sem:

@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # run as `python bench/tron_replay.py`
 from tests.tronnode.chain import TronChain, account
 from tests.tronnode.server import TronNodeServer
 
+from bench.tron_bench import bare_fetch
 from depositwatch.addresses.tron import tron_address
 from depositwatch.chains.tron import RANGE_LIMIT
-from depositwatch.chains.tron_decode import needs_infos
 from depositwatch.config import ChainConfig
 from depositwatch.models import AddressEntry, AddressStatus
 from depositwatch.replay import replay
@@ -65,30 +65,6 @@ def _serve(chain: TronChain, pipe: Connection) -> None:
             await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # until the parent says stop
 
     asyncio.run(run())
-
-
-async def bare_fetch(url: str, start: int, stop: int, in_flight: int = 4) -> int:
-    """Fetch and parse the answers a replay needs, with no checks: the client's floor."""
-    count = 0
-    async with aiohttp.ClientSession() as session:
-
-        async def post(path: str, body: dict[str, Any]) -> Any:
-            async with session.post(url + path, data=orjson.dumps(body)) as response:
-                return orjson.loads(await response.read())
-
-        sem = asyncio.Semaphore(in_flight)
-
-        async def infos(num: int) -> Any:
-            async with sem:
-                return await post("/wallet/gettransactioninfobyblocknum", {"num": num})
-
-        for low in range(start, stop, RANGE_LIMIT):
-            high = min(low + RANGE_LIMIT, stop)
-            answer = await post("/wallet/getblockbylimitnext", {"startNum": low, "endNum": high, "visible": False})
-            blocks = answer["block"]
-            await asyncio.gather(*(infos(low + n) for n, b in enumerate(blocks) if needs_infos(b)))
-            count += len(blocks)
-    return count
 
 
 async def by_number(url: str, start: int, stop: int, in_flight: int = 4) -> int:

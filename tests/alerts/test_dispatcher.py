@@ -421,15 +421,6 @@ def test_backoff_is_capped_exponential_with_full_jitter() -> None:
     assert backoff(3, retry, lambda: 0.0) == 0.0
 
 
-@pytest.fixture
-async def sqlite_store(sqlite_url: str) -> Any:
-    from depositwatch.store import open_store
-
-    opened = await open_store(sqlite_url, migrate=True)
-    yield opened
-    await opened.close()
-
-
 def _payload(message: Any) -> dict[str, Any]:
     return dict(loads(message.payload))
 

@@ -3,7 +3,6 @@ dispatcher and store: exact formats, retraction, burst summaries, retries, no se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -32,16 +31,6 @@ ANY_PATH = "/{tail:.*}"
 GENIE_KEY = "genie-key-0123456789abcdef"
 BOT_TOKEN = "123456789:AAH-very-secret-bot-token-xyz"
 WEBHOOK_SECRET_PATH = "/webhooks/123/very-secret-webhook-token-abcdef"
-
-
-@pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[SqlStore]:
-    """One SQLite store (the secrets test needs no second backend)."""
-    from depositwatch.store import open_store
-
-    opened = await open_store(sqlite_url, migrate=True)
-    yield opened
-    await opened.close()
 
 
 def base(rx: Receiver) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -155,15 +155,6 @@ def parts(mail: EmailMessage) -> tuple[str, str]:
     rich = mail.get_body(preferencelist=("html",))
     assert plain is not None and rich is not None
     return plain.get_content(), rich.get_content()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[SqlStore]:
-    from depositwatch.store import open_store
-
-    opened = await open_store(sqlite_url, migrate=True)
-    yield opened
-    await opened.close()
 
 
 async def test_starttls_auth_one_mail_per_alert_and_a_digest(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +73,6 @@ def gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")
-
-
-@pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[SqlStore]:
-    from depositwatch.store import open_store
-
-    opened = await open_store(sqlite_url, migrate=True)
-    yield opened
-    await opened.close()
 
 
 async def test_alert_json_on_stdin_failures_retried_and_a_burst_once(

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from depositwatch.cli import main
 from depositwatch.messages import OutboxMessage
 from depositwatch.store import open_store
 from tests.receivers import USDT, WEBHOOK_SECRET, AlertMaker, Receiver, always, ok, slow
+from tests.store.rigs import _reset_logging, cli  # noqa: F401 (_reset_logging: an autouse fixture)
 
 SECRET = WEBHOOK_SECRET
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """The CLI points structlog and the root logger at the captured stderr, closed after the test: put
-    both back, or the next test's first log line raises ValueError (I/O operation on closed file)."""
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 def write_config(tmp_path: Path, url: str, *, max_attempts: int = 20, concurrency: int = 4, timeout: float = 5) -> Path:
@@ -50,13 +38,6 @@ retry = {{ max_attempts = {max_attempts}, initial_backoff = 0.01, max_backoff = 
 """
     )
     return path
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command in a thread (it has its own event loop); the receivers keep serving here."""
-    code = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from depositwatch.cli import main
+from tests.store.rigs import run
 
 BTC_P2WPKH = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
 BTC_P2PKH = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
@@ -23,15 +23,18 @@ eth,{ETH_B.lower()},revoked,eth-2,cust-4,2023-09-12,breach
 """
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def url(request: pytest.FixtureRequest, sqlite_url: str, pg_url: str) -> str:
     return sqlite_url if request.param == "sqlite" else pg_url
+
+
+def revoke(
+    capsys: pytest.CaptureFixture[str], url: str, chain: str, *selection: str, at: str, reason: str
+) -> tuple[int, str, str]:
+    """`addresses revoke` of `selection` (`--file PATH` or `--all-active`) on `chain` in the store at `url`."""
+    return run(
+        capsys, "addresses", "revoke", "--chain", chain, *selection, "--at", at, "--reason", reason, "--store", url
+    )
 
 
 def test_parse_prints_json_and_rejects_bad(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,53 +99,12 @@ def test_revoke_file_and_all_active(capsys: pytest.CaptureFixture[str], tmp_path
     run(capsys, "addresses", "import", str(book), "--store", url)
     listing = tmp_path / "leaked.txt"
     listing.write_text(f"# leaked\n{ETH_A}\n0x{'ab' * 20}\n")
-    code, _, stderr = run(
-        capsys,
-        "addresses",
-        "revoke",
-        "--chain",
-        "eth",
-        "--file",
-        str(listing),
-        "--at",
-        "2023-09-12T10:00:00Z",
-        "--reason",
-        "x",
-        "--store",
-        url,
-    )
+    code, _, stderr = revoke(capsys, url, "eth", "--file", str(listing), at="2023-09-12T10:00:00Z", reason="x")
     assert code == 2 and "not in the book" in stderr
     listing.write_text(f"{ETH_A}\n")
-    code, stdout, _ = run(
-        capsys,
-        "addresses",
-        "revoke",
-        "--chain",
-        "evm:*",
-        "--file",
-        str(listing),
-        "--at",
-        "2023-09-12T10:00:00Z",
-        "--reason",
-        "x",
-        "--store",
-        url,
-    )
+    code, stdout, _ = revoke(capsys, url, "evm:*", "--file", str(listing), at="2023-09-12T10:00:00Z", reason="x")
     assert code == 0 and "revoked 1" in stdout
-    code, stdout, _ = run(
-        capsys,
-        "addresses",
-        "revoke",
-        "--chain",
-        "btc",
-        "--all-active",
-        "--at",
-        "1694512800",
-        "--reason",
-        "y",
-        "--store",
-        url,
-    )
+    code, stdout, _ = revoke(capsys, url, "btc", "--all-active", at="1694512800", reason="y")
     assert code == 0 and "revoked 1" in stdout
     code, stdout, _ = run(capsys, "addresses", "list", "--store", url, "--format", "json", "--status", "active")
     assert stdout == ""
@@ -150,18 +112,5 @@ def test_revoke_file_and_all_active(capsys: pytest.CaptureFixture[str], tmp_path
 
 def test_revoke_needs_a_zone(capsys: pytest.CaptureFixture[str], sqlite_url: str) -> None:
     """A revocation time without a zone is refused rather than read in the host's zone."""
-    code, _, stderr = run(
-        capsys,
-        "addresses",
-        "revoke",
-        "--chain",
-        "eth",
-        "--all-active",
-        "--at",
-        "2023-09-12T10:00:00",
-        "--reason",
-        "x",
-        "--store",
-        sqlite_url,
-    )
+    code, _, stderr = revoke(capsys, sqlite_url, "eth", "--all-active", at="2023-09-12T10:00:00", reason="x")
     assert code == 2 and "no time zone" in stderr

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
-from depositwatch.cli import main
-from depositwatch.store import open_store
 from depositwatch.timeutil import iso
-from tests.ledger import T0, Ledger, text
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.ledger import T0, text
+from tests.store.rigs import _reset_logging, cli, ledger_at  # noqa: F401 (_reset_logging: an autouse fixture)
 
 
 async def history(url: str) -> None:
     """Deposits to 1 and 2 in blocks 1..3; address 5 revoked at T0 + 1000 and paid in block 2 (after)."""
-    store = await open_store(url, migrate=True)
-    try:
-        ledger = Ledger(store)
+    async with ledger_at(url) as ledger:
         await ledger.book(active=[1, 2], revoked=[(5, T0 + 1000)])
         await ledger.block([(1, 10**18)])  # height 1, T0 + 600
         await ledger.block([(2, 5 * 10**17), (5, 3)])  # height 2, T0 + 1200
         await ledger.block([(1, 7)])  # height 3, T0 + 1800: confirms 1 and 2
-    finally:
-        await store.close()
 
 
 def lines(stdout: str) -> list[dict[str, object]]:

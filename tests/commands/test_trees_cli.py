@@ -11,7 +11,7 @@ import pytest
 from bip_utils import Bip39SeedGenerator, Bip44, Bip44Changes, Bip44Coins
 
 from depositwatch.addresses.descriptors import parse_trees
-from depositwatch.cli import main
+from tests.store.rigs import run
 
 DATA = Path(__file__).parents[1] / "data" / "hd"
 WALLETS: dict[str, Any] = json.loads((DATA / "bip84_bip86_bip49.json").read_text())
@@ -20,19 +20,13 @@ XPUB = "xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb
 ETH_A = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, sqlite_url: str, pg_url: str) -> str:
+    return sqlite_url if request.param == "sqlite" else pg_url
 
 
 def lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, sqlite_url: str, pg_url: str) -> str:
-    return sqlite_url if request.param == "sqlite" else pg_url
 
 
 def test_parse_a_zpub_gives_the_bip84_addresses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from tests.btcnode import BitcoinRegtestServer, p2tr, p2wpkh, script_to_address
-from tests.daemon.test_daemon import SECRET, free_port, launch, reap, stop
+from tests.daemon.test_daemon import SECRET, execute_sql, free_port, launch, reap, run_depositwatch, stop
 from tests.receivers import Receiver
 from tests.util import eventually
 
@@ -62,20 +60,7 @@ async def test_daemon_follows_bitcoin_with_mempool_and_sweeps(tmp_path: Path, pg
             'kinds = ["revoked_incoming", "revoked_outgoing", "deposit"]\n'
             "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
         )
-        importer = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "depositwatch",
-            "--config",
-            str(config),
-            "addresses",
-            "import",
-            str(book),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await importer.communicate()
-        assert importer.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
         daemon = launch(config, tmp_path, 0)
         notify = daemon.notify
         try:
@@ -110,14 +95,6 @@ WHEN (NEW.status = 'mempool') EXECUTE FUNCTION fail_mempool();
 HEAL_MEMPOOL_MATCHES = "DROP TRIGGER fail_mempool ON matches; DROP FUNCTION fail_mempool();"
 
 
-async def _sql(pg_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_path: Path, pg_url: str) -> None:
     """A store error in the mempool watcher is logged, counted and the watcher restarted: mempool alerts
     come back once the store is repaired, without a block being mined."""
@@ -139,16 +116,11 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
             "chain,address,status,label,owner,revoked_at,reason\n"
             f"btc,{script_to_address(REVOKED, 'regtest')},revoked,old-1,cust-1,2020-01-01T00:00:00Z,breach\n"
         )
-        importer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "depositwatch", "--config", str(config), "addresses", "import", str(book),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await importer.communicate()
-        assert importer.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
-            await _sql(pg_url, FAIL_MEMPOOL_MATCHES)
+            await execute_sql(pg_url, FAIL_MEMPOOL_MATCHES)
             pay = chain.send([(REVOKED, 70_000)])
 
             async def restarts() -> float:
@@ -170,7 +142,7 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
             assert component["restarts"] >= 1 and "injected mempool store failure" in component["error"]
             assert events(receiver, pay.txid) == []  # nothing mined, the mempool path is stopped by the store
 
-            await _sql(pg_url, HEAL_MEMPOOL_MATCHES)
+            await execute_sql(pg_url, HEAL_MEMPOOL_MATCHES)
             await wait_for(receiver, pay.txid, "detected")  # the restarted watcher, still unmined
             assert events(receiver, pay.txid)[0] == ("revoked_incoming", "detected", 0, True)
             assert daemon.process.poll() is None

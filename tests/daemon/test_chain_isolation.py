@@ -6,21 +6,19 @@ and the failed one shows as such in /healthz and /metrics, then comes back by it
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 from aiohttp import web
 
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
-from tests.daemon.test_daemon import SECRET, Daemon, free_port, launch, reap, stop
+from tests.daemon.test_daemon import SECRET, Daemon, execute_sql, free_port, launch, reap, run_depositwatch, stop
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import Receiver
 from tests.util import eventually
@@ -119,20 +117,7 @@ class World:
             f"bsc,{REVOKED},revoked,r-bsc,cust-1,2020-01-01T00:00:00Z,breach\n"
             f"btc,{script_to_address(BTC_REVOKED, 'regtest')},revoked,r-btc,cust-1,2020-01-01T00:00:00Z,breach\n"
         )
-        done = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "depositwatch",
-            "--config",
-            str(config),
-            "addresses",
-            "import",
-            str(book),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await done.communicate()
-        assert done.returncode == 0, out.decode()
+        await run_depositwatch("--config", str(config), "addresses", "import", str(book))
 
     # payments and their alerts ------------------------------------------------------------------------
 
@@ -205,14 +190,6 @@ class Scraper:
         }
 
 
-async def trigger(pg_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 FAIL_ETH_COMMITS = f"""
 CREATE FUNCTION fail_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN RAISE EXCEPTION '{BUG}'; END $$;
@@ -283,7 +260,7 @@ async def test_one_chains_failure_is_its_own(world: World) -> None:
         await world.alert_from("bsc", daemon)
 
         # 3. a store error no chain code expects, in eth's commit: eth fails, bsc and btc alert
-        await trigger(world.pg_url, FAIL_ETH_COMMITS)
+        await execute_sql(world.pg_url, FAIL_ETH_COMMITS)
         stuck = await world.pay("eth")
 
         async def eth_failed() -> bool:
@@ -303,7 +280,7 @@ async def test_one_chains_failure_is_its_own(world: World) -> None:
         assert "Traceback" in log  # the first failure of the episode comes with its traceback
 
         # ... the store is repaired: eth restarts by itself and the payment it could not commit alerts
-        await trigger(world.pg_url, HEAL_ETH_COMMITS)
+        await execute_sql(world.pg_url, HEAL_ETH_COMMITS)
         await until(lambda: _true(stuck in world.alerted()), 60, "the eth alert after the repair", daemon)
         await until(lambda: _true(daemon.process.poll() is None), 1, "alive", daemon)
         await world.alert_from("eth", daemon)

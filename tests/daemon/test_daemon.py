@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -121,6 +122,26 @@ async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0)
     raise AssertionError("the daemon did not stop in time:\n" + daemon.output())
 
 
+async def execute_sql(pg_url: str, sql: str) -> None:
+    """Run `sql` on the PostgreSQL store at `pg_url` (to break or mend it under a running daemon)."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def run_depositwatch(*argv: str, code: int = 0) -> str:
+    """Run a depositwatch command as a process; its output (stdout and stderr), after checking it exited
+    with `code`."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "depositwatch", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await done.communicate()
+    assert done.returncode == code, out.decode()
+    return out.decode()
+
+
 async def book(store_url: str, tmp: Path) -> None:
     csv = tmp / "book.csv"
     csv.write_text(
@@ -128,20 +149,7 @@ async def book(store_url: str, tmp: Path) -> None:
         f"eth,{REVOKED},revoked,r1,cust-r1,2020-01-01T00:00:00Z,breach\n"
         f"eth,{ACTIVE},active,a1,cust-a1,,\n"
     )
-    done = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "addresses",
-        "import",
-        str(csv),
-        "--store",
-        store_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await done.communicate()
-    assert done.returncode == 0, out.decode()
+    await run_depositwatch("addresses", "import", str(csv), "--store", store_url)
 
 
 async def _setup(tmp_path: Path, store_url: str) -> AsyncIterator[Setup]:
@@ -257,27 +265,10 @@ async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup:
     await pay(s.node, ACTIVE, 1)
     listing = s.tmp / "leaked.txt"
     listing.write_text(ACTIVE + "\n")
-    revoke = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "addresses",
-        "revoke",
-        "--chain",
-        "eth",
-        "--file",
-        str(listing),
-        "--at",
-        "2021-01-01T00:00:00Z",
-        "--reason",
-        "leak",
-        "--store",
-        s.store_url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await revoke.communicate()
-    assert revoke.returncode == 0, out.decode()
+    await run_depositwatch(
+        "addresses", "revoke", "--chain", "eth", "--file", str(listing), "--at", "2021-01-01T00:00:00Z",
+        "--reason", "leak", "--store", s.store_url,
+    )  # fmt: skip
     await wait_for(lambda: "address book reloaded" in daemon.output(), what="the revocation to load")
     [txid] = await pay(s.node, ACTIVE, 1)
     await wait_for(lambda: txid in {r.json()["txid"] for r in s.receiver.accepted}, what="alert after revocation")
@@ -302,21 +293,8 @@ async def test_sqlite_runs_a_single_instance(sqlite_setup: Setup) -> None:
     assert code != 0
     assert "SQLite runs a single instance" in second.output()
     # a stand-alone dispatcher next to the daemon would deliver everything twice: refused too
-    deliver = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "depositwatch",
-        "--config",
-        str(first.config),
-        "alerts",
-        "deliver",
-        "--until-empty",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    text, _ = await deliver.communicate()
-    assert deliver.returncode == 2, text.decode()
-    assert "SQLite runs a single instance" in text.decode()
+    text = await run_depositwatch("--config", str(first.config), "alerts", "deliver", "--until-empty", code=2)
+    assert "SQLite runs a single instance" in text
     assert first.process.poll() is None
     assert await stop(first) == 0
 
@@ -436,19 +414,26 @@ async def test_metrics_in_seconds_and_every_series_from_the_start(setup: Setup) 
     assert await stop(daemon) == 0
 
 
+async def leader_and_standby(s: Setup, leader_rpc: str, standby_max_commit_age: int) -> tuple[Daemon, Daemon]:
+    """Two instances with `standby_max_commit_age` set: the leader (reading its node through `leader_rpc`)
+    once it holds the chain's lease, then the standby once it stands by."""
+    bound = f"start_height = 1\nstandby_max_commit_age = {standby_max_commit_age}\n"
+    leader_config = s.config(rpc_url=leader_rpc)
+    leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
+    leader = await s.start(leader_config)
+    await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
+    standby_config = s.config()
+    standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
+    standby = await s.start(standby_config)
+    await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+    return leader, standby
+
+
 async def test_health_shows_the_outage_and_a_standby_sees_the_leader_stall(setup: Setup) -> None:
     """/healthz says node-down with the node's error during an outage (not `following`, `null`); a standby
     reports the time since the leader's last commit and turns unhealthy when it passes the bound."""
     async with FaultProxy(setup.node.http_url) as proxy, aiohttp.ClientSession() as http:
-        bound = "start_height = 1\nstandby_max_commit_age = 5\n"
-        leader_config = setup.config(rpc_url=proxy.url)
-        leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
-        leader = await setup.start(leader_config)
-        await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
-        standby_config = setup.config()
-        standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
-        standby = await setup.start(standby_config)
-        await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+        leader, standby = await leader_and_standby(setup, proxy.url, standby_max_commit_age=5)
         await pay(setup.node, ACTIVE, 1)
 
         async def standby_health() -> tuple[int, dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from depositwatch.devnet import Anvil, deploy_token, mint_token, send_eth, send_token, wait_receipt
-from tests.daemon.test_daemon import SECRET, Daemon, launch, reap, stop
+from tests.daemon.test_daemon import SECRET, Daemon, launch, reap, run_depositwatch, stop
 from tests.receivers import Receiver
 from tests.util import eventually, free_port
 
@@ -59,19 +58,7 @@ class World:
         return path
 
     async def cli(self, config: Path, *args: str) -> str:
-        done = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "depositwatch",
-            "--config",
-            str(config),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await done.communicate()
-        assert done.returncode == 0, out.decode()
-        return out.decode()
+        return await run_depositwatch("--config", str(config), *args)
 
     async def start(self, config: Path) -> Daemon:
         daemon = launch(config, self.tmp, len(self.daemons))

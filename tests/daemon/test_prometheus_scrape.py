@@ -32,6 +32,7 @@ from tests.daemon.test_daemon import (
     Setup,
     book,
     free_port,
+    leader_and_standby,
     pay,
     reap,
     setup,
@@ -245,15 +246,7 @@ async def test_alerts_go_pending_on_the_instances_they_name(tmp_path: Path, pg_u
         await book(pg_url, tmp_path)
         s = Setup(tmp_path, node, pg_url, receiver, [])
         try:
-            bound = "start_height = 1\nstandby_max_commit_age = 10\n"
-            leader_config = s.config(rpc_url=proxy.url)
-            leader_config.write_text(leader_config.read_text().replace("start_height = 1\n", bound))
-            leader = await s.start(leader_config)
-            await wait_for(lambda: "chain:eth" in leader.output(), what="the leader's lease")
-            standby_config = s.config()
-            standby_config.write_text(standby_config.read_text().replace("start_height = 1\n", bound))
-            standby = await s.start(standby_config)
-            await wait_for(lambda: "standing by" in standby.output(), what="the standby")
+            leader, standby = await leader_and_standby(s, proxy.url, standby_max_commit_age=10)
             targets = [leader.http.removeprefix("http://"), standby.http.removeprefix("http://")]
             async with prometheus(tmp_path, targets, http) as prom:
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from depositwatch.addresses.descriptors import KeyTree, parse_tree
 from depositwatch.addresses.hd import parse_extended_public_key
 from depositwatch.store import open_store
 from tests.btcnode import BitcoinRegtestServer
-from tests.daemon.test_daemon import SECRET, Daemon, Setup, _setup, free_port, launch, pay, reap, stop
+from tests.daemon.test_daemon import SECRET, Daemon, Setup, _setup, free_port, launch, pay, reap, run_depositwatch, stop
 from tests.receivers import Receiver
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set o
 XPUB = "xpub6ERApfZwUNrhLCkDtcHTcxd75RbzS1ed54G1LkBUHQVHQKqhMkhgbmJbZRkrgZw4koxb5JaHWkY4ALHY2grBGRjaDMzQLcgJvLJuZZvRcEL"
 TPUB = parse_extended_public_key(XPUB)[0].serialise("tpub")
 HIT = 123_456
-
-
-async def cli(*argv: str) -> str:
-    """Run a depositwatch command; its output, after checking it succeeded."""
-    done = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "depositwatch", *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await done.communicate()
-    assert done.returncode == 0, out.decode()
-    return out.decode()
 
 
 async def book_version(store_url: str) -> int:
@@ -93,9 +82,9 @@ async def test_tree_on_anvil_revoked_while_running_and_grown_by_its_gap(sqlite_s
     tree = parse_tree("evm", text)
     csv = s.tmp / "trees.csv"
     csv.write_text(f"chain,descriptor,range,gap,status,label,owner\neth,{text},100000-123500,100,active,hot,ops\n")
-    await cli("addresses", "import", str(csv), "--store", s.store_url)
+    await run_depositwatch("addresses", "import", str(csv), "--store", s.store_url)
     daemon = await s.start(s.config())
-    await cli(
+    await run_depositwatch(
         "addresses", "revoke", "--chain", "eth", "--descriptor", text, "--at", "2021-01-01T00:00:00Z",
         "--reason", "account key leaked", "--store", s.store_url,
     )  # fmt: skip
@@ -105,17 +94,36 @@ async def test_tree_on_anvil_revoked_while_running_and_grown_by_its_gap(sqlite_s
     assert body["kind"] == "revoked_incoming"
     assert body["tree"]["descriptor"] == tree.descriptor and body["tree"]["index"] == HIT
     assert body["address"]["label"] == "hot" and body["address"]["address"] == address_text(tree, key_at(tree, HIT))
-    listing = await cli("addresses", "list", "--format", "json", "--store", s.store_url)
+    listing = await run_depositwatch("addresses", "list", "--format", "json", "--store", s.store_url)
     [row] = [json.loads(line) for line in listing.splitlines() if "descriptor" in line]
     assert row["range"] == f"100000-{HIT + 100}" and row["keys"] == HIT + 100 - 100000 + 1
     await reloaded(daemon, await book_version(s.store_url))
     [beyond] = await pay(s.node, address_text(tree, key_at(tree, HIT + 94)), 1)
     assert (await alert_for(s.receiver, beyond))["tree"]["index"] == HIT + 94
-    matches = await cli("matches", "list", "--format", "json", "--store", s.store_url)
+    matches = await run_depositwatch("matches", "list", "--format", "json", "--store", s.store_url)
     assert {HIT, HIT + 94} <= {json.loads(line).get("tree_index") for line in matches.splitlines()}
-    table = await cli("matches", "list", "--store", s.store_url)
+    table = await run_depositwatch("matches", "list", "--store", s.store_url)
     assert f"/{HIT}" in table and "TREE" in table.splitlines()[0]
     assert await stop(daemon) == 0
+
+
+async def btc_config(
+    tmp_path: Path, store_url: str, node: BitcoinRegtestServer, receiver: Receiver, book: Path
+) -> Path:
+    """A daemon's config on the Bitcoin stand-in from its next block (no mempool), alerting to `receiver`;
+    `book` imported into the store at `store_url`."""
+    chain = node.chain
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[store]\nurl = "{store_url}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n[alerts]\npoll_interval = 0.05\n'
+        '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
+        f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
+        f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
+        f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
+        "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
+    )
+    await run_depositwatch("--config", str(config), "addresses", "import", str(book))
+    return config
 
 
 async def test_tree_on_bitcoin_pkh_pays_its_p2pk_and_wpkh_index_123456(tmp_path: Path, pg_url: str) -> None:
@@ -132,20 +140,11 @@ async def test_tree_on_bitcoin_pkh_pays_its_p2pk_and_wpkh_index_123456(tmp_path:
             f"btc,{wpkh_text},123000-123500,50,active,hot,ops,,\n"
             f"btc,{pkh_text},0-9,,revoked,legacy,ops,2020-01-01T00:00:00Z,breach\n"
         )
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[store]\nurl = "{pg_url}"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n[alerts]\npoll_interval = 0.05\n'
-            '[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-            f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
-            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
-        )
-        await cli("--config", str(config), "addresses", "import", str(csv))
+        config = await btc_config(tmp_path, pg_url, node, receiver, csv)
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
-            await cli(
+            await run_depositwatch(
                 "--config", str(config), "addresses", "revoke", "--chain", "btc", "--descriptor", wpkh_text,
                 "--at", "2021-01-01T00:00:00Z", "--reason", "seed leaked",
             )  # fmt: skip
@@ -185,16 +184,7 @@ async def test_tree_grown_by_a_transfer_matches_one_beyond_its_range_in_the_same
             "chain,descriptor,range,gap,status,label,owner,revoked_at,reason\n"
             f"btc,{text},123000-123500,50,revoked,hot,ops,2021-01-01T00:00:00Z,seed leaked\n"
         )
-        config = tmp_path / "config.toml"
-        config.write_text(
-            f'[store]\nurl = "sqlite:///{tmp_path}/state.db"\n[http]\nlisten = "127.0.0.1:{free_port()}"\n'
-            '[alerts]\npoll_interval = 0.05\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-            f"confirmations = 2\npoll_interval = 0.1\nstart_height = {chain.height + 1}\nmempool = false\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\nsecret = {{ value = "{SECRET}" }}\n'
-            "retry = { initial_backoff = 0.05, max_backoff = 0.5 }\n"
-        )
-        await cli("--config", str(config), "addresses", "import", str(csv))
+        config = await btc_config(tmp_path, f"sqlite:///{tmp_path}/state.db", node, receiver, csv)
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")
@@ -205,7 +195,7 @@ async def test_tree_grown_by_a_transfer_matches_one_beyond_its_range_in_the_same
                 body = await alert_for(receiver, txid)
                 assert (body["kind"], body["tree"]["index"]) == ("revoked_incoming", index), body
                 assert body["block"]["height"] == chain.height, body
-            listing = await cli("--config", str(config), "addresses", "list", "--format", "json")
+            listing = await run_depositwatch("--config", str(config), "addresses", "list", "--format", "json")
             [row] = [json.loads(line) for line in listing.splitlines() if "descriptor" in line]
             assert row["range"] == f"123000-{HIT + 100}"  # grown again by the second payment
             assert await stop(daemon) == 0, daemon.output()
@@ -240,7 +230,7 @@ async def test_tron_tree_alerts_for_trx_and_usdt_and_grows_within_one_block(tmp_
             f'tokens = [{{ symbol = "USDT", contract = "{address_text(tree, usdt)}", decimals = 6 }}]\n'
             + Setup.sink(receiver.url)
         )
-        await cli("--config", str(config), "addresses", "import", str(csv))
+        await run_depositwatch("--config", str(config), "addresses", "import", str(csv))
         daemon = launch(config, tmp_path, 0)
         try:
             await daemon.notify.wait_for("READY=1")

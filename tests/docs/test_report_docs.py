@@ -4,33 +4,24 @@ temporary folder), print exactly the outputs it shows, and its image is the plot
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from depositwatch.cli import main
 from depositwatch.commands.report import PLOT_SIZE
 from tests.report.test_report import png_size
+from tests.store.rigs import _reset_logging  # noqa: F401 (_reset_logging: an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "report.md").read_text()
 STORE = "sqlite:///report-example.db"
 IMAGE = "docs/img/report.png"
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 def example_commands() -> list[str]:

@@ -3,42 +3,25 @@ plot's series and file, and the refusals (missing store, bad times, no matplotli
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
-from depositwatch.cli import main
 from depositwatch.commands.report import PLOT_SIZE
 from depositwatch.models import Match, MatchKind, Transfer
 from depositwatch.report import Window, build_report, plot_series
 from depositwatch.store import Scope, open_store
 from depositwatch.store.reporting import ReportRows
 from depositwatch.timeutil import iso
-from tests.ledger import ETH, SENDER, T0, Ledger, key, text
+from tests.ledger import ETH, SENDER, T0, key, text
 from tests.report.test_report_example import build_example
+from tests.store.rigs import _reset_logging, cli, ledger_at  # noqa: F401 (_reset_logging: an autouse fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -228,16 +211,12 @@ async def test_the_command_reads_every_scope_and_filters(
 
 async def test_a_mempool_sighting_is_not_counted(capsys: pytest.CaptureFixture[str], sqlite_url: str) -> None:
     """Only transfers in a block count; one seen only in the mempool may never land."""
-    store = await open_store(sqlite_url, migrate=True)
-    try:
-        ledger = Ledger(store)
+    async with ledger_at(sqlite_url) as ledger:
         await ledger.book(revoked=[(5, T0)])
         await ledger.block([(5, 3)])
         pending = Transfer(ETH, 9, "0x" + "cd" * 32, None, key(5), None, SENDER, text(5))
         match = Match("eth", MatchKind.REVOKED_INCOMING, key(5), pending, None, None)
-        assert await store.record_mempool(Scope.live(), ledger.policy, [match]) == 1
-    finally:
-        await store.close()
+        assert await ledger.store.record_mempool(Scope.live(), ledger.policy, [match]) == 1
     code, stdout, _ = await cli(capsys, "report", "--store", sqlite_url, "--format", "json")
     assert code == 0
     [group] = json.loads(stdout)["groups"]

@@ -17,15 +17,10 @@ a reorg (retracted: not counted) and a retro alert.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
-import structlog
 
 from depositwatch.models import Asset, BlockRef
 from depositwatch.registry import AddressRegistry
@@ -36,6 +31,7 @@ from tests.btcnode import BitcoinRegtestServer
 from tests.ledger import T0, Ledger, key
 from tests.pipeline.test_btc_follow import Rig
 from tests.replay.test_btc_replay import OTHER, Scenario, address, run_cli
+from tests.store.rigs import _reset_logging  # noqa: F401 (_reset_logging: an autouse fixture)
 
 BTC_CLOCK = T0 + 7 * 86_400  # the stand-in's fixed clock: block times and so txids are the same every run
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
@@ -117,13 +113,6 @@ async def build_example(url: str, work: Path) -> Example:
 
 
 # -- the report on it -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 async def test_the_example_counts_each_transfer_once_with_its_sources_and_sweeps(

@@ -14,14 +14,9 @@ import pytest
 from depositwatch.cli import main
 from depositwatch.store import StoreError, open_store
 from tests.commands.test_cli_addresses import BTC_P2PKH, BTC_P2WPKH, ETH_A, ETH_B, GOOD
+from tests.store.rigs import run
 
 USER = f"unix:{pwd.getpwuid(os.getuid()).pw_name}"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import asyncpg
@@ -196,28 +197,41 @@ async def test_a_transaction_whose_session_the_server_ended_fails_as_session_los
         await killer.close()
 
 
-async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(pg_store: SqlStore) -> None:
-    """A holder stopped (SIGSTOP) between the fence check and its commit keeps the lease row locked; the
-    server ends that transaction after `ttl` of idleness, so the takeover goes through and the frozen
-    commit, when it comes, fails."""
-    store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
+@asynccontextmanager
+async def inside_the_fence(store: SqlStore) -> AsyncIterator[asyncpg.Connection]:
+    """Holder "a" of chain:eth (ttl 1 s) on a connection of its own, in a transaction just past the fence
+    check: where the tests stop it. The connection is ended on the way out."""
     old = await store.acquire_lease("chain:eth", "a", 1.0)
     assert old is not None
     frozen = await asyncpg.connect(store.db.url)
     try:
         transaction = frozen.transaction()
         await transaction.start()
-        await check_fence(_PgConn(frozen), store.dialect, old)  # ... and here the holder is stopped
+        await check_fence(_PgConn(frozen), store.dialect, old)
+        yield frozen
+    finally:
+        frozen.terminate()
 
-        async def taken() -> bool:
-            return await store.acquire_lease("chain:eth", "b", TTL) is not None
 
-        await eventually(taken, timeout=30)
+def taken_by_b(store: SqlStore) -> Callable[[], Awaitable[bool]]:
+    """Whether holder "b" takes chain:eth now (for `eventually`)."""
+
+    async def taken() -> bool:
+        return await store.acquire_lease("chain:eth", "b", TTL) is not None
+
+    return taken
+
+
+async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_takeover(pg_store: SqlStore) -> None:
+    """A holder stopped (SIGSTOP) between the fence check and its commit keeps the lease row locked; the
+    server ends that transaction after `ttl` of idleness, so the takeover goes through and the frozen
+    commit, when it comes, fails."""
+    store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
+    async with inside_the_fence(store) as frozen:  # ... and here the holder is stopped
+        await eventually(taken_by_b(store), timeout=30)
         assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):  # it wakes up: too late
             await frozen.execute("UPDATE cursors SET height = height + 1")
-    finally:
-        frozen.terminate()
 
 
 async def test_sqlite_takes_a_lease_at_once_when_exclusive(sqlite_store: SqlStore) -> None:
@@ -348,24 +362,12 @@ async def test_a_holder_frozen_inside_a_busy_statement_is_ended_by_the_takeover(
     under way, such as a pipelined insert waiting for the rest of its rows) keeps the lease row locked
     past any idle timeout; a standby taking over the expired lease ends that transaction."""
     store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
-    old = await store.acquire_lease("chain:eth", "a", 1.0)
-    assert old is not None
-    frozen = await asyncpg.connect(store.db.url)
-    try:
-        transaction = frozen.transaction()
-        await transaction.start()
-        await check_fence(_PgConn(frozen), store.dialect, old)
+    async with inside_the_fence(store) as frozen:
         busy = asyncio.create_task(frozen.execute("SELECT pg_sleep(120)"))  # the server is busy with it
-
-        async def taken() -> bool:
-            return await store.acquire_lease("chain:eth", "b", TTL) is not None
-
-        await eventually(taken, timeout=30)
+        await eventually(taken_by_b(store), timeout=30)
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
             await busy
         assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
-    finally:
-        frozen.terminate()
 
 
 async def test_instances_starting_together_get_one_lease_holder(store: SqlStore) -> None:

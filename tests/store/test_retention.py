@@ -4,14 +4,11 @@ kept unless configured; `db prune [--dry-run]` once, and the daemon periodically
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-import structlog
 
 from depositwatch.cli import main
 from depositwatch.config import RetentionConfig
@@ -20,15 +17,9 @@ from depositwatch.store import SqlStore, open_store
 from depositwatch.store.retention import DAY, PruneResult, prune_once
 from tests.daemon.test_daemon import Setup, sqlite_setup, stop, wait_until_async
 from tests.receivers import AlertMaker
+from tests.store.rigs import _reset_logging  # noqa: F401 (_reset_logging: an autouse fixture)
 
 __all__ = ["sqlite_setup"]  # the daemon fixture, shared
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
 
 
 async def settled_history(store: SqlStore) -> AlertMaker:

@@ -4,47 +4,26 @@ revocation in the future is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
-from depositwatch.cli import main
 from depositwatch.jsonutil import loads
 from depositwatch.store import open_store
 from depositwatch.timeutil import iso
 from tests.ledger import T0, Ledger, text
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.store.rigs import _reset_logging, cli, ledger_at  # noqa: F401 (_reset_logging: an autouse fixture)
 
 
 async def recorded(url: str) -> None:
     """Deposits to address 1 in blocks 1 (T0+600) and 3 (T0+1800); to address 2 in block 2."""
-    store = await open_store(url, migrate=True)
-    try:
-        ledger = Ledger(store)
+    async with ledger_at(url) as ledger:
         await ledger.book(active=[1, 2])
         await ledger.block([(1, 10)])
         await ledger.block([(2, 20)])
         await ledger.block([(1, 30)])
-    finally:
-        await store.close()
 
 
 async def test_backdated_revocation_alerts_on_what_already_landed(

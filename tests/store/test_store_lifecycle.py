@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-import structlog
 
-from depositwatch.cli import main
 from depositwatch.store import SchemaError, SqlStore, connect_store, open_store
 from depositwatch.store.schema import migrations, statements
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """The CLI points logging at the captured stderr: put it back after each test."""
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command in a thread (it has its own event loop)."""
-    code = await asyncio.to_thread(main, list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.store.rigs import _reset_logging, cli  # noqa: F401 (_reset_logging: an autouse fixture)
 
 
 def earlier_versions() -> list[int]:
