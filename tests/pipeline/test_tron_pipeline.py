@@ -19,13 +19,14 @@ import pytest
 
 from depositwatch.addresses.tron import tron_address
 from depositwatch.chains.rpc import RpcAuthError
-from depositwatch.config import AlertsConfig, ChainConfig, Config, ConfigError, Secret
+from depositwatch.config import ChainConfig, Config, ConfigError, Secret
 from depositwatch.follower import Follower
 from depositwatch.models import AddressEntry, AddressStatus
-from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_hook, make_source
 from depositwatch.registry import AddressRegistry, ChainBook
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
+from tests.pipeline.rigs import live_follower
 from tests.tronnode.chain import TronChain, Tx, account, node_hex, trc10, trc20, trx
 from tests.tronnode.server import TronNodeServer
 
@@ -133,16 +134,7 @@ def follower(store: SqlStore, config: ChainConfig, registry: AddressRegistry, st
     source = make_source(config)
     hook = make_hook(config)
     attach(source, registry, hook)
-    return Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:tron",
-        settings=make_settings(config, start_height=start),
-        hook=hook,
-    )
+    return live_follower(source, store, config, registry, start, hook)
 
 
 async def drain(f: Follower) -> None:
