@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from depositwatch.alerts.routing import Routed
 from depositwatch.chains.base import ChainSource
-from depositwatch.config import AlertsConfig, ChainConfig
+from depositwatch.config import AlertsConfig, ChainConfig, SinkConfig
 from depositwatch.follower import BlockHook, Follower
+from depositwatch.jsonutil import loads
+from depositwatch.messages import OutboxMessage
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import Scope, SqlStore
@@ -46,3 +49,20 @@ async def follow_to_tip(store: SqlStore, config: ChainConfig, start: int) -> Fol
     finally:
         await source.close()
     return f
+
+
+async def assert_poisoning_flagged(
+    store: SqlStore, poisoned: list[str], outgoing: str, real: str
+) -> dict[str, OutboxMessage]:
+    """The live matches are the `poisoned` transactions and the `real` one, only the first flagged
+    `poisoning`; their alerts at severity info (`outgoing`'s a revoked_outgoing), the real one critical,
+    and a paging sink takes the real one only. The outbox messages by txid."""
+    rows = {r["txid"]: r for r in await store.matches(Scope.live())}
+    assert set(rows) == {*poisoned, real}
+    assert {t for t, r in rows.items() if r["poisoning"]} == set(poisoned)
+    by_tx = {loads(m.payload)["txid"]: m for m in await store.outbox()}
+    assert {t: m.severity for t, m in by_tx.items()} == {**dict.fromkeys(poisoned, "info"), real: "critical"}
+    assert loads(by_tx[outgoing].payload)["kind"] == "revoked_outgoing"
+    pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]
+    assert {t for t, m in by_tx.items() if pager.accepts(m)} == {real}
+    return by_tx

@@ -40,7 +40,7 @@ from depositwatch.models import AddressEntry, AddressStatus, MatchKind
 from depositwatch.registry import ChainBook
 from depositwatch.store import Scope, SqlStore
 from tests.blind_contracts import emitter_code, forwarder_code, forwarding_creation
-from tests.pipeline.rigs import follow_to_tip
+from tests.pipeline.rigs import assert_poisoning_flagged, follow_to_tip
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, json_lines, mainnet_17173049, realdata
 
 CHAIN_ID = 31337
@@ -221,21 +221,7 @@ async def test_poisoning_is_recorded_at_low_severity_or_not_alerted(world: World
     real_eth = await mined(world, send_eth(w3, world.customer, world.revoked, 10**12))
     await follow_to_tip(store, chain(world), start)
 
-    rows = {r["txid"]: r for r in await store.matches(Scope.live())}
-    assert set(rows) == {zero_fake, zero_odd, dust_eth, dust_usdt, real_eth}
-    assert {t for t, r in rows.items() if r["poisoning"]} == {zero_fake, zero_odd, dust_eth, dust_usdt}
-    messages = await store.outbox()
-    by_tx = {loads(m.payload)["txid"]: m for m in messages}
-    assert {t: m.severity for t, m in by_tx.items()} == {
-        zero_fake: "info",
-        zero_odd: "info",
-        dust_eth: "info",
-        dust_usdt: "info",
-        real_eth: "critical",
-    }
-    assert loads(by_tx[zero_odd].payload)["kind"] == "revoked_outgoing"
-    pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]
-    assert {t for t, m in by_tx.items() if pager.accepts(m)} == {real_eth}
+    by_tx = await assert_poisoning_flagged(store, [zero_fake, zero_odd, dust_eth, dust_usdt], zero_odd, real_eth)
     quiet = Routed(SinkConfig(name="q", type="exec", command=["true"], poisoning=False))
     assert {t for t, m in by_tx.items() if quiet.accepts(m)} == {real_eth}
 

@@ -29,7 +29,7 @@ from depositwatch.jsonutil import loads
 from depositwatch.models import AddressEntry, AddressStatus, Asset
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
-from tests.pipeline.rigs import follow_to_tip
+from tests.pipeline.rigs import assert_poisoning_flagged, follow_to_tip
 from tests.tronnode.chain import (
     DECIMALS,
     SYMBOL,
@@ -231,20 +231,7 @@ async def test_tron_poisoning_is_info_never_paged_or_off(node: TronNodeServer, s
     real_usdt = mine(chain, trc20(CUSTOMER, REVOKED, USDT, 1000))
     await follow_to_tip(store, config(node.url), start)
 
-    rows = {r["txid"]: r for r in await store.matches(Scope.live())}
-    assert set(rows) == {zero_fake, zero_out, dust_usdt, dust_trx, real_usdt}
-    assert {t for t, r in rows.items() if r["poisoning"]} == {zero_fake, zero_out, dust_usdt, dust_trx}
-    by_tx = {loads(m.payload)["txid"]: m for m in await store.outbox()}
-    assert {t: m.severity for t, m in by_tx.items()} == {
-        zero_fake: "info",
-        zero_out: "info",
-        dust_usdt: "info",
-        dust_trx: "info",
-        real_usdt: "critical",
-    }
-    assert loads(by_tx[zero_out].payload)["kind"] == "revoked_outgoing"
-    pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]
-    assert {t for t, m in by_tx.items() if pager.accepts(m)} == {real_usdt}
+    await assert_poisoning_flagged(store, [zero_fake, zero_out, dust_usdt, dust_trx], zero_out, real_usdt)
 
 
 async def test_tron_poisoning_alerts_off_records_without_alerting(node: TronNodeServer, store: SqlStore) -> None:
