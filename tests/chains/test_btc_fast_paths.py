@@ -15,13 +15,11 @@ from aiohttp import web
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.btc_rpc import BitcoinRpc, InvalidParameter, NotFound, RpcError
-from depositwatch.config import AlertsConfig
-from depositwatch.follower import Follower
-from depositwatch.pipeline import make_policy, make_settings
 from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh
 from tests.chains.test_btc_source import btc_config, source_for, tamper
+from tests.pipeline.rigs import live_follower
 from tests.pipeline.test_btc_follow import load_book
 
 REVOKED = p2wpkh(b"\x7e" * 20)
@@ -249,16 +247,7 @@ async def test_a_reorg_of_blocks_read_ahead_is_followed(
     tx = node.chain.send([(REVOKED, 70_000)], submit=False)
     node.chain.mine(1, txs=[tx])  # block start + 5
     node.chain.mine(6)
-    follower = Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:btc",
-        settings=make_settings(config, start_height=start),
-        hook=hook,
-    )
+    follower = live_follower(source, store, config, registry, start, hook)
     try:
         await follower.start()
         assert await follower.step() == 4  # blocks start..start+3; start+4..start+7 are read ahead

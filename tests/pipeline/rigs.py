@@ -20,6 +20,8 @@ def live_follower(
     registry: AddressRegistry,
     start: int | None,
     hook: BlockHook | None = None,
+    *,
+    stop_height: int | None = None,
 ) -> Follower:
     """The chain's live follower (cursor `live:<name>`), the policy and settings from its config."""
     return Follower(
@@ -29,7 +31,7 @@ def live_follower(
         policy=make_policy(config, AlertsConfig()),
         scope=Scope.live(),
         cursor_name=f"live:{config.name}",
-        settings=make_settings(config, start_height=start),
+        settings=make_settings(config, start_height=start, stop_height=stop_height),
         hook=hook,
     )
 

@@ -22,12 +22,13 @@ from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
 from depositwatch.mempool import MempoolWatcher
 from depositwatch.models import AddressEntry, AddressStatus
-from depositwatch.pipeline import make_policy, make_settings
+from depositwatch.pipeline import make_policy
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, p2pkh, p2sh, p2tr, p2wpkh, p2wsh, script_to_address
 from tests.chains.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
+from tests.pipeline.rigs import live_follower
 
 REVOKED_AT = int(time.time()) - 3600
 OTHER = p2wpkh(b"\xee" * 20)
@@ -89,16 +90,7 @@ class Rig:
         hook = OutputTracker("btc", "BTC", "regtest")
         if watched:
             self.source.watch(self.registry, hook)
-        self.follower = Follower(
-            source=self.source,
-            store=self.store,
-            registry=self.registry,
-            policy=make_policy(self.config, AlertsConfig()),
-            scope=Scope.live(),
-            cursor_name="live:btc",
-            settings=make_settings(self.config, start_height=start_height),
-            hook=hook,
-        )
+        self.follower = live_follower(self.source, self.store, self.config, self.registry, start_height, hook)
         await self.follower.start()
         return self.follower
 
