@@ -7,12 +7,9 @@ blocks, and a revoked forwarder contract on every path.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +39,7 @@ from depositwatch.store import Scope, SqlStore
 from tests.blind_contracts import emitter_code, forwarder_code, forwarding_creation
 from tests.pipeline.rigs import assert_poisoning_flagged, follow_to_tip
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, json_lines, mainnet_17173049, realdata
+from tests.replay.benches import run_bench
 
 CHAIN_ID = 31337
 
@@ -388,13 +386,6 @@ def test_token_metadata_answers_are_bounded() -> None:
 def test_trace_cost_bench_runs_and_reports_both_chains() -> None:
     """bench/trace_cost.py, the command docs/performance.md records, on tiny chains: the old rule traced
     every busy block and no quiet one; the new one traces all."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, str(root / "bench" / "trace_cost.py"), "--blocks", "3", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    rows = [line.split("|")[1:5] for line in done.stdout.splitlines() if line.startswith(("| busy", "| quiet"))]
+    stdout = run_bench("trace_cost.py", "--blocks", "3", "--rounds", "1", timeout=300)
+    rows = [line.split("|")[1:5] for line in stdout.splitlines() if line.startswith(("| busy", "| quiet"))]
     assert [[cell.strip() for cell in row][1:] for row in rows] == [["3", "3", "3"], ["3", "0", "3"]]

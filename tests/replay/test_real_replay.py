@@ -23,20 +23,9 @@ from depositwatch.cli import main
 from depositwatch.config import ChainConfig
 from tests.realdata import realdata
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
+from tests.replay.benches import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def bench(script: str, *args: str, timeout: float) -> str:
-    """`bench/SCRIPT ARGS`, which must exit 0; its standard output."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.stdout
 
 
 def _call(node: RealNode, method: str, *params: object) -> object:
@@ -95,11 +84,11 @@ def test_eth_real_bench_prints_each_round_and_the_run_along(tmp_path: Path) -> N
     """`bench/eth_real_bench.py` (the command docs/performance.md records), small: one round of both
     clients with their ratio, a long replay with its rate along the run, and the plot."""
     store_json = tmp_path / "store.json"
-    bench(
+    run_bench(
         "store_flat_bench.py", "--blocks", "400", "--every", "200", "--durable", "--json", str(store_json), timeout=300
     )
     plot = tmp_path / "flat.png"
-    stdout = bench(
+    stdout = run_bench(
         "eth_real_bench.py",
         "--blocks",
         "40",
@@ -133,7 +122,7 @@ def test_eth_real_bench_prints_each_round_and_the_run_along(tmp_path: Path) -> N
 
 def test_store_flat_bench_runs_on_postgres() -> None:
     """`bench/store_flat_bench.py --store postgres` prints its rate every `--every` blocks."""
-    stdout = bench("store_flat_bench.py", "--store", "postgres", "--blocks", "200", "--every", "100", timeout=300)
+    stdout = run_bench("store_flat_bench.py", "--store", "postgres", "--blocks", "200", "--every", "100", timeout=300)
     rows = [json.loads(line) for line in stdout.splitlines()]
     assert [row["block"] for row in rows] == [100, 200] and rows[-1]["matches"] == 1000
 
@@ -189,7 +178,7 @@ async def test_a_watched_transactions_fields_are_validated_an_unwatched_ones_are
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_store_flat_bench_side_by_side(store: str, tmp_path: Path) -> None:
     """`bench/store_flat_bench.py --at N`: a fresh store and one prefilled with N blocks' matches, in turns."""
-    stdout = bench(
+    stdout = run_bench(
         "store_flat_bench.py",
         "--store",
         store,
