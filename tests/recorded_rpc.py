@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from depositwatch.chains.base import BadNodeAnswer
+from depositwatch.chains.evm import EvmSource
+from depositwatch.config import ChainConfig
+
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 MAINNET_BLOCK = 17_173_049
 OLD_BLOCK = 483_920
@@ -317,3 +321,23 @@ class RecordedNode:
                 continue
             found.append(json.loads(json.dumps(entry)))
         return found
+
+
+async def assert_fetch_refused(
+    config_for: Callable[[str], ChainConfig], tamper: Tamper, method: str, detail: str
+) -> None:
+    """An EVM source on the recorded mainnet block opened, then the node turned bad by `tamper` (after
+    the start-up checks): the block's fetch is refused, the message naming `method`, the block and `detail`."""
+    async with RecordedNode(mainnet_17173049()) as node:
+        source = EvmSource(config_for(node.url))
+        await source.open()
+        node.tamper = tamper
+        try:
+            with pytest.raises(BadNodeAnswer) as caught:
+                await source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)
+        finally:
+            await source.close()
+    message = str(caught.value)
+    assert method in message
+    assert str(MAINNET_BLOCK) in message
+    assert detail in message

@@ -5,6 +5,7 @@ range is used, and a new tip fetched from ZMQ `rawblock` without `getblock` or `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -15,13 +16,12 @@ from aiohttp import web
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.btc_rpc import BitcoinRpc, InvalidParameter, NotFound, RpcError
-from depositwatch.config import AlertsConfig
-from depositwatch.follower import Follower
-from depositwatch.pipeline import make_policy, make_settings
+from depositwatch.config import ChainConfig
 from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh
 from tests.chains.test_btc_source import btc_config, source_for, tamper
+from tests.pipeline.rigs import live_follower
 from tests.pipeline.test_btc_follow import load_book
 
 REVOKED = p2wpkh(b"\x7e" * 20)
@@ -141,6 +141,17 @@ async def test_hex_result_refuses_what_the_ordinary_call_refuses(
 # --- reading ahead ----------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def opened(config: ChainConfig) -> AsyncIterator[BitcoinSource]:
+    """A Bitcoin source on `config`, open; closed on leaving."""
+    source = source_for(config)
+    await source.open()
+    try:
+        yield source
+    finally:
+        await source.close()
+
+
 def getblock_calls(node: BitcoinRegtestServer, since: int = 0) -> int:
     return sum(1 for call in node.calls[since:] if call == "getblock")
 
@@ -148,9 +159,7 @@ def getblock_calls(node: BitcoinRegtestServer, since: int = 0) -> int:
 async def test_the_next_range_is_read_while_the_caller_uses_this_one(node: BitcoinRegtestServer) -> None:
     node.chain.mine(20)
     start = node.chain.height - 9  # two ranges of five up to the tip
-    source = source_for(btc_config(node))
-    await source.open()
-    try:
+    async with opened(btc_config(node)) as source:
         await source.tip()
         first = await source.fetch(start, start + 5)
         assert [b.hash for b in first] == [node.chain.block_at(h).hash for h in range(start, start + 5)]
@@ -167,8 +176,6 @@ async def test_the_next_range_is_read_while_the_caller_uses_this_one(node: Bitco
         assert [b.hash for b in other] == [node.chain.block_at(h).hash for h in range(start, start + 2)]
         await until(lambda: getblock_calls(node, before) >= 4, "the next range read ahead")
         assert getblock_calls(node, before) == 4
-    finally:
-        await source.close()
 
 
 async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer) -> None:
@@ -178,9 +185,7 @@ async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer
     later = {node.chain.block_at(h).hash for h in range(start + 5, start + 10)}
     broken = True
     tamper(node, "getblock", lambda p, r: "zz" if broken and p[0] in later else r)
-    source = source_for(btc_config(node))
-    await source.open()
-    try:
+    async with opened(btc_config(node)) as source:
         await source.tip()
         await source.fetch(start, start + 5)
         # each read ahead got "zz": once out of the body, once by the ordinary call, then it failed
@@ -191,14 +196,10 @@ async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer
         second = await source.fetch(start + 5, start + 10)
         assert [b.hash for b in second] == [node.chain.block_at(h).hash for h in range(start + 5, start + 10)]
         assert getblock_calls(node, before) == 5
-    finally:
-        await source.close()
 
 
 async def test_nothing_is_read_ahead_above_the_tip(node: BitcoinRegtestServer) -> None:
-    source = source_for(btc_config(node))
-    await source.open()
-    try:
+    async with opened(btc_config(node)) as source:
         tip = await source.tip()
         before = len(node.calls)
         blocks = await source.fetch(tip.height - 4, tip.height + 1)
@@ -206,8 +207,6 @@ async def test_nothing_is_read_ahead_above_the_tip(node: BitcoinRegtestServer) -
         assert source._ahead_task is None and not source._ahead  # the tip: nothing to read ahead
         assert getblock_calls(node, before) == 5
         assert node.calls[before:].count("getblockhash") == 5  # the range's own batch (one a block), no other
-    finally:
-        await source.close()
 
 
 async def test_nothing_past_read_until_is_read_ahead(node: BitcoinRegtestServer) -> None:
@@ -249,16 +248,7 @@ async def test_a_reorg_of_blocks_read_ahead_is_followed(
     tx = node.chain.send([(REVOKED, 70_000)], submit=False)
     node.chain.mine(1, txs=[tx])  # block start + 5
     node.chain.mine(6)
-    follower = Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:btc",
-        settings=make_settings(config, start_height=start),
-        hook=hook,
-    )
+    follower = live_follower(source, store, config, registry, start, hook)
     try:
         await follower.start()
         assert await follower.step() == 4  # blocks start..start+3; start+4..start+7 are read ahead
@@ -331,9 +321,7 @@ async def test_the_stand_in_publishes_blocks_and_transactions_as_core_does(node:
 
 async def test_a_new_tip_announced_over_zmq_is_fetched_without_getblock(node: BitcoinRegtestServer) -> None:
     assert node.zmq_url is not None
-    source = source_for(btc_config(node, zmq_url=node.zmq_url, poll_interval=30))
-    await source.open()
-    try:
+    async with opened(btc_config(node, zmq_url=node.zmq_url, poll_interval=30)) as source:
         await source.tip()
         # the subscription takes a moment to reach the publisher: mine until the source has heard a block
         for _ in range(200):
@@ -359,22 +347,16 @@ async def test_a_new_tip_announced_over_zmq_is_fetched_without_getblock(node: Bi
         (block,) = await source.fetch(node.chain.height - 1, node.chain.height)
         assert block.hash == node.chain.block_at(node.chain.height - 1).hash
         assert {"getblockhash", "getblock"} <= set(node.calls[before:])
-    finally:
-        await source.close()
 
 
 async def test_a_block_announced_over_zmq_is_checked_like_any_other(node: BitcoinRegtestServer) -> None:
     """Bytes that came with an announcement under the hash of another block are refused."""
-    source = source_for(btc_config(node))
-    await source.open()
-    try:
+    async with opened(btc_config(node)) as source:
         tip = await source.tip()
         wrong = node.chain.block_at(tip.height - 1).raw
         source._announced[tip.hash] = wrong
         with pytest.raises(BadNodeAnswer, match="sent block"):
             await source.fetch(tip.height, tip.height + 1)
-    finally:
-        await source.close()
 
 
 def test_the_source_keeps_a_few_announced_blocks_only() -> None:

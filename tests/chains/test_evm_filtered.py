@@ -21,7 +21,7 @@ from aiohttp import web
 
 from depositwatch.chains import evm_filtered
 from depositwatch.chains.evm import EvmSource
-from depositwatch.config import AlertsConfig, ChainConfig
+from depositwatch.config import ChainConfig
 from depositwatch.devnet import (
     Anvil,
     deploy_token,
@@ -33,14 +33,14 @@ from depositwatch.devnet import (
     send_token,
     wait_receipt,
 )
-from depositwatch.follower import Follower
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressEntry, AddressStatus, Block
-from depositwatch.pipeline import attach, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_source
 from depositwatch.registry import AddressRegistry, ChainBook
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
 from tests.blind_contracts import forwarder_code
+from tests.pipeline.rigs import live_follower
 
 CHAIN_ID = 31337
 ACTIVE = "0x" + "a1" * 20  # a deposit address that never sends
@@ -398,15 +398,7 @@ async def test_book_change_during_a_filtered_range(world: World, proxy: Proxy, s
     config = world.config(proxy.url, batch_blocks=1000)
     registry = await AddressRegistry.load(store)
     source = make_source(config)
-    f = Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:eth",
-        settings=make_settings(config, start_height=tip - 5, stop_height=tip),
-    )
+    f = live_follower(source, store, config, registry, tip - 5, stop_height=tip)
     attach(source, registry, None, store)
 
     async def add_late() -> None:

@@ -18,6 +18,7 @@ from tests.recorded_rpc import (
     OLD_BLOCK,
     RecordedNode,
     RpcError,
+    assert_fetch_refused,
     block_483920,
     json_lines,
     mainnet_17173049,
@@ -349,19 +350,7 @@ def _not_a_list(method: str, params: list[Any], result: Any) -> Any:
     ],
 )
 async def test_bad_answers_are_refused(tamper: Callable[..., Any], method: str, detail: str) -> None:
-    async with RecordedNode(mainnet_17173049()) as node:
-        source = EvmSource(config(node.url, {"USDT": USDT, "USDC": USDC}))
-        await source.open()
-        node.tamper = tamper  # the node turns bad after the start-up checks
-        try:
-            with pytest.raises(BadNodeAnswer) as caught:
-                await source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)
-        finally:
-            await source.close()
-    message = str(caught.value)
-    assert method in message
-    assert str(MAINNET_BLOCK) in message
-    assert detail in message
+    await assert_fetch_refused(lambda url: config(url, {"USDT": USDT, "USDC": USDC}), tamper, method, detail)
 
 
 async def test_removed_logs_are_skipped() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -442,6 +442,15 @@ async def test_wait_for_head_polls_without_websocket(node: Anvil) -> None:
         await source.close()
 
 
+async def _woken_by(source: EvmSource, mining: Coroutine[Any, Any, Any]) -> None:
+    """`wait_for_head` returns within 10 s, woken by the head `mining` (run meanwhile) makes."""
+    task = asyncio.create_task(mining)
+    started = time.monotonic()
+    await source.wait_for_head(30)
+    assert time.monotonic() - started < 10
+    await task
+
+
 async def _wait_until_subscribed(source: EvmSource) -> None:
     for _ in range(200):
         if source._ws_live:
@@ -463,11 +472,7 @@ async def test_wait_for_head_wakes_on_a_new_block_over_websocket(node: Anvil) ->
             await asyncio.sleep(0.3)
             await node.mine()
 
-        task = asyncio.create_task(later())
-        started = time.monotonic()
-        await source.wait_for_head(30)
-        assert time.monotonic() - started < 10
-        await task
+        await _woken_by(source, later())
     finally:
         await source.close()
 
@@ -488,11 +493,7 @@ async def test_websocket_subscribes_again_after_the_node_restarts() -> None:
         await node.start()
         await _wait_until_subscribed(source)
         await source.wait_for_head(0.01)
-        mined = asyncio.create_task(node.mine())
-        started = time.monotonic()
-        await source.wait_for_head(30)
-        assert time.monotonic() - started < 10
-        await mined
+        await _woken_by(source, node.mine())
     finally:
         await source.close()
         await node.stop()

@@ -20,7 +20,7 @@ from depositwatch.config import ChainConfig, Secret
 from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer
 from tests.proof.faultproxy import Fault, FaultProxy
-from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
+from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, assert_fetch_refused, mainnet_17173049
 from tests.util import eventually
 
 USDT = "0xdac17f958d2ee523a2206206994597c13d831ec7"
@@ -57,42 +57,39 @@ def btc_config(*urls: str, node: BitcoinRegtestServer, **overrides: Any) -> Chai
 # --- item 2: every field bounded to its domain at the source -----------------------------------------
 
 
-def _block_field(name: str, value: str) -> Callable[[str, list[Any], Any], Any]:
-    def tamper(method: str, params: list[Any], result: Any) -> Any:
-        if method == "eth_getBlockByNumber" and isinstance(result, dict):
-            result[name] = value
+def _tampered(method: str, target: Callable[[Any], Any], name: str, value: Any) -> Callable[[str, list[Any], Any], Any]:
+    """A tamper hook: in `method`'s answers, `name` set to `value` in the object `target` picks (None: none)."""
+
+    def tamper(called: str, params: list[Any], result: Any) -> Any:
+        if called == method:
+            found = target(result)
+            if found is not None:
+                found[name] = value
         return result
 
     return tamper
+
+
+def _block_field(name: str, value: str) -> Callable[[str, list[Any], Any], Any]:
+    return _tampered("eth_getBlockByNumber", lambda r: r if isinstance(r, dict) else None, name, value)
 
 
 def _first_log_field(name: str, value: Any) -> Callable[[str, list[Any], Any], Any]:
-    def tamper(method: str, params: list[Any], result: Any) -> Any:
-        if method == "eth_getLogs" and result:
-            result[0][name] = value
-        return result
+    return _tampered("eth_getLogs", lambda r: r[0] if r else None, name, value)
 
-    return tamper
+
+def _first_tx(result: Any) -> Any:
+    if isinstance(result, dict) and result["transactions"] and isinstance(result["transactions"][0], dict):
+        return result["transactions"][0]
+    return None
 
 
 def _first_tx_field(name: str, value: Any) -> Callable[[str, list[Any], Any], Any]:
-    def tamper(method: str, params: list[Any], result: Any) -> Any:
-        if method == "eth_getBlockByNumber" and isinstance(result, dict) and result["transactions"]:
-            tx = result["transactions"][0]
-            if isinstance(tx, dict):
-                tx[name] = value
-        return result
-
-    return tamper
+    return _tampered("eth_getBlockByNumber", _first_tx, name, value)
 
 
 def _first_receipt_field(name: str, value: Any) -> Callable[[str, list[Any], Any], Any]:
-    def tamper(method: str, params: list[Any], result: Any) -> Any:
-        if method == "eth_getBlockReceipts" and result:
-            result[0][name] = value
-        return result
-
-    return tamper
+    return _tampered("eth_getBlockReceipts", lambda r: r[0] if r else None, name, value)
 
 
 def _topic_word(position: int) -> Callable[[str, list[Any], Any], Any]:
@@ -124,19 +121,7 @@ def _topic_word(position: int) -> Callable[[str, list[Any], Any], Any]:
 async def test_evm_out_of_domain_and_foreign_fields_are_refused(
     tamper: Callable[..., Any], method: str, detail: str
 ) -> None:
-    async with RecordedNode(mainnet_17173049()) as node:
-        source = EvmSource(evm_config(node.url))
-        await source.open()
-        node.tamper = tamper
-        try:
-            with pytest.raises(BadNodeAnswer) as caught:
-                await source.fetch(MAINNET_BLOCK, MAINNET_BLOCK + 1)
-        finally:
-            await source.close()
-    message = str(caught.value)
-    assert method in message
-    assert str(MAINNET_BLOCK) in message
-    assert detail in message
+    await assert_fetch_refused(evm_config, tamper, method, detail)
 
 
 async def test_evm_values_up_to_uint256_are_accepted() -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +16,7 @@ from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.tron_decode import TRX, TronTokens, decode_block, info_transfers
 from depositwatch.models import Asset
 from tests.realdata import realdata
+from tests.replay.benches import run_bench
 from tests.tronnode.chain import account, block_json, infos_json, transaction_json, trc10, trc20, trx
 
 USDT_KEY = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t").key
@@ -284,16 +282,9 @@ def test_logs_in_capital_hex_decode_the_same() -> None:
 
 def test_tron_bench_runs_and_reports_decode_against_the_floor() -> None:
     """bench/tron_bench.py, the command docs/performance.md records, in a small form: every figure printed."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, str(root / "bench" / "tron_bench.py"), "--blocks", "2", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    starts = [line.split(":")[0] for line in done.stdout.splitlines()]
+    stdout = run_bench("tron_bench.py", "--blocks", "2", "--rounds", "1", timeout=300)
+    starts = [line.split(":")[0] for line in stdout.splitlines()]
     for figure in ("hashing floor", "decode, 20 watched keys", "decode, every transfer built", "fetch"):
         assert figure in starts
     assert "decode, 20 watched keys, 10 revoked (any TRC-20 to or from them)" in starts
-    assert done.stdout.count("x the floor") == 3
+    assert stdout.count("x the floor") == 3

@@ -7,12 +7,9 @@ blocks, and a revoked forwarder contract on every path.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +19,7 @@ from eth_utils.abi import function_signature_to_4byte_selector
 from depositwatch.alerts.routing import Routed
 from depositwatch.chains.evm import EvmSource
 from depositwatch.chains.evm_tokens import decode_decimals, decode_symbol
-from depositwatch.config import AlertsConfig, ChainConfig, SinkConfig, TokenConfig
+from depositwatch.config import ChainConfig, SinkConfig, TokenConfig
 from depositwatch.devnet import (
     Anvil,
     deploy_token,
@@ -34,15 +31,15 @@ from depositwatch.devnet import (
     set_balance,
     wait_receipt,
 )
-from depositwatch.follower import Follower
 from depositwatch.jsonutil import loads
 from depositwatch.matcher import match_block
 from depositwatch.models import AddressEntry, AddressStatus, MatchKind
-from depositwatch.pipeline import attach, make_policy, make_settings, make_source
-from depositwatch.registry import AddressRegistry, ChainBook
+from depositwatch.registry import ChainBook
 from depositwatch.store import Scope, SqlStore
 from tests.blind_contracts import emitter_code, forwarder_code, forwarding_creation
+from tests.pipeline.rigs import assert_poisoning_flagged, follow_to_tip
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, json_lines, mainnet_17173049, realdata
+from tests.replay.benches import run_bench
 
 CHAIN_ID = 31337
 
@@ -114,30 +111,6 @@ async def book(store: SqlStore, world: World, revoked: list[str] | None = None) 
     await store.import_addresses(list(enumerate(entries, start=2)))
 
 
-async def follow(world: World, store: SqlStore, config: ChainConfig, start: int) -> Follower:
-    """A live follower wired as the daemon wires it (`attach` with the store), drained to the tip."""
-    registry = await AddressRegistry.load(store)
-    source = make_source(config)
-    f = Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:eth",
-        settings=make_settings(config, start_height=start),
-    )
-    attach(source, registry, None, store)
-    await source.open()
-    try:
-        await f.start()
-        while await f.step():
-            pass
-    finally:
-        await source.close()
-    return f
-
-
 async def mined(world: World, tx: Any) -> str:
     txid = str(await tx)
     receipt = await wait_receipt(world.node.w3, txid)
@@ -175,7 +148,7 @@ async def test_any_token_to_and_from_revoked_addresses(world: World, store: SqlS
     usdt_out = await mined(world, send_token(w3, world.usdt, world.revoked, world.attacker, 10**6))
     fake_out = await mined(world, send_token(w3, world.fake, world.revoked, world.attacker, 10**9))
 
-    await follow(world, store, chain(world), start)
+    await follow_to_tip(store, chain(world), start)
     rows = {(r["txid"], r["kind"]): r for r in await store.matches(Scope.live())}
     assert set(rows) == {
         (fake_in, "revoked_incoming"),
@@ -244,23 +217,9 @@ async def test_poisoning_is_recorded_at_low_severity_or_not_alerted(world: World
     dust_eth = await mined(world, send_eth(w3, world.customer, world.revoked, 10**12 - 1))
     dust_usdt = await mined(world, send_token(w3, world.usdt, world.customer, world.revoked, 999))
     real_eth = await mined(world, send_eth(w3, world.customer, world.revoked, 10**12))
-    await follow(world, store, chain(world), start)
+    await follow_to_tip(store, chain(world), start)
 
-    rows = {r["txid"]: r for r in await store.matches(Scope.live())}
-    assert set(rows) == {zero_fake, zero_odd, dust_eth, dust_usdt, real_eth}
-    assert {t for t, r in rows.items() if r["poisoning"]} == {zero_fake, zero_odd, dust_eth, dust_usdt}
-    messages = await store.outbox()
-    by_tx = {loads(m.payload)["txid"]: m for m in messages}
-    assert {t: m.severity for t, m in by_tx.items()} == {
-        zero_fake: "info",
-        zero_odd: "info",
-        dust_eth: "info",
-        dust_usdt: "info",
-        real_eth: "critical",
-    }
-    assert loads(by_tx[zero_odd].payload)["kind"] == "revoked_outgoing"
-    pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]
-    assert {t for t, m in by_tx.items() if pager.accepts(m)} == {real_eth}
+    by_tx = await assert_poisoning_flagged(store, [zero_fake, zero_odd, dust_eth, dust_usdt], zero_odd, real_eth)
     quiet = Routed(SinkConfig(name="q", type="exec", command=["true"], poisoning=False))
     assert {t for t, m in by_tx.items() if quiet.accepts(m)} == {real_eth}
 
@@ -272,7 +231,7 @@ async def test_poisoning_alerts_off_records_without_alerting(world: World, store
     start = await world.node.block_number() + 1
     zero = await mined(world, send_token(w3, world.usdt, world.customer, world.revoked, 0))
     real = await mined(world, send_token(w3, world.usdt, world.customer, world.revoked, 10**6))
-    await follow(world, store, chain(world, poisoning_alerts="off"), start)
+    await follow_to_tip(store, chain(world, poisoning_alerts="off"), start)
     assert {r["txid"]: r["poisoning"] for r in await store.matches(Scope.live())} == {zero: 1, real: 0}
     assert {loads(m.payload)["txid"] for m in await store.outbox()} == {real}
 
@@ -351,7 +310,7 @@ async def test_revoked_forwarder_contract_on_every_path(world: World, store: Sql
     eth_out = await mined(
         world, send_transaction(w3, world.attacker, forwarder, data=command(world.attacker, 4 * 10**16), gas=200_000)
     )
-    await follow(world, store, chain(world, traces=True), start)
+    await follow_to_tip(store, chain(world, traces=True), start)
     rows = {(r["txid"], r["kind"], r["asset_symbol"], r["amount"]) for r in await store.matches(Scope.live())}
     assert rows == {
         (eth_in, "revoked_incoming", "ETH", str(2 * 10**16)),  # top level
@@ -427,13 +386,6 @@ def test_token_metadata_answers_are_bounded() -> None:
 def test_trace_cost_bench_runs_and_reports_both_chains() -> None:
     """bench/trace_cost.py, the command docs/performance.md records, on tiny chains: the old rule traced
     every busy block and no quiet one; the new one traces all."""
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, str(root / "bench" / "trace_cost.py"), "--blocks", "3", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    rows = [line.split("|")[1:5] for line in done.stdout.splitlines() if line.startswith(("| busy", "| quiet"))]
+    stdout = run_bench("trace_cost.py", "--blocks", "3", "--rounds", "1", timeout=300)
+    rows = [line.split("|")[1:5] for line in stdout.splitlines() if line.startswith(("| busy", "| quiet"))]
     assert [[cell.strip() for cell in row][1:] for row in rows] == [["3", "3", "3"], ["3", "0", "3"]]

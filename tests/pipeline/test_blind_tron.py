@@ -24,14 +24,12 @@ from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.tron import TronSource
 from depositwatch.chains.tron_decode import TronTokens, decode_block
 from depositwatch.chains.tron_tokens import constant_result
-from depositwatch.config import AlertsConfig, ChainConfig, SinkConfig
-from depositwatch.follower import Follower
+from depositwatch.config import ChainConfig, SinkConfig
 from depositwatch.jsonutil import loads
 from depositwatch.models import AddressEntry, AddressStatus, Asset
-from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
-from depositwatch.registry import AddressRegistry
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
+from tests.pipeline.rigs import assert_poisoning_flagged, follow_to_tip
 from tests.tronnode.chain import (
     DECIMALS,
     SYMBOL,
@@ -108,32 +106,6 @@ def mine(chain: TronChain, tx: Tx) -> str:
     return tron_wire.tx_id(tx.raw()).hex()
 
 
-async def follow(node: TronNodeServer, store: SqlStore, chain_config: ChainConfig, start: int) -> Follower:
-    """A live follower wired as the daemon wires it (`attach` with the store), drained to the tip."""
-    registry = await AddressRegistry.load(store)
-    source = make_source(chain_config)
-    hook = make_hook(chain_config)
-    attach(source, registry, hook, store)
-    f = Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(chain_config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:tron",
-        settings=make_settings(chain_config, start_height=start),
-        hook=hook,
-    )
-    await source.open()
-    try:
-        await f.start()
-        while await f.step():
-            pass
-    finally:
-        await source.close()
-    return f
-
-
 def payloads(messages: list[Any]) -> dict[str, dict[str, Any]]:
     """The first message of each alert, by txid (one alert per transaction here)."""
     found: dict[str, dict[str, Any]] = {}
@@ -170,7 +142,7 @@ async def test_any_trc20_to_and_from_revoked_addresses(node: TronNodeServer, sto
     fake_out = mine(chain, trc20(REVOKED, ATTACKER, FAKE, 10**9))
     mine(chain, trc20(CUSTOMER, REVOKED, FAKE, 10**9, result="REVERT", receipt_result="REVERT"))  # failed call
 
-    await follow(node, store, config(node.url), start)
+    await follow_to_tip(store, config(node.url), start)
     rows = {(r["txid"], r["kind"]): r for r in await store.matches(Scope.live())}
     assert set(rows) == {
         (fake_in, "revoked_incoming"),
@@ -240,7 +212,7 @@ async def test_any_tokens_off_keeps_only_configured_tokens(node: TronNodeServer,
     start = node.chain.tip + 1
     mine(node.chain, trc20(CUSTOMER, REVOKED, FAKE, 5))
     usdt_in = mine(node.chain, trc20(CUSTOMER, REVOKED, USDT, 10**6))
-    await follow(node, store, config(node.url, any_tokens=False), start)
+    await follow_to_tip(store, config(node.url, any_tokens=False), start)
     assert {r["txid"] for r in await store.matches(Scope.live())} == {usdt_in}
     assert node.calls[CONSTANT] == 0
 
@@ -257,22 +229,9 @@ async def test_tron_poisoning_is_info_never_paged_or_off(node: TronNodeServer, s
     dust_usdt = mine(chain, trc20(CUSTOMER, REVOKED, USDT, 999))
     dust_trx = mine(chain, trx(CUSTOMER, REVOKED, 999))
     real_usdt = mine(chain, trc20(CUSTOMER, REVOKED, USDT, 1000))
-    await follow(node, store, config(node.url), start)
+    await follow_to_tip(store, config(node.url), start)
 
-    rows = {r["txid"]: r for r in await store.matches(Scope.live())}
-    assert set(rows) == {zero_fake, zero_out, dust_usdt, dust_trx, real_usdt}
-    assert {t for t, r in rows.items() if r["poisoning"]} == {zero_fake, zero_out, dust_usdt, dust_trx}
-    by_tx = {loads(m.payload)["txid"]: m for m in await store.outbox()}
-    assert {t: m.severity for t, m in by_tx.items()} == {
-        zero_fake: "info",
-        zero_out: "info",
-        dust_usdt: "info",
-        dust_trx: "info",
-        real_usdt: "critical",
-    }
-    assert loads(by_tx[zero_out].payload)["kind"] == "revoked_outgoing"
-    pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]
-    assert {t for t, m in by_tx.items() if pager.accepts(m)} == {real_usdt}
+    await assert_poisoning_flagged(store, [zero_fake, zero_out, dust_usdt, dust_trx], zero_out, real_usdt)
 
 
 async def test_tron_poisoning_alerts_off_records_without_alerting(node: TronNodeServer, store: SqlStore) -> None:
@@ -281,7 +240,7 @@ async def test_tron_poisoning_alerts_off_records_without_alerting(node: TronNode
     start = node.chain.tip + 1
     zero = mine(node.chain, trc20(CUSTOMER, REVOKED, FAKE, 0))
     real = mine(node.chain, trc20(CUSTOMER, REVOKED, FAKE, 10**9))
-    await follow(node, store, config(node.url, poisoning_alerts="off"), start)
+    await follow_to_tip(store, config(node.url, poisoning_alerts="off"), start)
     assert {r["txid"]: r["poisoning"] for r in await store.matches(Scope.live())} == {zero: 1, real: 0}
     assert {loads(m.payload)["txid"] for m in await store.outbox()} == {real}
 

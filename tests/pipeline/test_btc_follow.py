@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
 from depositwatch.mempool import MempoolWatcher
 from depositwatch.models import AddressEntry, AddressStatus
-from depositwatch.pipeline import make_policy, make_settings
+from depositwatch.pipeline import make_policy
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import Scope, SqlStore
 from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, p2pkh, p2sh, p2tr, p2wpkh, p2wsh, script_to_address
 from tests.chains.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
+from tests.pipeline.rigs import live_follower
 
 REVOKED_AT = int(time.time()) - 3600
 OTHER = p2wpkh(b"\xee" * 20)
@@ -88,20 +90,14 @@ class Rig:
         hook = OutputTracker("btc", "BTC", "regtest")
         if watched:
             self.source.watch(self.registry, hook)
-        self.follower = Follower(
-            source=self.source,
-            store=self.store,
-            registry=self.registry,
-            policy=make_policy(self.config, AlertsConfig()),
-            scope=Scope.live(),
-            cursor_name="live:btc",
-            settings=make_settings(self.config, start_height=start_height),
-            hook=hook,
-        )
+        self.follower = live_follower(self.source, self.store, self.config, self.registry, start_height, hook)
         await self.follower.start()
         return self.follower
 
-    def watcher(self, *, drop_grace: float | None = None, **options: Any) -> MempoolWatcher:
+    def watcher(
+        self, *, drop_grace: float | None = None, caught_up: Callable[[], bool] | None = None, **options: Any
+    ) -> MempoolWatcher:
+        """A mempool watcher on the rig's source; caught up when the follower is (by default)."""
         assert self.source is not None and self.follower is not None
         follower = self.follower
         return MempoolWatcher(
@@ -111,7 +107,7 @@ class Rig:
             make_policy(self.config, AlertsConfig()),
             Scope.live(),
             self.config if drop_grace is None else grace(self.config, drop_grace),
-            lambda: follower.lag == 0,
+            (lambda: follower.lag == 0) if caught_up is None else caught_up,
             **options,
         )
 
@@ -130,6 +126,27 @@ class Rig:
         if self.source is not None:
             await self.source.close()
             self.source = None
+
+
+@contextlib.asynccontextmanager
+async def following(
+    node: BitcoinRegtestServer,
+    store: SqlStore,
+    active: list[bytes],
+    revoked: list[bytes],
+    *,
+    watched: bool = True,
+    **config: Any,
+) -> AsyncIterator[Rig]:
+    """A rig on a book of `active` and `revoked` scripts, following from the block after the tip;
+    stopped on leaving."""
+    registry = await load_book(store, active, revoked)
+    rig = Rig(node, store, registry, **config)
+    await rig.start(start_height=node.chain.height + 1, watched=watched)
+    try:
+        yield rig
+    finally:
+        await rig.stop()
 
 
 @pytest.fixture
@@ -156,10 +173,7 @@ async def test_deposits_of_every_script_type_are_recorded(
     scripts = [script_of(kind, 3) for kind in SCRIPT_MAKERS]
     assert [s[:2] for s in scripts] == [p2pkh(bytes(20))[:2], p2sh(bytes(20))[:2], p2wpkh(bytes(20))[:2],
                                         p2wsh(bytes(32))[:2], p2tr(bytes(32))[:2]]  # fmt: skip
-    registry = await load_book(store, scripts, [])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1, watched=watched)
-    try:
+    async with following(node, store, scripts, [], watched=watched) as rig:
         tx = node.chain.send([(s, 20_000 + i) for i, s in enumerate(scripts)] + [(OTHER, 5_000)])
         (block,) = node.chain.mine()
         assert await rig.drain() == 1
@@ -177,19 +191,14 @@ async def test_deposits_of_every_script_type_are_recorded(
         assert {r["status"] for r in rows} == {"confirmed"}
         # a deposit is announced once, when final
         assert [m.event for m in await store.outbox(limit=100, kind="deposit")] == ["confirmed"] * 5
-    finally:
-        await rig.stop()
 
 
 async def test_revoked_incoming_in_the_mempool_then_mined_then_confirmed(
     node: BitcoinRegtestServer, store: SqlStore
 ) -> None:
     revoked = script_of("p2wpkh", 9)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    watcher = rig.watcher(drop_grace=0)
-    try:
+    async with following(node, store, [], [revoked]) as rig:
+        watcher = rig.watcher(drop_grace=0)
         tx = node.chain.send([(revoked, 70_000), (OTHER, 1_000)])
         assert await watcher.step() == 1
         (row,) = await store.matches(Scope.live())
@@ -206,19 +215,14 @@ async def test_revoked_incoming_in_the_mempool_then_mined_then_confirmed(
         assert await events(store, row["id"]) == [("detected", 0, True), ("mined", 1, False), ("confirmed", 3, False)]
         (row,) = await store.matches(Scope.live())
         assert row["status"] == "confirmed"
-    finally:
-        await rig.stop()
 
 
 async def test_sweeps_are_revoked_outgoing_in_the_mempool_and_in_blocks(
     node: BitcoinRegtestServer, store: SqlStore
 ) -> None:
     revoked = script_of("p2tr", 4)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    watcher = rig.watcher()
-    try:
+    async with following(node, store, [], [revoked]) as rig:
+        watcher = rig.watcher()
         funding = node.chain.send([(OTHER, 3_000), (revoked, 90_000)])
         node.chain.mine()
         await rig.drain()
@@ -239,17 +243,12 @@ async def test_sweeps_are_revoked_outgoing_in_the_mempool_and_in_blocks(
         assert (row["status"], row["block_height"]) == ("seen", node.chain.height)
         assert [e[0] for e in await events(store, row["id"])] == ["detected", "mined"]
         assert await store.watched_outputs("btc") == []  # spent
-    finally:
-        await rig.stop()
 
 
 async def test_a_deposit_and_its_sweep_both_in_the_mempool(node: BitcoinRegtestServer, store: SqlStore) -> None:
     revoked = script_of("p2pkh", 5)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    watcher = rig.watcher()
-    try:
+    async with following(node, store, [], [revoked]) as rig:
+        watcher = rig.watcher()
         pay = node.chain.send([(revoked, 50_000)])
         sweep = node.chain.spend([(pay.txid, 0)], [(OTHER, 49_000)])
         assert await watcher.step() == 2
@@ -259,17 +258,12 @@ async def test_a_deposit_and_its_sweep_both_in_the_mempool(node: BitcoinRegtestS
         await rig.drain()
         rows = await store.matches(Scope.live())
         assert {(r["kind"], r["status"]) for r in rows} == {("revoked_incoming", "seen"), ("revoked_outgoing", "seen")}
-    finally:
-        await rig.stop()
 
 
 async def test_a_reorg_that_drops_a_match_retracts_it(node: BitcoinRegtestServer, store: SqlStore) -> None:
     revoked = script_of("p2sh", 6)
     active = script_of("p2wsh", 6)
-    registry = await load_book(store, [active], [revoked])
-    rig = Rig(node, store, registry, confirmations=1)
-    await rig.start(start_height=node.chain.height + 1)
-    try:
+    async with following(node, store, [active], [revoked], confirmations=1) as rig:
         tx = node.chain.send([(revoked, 11_000), (active, 12_000)])
         node.chain.mine()
         await rig.drain()
@@ -293,25 +287,16 @@ async def test_a_reorg_that_drops_a_match_retracts_it(node: BitcoinRegtestServer
         rows = {r["kind"]: r for r in await store.matches(Scope.live())}
         assert rows["revoked_incoming"]["status"] == "confirmed"
         assert rows["revoked_incoming"]["block_hash"] == node.chain.tip.hash
-    finally:
-        await rig.stop()
 
 
 async def test_a_replaced_mempool_transaction_is_retracted_after_the_grace_period_only_when_caught_up(
     node: BitcoinRegtestServer, store: SqlStore
 ) -> None:
     revoked = script_of("p2wsh", 7)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    caught_up = {"value": False}
-    assert rig.source is not None
-    clock = Clock()
-    watcher = MempoolWatcher(
-        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0.5),
-        lambda: caught_up["value"], clock=clock,
-    )  # fmt: skip
-    try:
+    async with following(node, store, [], [revoked]) as rig:
+        caught_up = {"value": False}
+        clock = Clock()
+        watcher = rig.watcher(drop_grace=0.5, caught_up=lambda: caught_up["value"], clock=clock)
         original = node.chain.send([(revoked, 30_000)])
         assert await watcher.step() == 1
         (row,) = await store.matches(Scope.live())
@@ -332,21 +317,13 @@ async def test_a_replaced_mempool_transaction_is_retracted_after_the_grace_perio
         node.chain.mine()
         await rig.drain()
         assert (await store.matches(Scope.live()))[0]["status"] == "retracted"
-    finally:
-        await rig.stop()
 
 
 async def test_a_mined_transaction_is_never_dropped(node: BitcoinRegtestServer, store: SqlStore) -> None:
     revoked = script_of("p2wpkh", 8)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    clock = Clock()
-    watcher = MempoolWatcher(
-        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0.2),  # type: ignore[arg-type]
-        lambda: True, clock=clock,
-    )  # fmt: skip
-    try:
+    async with following(node, store, [], [revoked]) as rig:
+        clock = Clock()
+        watcher = rig.watcher(drop_grace=0.2, caught_up=lambda: True, clock=clock)
         node.chain.send([(revoked, 30_000)])
         assert await watcher.step() == 1
         node.chain.mine()  # mined, and the watcher sees it gone before the follower commits the block
@@ -357,8 +334,6 @@ async def test_a_mined_transaction_is_never_dropped(node: BitcoinRegtestServer, 
         (row,) = await store.matches(Scope.live())
         assert row["status"] == "seen"
         assert [e[0] for e in await events(store, row["id"])] == ["detected", "mined"]
-    finally:
-        await rig.stop()
 
 
 async def test_a_restart_after_downtime_catches_up_with_no_gap(node: BitcoinRegtestServer, store: SqlStore) -> None:
@@ -396,26 +371,25 @@ async def test_a_restart_after_downtime_catches_up_with_no_gap(node: BitcoinRegt
 
 async def test_the_follower_rides_out_a_node_outage(node: BitcoinRegtestServer, store: SqlStore) -> None:
     revoked = script_of("p2pkh", 13)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    follower = await rig.start(start_height=node.chain.height + 1)
-    with structlog.testing.capture_logs() as logs:
-        running = asyncio.create_task(follower.run())
-        try:
-            await node.go_down()
-            for _ in range(3):
-                node.chain.send([(revoked, 15_000)])
-                node.chain.mine()
-            await asyncio.sleep(0.5)
-            await node.come_up()
-            for _ in range(200):
-                if follower.cursor is not None and follower.cursor.height == node.chain.height:
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            follower.stop()
-            await asyncio.wait_for(running, 10)
-            await rig.stop()
+    async with following(node, store, [], [revoked]) as rig:
+        follower = rig.follower
+        assert follower is not None
+        with structlog.testing.capture_logs() as logs:
+            running = asyncio.create_task(follower.run())
+            try:
+                await node.go_down()
+                for _ in range(3):
+                    node.chain.send([(revoked, 15_000)])
+                    node.chain.mine()
+                await asyncio.sleep(0.5)
+                await node.come_up()
+                for _ in range(200):
+                    if follower.cursor is not None and follower.cursor.height == node.chain.height:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                follower.stop()
+                await asyncio.wait_for(running, 10)
     assert follower.cursor is not None and follower.cursor.height == node.chain.height
     assert len(await store.matches(Scope.live())) == 3
     names = [e["event"] for e in logs]
@@ -424,28 +398,25 @@ async def test_the_follower_rides_out_a_node_outage(node: BitcoinRegtestServer, 
 
 async def test_the_mempool_watcher_runs_until_cancelled(node: BitcoinRegtestServer, store: SqlStore) -> None:
     revoked = script_of("p2wsh", 14)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    watcher = rig.watcher()
-    task = asyncio.create_task(watcher.run())
-    try:
-        await node.go_down()
-        await asyncio.sleep(0.2)
-        node.chain.send([(revoked, 15_000)])
-        await node.come_up()
-        for _ in range(100):
-            if await store.matches(Scope.live()):
-                break
-            await asyncio.sleep(0.05)
-        assert [r["status"] for r in await store.matches(Scope.live())] == ["mempool"]
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await rig.stop()
-    off = MempoolWatcher(
-        rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(),  # type: ignore[arg-type]
+    async with following(node, store, [], [revoked]) as rig:
+        watcher = rig.watcher()
+        task = asyncio.create_task(watcher.run())
+        try:
+            await node.go_down()
+            await asyncio.sleep(0.2)
+            node.chain.send([(revoked, 15_000)])
+            await node.come_up()
+            for _ in range(100):
+                if await store.matches(Scope.live()):
+                    break
+                await asyncio.sleep(0.05)
+            assert [r["status"] for r in await store.matches(Scope.live())] == ["mempool"]
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    off = MempoolWatcher(  # the rig stopped: no source, and none is needed
+        rig.source, store, rig.registry, make_policy(rig.config, AlertsConfig()), Scope.live(),  # type: ignore[arg-type]
         rig.config.model_copy(update={"mempool": False}), lambda: True,
     )  # fmt: skip
     await asyncio.wait_for(off.run(), 1)  # mempool = false: returns at once
@@ -455,18 +426,13 @@ async def test_a_revocation_makes_the_watcher_look_at_the_mempool_again(
     node: BitcoinRegtestServer, store: SqlStore
 ) -> None:
     script = script_of("p2sh", 15)
-    registry = await load_book(store, [script], [OTHER])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    watcher = rig.watcher()
-    try:
+    async with following(node, store, [script], [OTHER]) as rig:
+        watcher = rig.watcher()
         node.chain.send([(script, 15_000)])
         assert await watcher.step() == 0  # a deposit: not recorded from the mempool
         await store.revoke(["btc"], [script], REVOKED_AT, "breach")
-        assert await registry.reload(store, ["btc"])
+        assert await rig.registry.reload(store, ["btc"])
         assert await watcher.step() == 1
-    finally:
-        await rig.stop()
 
 
 async def test_scan_revoked_finds_old_coins_so_their_sweep_is_caught(
@@ -512,22 +478,14 @@ async def test_a_restarted_watcher_drops_nothing_before_it_has_looked_at_the_who
     node: BitcoinRegtestServer, store: SqlStore
 ) -> None:
     revoked = script_of("p2tr", 17)
-    registry = await load_book(store, [], [revoked])
-    rig = Rig(node, store, registry)
-    await rig.start(start_height=node.chain.height + 1)
-    try:
+    async with following(node, store, [], [revoked]) as rig:
         for i in range(3):
             node.chain.send([(script_of("p2wpkh", 30 + i), 5_000)])
         node.chain.send([(revoked, 8_000)])  # last in getrawmempool's order
         assert await rig.watcher().step() == 1
-        assert rig.source is not None
-        restarted = MempoolWatcher(  # a big mempool, worked through one transaction a step
-            rig.source, store, registry, make_policy(rig.config, AlertsConfig()), Scope.live(), grace(rig.config, 0),
-            lambda: True, max_new=1,
-        )  # fmt: skip
+        # a big mempool, worked through one transaction a step
+        restarted = rig.watcher(drop_grace=0, caught_up=lambda: True, max_new=1)
         for _ in range(4):
             assert await restarted.step() == 0
             assert [r["status"] for r in await store.matches(Scope.live())] == ["mempool"]
         assert len(restarted.known) == 4
-    finally:
-        await rig.stop()

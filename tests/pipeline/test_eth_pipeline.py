@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from depositwatch.config import AlertsConfig, ChainConfig, TokenConfig
+from depositwatch.config import ChainConfig, TokenConfig
 from depositwatch.devnet import (
     Anvil,
     deploy_nft,
@@ -32,10 +32,11 @@ from depositwatch.devnet import (
 )
 from depositwatch.follower import Follower
 from depositwatch.models import AddressEntry, AddressStatus, Block
-from depositwatch.pipeline import make_policy, make_settings, make_source
+from depositwatch.pipeline import make_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
+from tests.pipeline.rigs import live_follower
 
 CHAIN_ID = 31337
 
@@ -114,15 +115,7 @@ async def book(store: SqlStore, world: World) -> None:
 
 
 def follower(world: World, store: SqlStore, config: ChainConfig, registry: AddressRegistry, start: int) -> Follower:
-    return Follower(
-        source=make_source(config),
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:eth",
-        settings=make_settings(config, start_height=start),
-    )
+    return live_follower(make_source(config), store, config, registry, start)
 
 
 async def drain(f: Follower) -> None:

@@ -48,20 +48,33 @@ async def drain(f: Follower) -> None:
         pass
 
 
+def mined(txids: list[str | None]) -> MemoryChain:
+    """A memory chain of one block a txid, each paying the revoked address (None: an empty block)."""
+    chain = MemoryChain()
+    for txid in txids:
+        if txid is None:
+            chain.mine()
+        else:
+            chain.mine(pay(txid))
+    return chain
+
+
+async def caught_up(chain: MemoryChain, store: SqlStore, **settings: Any) -> Follower:
+    """A follower from height 1, started and stepped to the chain's tip."""
+    f = follower(chain, store, start_height=1, **settings)
+    await f.start()
+    await drain(f)
+    return f
+
+
 async def test_follows_from_start_height_and_resumes(store: SqlStore) -> None:
     """A restarted follower continues from its stored cursor with no gap and no repeat."""
-    chain = MemoryChain()
-    for i in range(10):
-        chain.mine(pay(f"0x{i:02x}"))
-    first = follower(chain, store, start_height=1)
-    await first.start()
-    await drain(first)
+    chain = mined([f"0x{i:02x}" for i in range(10)])
+    first = await caught_up(chain, store)
     assert first.cursor is not None and first.cursor.height == 10
     for i in range(10, 25):
         chain.mine(pay(f"0x{i:02x}"))
-    second = follower(chain, store, start_height=1)
-    await second.start()
-    await drain(second)
+    await caught_up(chain, store)
     matches = await store.matches(Scope.live())
     assert sorted(int(m["txid"], 16) for m in matches) == list(range(25))
     assert len({m["id"] for m in matches}) == 25
@@ -69,12 +82,8 @@ async def test_follows_from_start_height_and_resumes(store: SqlStore) -> None:
 
 async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) -> None:
     """A reorg rewinds to the fork point, retracts what the orphaned blocks matched, applies the new branch."""
-    chain = MemoryChain()
-    for i in range(6):
-        chain.mine(pay(f"0xa{i}"))
-    f = follower(chain, store, start_height=1)
-    await f.start()
-    await drain(f)
+    chain = mined([f"0xa{i}" for i in range(6)])
+    f = await caught_up(chain, store)
     chain.reorg(3)
     chain.mine(pay("0xa3"), salt="b")  # the same transfer re-mined on the new branch
     for i in range(3):
@@ -95,12 +104,8 @@ async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) ->
 
 async def test_same_height_reorg_is_seen(store: SqlStore) -> None:
     """A competing block at the cursor's own height is detected without waiting for a longer chain."""
-    chain = MemoryChain()
-    for i in range(3):
-        chain.mine(pay(f"0x{i}"))
-    f = follower(chain, store, start_height=1)
-    await f.start()
-    await drain(f)
+    chain = mined([f"0x{i}" for i in range(3)])
+    f = await caught_up(chain, store)
     chain.reorg(1)
     chain.mine(salt="other")
     await f.step()  # detects, rewinds
@@ -112,12 +117,8 @@ async def test_same_height_reorg_is_seen(store: SqlStore) -> None:
 
 async def test_reorg_deeper_than_limit_stops(store: SqlStore) -> None:
     """Beyond reorg_depth the follower refuses to guess."""
-    chain = MemoryChain()
-    for _ in range(10):
-        chain.mine()
-    f = follower(chain, store, start_height=1, reorg_depth=3)
-    await f.start()
-    await drain(f)
+    chain = mined([None] * 10)
+    f = await caught_up(chain, store, reorg_depth=3)
     chain.reorg(6)
     for _ in range(7):
         chain.mine(salt="deep")
@@ -150,9 +151,7 @@ async def test_random_reorgs_end_consistent(store: SqlStore) -> None:
 
 async def test_replay_range_stops_at_end(store: SqlStore) -> None:
     """A replay processes exactly its range, in its own scope, and is done."""
-    chain = MemoryChain()
-    for i in range(20):
-        chain.mine(pay(f"0x{i:02x}"))
+    chain = mined([f"0x{i:02x}" for i in range(20)])
     scope = Scope.replay("r", send_alerts=False)
     f = Follower(
         source=chain,
@@ -197,13 +196,9 @@ async def test_a_log_line_per_match_unless_left_out(store: SqlStore, log_matches
     """The daemon logs every match it commits; replay, whose matches are its output, leaves the lines out."""
     from structlog.testing import capture_logs
 
-    chain = MemoryChain()
-    for i in range(3):
-        chain.mine(pay(f"0x{i:02x}"))
+    chain = mined([f"0x{i:02x}" for i in range(3)])
     with capture_logs() as logs:
-        f = follower(chain, store, start_height=1, log_matches=log_matches)
-        await f.start()
-        await drain(f)
+        await caught_up(chain, store, log_matches=log_matches)
     lines = [e for e in logs if e["event"] == "match"]
     assert len(await store.matches(Scope.live())) == 3
     assert [e["txid"] for e in lines] == (["0x00", "0x01", "0x02"] if log_matches else [])

@@ -9,6 +9,7 @@ live, the provider's API key and node failover.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
@@ -19,13 +20,14 @@ import pytest
 
 from depositwatch.addresses.tron import tron_address
 from depositwatch.chains.rpc import RpcAuthError
-from depositwatch.config import AlertsConfig, ChainConfig, Config, ConfigError, Secret
+from depositwatch.config import ChainConfig, Config, ConfigError, Secret
 from depositwatch.follower import Follower
 from depositwatch.models import AddressEntry, AddressStatus
-from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_hook, make_source
 from depositwatch.registry import AddressRegistry, ChainBook
 from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
+from tests.pipeline.rigs import live_follower
 from tests.tronnode.chain import TronChain, Tx, account, node_hex, trc10, trc20, trx
 from tests.tronnode.server import TronNodeServer
 
@@ -133,21 +135,26 @@ def follower(store: SqlStore, config: ChainConfig, registry: AddressRegistry, st
     source = make_source(config)
     hook = make_hook(config)
     attach(source, registry, hook)
-    return Follower(
-        source=source,
-        store=store,
-        registry=registry,
-        policy=make_policy(config, AlertsConfig()),
-        scope=Scope.live(),
-        cursor_name="live:tron",
-        settings=make_settings(config, start_height=start),
-        hook=hook,
-    )
+    return live_follower(source, store, config, registry, start, hook)
 
 
 async def drain(f: Follower) -> None:
     while await f.step():
         pass
+
+
+@contextlib.asynccontextmanager
+async def caught_up(store: SqlStore, config: ChainConfig, start: int) -> AsyncIterator[Follower]:
+    """A live follower on the store's book, its source open, started and drained to the tip; the source
+    closed on leaving."""
+    f = follower(store, config, await AddressRegistry.load(store), start)
+    await f.source.open()
+    try:
+        await f.start()
+        await drain(f)
+        yield f
+    finally:
+        await f.source.close()
 
 
 def seen(rows: list[dict[str, Any]]) -> set[tuple[str, str, str, int | None]]:
@@ -235,17 +242,11 @@ async def test_reorg_of_unsolidified_blocks_retracts(node: TronNodeServer, store
     chain.mine([tx])
     chain.mine(count=1)
     config = tron_config(node.url)
-    f = follower(store, config, await AddressRegistry.load(store), start)
-    await f.source.open()
-    try:
-        await f.start()
-        await drain(f)
+    async with caught_up(store, config, start) as f:
         before = f.cursor
         chain.reorg(2)  # both blocks replaced by empty ones, one more on top
         await drain(f)
         await drain(f)
-    finally:
-        await f.source.close()
     assert f.cursor is not None and before is not None and f.cursor.hash != before.hash
     assert f.cursor.height == chain.tip
     messages = [m for m in await store.outbox() if m.kind == "revoked_incoming"]
@@ -261,17 +262,11 @@ async def test_reorg_of_the_very_first_block_rewinds_to_the_anchor(node: TronNod
     chain.mine(count=3)
     start = chain.tip
     config = tron_config(node.url)
-    f = follower(store, config, await AddressRegistry.load(store), start)
-    await f.source.open()
-    try:
-        await f.start()
-        await drain(f)
+    async with caught_up(store, config, start) as f:
         assert f.cursor is not None and f.cursor.height == start
         chain.reorg(1, [trx(CUSTOMER, REVOKED, 3, nonce=chain.next_nonce())])
         await drain(f)
         await drain(f)
-    finally:
-        await f.source.close()
     assert f.cursor is not None and f.cursor.height == chain.tip
     assert [r["kind"] for r in await store.matches(Scope.live())] == ["revoked_incoming"]
 
@@ -285,11 +280,8 @@ async def test_restart_after_downtime_has_no_gap_and_no_repeat(node: TronNodeSer
     start = chain.tip + 1
     sent = [trx(CUSTOMER, REVOKED, 1, nonce=chain.next_nonce())]
     chain.mine(sent[:1])
-    f = follower(store, config, await AddressRegistry.load(store), start)
-    await f.source.open()
-    await f.start()
-    await drain(f)
-    await f.source.close()
+    async with caught_up(store, config, start):
+        pass
     for i in range(5):
         chain.mine(count=60)
         tx = trc20(CUSTOMER, REVOKED, USDT, 1000 + i, nonce=chain.next_nonce())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import signal
@@ -44,6 +45,7 @@ from tests.proof.harness import (
     FULL,
     SEED,
     AlertFigures,
+    Book,
     BtcTraffic,
     EvmTraffic,
     LeaseHolder,
@@ -237,6 +239,85 @@ def landed_line(trials: list[Trial], points: list[str], seconds: float) -> str:
     return f"{len(kills)} SIGKILLs in {seconds:.0f}s, landed: " + ", ".join(f"{p} {landed[p]}" for p in points)
 
 
+def shuffled_plan(points: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` kill points, every one about as often, in a random order."""
+    plan = [points[i % len(points)] for i in range(count)]
+    rng.shuffle(plan)
+    return plan
+
+
+async def write_config(tmp_path: Path, store_url: str, book: Book, chain: str, sink_url: str, **options: Any) -> Path:
+    """The book imported into the store, and the daemon's config file written."""
+    await import_book(store_url, book)
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml(store_url, chain, sink_url, **options))
+    return config
+
+
+class Background:
+    """`make(stop)` (the chain's traffic) run as a task while the daemons are killed; on leaving, it is
+    stopped and cancelled and every process the runner started is closed."""
+
+    def __init__(self, make: Callable[[asyncio.Event], Awaitable[None]], runner: Runner) -> None:
+        self.make = make
+        self.runner = runner
+        self.stopping = asyncio.Event()
+
+    async def __aenter__(self) -> Background:
+        self.task = asyncio.create_task(self.make(self.stopping))
+        return self
+
+    async def stop(self) -> None:
+        """No more traffic: wait for the block being made."""
+        self.stopping.set()
+        await self.task
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.task.cancel()
+        self.runner.close()
+
+
+async def kill_runs(
+    runner: Runner, config: Path, plan: list[str], kill: Callable[[Proc, str, int], Awaitable[Trial]]
+) -> list[Trial]:
+    """A daemon started for each planned point and killed there; none may exit by itself."""
+    trials: list[Trial] = []
+    for number, point in enumerate(plan, start=1):
+        proc = runner.daemon(config)
+        trial = await kill(proc, point, number)
+        assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
+        trials.append(trial)
+    return trials
+
+
+def chain_line(traffic: Any, extra: str = "") -> str:
+    return (
+        f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
+        f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts{extra}"
+    )
+
+
+def crash_report(title: str, trials: list[Trial], points: list[str], began: float, *lines: str) -> None:
+    """The landed kills, the suite's own lines, then each trial."""
+    report(title, [landed_line(trials, points, time.monotonic() - began), *lines, *[t.line() for t in trials]])
+
+
+async def check_live(
+    receiver: Receiver,
+    store_url: str,
+    cursor: str,
+    wants: list[Want],
+    hashes: dict[int, str],
+    start: int,
+    tip: tuple[int, str],
+) -> tuple[AlertFigures, dict[str, int]]:
+    """The alerts acknowledged and the live store, against the expected matches from `start`."""
+    figures = check_alerts(receiver, wants, mode="live")
+    view = await store_view(store_url, cursor, Scope.live())
+    return figures, check_store(view, wants, hashes, start - 1, tip)
+
+
 # --- the live daemon on anvil ------------------------------------------------------------------------
 
 
@@ -256,10 +337,8 @@ async def test_live_daemon_on_anvil_killed_at_random_points_loses_and_repeats_no
             FaultProxy(node.http_url) as proxy,
             Receiver(jittery(random.Random(rng.random()))) as receiver,
         ):
-            await import_book(pg_url, book)
-            config = tmp_path / "config.toml"
             chain = evm_chain_toml(proxy.url, token=traffic.token, start=start, batch_blocks=3, pending_tokens=True)
-            config.write_text(config_toml(pg_url, chain, receiver.url))
+            config = await write_config(tmp_path, pg_url, book, chain, receiver.url)
             killer = Killer(
                 rng,
                 proxy=proxy,
@@ -268,38 +347,23 @@ async def test_live_daemon_on_anvil_killed_at_random_points_loses_and_repeats_no
                 pg_url=pg_url,
                 cursor_like="live:eth",
             )
-            stop = asyncio.Event()
-            producing = asyncio.create_task(traffic.run(stop))
-            trials: list[Trial] = []
             began = time.monotonic()
-            try:
-                for number, point in enumerate(killer.schedule(n(LIVE_EVM_KILLS)), start=1):
-                    proc = runner.daemon(config)
-                    trial = await killer.kill(proc, point, number)
-                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
-                    trials.append(trial)
-                stop.set()
-                await producing
+            async with Background(traffic.run, runner) as background:
+                trials = await kill_runs(runner, config, killer.schedule(n(LIVE_EVM_KILLS)), killer.kill)
+                await background.stop()
                 await node.mine(3)  # every match reaches its confirmation depth
                 tip = await traffic.tip()
                 last = await finish_live(runner, config, pg_url, "live:eth", tip, receiver, traffic.wants)
-            finally:
-                stop.set()
-                producing.cancel()
-                runner.close()
-            figures = check_alerts(receiver, traffic.wants, mode="live")
-            view = await store_view(pg_url, "live:eth", Scope.live())
-            stored = check_store(view, traffic.wants, await traffic.hashes(start - 1, tip[0]), start - 1, tip)
-    report(
+            hashes = await traffic.hashes(start - 1, tip[0])
+            figures, stored = await check_live(receiver, pg_url, "live:eth", traffic.wants, hashes, start, tip)
+    crash_report(
         f"crash: live daemon on anvil and PostgreSQL ({form}, seed {SEED})",
-        [
-            landed_line(trials, killer.points, time.monotonic() - began),
-            f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
-            f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts",
-            last,
-            *outcome_lines(figures, stored, tip),
-            *[t.line() for t in trials],
-        ],
+        trials,
+        killer.points,
+        began,
+        chain_line(traffic),
+        last,
+        *outcome_lines(figures, stored, tip),
     )
 
 
@@ -372,44 +436,27 @@ async def test_live_daemon_on_bitcoin_killed_at_random_points_loses_and_repeats_
             FaultProxy(node.url) as proxy,
             Receiver(jittery(random.Random(rng.random()))) as receiver,
         ):
-            await import_book(sqlite_url, book)
-            config = tmp_path / "config.toml"
-            config.write_text(config_toml(sqlite_url, btc_chain_toml(node, proxy.url, start=start), receiver.url))
+            chain = btc_chain_toml(node, proxy.url, start=start)
+            config = await write_config(tmp_path, sqlite_url, book, chain, receiver.url)
             killer = Killer(rng, proxy=proxy, fetch_methods=("getblock",), receiver=receiver)
-            stop = asyncio.Event()
-            producing = asyncio.create_task(traffic.run(stop))
-            trials: list[Trial] = []
             began = time.monotonic()
-            try:
-                for number, point in enumerate(killer.schedule(n(LIVE_BTC_KILLS)), start=1):
-                    proc = runner.daemon(config)
-                    trial = await killer.kill(proc, point, number)
-                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
-                    trials.append(trial)
-                stop.set()
-                await producing
+            async with Background(traffic.run, runner) as background:
+                trials = await kill_runs(runner, config, killer.schedule(n(LIVE_BTC_KILLS)), killer.kill)
+                await background.stop()
                 node.chain.mine(3)
                 tip = traffic.tip()
                 last = await finish_live(runner, config, sqlite_url, "live:btc", tip, receiver, traffic.wants)
-            finally:
-                stop.set()
-                producing.cancel()
-                runner.close()
-            figures = check_alerts(receiver, traffic.wants, mode="live")
-            view = await store_view(sqlite_url, "live:btc", Scope.live())
-            stored = check_store(view, traffic.wants, traffic.hashes(start - 1, tip[0]), start - 1, tip)
+            hashes = traffic.hashes(start - 1, tip[0])
+            figures, stored = await check_live(receiver, sqlite_url, "live:btc", traffic.wants, hashes, start, tip)
     mempool_first = sum(1 for b in _bodies(receiver, "detected") if b["mempool"])
-    report(
+    crash_report(
         f"crash: live daemon on the Bitcoin regtest stand-in and SQLite, mempool on ({form}, seed {SEED + 1})",
-        [
-            landed_line(trials, killer.points, time.monotonic() - began),
-            f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
-            f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts "
-            f"({mempool_first} first seen in the mempool)",
-            last,
-            *outcome_lines(figures, stored, tip),
-            *[t.line() for t in trials],
-        ],
+        trials,
+        killer.points,
+        began,
+        chain_line(traffic, f" ({mempool_first} first seen in the mempool)"),
+        last,
+        *outcome_lines(figures, stored, tip),
     )
 
 
@@ -443,10 +490,8 @@ async def test_replay_killed_and_rerun_until_done_outputs_exactly_the_expected_m
             # A node a little slower than loopback anvil, so that kills land while the range is worked
             # through (the full form's longer range needs it slower still); later runs only deliver.
             proxy.set(Fault("delay", seconds=0.03 if FULL else 0.005))
-            await import_book(pg_url, book)
-            config = tmp_path / "config.toml"
             chain = evm_chain_toml(proxy.url, token=traffic.token, start=first, batch_blocks=2)
-            config.write_text(config_toml(pg_url, chain, receiver.url))
+            config = await write_config(tmp_path, pg_url, book, chain, receiver.url)
             output = tmp_path / "matches.jsonl"
             argv = ["--config", str(config), "replay", "--chain", "eth", "--from", str(first), "--to", str(last)]
             argv += ["--output", str(output), "--send-alerts"]
@@ -613,10 +658,8 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
             FaultProxy(node.http_url) as proxy,
             Receiver(jittery(random.Random(rng.random()))) as receiver,
         ):
-            await import_book(pg_url, book)
-            config = tmp_path / "config.toml"
             chain = evm_chain_toml(proxy.url, token=traffic.token, start=start, batch_blocks=3)
-            config.write_text(config_toml(pg_url, chain, receiver.url, lease_ttl=FAILOVER_TTL))
+            config = await write_config(tmp_path, pg_url, book, chain, receiver.url, lease_ttl=FAILOVER_TTL)
             killer = Killer(
                 rng,
                 proxy=proxy,
@@ -626,16 +669,13 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
                 cursor_like="live:eth",
             )
             points = [p for p in killer.points if p != "start"] + ["failover", "freeze"]
-            plan = [points[i % len(points)] for i in range(n(FAILOVER_KILLS))]
-            rng.shuffle(plan)
-            stop = asyncio.Event()
-            producing = asyncio.create_task(traffic.run(stop))
+            plan = shuffled_plan(points, n(FAILOVER_KILLS), rng)
             trials: list[Trial] = []
             takeovers: list[float] = []
             freezes: list[float] = []
             began = time.monotonic()
-            procs = [runner.daemon(config), runner.daemon(config)]
-            try:
+            async with Background(traffic.run, runner) as background:
+                procs = [runner.daemon(config), runner.daemon(config)]
                 for number, point in enumerate(plan, start=1):
                     for proc in procs:  # a standby still starting cannot take over yet
                         await proc.wait_ready()
@@ -667,36 +707,28 @@ async def test_leader_failover_on_postgresql_killed_at_random_points_loses_and_r
                     if point != "failover":  # there, a fresh instance's start-up is in the time
                         takeovers.append(took)
                     trials.append(trial)
-                stop.set()
-                await producing
+                await background.stop()
                 await node.mine(3)  # every match reaches its confirmation depth
                 tip = await traffic.tip()
                 for proc in procs:  # a clean stop gives the leases back: the last run takes them at once
                     await proc.wait_ready()  # a start-up cut by SIGTERM is no clean stop
                     assert await proc.terminate() == 0, proc.tail()
                 last = await finish_live(runner, config, pg_url, "live:eth", tip, receiver, traffic.wants)
-            finally:
-                stop.set()
-                producing.cancel()
-                runner.close()
-            figures = check_alerts(receiver, traffic.wants, mode="live")
-            view = await store_view(pg_url, "live:eth", Scope.live())
-            stored = check_store(view, traffic.wants, await traffic.hashes(start - 1, tip[0]), start - 1, tip)
+            hashes = await traffic.hashes(start - 1, tip[0])
+            figures, stored = await check_live(receiver, pg_url, "live:eth", traffic.wants, hashes, start, tip)
     ordered = sorted(takeovers)
-    report(
+    crash_report(
         f"crash: leader failover, two daemons on anvil and PostgreSQL ({form}, seed {SEED + 3})",
-        [
-            landed_line(trials, points, time.monotonic() - began),
-            f"takeovers after a kill: {len(ordered)}, median {ordered[len(ordered) // 2]:.2f}s, "
-            f"max {ordered[-1]:.2f}s (lease_ttl {FAILOVER_TTL:g}s: a dead holder's session frees the lease at once)",
-            f"takeovers after a SIGSTOP: {len(freezes)}, max {max(freezes, default=0):.2f}s "
-            f"(bound: lease_ttl + {min(1.0, FAILOVER_TTL / 4):g}s after the last renewal)",
-            f"chain: {traffic.blocks} blocks, {traffic.transactions} transactions ({dict(traffic.kinds)}), "
-            f"{len(traffic.wants)} expected matches, {sum(w.alert for w in traffic.wants)} alerts",
-            last,
-            *outcome_lines(figures, stored, tip),
-            *[t.line() for t in trials],
-        ],
+        trials,
+        points,
+        began,
+        f"takeovers after a kill: {len(ordered)}, median {ordered[len(ordered) // 2]:.2f}s, "
+        f"max {ordered[-1]:.2f}s (lease_ttl {FAILOVER_TTL:g}s: a dead holder's session frees the lease at once)",
+        f"takeovers after a SIGSTOP: {len(freezes)}, max {max(freezes, default=0):.2f}s "
+        f"(bound: lease_ttl + {min(1.0, FAILOVER_TTL / 4):g}s after the last renewal)",
+        chain_line(traffic),
+        last,
+        *outcome_lines(figures, stored, tip),
     )
 
 
@@ -750,6 +782,13 @@ class Reorgs:
                 await self.reorg()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(*gap))
+
+
+def reorg_killer(rng: random.Random, receiver: Receiver, count: int) -> tuple[Killer, list[str], list[str]]:
+    """A killer at the usual points and at `reorg`; those points, and `count` of them in a random order."""
+    killer = Killer(rng, receiver=receiver)
+    points = [*killer.points, "reorg"]
+    return killer, points, shuffled_plan(points, count, rng)
 
 
 async def kill_in_reorg(killer: Killer, reorgs: Reorgs, proc: Proc, point: str, number: int) -> Trial:
@@ -819,6 +858,22 @@ def unsettled(receiver: Receiver, final: list[Want], gone: list[Want]) -> list[s
     return found
 
 
+async def check_after_reorgs(
+    receiver: Receiver,
+    store_url: str,
+    cursor: str,
+    final: list[Want],
+    gone: list[Want],
+    hashes: dict[int, str],
+    start: int,
+    tip: tuple[int, str],
+) -> tuple[AlertFigures, dict[str, int]]:
+    """The alerts acknowledged and the live store, against the final chain's matches and the orphaned ones."""
+    figures = check_alerts_after_reorgs(receiver, final, gone, mode="live")
+    view = await store_view(store_url, cursor, Scope.live())
+    return figures, check_store_after_reorgs(view, final, gone, hashes, start - 1, tip)
+
+
 def reorg_lines(reorgs: Reorgs, final: list[Want], gone: list[Want], figures: AlertFigures) -> list[str]:
     final_ids = {w.id for w in final}
     left = {w.id for w in gone} - final_ids
@@ -850,49 +905,31 @@ async def test_live_daemon_on_anvil_killed_during_reorgs_retracts_and_loses_noth
 
         reorgs = Reorgs(traffic, replace, random.Random(rng.random()), start)
         async with Receiver(jittery(random.Random(rng.random()))) as receiver:
-            await import_book(pg_url, book)
-            config = tmp_path / "config.toml"
             chain = evm_chain_toml(
                 node.http_url, token=traffic.token, start=start, batch_blocks=3, drop_grace=DROP_GRACE
             )
-            config.write_text(config_toml(pg_url, chain, receiver.url))
-            killer = Killer(rng, receiver=receiver)
-            points = [*killer.points, "reorg"]
-            plan = [points[i % len(points)] for i in range(n(REORG_EVM_KILLS))]
-            rng.shuffle(plan)
-            stop = asyncio.Event()
-            producing = asyncio.create_task(reorgs.run(stop))
-            trials: list[Trial] = []
+            config = await write_config(tmp_path, pg_url, book, chain, receiver.url)
+            killer, points, plan = reorg_killer(rng, receiver, n(REORG_EVM_KILLS))
             began = time.monotonic()
-            try:
-                for number, point in enumerate(plan, start=1):
-                    proc = runner.daemon(config)
-                    trial = await kill_in_reorg(killer, reorgs, proc, point, number)
-                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
-                    trials.append(trial)
-                stop.set()
-                await producing
+            async with Background(reorgs.run, runner) as background:
+                trials = await kill_runs(runner, config, plan, functools.partial(kill_in_reorg, killer, reorgs))
+                await background.stop()
                 await node.mine(3)  # every match reaches its confirmation depth
                 tip = await traffic.tip()
                 last = await finish_after_reorgs(runner, config, pg_url, "live:eth", tip, receiver, traffic.wants, gone)
-            finally:
-                stop.set()
-                producing.cancel()
-                runner.close()
-            figures = check_alerts_after_reorgs(receiver, traffic.wants, gone, mode="live")
-            view = await store_view(pg_url, "live:eth", Scope.live())
             hashes = await traffic.hashes(start - 1, tip[0])
-            stored = check_store_after_reorgs(view, traffic.wants, gone, hashes, start - 1, tip)
-    report(
+            figures, stored = await check_after_reorgs(
+                receiver, pg_url, "live:eth", traffic.wants, gone, hashes, start, tip
+            )
+    crash_report(
         f"crash: live daemon on anvil and PostgreSQL, killed during reorgs ({form}, seed {SEED + 4})",
-        [
-            landed_line(trials, points, time.monotonic() - began),
-            f"chain: {traffic.blocks} blocks made, {traffic.transactions} transactions ({dict(traffic.kinds)})",
-            *reorg_lines(reorgs, traffic.wants, gone, figures),
-            last,
-            *reorg_outcome_lines(figures, stored, tip),
-            *[t.line() for t in trials],
-        ],
+        trials,
+        points,
+        began,
+        f"chain: {traffic.blocks} blocks made, {traffic.transactions} transactions ({dict(traffic.kinds)})",
+        *reorg_lines(reorgs, traffic.wants, gone, figures),
+        last,
+        *reorg_outcome_lines(figures, stored, tip),
     )
 
 
@@ -937,29 +974,13 @@ async def test_live_daemon_on_bitcoin_killed_during_reorgs_retracts_and_loses_no
 
         reorgs = Reorgs(traffic, replace, random.Random(rng.random()), start)
         async with Receiver(jittery(random.Random(rng.random()))) as receiver:
-            await import_book(sqlite_url, book)
-            config = tmp_path / "config.toml"
-            config.write_text(
-                config_toml(
-                    sqlite_url, btc_chain_toml(node, node.url, start=start, drop_grace=DROP_GRACE), receiver.url
-                )
-            )
-            killer = Killer(rng, receiver=receiver)
-            points = [*killer.points, "reorg"]
-            plan = [points[i % len(points)] for i in range(n(REORG_BTC_KILLS))]
-            rng.shuffle(plan)
-            stop = asyncio.Event()
-            producing = asyncio.create_task(reorgs.run(stop))
-            trials: list[Trial] = []
+            chain_toml = btc_chain_toml(node, node.url, start=start, drop_grace=DROP_GRACE)
+            config = await write_config(tmp_path, sqlite_url, book, chain_toml, receiver.url)
+            killer, points, plan = reorg_killer(rng, receiver, n(REORG_BTC_KILLS))
             began = time.monotonic()
-            try:
-                for number, point in enumerate(plan, start=1):
-                    proc = runner.daemon(config)
-                    trial = await kill_in_reorg(killer, reorgs, proc, point, number)
-                    assert trial.exited is None, f"the daemon exited by itself:\n{proc.tail()}"
-                    trials.append(trial)
-                stop.set()
-                await producing
+            async with Background(reorgs.run, runner) as background:
+                trials = await kill_runs(runner, config, plan, functools.partial(kill_in_reorg, killer, reorgs))
+                await background.stop()
                 chain.mine(3)
                 tip = traffic.tip()
                 final = btc_final_wants(chain, book, start)
@@ -967,22 +988,18 @@ async def test_live_daemon_on_bitcoin_killed_during_reorgs_retracts_and_loses_no
                 # Not `traffic.wants`: a sweep of an output whose first sweep was orphaned is not in it.
                 gone = [w for w in seen.values() if w.id not in final_ids]
                 last = await finish_after_reorgs(runner, config, sqlite_url, "live:btc", tip, receiver, final, gone)
-            finally:
-                stop.set()
-                producing.cancel()
-                runner.close()
-            figures = check_alerts_after_reorgs(receiver, final, gone, mode="live")
-            view = await store_view(sqlite_url, "live:btc", Scope.live())
-            stored = check_store_after_reorgs(view, final, gone, traffic.hashes(start - 1, tip[0]), start - 1, tip)
-    report(
+            hashes = traffic.hashes(start - 1, tip[0])
+            figures, stored = await check_after_reorgs(
+                receiver, sqlite_url, "live:btc", final, gone, hashes, start, tip
+            )
+    crash_report(
         f"crash: live daemon on the Bitcoin stand-in and SQLite, killed during reorgs ({form}, seed {SEED + 5})",
-        [
-            landed_line(trials, points, time.monotonic() - began),
-            f"chain: {traffic.blocks} blocks made, {traffic.transactions} transactions ({dict(traffic.kinds)}); "
-            f"orphaned transactions {dict(kept)}",
-            *reorg_lines(reorgs, final, gone, figures),
-            last,
-            *reorg_outcome_lines(figures, stored, tip),
-            *[t.line() for t in trials],
-        ],
+        trials,
+        points,
+        began,
+        f"chain: {traffic.blocks} blocks made, {traffic.transactions} transactions ({dict(traffic.kinds)}); "
+        f"orphaned transactions {dict(kept)}",
+        *reorg_lines(reorgs, final, gone, figures),
+        last,
+        *reorg_outcome_lines(figures, stored, tip),
     )

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.replay.benches import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_btc_replay_bench_prints_each_part_with_its_ratio_and_cpu() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "btc_bench.py"), "--only", "replay", "--blocks", "3", "--rounds", "2",
-         "--replay-scripts", "1000"],
-        capture_output=True, text=True, check=True, timeout=600, cwd=ROOT,
+    out = run_bench(
+        "btc_bench.py", "--only", "replay", "--blocks", "3", "--rounds", "2", "--replay-scripts", "1000",
+        timeout=600, cwd=ROOT,
     )  # fmt: skip
-    out = done.stdout
     assert "2 interleaved rounds" in out
     rows = re.findall(
         r"^\| (.+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d., ]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.MULTILINE
@@ -39,12 +37,10 @@ def test_btc_replay_bench_prints_each_part_with_its_ratio_and_cpu() -> None:
 
 
 def test_btc_latency_bench_measures_zmq_and_polling() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "latency_btc_bench.py"), "--blocks", "4", "--warmup", "1",
-         "--modes", "zmq,0.2"],
-        capture_output=True, text=True, check=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    stdout = run_bench(
+        "latency_btc_bench.py", "--blocks", "4", "--warmup", "1", "--modes", "zmq,0.2", timeout=600, cwd=ROOT
+    )
+    results = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     assert [r["mode"] for r in results] == [
         "ZMQ hashblock (polling every 5 s as a fallback)",
         "polling every 0.2 s",

@@ -22,6 +22,7 @@ from depositwatch.store import Scope, open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh, script_to_address
 from tests.chains.test_btc_source import btc_config, script_of
+from tests.receivers import WEBHOOK_SECRET
 
 FIELDS = (
     "kind", "chain", "asset", "amount", "amount_decimal", "from", "to", "txid", "index", "block_height", "block_hash",
@@ -121,6 +122,33 @@ async def run_cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
+def config_text(
+    store_url: str, node: BitcoinRegtestServer, confirmations: int, sink_url: str | None = None, extra: str = ""
+) -> str:
+    """A config of the stand-in's `btc` chain (batch_blocks 2), and a webhook sink at `sink_url` if any."""
+    text = (
+        f'[store]\nurl = "{store_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
+        f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
+        f"batch_blocks = 2\nconfirmations = {confirmations}\n"
+    )
+    if sink_url is not None:
+        text += (
+            f'\n[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{sink_url}"\n'
+            f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
+        )
+    return text + extra
+
+
+async def configured(tmp_path: Path, text: str, chain: Scenario) -> Path:
+    """The config file written with `text`, and the scenario's watch list imported into its store."""
+    config = tmp_path / "depositwatch.toml"
+    config.write_text(text)
+    watch = tmp_path / "watch.csv"
+    watch.write_text(chain.csv())
+    assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
+    return config
+
+
 async def test_ad_hoc_replay_prints_exactly_the_expected_lines(
     scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path
 ) -> None:
@@ -147,15 +175,7 @@ async def test_replay_with_a_config_and_a_store(
     scenario: tuple[BitcoinRegtestServer, Scenario], tmp_path: Path, sqlite_url: str
 ) -> None:
     node, chain = scenario
-    config = tmp_path / "depositwatch.toml"
-    config.write_text(
-        f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-        f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-        "batch_blocks = 2\nconfirmations = 2\n"
-    )
-    watch = tmp_path / "watch.csv"
-    watch.write_text(chain.csv())
-    assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
+    config = await configured(tmp_path, config_text(sqlite_url, node, 2), chain)
     out = tmp_path / "out.jsonl"
     argv = ["--config", str(config), "replay", "--chain", "btc", "--from", str(chain.first), "--to", str(chain.last)]
     assert await run_cli(*argv, "--output", str(out)) == 0
@@ -241,7 +261,7 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
     how many alerts are still pending (they stay in the outbox). Once a receiver takes them, the same command
     (the finished run again) delivers them and exits 0."""
     from depositwatch.commands import replay as replay_command
-    from tests.receivers import WEBHOOK_SECRET, Receiver, always, ok
+    from tests.receivers import Receiver, always, ok
 
     monkeypatch.setattr(replay_command, "DRAIN_SECONDS", 1.0)
     node, chain = scenario
@@ -252,14 +272,8 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
     alerts = 4  # two revoked_incoming and two revoked_outgoing; deposits do not alert
     for responder, code in ((always(500), 1), (ok(), 0)):
         async with Receiver(responder) as receiver:
-            config.write_text(
-                f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-                f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\n'
-                f'rpc_password = {{ value = "{node.password}" }}\nbatch_blocks = 2\nconfirmations = 100\n\n'
-                f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
-                f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
-                "retry = { initial_backoff = 0.3, max_backoff = 1.0 }\n"  # a few attempts a second: none dies
-            )
+            retry = "retry = { initial_backoff = 0.3, max_backoff = 1.0 }\n"  # a few attempts a second: none dies
+            config.write_text(config_text(sqlite_url, node, 100, receiver.url, retry))
             if code:
                 assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
             out = tmp_path / f"out-{code}.jsonl"

@@ -5,35 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.replay.benches import run_bench
 
 
 def test_filtered_bench_runs_and_compares(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
     markdown, result = tmp_path / "filtered.md", tmp_path / "filtered.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(root / "bench" / "eth_bench.py"),
-            "--filtered",
-            "--blocks",
-            "12",
-            "--rounds",
-            "1",
-            "--workload",
-            str(tmp_path / "chain"),
-            "--json",
-            str(result),
-            "--markdown",
-            str(markdown),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
+    run_bench(
+        "eth_bench.py", "--filtered", "--blocks", "12", "--rounds", "1", "--workload", str(tmp_path / "chain"),
+        "--json", str(result), "--markdown", str(markdown), timeout=600,
+    )  # fmt: skip
     (row,) = json.loads(result.read_text())["rows"]
     assert row["watched"] == 20 and row["blocks"] == 12
     assert row["same"] and row["matches"] > 0

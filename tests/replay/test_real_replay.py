@@ -23,6 +23,7 @@ from depositwatch.cli import main
 from depositwatch.config import ChainConfig
 from tests.realdata import realdata
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, mainnet_17173049
+from tests.replay.benches import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,54 +84,35 @@ def test_eth_real_bench_prints_each_round_and_the_run_along(tmp_path: Path) -> N
     """`bench/eth_real_bench.py` (the command docs/performance.md records), small: one round of both
     clients with their ratio, a long replay with its rate along the run, and the plot."""
     store_json = tmp_path / "store.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "store_flat_bench.py"),
-            "--blocks",
-            "400",
-            "--every",
-            "200",
-            "--durable",
-            "--json",
-            str(store_json),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    run_bench(
+        "store_flat_bench.py", "--blocks", "400", "--every", "200", "--durable", "--json", str(store_json), timeout=300
     )
     plot = tmp_path / "flat.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "eth_real_bench.py"),
-            "--blocks",
-            "40",
-            "--rounds",
-            "1",
-            "--long-seconds",
-            "1",
-            "--long-blocks",
-            "120",
-            "--every",
-            "20",
-            "--store-json",
-            str(store_json),
-            "--plot",
-            str(plot),
-            "--compare-src",
-            str(ROOT / "src"),
-            "--json",
-            str(tmp_path / "run.json"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
+    stdout = run_bench(
+        "eth_real_bench.py",
+        "--blocks",
+        "40",
+        "--rounds",
+        "1",
+        "--long-seconds",
+        "1",
+        "--long-blocks",
+        "120",
+        "--every",
+        "20",
+        "--store-json",
+        str(store_json),
+        "--plot",
+        str(plot),
+        "--compare-src",
+        str(ROOT / "src"),
+        "--json",
+        str(tmp_path / "run.json"),
         timeout=600,
     )
-    assert "round 1: replay " in done.stdout and " ratio " in done.stdout, done.stdout
-    assert "long replay: 120 blocks" in done.stdout, done.stdout
-    assert f"round 1, replay from {ROOT / 'src'}: " in done.stdout, done.stdout
+    assert "round 1: replay " in stdout and " ratio " in stdout, stdout
+    assert "long replay: 120 blocks" in stdout, stdout
+    assert f"round 1, replay from {ROOT / 'src'}: " in stdout, stdout
     assert plot.stat().st_size > 10_000
     plot.unlink()
     again = [sys.executable, str(ROOT / "bench" / "eth_real_bench.py"), "--replot", str(tmp_path / "run.json")]
@@ -140,23 +122,8 @@ def test_eth_real_bench_prints_each_round_and_the_run_along(tmp_path: Path) -> N
 
 def test_store_flat_bench_runs_on_postgres() -> None:
     """`bench/store_flat_bench.py --store postgres` prints its rate every `--every` blocks."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "store_flat_bench.py"),
-            "--store",
-            "postgres",
-            "--blocks",
-            "200",
-            "--every",
-            "100",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    stdout = run_bench("store_flat_bench.py", "--store", "postgres", "--blocks", "200", "--every", "100", timeout=300)
+    rows = [json.loads(line) for line in stdout.splitlines()]
     assert [row["block"] for row in rows] == [100, 200] and rows[-1]["matches"] == 1000
 
 
@@ -211,27 +178,21 @@ async def test_a_watched_transactions_fields_are_validated_an_unwatched_ones_are
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_store_flat_bench_side_by_side(store: str, tmp_path: Path) -> None:
     """`bench/store_flat_bench.py --at N`: a fresh store and one prefilled with N blocks' matches, in turns."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "store_flat_bench.py"),
-            "--store",
-            store,
-            "--at",
-            "3000",
-            "--every",
-            "200",
-            "--rounds",
-            "2",
-            "--json",
-            str(tmp_path / "side.json"),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
+    stdout = run_bench(
+        "store_flat_bench.py",
+        "--store",
+        store,
+        "--at",
+        "3000",
+        "--every",
+        "200",
+        "--rounds",
+        "2",
+        "--json",
+        str(tmp_path / "side.json"),
         timeout=300,
     )
-    first, *rounds = (json.loads(line) for line in done.stdout.splitlines())
+    first, *rounds = (json.loads(line) for line in stdout.splitlines())
     assert first["prefilled"] == 3000 and first["matches"] == 15_000
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["early"]["from"] == 1001 and rounds[0]["late"]["from"] == 3001

@@ -11,8 +11,8 @@ import pytest
 import structlog
 
 from tests.btcnode import BitcoinRegtestServer
-from tests.receivers import WEBHOOK_SECRET, Receiver
-from tests.replay.test_btc_replay import FIELDS, Scenario, read_lines, run_cli, scenario
+from tests.receivers import Receiver
+from tests.replay.test_btc_replay import FIELDS, Scenario, config_text, configured, read_lines, run_cli, scenario
 
 __all__ = ["scenario"]  # the fixture, shared with the replay tests
 
@@ -33,17 +33,7 @@ async def test_a_complete_run_is_named_and_unsent_alerts_fail_it(
     node, chain = scenario
     alerts = 4  # two revoked_incoming and two revoked_outgoing
     async with Receiver() as receiver:
-        config = tmp_path / "depositwatch.toml"
-        config.write_text(
-            f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-            f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-            "batch_blocks = 2\nconfirmations = 100\n\n"
-            f'[[sinks]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
-            f'secret = {{ value = "{WEBHOOK_SECRET}" }}\n'
-        )
-        watch = tmp_path / "watch.csv"
-        watch.write_text(chain.csv())
-        assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
+        config = await configured(tmp_path, config_text(sqlite_url, node, 100, receiver.url), chain)
         span = ["--from", str(chain.first), "--to", str(chain.last)]
         argv = ["--config", str(config), "replay", "--chain", "btc", *span]
         assert await run_cli(*argv, "--output", str(tmp_path / "first.jsonl")) == 0  # no alerts asked

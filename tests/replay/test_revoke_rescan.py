@@ -11,7 +11,7 @@ from depositwatch.jsonutil import loads
 from depositwatch.store import open_store
 from depositwatch.timeutil import iso
 from tests.btcnode import BitcoinRegtestServer
-from tests.replay.test_btc_replay import Scenario, address, run_cli, scenario
+from tests.replay.test_btc_replay import Scenario, address, config_text, configured, run_cli, scenario
 
 __all__ = ["scenario"]
 
@@ -23,15 +23,7 @@ async def test_rescan_replays_from_the_revocation_and_alerts(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     node, chain = scenario
-    config = tmp_path / "depositwatch.toml"
-    config.write_text(
-        f'[store]\nurl = "{sqlite_url}"\n\n[[chains]]\nname = "btc"\nkind = "bitcoin"\nnetwork = "regtest"\n'
-        f'rpc_urls = ["{node.url}"]\nrpc_user = "{node.user}"\nrpc_password = {{ value = "{node.password}" }}\n'
-        "batch_blocks = 2\nconfirmations = 100\n"
-    )
-    watch = tmp_path / "watch.csv"
-    watch.write_text(chain.csv())
-    assert await run_cli("--config", str(config), "addresses", "import", str(watch)) == 0
+    config = await configured(tmp_path, config_text(sqlite_url, node, 100), chain)
     leaked = tmp_path / "leaked.txt"
     victim = address(chain.active[0])
     leaked.write_text(victim + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 from depositwatch.addresses.derive import address_text, derive
 from depositwatch.addresses.descriptors import KeyTree, parse_trees
@@ -27,6 +28,22 @@ async def run_cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
+async def replay_lines(tmp_path: Path, watch_csv: str, *argv: str) -> list[dict[str, Any]]:
+    """`depositwatch replay ARGV --watch W --output O`, W holding `watch_csv`: it exits 0; O's lines."""
+    watch = tmp_path / "watch.csv"
+    watch.write_text(watch_csv)
+    out = tmp_path / "out.jsonl"
+    assert await run_cli("replay", *argv, "--watch", str(watch), "--output", str(out)) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+async def anvil_replay_lines(node: Anvil, tmp_path: Path, watch_csv: str) -> list[dict[str, Any]]:
+    """The ad-hoc replay of anvil's blocks 1 to the tip; the output's lines."""
+    tip = await node.w3.eth.block_number
+    argv = ["--chain", "eth", "--from", "1", "--to", str(tip), "--rpc-url", node.http_url, "--chain-id", "31337"]
+    return await replay_lines(tmp_path, watch_csv, *argv)
+
+
 async def test_ad_hoc_bitcoin_replay_over_a_multipath_slip132_tree(tmp_path: Path) -> None:
     """`[origin]upub/<0;1>/*` is two trees (receive and change), sh(wpkh) by the key's version: payments to
     receive index 7 and change index 3 replay as revoked_incoming lines naming each tree and index."""
@@ -39,18 +56,12 @@ async def test_ad_hoc_bitcoin_replay_over_a_multipath_slip132_tree(tmp_path: Pat
         one = chain.send([(key_at(receive, 7), 11_000)])
         two = chain.send([(key_at(change, 3), 22_000)])
         chain.mine(1)
-        watch = tmp_path / "watch.csv"
-        watch.write_text(
-            f"chain,descriptor,range,status,label,revoked_at\nbtc,{text},0-9,revoked,leaked,2020-01-01T00:00:00Z\n"
-        )
-        out = tmp_path / "out.jsonl"
         url = node.url.replace("http://", f"http://{node.user}:{node.password}@")
-        code = await run_cli(
-            "replay", "--chain", "btc", "--from", str(first), "--to", str(chain.height), "--rpc-url", url,
-            "--network", "regtest", "--watch", str(watch), "--output", str(out),
+        lines = await replay_lines(
+            tmp_path,
+            f"chain,descriptor,range,status,label,revoked_at\nbtc,{text},0-9,revoked,leaked,2020-01-01T00:00:00Z\n",
+            "--chain", "btc", "--from", str(first), "--to", str(chain.height), "--rpc-url", url, "--network", "regtest",
         )  # fmt: skip
-        assert code == 0
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
         found = {(line["txid"], line["kind"], line["tree_index"], line["address"]) for line in lines}
         assert found == {
             (one.txid, "revoked_incoming", 7, address_text(receive, key_at(receive, 7), "regtest")),
@@ -71,17 +82,9 @@ async def test_ad_hoc_evm_replay_over_a_tree_revoked_after_the_first_payment(tmp
         block = await node.w3.eth.get_block("latest")
         await node.w3.provider.make_request("evm_increaseTime", [3600])  # type: ignore[arg-type]
         [late] = await pay(node, target, 1)
-        tip = await node.w3.eth.block_number
-        watch = tmp_path / "watch.csv"
         revoked_at = int(block["timestamp"]) + 1800
-        watch.write_text(f"chain,descriptor,range,status,revoked_at\neth,{text},0-99,revoked,{revoked_at}\n")
-        out = tmp_path / "out.jsonl"
-        code = await run_cli(
-            "replay", "--chain", "eth", "--from", "1", "--to", str(tip), "--rpc-url", node.http_url,
-            "--chain-id", "31337", "--watch", str(watch), "--output", str(out),
-        )  # fmt: skip
-        assert code == 0
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        watch_csv = f"chain,descriptor,range,status,revoked_at\neth,{text},0-99,revoked,{revoked_at}\n"
+        lines = await anvil_replay_lines(node, tmp_path, watch_csv)
         assert sorted((line["txid"], line["kind"], line["tree_index"]) for line in lines) == sorted(
             [(early, "deposit", 42), (late, "revoked_incoming", 42)]
         )
@@ -96,16 +99,8 @@ async def test_ad_hoc_evm_replay_grows_a_tree_by_its_gap_during_the_run(tmp_path
         [tree] = parse_trees("evm", text)
         [hit] = await pay(node, address_text(tree, key_at(tree, 8)), 1)
         [beyond] = await pay(node, address_text(tree, key_at(tree, 12)), 1)
-        tip = await node.w3.eth.block_number
-        watch = tmp_path / "watch.csv"
-        watch.write_text(f"chain,descriptor,range,gap,status,revoked_at\neth,{text},0-9,5,revoked,1600000000\n")
-        out = tmp_path / "out.jsonl"
-        code = await run_cli(
-            "replay", "--chain", "eth", "--from", "1", "--to", str(tip), "--rpc-url", node.http_url,
-            "--chain-id", "31337", "--watch", str(watch), "--output", str(out),
-        )  # fmt: skip
-        assert code == 0
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        watch_csv = f"chain,descriptor,range,gap,status,revoked_at\neth,{text},0-9,5,revoked,1600000000\n"
+        lines = await anvil_replay_lines(node, tmp_path, watch_csv)
         assert sorted((line["txid"], line["kind"], line["tree_index"]) for line in lines) == sorted(
             [(hit, "revoked_incoming", 8), (beyond, "revoked_incoming", 12)]
         )
@@ -130,17 +125,12 @@ async def test_ad_hoc_tron_replay_over_a_tree_grown_within_one_block(tmp_path: P
         hit, beyond = trx(customer, key_at(tree, 8), 5_000_000), trx(customer, key_at(tree, 12), 7_000_000)
         hit.nonce, beyond.nonce = chain.next_nonce(), chain.next_nonce()
         chain.mine([hit, beyond], count=2)
-        watch = tmp_path / "watch.csv"
-        watch.write_text(
-            f"chain,descriptor,range,gap,status,revoked_at\ntron,{XPUB}/0/*,0-9,5,revoked,2020-01-01T00:00:00Z\n"
-        )
-        out = tmp_path / "out.jsonl"
-        code = await run_cli(
-            "replay", "--chain", "tron", "--from", str(first), "--to", str(chain.tip), "--rpc-url", node.url,
-            "--watch", str(watch), "--token", f"USDT:{address_text(tree, usdt)}:6", "--output", str(out),
+        lines = await replay_lines(
+            tmp_path,
+            f"chain,descriptor,range,gap,status,revoked_at\ntron,{XPUB}/0/*,0-9,5,revoked,2020-01-01T00:00:00Z\n",
+            "--chain", "tron", "--from", str(first), "--to", str(chain.tip), "--rpc-url", node.url,
+            "--token", f"USDT:{address_text(tree, usdt)}:6",
         )  # fmt: skip
-        assert code == 0
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted((line["txid"], line["kind"], line["asset"], line["tree_index"]) for line in lines) == sorted(
             [
                 (tx_id(token.raw()).hex(), "revoked_incoming", "USDT", 3),

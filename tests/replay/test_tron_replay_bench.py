@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
+
+from tests.replay.benches import run_bench
 
 
 def test_tron_replay_bench_runs_and_prints_every_figure() -> None:
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
-        [sys.executable, str(root / "bench" / "tron_replay.py"), "--blocks", "3", "--rounds", "2"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    out = done.stdout
+    out = run_bench("tron_replay.py", "--blocks", "3", "--rounds", "2", timeout=300)
     assert re.search(
         r"^replay: [\d.]+ blocks/s, bare client [\d.]+ blocks/s: [\d.]+ of it \(3 blocks, ", out, re.MULTILINE
     )
