@@ -507,6 +507,46 @@ Table_sizeof(Table *t, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
+Table_reserve(Table *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* reserve(length, count): room for `count` keys of `length` bytes without growing (a load that knows
+       its counts never holds a table's old and new slots at once) */
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "reserve() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t len = PyLong_AsSsize_t(args[0]);
+    if (len == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[1]);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (len < 0 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "a key length and a count are not negative");
+        return NULL;
+    }
+    if ((size_t)count > (SIZE_MAX - 1) / 4) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Sub *s = sub_of(t, (size_t)len);
+    if (s == NULL && (s = sub_new(t, (size_t)len)) == NULL) {
+        return NULL;
+    }
+    /* at most three quarters full with `count` keys, as `set` keeps it */
+    size_t cap = ((size_t)count * 4 + 2) / 3;
+    if (cap > s->cap) {
+        if (sub_resize(s, cap) < 0) {
+            return NULL;
+        }
+        t->version++;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Table_layout(Table *t, PyObject *Py_UNUSED(ignored))
 {
     /* {key length: (keys, slots)}: for tests and benchmarks */
@@ -550,6 +590,8 @@ static PyMethodDef Table_methods[] = {
     {"active", (PyCFunction)Table_active, METH_NOARGS, "A live view of the active keys, as a set."},
     {"revoked", (PyCFunction)Table_revoked, METH_NOARGS, "A live view of the revoked keys and times, as a dict."},
     {"layout", (PyCFunction)Table_layout, METH_NOARGS, "{key length: (keys, slots)}."},
+    {"reserve", (PyCFunction)(void (*)(void))Table_reserve, METH_FASTCALL,
+     "reserve(length, count): room for count keys of that length without growing."},
     {"__sizeof__", (PyCFunction)Table_sizeof, METH_NOARGS, "Bytes held, the slots included."},
     {NULL, NULL, 0, NULL},
 };

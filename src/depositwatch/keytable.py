@@ -73,6 +73,7 @@ class KeyTable(Protocol):
     def get(self, key: bytes, default: None = None, /) -> int | Active | None: ...
     def set(self, key: bytes, revoked_at: int | None, /) -> None: ...
     def discard(self, key: bytes, /) -> bool: ...
+    def reserve(self, length: int, count: int, /) -> None: ...
     def active(self) -> ActiveKeys: ...
     def revoked(self) -> RevokedKeys: ...
 
@@ -123,6 +124,11 @@ class PyKeyTable:
             return False
         self._count(old, -1)
         return True
+
+    def reserve(self, length: int, count: int, /) -> None:
+        """Nothing to do: a dict sizes itself (the compiled table takes the room at once)."""
+        if length < 0 or count < 0:
+            raise ValueError("a key length and a count are not negative")
 
     def _count(self, value: int | Active, step: int) -> None:
         if value is self._marker:

@@ -18,6 +18,7 @@ class BookStore(Protocol):
     the cached keys of its key trees, as bare rows."""
 
     async def address_book_version(self) -> int: ...
+    async def registry_key_counts(self, chains: Sequence[str] | None = None) -> list[tuple[str, int, int]]: ...
     def iter_registry_keys(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[Any]]: ...
     async def tree_sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]: ...
     def iter_tree_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]: ...
@@ -154,9 +155,15 @@ class AddressRegistry:
         promoted triggers a full collection, and a full collection walks every object: with keys as
         objects (Python sets, or the reference table), that made a 10-million-key load quadratic
         (47 s instead of 10.5 s from PostgreSQL).
+
+        Each table is sized first from the store's count of its keys, so it never grows during the
+        load: a growth holds the old and the new slots at once (the load's memory peak, 692 MiB
+        against 526 MiB after it for 10 million keys before this).
         """
         version = await store.address_book_version()
         books: dict[str, ChainBook] = {}
+        for chain, length, count in await store.registry_key_counts(chains):
+            books.setdefault(chain, ChainBook()).table.reserve(length, count)
         collecting = gc.isenabled()
         gc.disable()
         try:

@@ -232,6 +232,25 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
         async for rows in self.db.stream(sql, *args):
             yield rows
 
+    async def registry_key_counts(self, chains: Sequence[str] | None = None) -> list[tuple[str, int, int]]:
+        """`(chain, key length, keys)` of the book's plain addresses and key trees' cached keys, so that
+        the registry can size each key table once before loading it (one scan of each table)."""
+        size = "octet_length" if self.dialect == "postgres" else "length"
+        where, args = "", tuple(chains or ())
+        if chains is not None:
+            where = f" WHERE {{chain}} IN ({book.marks(chains, 1)})"
+        plain = f"SELECT chain, {size}(key) AS n, COUNT(*) FROM addresses{where.format(chain='chain')} GROUP BY 1, 2"
+        trees = (
+            f"SELECT t.chain, {size}(k.key) AS n, COUNT(*) FROM tree_keys k JOIN key_trees t ON t.id = k.tree_id"
+            f"{where.format(chain='t.chain')} GROUP BY 1, 2"
+        )
+        counts: dict[tuple[str, int], int] = {}
+        async with self.db.read() as conn:
+            for sql in (plain, trees):
+                for chain, length, count in await conn.fetch(sql, *args):
+                    counts[(chain, int(length))] = counts.get((chain, int(length)), 0) + int(count)
+        return [(chain, length, count) for (chain, length), count in counts.items()]
+
     async def address_book_version(self) -> int:
         """A number that changes whenever the book changes."""
         async with self.db.read() as conn:
