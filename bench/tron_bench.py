@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python bench/tron_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.tronnode.chain import TronChain, Tx, account, trc20, trx
+from tests.tronnode.client import PlainTransport
 from tests.tronnode.server import TronNodeServer
 
 from bench.common import machine_line
@@ -150,19 +151,6 @@ async def bare_fetch(url: str, start: int, stop: int, in_flight: int = 4) -> int
     return count
 
 
-class Transport:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.session = aiohttp.ClientSession()
-
-    async def call(self, path: str, body: dict[str, Any]) -> Any:
-        async with self.session.post(self.url + path, data=orjson.dumps(body)) as response:
-            return orjson.loads(await response.read())
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
 async def bench_fetch(chain: TronChain, rounds: int) -> None:
     start, stop = FIRST + 1, chain.tip + 1
     async with TronNodeServer(chain) as node:
@@ -172,7 +160,7 @@ async def bench_fetch(chain: TronChain, rounds: int) -> None:
             began = time.perf_counter()
             got = await bare_fetch(node.url, start, stop)
             bare_rates.append(got / (time.perf_counter() - began))
-            source = TronSource("tron", Transport(node.url), TOKENS, internal=False)
+            source = TronSource("tron", PlainTransport(node.url), TOKENS, internal=False)
             began = time.perf_counter()
             blocks = []
             for low in range(start, stop, RANGE_LIMIT):

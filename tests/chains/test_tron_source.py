@@ -5,8 +5,6 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-import aiohttp
-import orjson
 import pytest
 
 from depositwatch.addresses.tron import parse_tron_address
@@ -15,25 +13,11 @@ from depositwatch.chains.tron import TronSource
 from depositwatch.chains.tron_decode import TronTokens
 from depositwatch.models import Asset
 from tests.tronnode.chain import TronChain, account, trc20, trx
+from tests.tronnode.client import PlainTransport
 from tests.tronnode.server import TronNodeServer
 
 USDT_KEY = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t").key
 TOKENS = TronTokens(trc20={USDT_KEY: Asset("USDT", 6, "TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")})
-
-
-class Transport:
-    """The least a TronTransport does: POST JSON, parse the answer with a depth-limited parser."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.session = aiohttp.ClientSession()
-
-    async def call(self, path: str, body: dict[str, Any]) -> Any:
-        async with self.session.post(self.url + path, data=orjson.dumps(body)) as response:
-            return orjson.loads(await response.read())
-
-    async def close(self) -> None:
-        await self.session.close()
 
 
 def _internal(n: int) -> list[dict[str, Any]]:
@@ -54,7 +38,7 @@ async def test_follows_blocks_and_fetches_infos_only_for_contract_calls() -> Non
     chain.mine([trc20(account(1), account(2), USDT_KEY, 20, internal=_internal(5))])
     chain.mine(count=90)
     async with TronNodeServer(chain) as node:
-        source = TronSource("tron", Transport(node.url), TOKENS, internal=True)
+        source = TronSource("tron", PlainTransport(node.url), TOKENS, internal=True)
         try:
             await source.open()
             tip = await source.tip()
@@ -79,7 +63,7 @@ async def test_internal_transactions_are_detected_at_start() -> None:
         chain = TronChain(save_internal=saves)
         chain.mine([trc20(account(1), account(2), USDT_KEY, 20, internal=_internal(5))])
         async with TronNodeServer(chain) as node:
-            source = TronSource("tron", Transport(node.url), TOKENS)
+            source = TronSource("tron", PlainTransport(node.url), TOKENS)
             try:
                 await source.open()
                 assert source.internal is saves
@@ -90,7 +74,7 @@ async def test_internal_transactions_are_detected_at_start() -> None:
 async def test_a_node_on_another_network_is_refused() -> None:
     """The config says mainnet; the node's block 0 is not mainnet's: WrongChain, naming both."""
     async with TronNodeServer(TronChain()) as node:
-        source = TronSource("tron", Transport(node.url), TOKENS, network="mainnet")
+        source = TronSource("tron", PlainTransport(node.url), TOKENS, network="mainnet")
         try:
             with pytest.raises(WrongChain, match="network = 'mainnet'"):
                 await source.open()
@@ -101,7 +85,7 @@ async def test_a_node_on_another_network_is_refused() -> None:
 async def test_node_error_answers_are_typed() -> None:
     """java-tron's HTTP 200 `{"Error": ...}` is a BadNodeAnswer naming the call."""
     async with TronNodeServer(TronChain()) as node:
-        source = TronSource("tron", Transport(node.url), TOKENS, internal=False)
+        source = TronSource("tron", PlainTransport(node.url), TOKENS, internal=False)
         try:
             with pytest.raises(BadNodeAnswer, match=r"getblockbylimitnext.*the node says"):
                 await source._call("/wallet/getblockbylimitnext", {"startNum": 5, "endNum": 1})
@@ -132,8 +116,8 @@ async def test_watched_fetch_gives_the_same_matches_as_the_full_fetch() -> None:
     book.add(watched_revoked, AddressStatus.REVOKED, 0)
     registry = AddressRegistry({"tron": book})
     async with TronNodeServer(chain) as node:
-        full = TronSource("tron", Transport(node.url), TOKENS, internal=False)
-        narrow = TronSource("tron", Transport(node.url), TOKENS, internal=False)
+        full = TronSource("tron", PlainTransport(node.url), TOKENS, internal=False)
+        narrow = TronSource("tron", PlainTransport(node.url), TOKENS, internal=False)
         narrow.watch(registry)
         try:
             every, watched = await full.fetch(1000, chain.tip + 1), await narrow.fetch(1000, chain.tip + 1)

@@ -7,6 +7,7 @@ Every state change is one transaction. Inserts are keyed (matches by (scope, id)
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Unpack
@@ -236,19 +237,19 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
         """`(chain, key length, keys)` of the book's plain addresses and key trees' cached keys, so that
         the registry can size each key table once before loading it (one scan of each table)."""
         size = "octet_length" if self.dialect == "postgres" else "length"
-        where, args = "", tuple(chains or ())
-        if chains is not None:
-            where = f" WHERE {{chain}} IN ({book.marks(chains, 1)})"
-        plain = f"SELECT chain, {size}(key) AS n, COUNT(*) FROM addresses{where.format(chain='chain')} GROUP BY 1, 2"
-        trees = (
-            f"SELECT t.chain, {size}(k.key) AS n, COUNT(*) FROM tree_keys k JOIN key_trees t ON t.id = k.tree_id"
-            f"{where.format(chain='t.chain')} GROUP BY 1, 2"
+        args = tuple(chains or ())
+        listed = "" if chains is None else book.marks(chains, 1)
+        plain = f"SELECT chain, {size}(key), COUNT(*) FROM addresses" + (
+            f" WHERE chain IN ({listed})" if listed else ""
         )
-        counts: dict[tuple[str, int], int] = {}
+        trees = f"SELECT t.chain, {size}(k.key), COUNT(*) FROM tree_keys k JOIN key_trees t ON t.id = k.tree_id" + (
+            f" WHERE t.chain IN ({listed})" if listed else ""
+        )
+        counts: Counter[tuple[str, int]] = Counter()
         async with self.db.read() as conn:
             for sql in (plain, trees):
-                for chain, length, count in await conn.fetch(sql, *args):
-                    counts[(chain, int(length))] = counts.get((chain, int(length)), 0) + int(count)
+                for chain, length, count in await conn.fetch(sql + " GROUP BY 1, 2", *args):
+                    counts[(chain, int(length))] += int(count)
         return [(chain, length, count) for (chain, length), count in counts.items()]
 
     async def address_book_version(self) -> int:
