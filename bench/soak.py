@@ -25,9 +25,10 @@ from pathlib import Path
 
 from depositwatch.follower import Follower, FollowerSettings
 from depositwatch.logging import setup_logging
-from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Transfer
+from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, Transfer
 from depositwatch.registry import AddressRegistry, ChainBook
 from depositwatch.store import ChainPolicy, Scope, open_store
+from depositwatch.testing import MemoryChain
 
 ETH = Asset("ETH", 18)
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
@@ -48,10 +49,8 @@ class Expected:
     kinds: dict[str, set[str]] = field(default_factory=dict)
 
 
-class SyntheticChain:
+class SyntheticChain(MemoryChain):
     """A ChainSource that mines blocks on a timer; transfers are random, some touch watched keys."""
-
-    name = "soak"
 
     def __init__(
         self,
@@ -63,15 +62,14 @@ class SyntheticChain:
         hit_share: float,
         seed: int = 1,
     ) -> None:
+        super().__init__("soak", "synthetic", genesis_time=int(time.time()))
         self.rng = random.Random(seed)
         self.active = watched_active
         self.revoked = watched_revoked
         self.transfers = transfers
         self.block_seconds = block_seconds
         self.hit_share = hit_share
-        self.blocks: list[Block] = [Block(0, "00" * 32, "", int(time.time()))]
         self.expected = Expected()
-        self.new_head = asyncio.Event()
         self._miner: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -81,26 +79,8 @@ class SyntheticChain:
         if self._miner is not None:
             self._miner.cancel()
 
-    async def identity(self) -> str:
-        return "synthetic"
-
-    async def tip(self) -> BlockRef:
-        return self.blocks[-1].ref
-
-    async def hash_at(self, height: int) -> str | None:
-        return self.blocks[height].hash if 0 <= height < len(self.blocks) else None
-
-    async def fetch(self, start: int, stop: int) -> list[Block]:
-        return self.blocks[start:stop]
-
-    async def wait_for_head(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self.new_head.wait(), timeout)
-        except TimeoutError:
-            pass
-        self.new_head.clear()
-
-    def mine(self) -> None:
+    def mine_random(self) -> None:
+        """Append a block of random transfers, some of them to or from watched keys."""
         parent = self.blocks[-1]
         height = parent.height + 1
         rng = self.rng
@@ -136,7 +116,7 @@ class SyntheticChain:
     async def _mine_forever(self) -> None:
         next_at = time.monotonic()
         while True:
-            self.mine()
+            self.mine_random()
             next_at += self.block_seconds
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 

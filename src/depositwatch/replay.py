@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
+from depositwatch.chains.base import ChainSource
 from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import Follower
@@ -30,6 +31,15 @@ REPLAY_MAX_FAILURES = 6
 def run_id(chain: str, start: int, stop: int, identity: str) -> str:
     """A replay run's id: the same range of the same chain resumes the same run."""
     return hashlib.sha256(f"{chain}|{start}|{stop}|{identity}".encode()).hexdigest()[:16]
+
+
+async def range_run_id(source: ChainSource, chain: str, start: int, stop: int) -> str:
+    """The run id of `start..stop` on the node behind the open `source`; ValueError when `stop` is above its tip."""
+    identity = await source.identity()
+    tip = await source.tip()
+    if stop > tip.height:
+        raise ValueError(f"--to {stop} is above the node's tip {tip.height}")
+    return run_id(chain, start, stop, identity)
 
 
 def output_record(row: dict[str, Any], chain_id: int | None) -> dict[str, Any]:
@@ -114,11 +124,7 @@ async def replay(
     source = make_source(chain)
     await source.open()
     try:
-        identity = await source.identity()
-        tip = await source.tip()
-        if stop > tip.height:
-            raise ValueError(f"--to {stop} is above the node's tip {tip.height}")
-        rid = run_id(chain.name, start, stop, identity)
+        rid = await range_run_id(source, chain.name, start, stop)
         scope = Scope.replay(rid, send_alerts)
         if restart:
             await store.delete_scope(scope)

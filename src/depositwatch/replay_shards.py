@@ -32,7 +32,7 @@ from depositwatch.jsonutil import dumps
 from depositwatch.leadership import Leadership, Term, TermState
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
 from depositwatch.registry import AddressRegistry
-from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, run_id
+from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, range_run_id
 from depositwatch.store import BlockEffects, LeaseLost, Scope, SqlStore
 from depositwatch.store.shards import ReplayRun, Shard, ShardStore
 
@@ -110,13 +110,9 @@ async def open_run(
     source = make_source(chain)
     await source.open()
     try:
-        identity = await source.identity()
-        tip = await source.tip()
+        rid = await range_run_id(source, chain.name, start, stop)
     finally:
         await source.close()
-    if stop > tip.height:
-        raise ValueError(f"--to {stop} is above the node's tip {tip.height}")
-    rid = run_id(chain.name, start, stop, identity)
     if join is not None and join != rid:
         raise ValueError(f"run {join} is not this node's chain {chain.name} over {start}..{stop} (that is run {rid})")
     shards = ShardStore(store)

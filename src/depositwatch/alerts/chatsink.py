@@ -43,3 +43,18 @@ class JsonChatSink(HttpSink):
             return await self.post(url, dumps_bytes(document), {"Content-Type": "application/json", **(headers or {})})
         except DeliveryError as exc:
             raise scrubbed(exc, self._secrets) from None
+
+    async def exchange(self, url: str, document: Mapping[str, Any]) -> tuple[int, Mapping[str, str], str]:
+        """POST `document` and return the answer as it is: status, headers and at most `ANSWER_LIMIT` bytes of
+        text, for sinks whose receivers say more than the status (a rate limit's wait, "ok": false);
+        DeliveryError (without secrets) only when no answer came."""
+        try:
+            async with self.session().post(
+                url, data=dumps_bytes(document), headers={"Content-Type": "application/json"}, allow_redirects=False
+            ) as resp:
+                return resp.status, resp.headers.copy(), await read_answer(resp)
+        except TimeoutError:
+            failure = DeliveryError(f"no answer within {self.config.timeout:g} s", timed_out=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = DeliveryError(f"connection failed: {type(exc).__name__}: {exc}")
+        raise scrubbed(failure, self._secrets)

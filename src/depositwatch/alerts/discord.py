@@ -6,14 +6,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
-from depositwatch.alerts.chatsink import JsonChatSink, read_answer
+from depositwatch.alerts.chatsink import JsonChatSink
 from depositwatch.alerts.redact import scrubbed, secret_parts
-from depositwatch.alerts.sinks import Burst, DeliveryError, http_failure
+from depositwatch.alerts.sinks import Burst, http_failure
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
-from depositwatch.jsonutil import dumps_bytes, loads
+from depositwatch.jsonutil import loads
 from depositwatch.messages import OutboxMessage
 
 # Discord's embed limits
@@ -118,21 +116,10 @@ class DiscordSink(JsonChatSink):
         await self._send(discord_burst(burst))
 
     async def _send(self, document: Mapping[str, Any]) -> None:
-        try:
-            async with self.session().post(
-                self._url,
-                data=dumps_bytes(document),
-                headers={"Content-Type": "application/json"},
-                allow_redirects=False,
-            ) as resp:
-                text = await read_answer(resp)
-                if 200 <= resp.status < 300:
-                    return
-                failure = http_failure(resp.status, resp.headers, text)
-                if resp.status == 429:
-                    failure.retry_after = rate_limit_wait(text, resp.headers.get("Retry-After"))
-        except TimeoutError:
-            failure = DeliveryError(f"no answer within {self.config.timeout:g} s", timed_out=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = DeliveryError(f"connection failed: {type(exc).__name__}: {exc}")
+        status, headers, text = await self.exchange(self._url, document)
+        if 200 <= status < 300:
+            return
+        failure = http_failure(status, headers, text)
+        if status == 429:
+            failure.retry_after = rate_limit_wait(text, headers.get("Retry-After"))
         raise scrubbed(failure, self._secrets)

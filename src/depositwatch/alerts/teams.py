@@ -36,18 +36,21 @@ def _card(body: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str
     }
 
 
+def _heading(title: str, *, retracted: bool, severity: str) -> dict[str, Any]:
+    """The card's title line, green for a retraction, else in the severity's colour."""
+    return {
+        "type": "TextBlock",
+        "text": _plain(title),
+        "weight": "Bolder",
+        "size": "Medium",
+        "wrap": True,
+        "color": "Good" if retracted else COLORS.get(severity, "Warning"),
+    }
+
+
 def teams_card(text: AlertText) -> dict[str, Any]:
     """The workflow webhook document for one alert: a title, a fact set, a button to the explorer."""
-    body: list[dict[str, Any]] = [
-        {
-            "type": "TextBlock",
-            "text": _plain(text.title),
-            "weight": "Bolder",
-            "size": "Medium",
-            "wrap": True,
-            "color": "Good" if text.retracted else COLORS.get(text.severity, "Warning"),
-        }
-    ]
+    body: list[dict[str, Any]] = [_heading(text.title, retracted=text.retracted, severity=text.severity)]
     if text.test:
         body.append({"type": "TextBlock", "text": "This is a test alert; no funds moved.", "wrap": True})
     body.append({"type": "FactSet", "facts": [{"title": f.label, "value": _plain(f.value)} for f in text.facts]})
@@ -60,14 +63,7 @@ def teams_burst(burst: Burst) -> dict[str, Any]:
     text = burst_text(burst)
     listing = [f"- {_plain(a)}" for a in text.addresses] + ([f"...and {text.more} more"] if text.more > 0 else [])
     body: list[dict[str, Any]] = [
-        {
-            "type": "TextBlock",
-            "text": _plain(text.title),
-            "weight": "Bolder",
-            "size": "Medium",
-            "wrap": True,
-            "color": "Good" if burst.event == "retracted" else COLORS.get(burst.severity, "Warning"),
-        },
+        _heading(text.title, retracted=burst.event == "retracted", severity=burst.severity),
         *({"type": "TextBlock", "text": _plain(line), "wrap": True} for line in text.lines),
         {"type": "TextBlock", "text": "First addresses:\n\n" + "\n".join(listing), "wrap": True},
     ]

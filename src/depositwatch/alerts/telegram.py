@@ -7,12 +7,10 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
-from depositwatch.alerts.chatsink import read_answer
+from depositwatch.alerts.chatsink import JsonChatSink
 from depositwatch.alerts.discord import rate_limit_wait
 from depositwatch.alerts.redact import scrubbed
-from depositwatch.alerts.sinks import Burst, DeliveryError, HttpSink, http_failure
+from depositwatch.alerts.sinks import Burst, http_failure
 from depositwatch.alerts.text import AlertText, alert_text, burst_text, clip
 from depositwatch.config import SinkConfig
 from depositwatch.jsonutil import dumps_bytes, loads
@@ -64,18 +62,15 @@ def _fit(lines: list[str]) -> str:
     return "\n".join(kept)
 
 
-class TelegramSink(HttpSink):
+class TelegramSink(JsonChatSink):
     """A bot (its token is the secret) posting to one chat."""
 
-    summarizes_bursts = True
-
     def __init__(self, config: SinkConfig, token: str, explorers: Mapping[str, str] | None = None) -> None:
-        super().__init__(config)
+        url = f"{(config.url or API_URL).rstrip('/')}/bot{token}/sendMessage"
+        super().__init__(config, [url, token, f"bot{token}"], explorers)
         assert config.chat_id is not None
         self._chat_id = config.chat_id
-        self._token = token
-        self._url = f"{(config.url or API_URL).rstrip('/')}/bot{token}/sendMessage"
-        self._explorers = explorers
+        self._url = url
 
     async def send(self, message: OutboxMessage) -> None:
         """Send the alert."""
@@ -92,24 +87,13 @@ class TelegramSink(HttpSink):
             "parse_mode": "HTML",
             "link_preview_options": {"is_disabled": True},
         }
-        try:
-            async with self.session().post(
-                self._url,
-                data=dumps_bytes(document),
-                headers={"Content-Type": "application/json"},
-                allow_redirects=False,
-            ) as resp:
-                answer = await read_answer(resp)
-                if 200 <= resp.status < 300 and _ok(answer):
-                    return
-                failure = http_failure(resp.status, resp.headers, _description(answer))
-                if resp.status == 429:
-                    failure.retry_after = _retry_after(answer)
-        except TimeoutError:
-            failure = DeliveryError(f"no answer within {self.config.timeout:g} s", timed_out=True)
-        except (aiohttp.ClientError, OSError) as exc:
-            failure = DeliveryError(f"connection failed: {type(exc).__name__}: {exc}")
-        raise scrubbed(failure, [self._url, self._token, f"bot{self._token}"])
+        status, headers, answer = await self.exchange(self._url, document)
+        if 200 <= status < 300 and _ok(answer):
+            return
+        failure = http_failure(status, headers, _description(answer))
+        if status == 429:
+            failure.retry_after = _retry_after(answer)
+        raise scrubbed(failure, self._secrets)
 
 
 def _parsed(answer: str) -> dict[str, Any]:

@@ -6,17 +6,14 @@ from typing import Any
 
 from depositwatch.jsonutil import loads
 from depositwatch.messages import Delivery, OutboxMessage
-from depositwatch.models import AddressEntry
+from depositwatch.models import AddressEntry, TreeEntry
 from depositwatch.store.audit import AuditRecord
 from depositwatch.timeutil import iso
 
 
-def address_record(entry: AddressEntry) -> dict[str, Any]:
-    """One book entry."""
+def lifecycle_record(entry: AddressEntry | TreeEntry) -> dict[str, Any]:
+    """What an address and a key tree of the book both carry: status, who owns it, when and why revoked."""
     return {
-        "chain": entry.chain,
-        "address": entry.address,
-        "type": entry.type,
         "status": str(entry.status),
         "label": entry.label,
         "owner": entry.owner,
@@ -24,6 +21,11 @@ def address_record(entry: AddressEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "created_at": iso(entry.created_at),
     }
+
+
+def address_record(entry: AddressEntry) -> dict[str, Any]:
+    """One book entry."""
+    return {"chain": entry.chain, "address": entry.address, "type": entry.type, **lifecycle_record(entry)}
 
 
 def audit_record(record: AuditRecord) -> dict[str, Any]:

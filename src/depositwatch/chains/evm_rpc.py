@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from depositwatch.chains.base import BadNodeAnswer, NodeUnavailable
-from depositwatch.chains.rpc import Call, NodeClient, RpcAuthError, RpcError
+from depositwatch.chains.rpc import Call, NodeClient, RpcAuthError, RpcError, chain_client
 from depositwatch.config import ChainConfig
 
 CALL_TRACER = {"tracer": "callTracer"}
@@ -103,19 +103,6 @@ def _chunks(start: int, stop: int, size: int) -> list[range]:
 
 
 def _client(config: ChainConfig) -> NodeClient:
-    """The shared node client for a configured EVM chain: one round over the URLs per request (the
-    follower backs off), every URL in turn (failover), the configured timeouts and size cap."""
+    """The shared node client for a configured EVM chain, with its user and password if any."""
     password = config.rpc_password.resolve().get_secret_value() if config.rpc_password is not None else None
-    return NodeClient(
-        config.rpc_urls,
-        chain=config.name,
-        kind="evm",
-        user=config.rpc_user if password is not None else None,
-        password=password,
-        max_in_flight=config.max_in_flight,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        request_timeout=config.request_timeout,
-        max_response_bytes=config.max_response_bytes,
-        retry_for=0.0,
-    )
+    return chain_client(config, "evm", user=config.rpc_user if password is not None else None, password=password)

@@ -55,7 +55,7 @@ from pydantic import SecretStr
 
 from depositwatch import jsonutil
 from depositwatch.chains.base import BadNodeAnswer, ChainError, NodeUnavailable
-from depositwatch.config import redact_url
+from depositwatch.config import ChainConfig, redact_url
 from depositwatch.supervise import Episode
 
 log = structlog.get_logger(__name__)
@@ -560,6 +560,32 @@ class NodeClient:
             if isinstance(result, RpcError):
                 raise result
         return results
+
+
+def chain_client(
+    config: ChainConfig,
+    kind: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    headers: dict[str, SecretStr] | None = None,
+) -> NodeClient:
+    """The node client of a configured chain: one round over its URLs per request (the follower backs off),
+    every URL in turn (failover), the configured timeouts and size cap, and the chain kind's credentials."""
+    return NodeClient(
+        config.rpc_urls,
+        chain=config.name,
+        kind=kind,
+        user=user,
+        password=password,
+        max_in_flight=config.max_in_flight,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        request_timeout=config.request_timeout,
+        max_response_bytes=config.max_response_bytes,
+        retry_for=0.0,
+        headers=headers,
+    )
 
 
 def _batch_label(calls: Sequence[Call]) -> str:

@@ -38,7 +38,7 @@ import structlog
 
 from depositwatch.addresses.tron import parse_tron_address
 from depositwatch.chains.base import BadNodeAnswer, TokenMetadataCache, WrongChain
-from depositwatch.chains.rpc import AnswerTooLarge, NodeClient
+from depositwatch.chains.rpc import AnswerTooLarge, NodeClient, chain_client
 from depositwatch.chains.tron_decode import TronTokens, decode_block, decode_header, needs_infos
 from depositwatch.chains.tron_tokens import TronTokenDirectory
 from depositwatch.config import TRON_API_KEY_HEADER, ChainConfig
@@ -91,18 +91,7 @@ def tron_client(config: ChainConfig) -> NodeClient:
     """The node client of a configured TRON chain: one round over the URLs per request (the follower
     backs off), the configured limits, and the API key header (if any) to those URLs only."""
     headers = {TRON_API_KEY_HEADER: config.api_key.resolve()} if config.api_key is not None else None
-    return NodeClient(
-        config.rpc_urls,
-        chain=config.name,
-        kind="tron",
-        max_in_flight=config.max_in_flight,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        request_timeout=config.request_timeout,
-        max_response_bytes=config.max_response_bytes,
-        retry_for=0.0,
-        headers=headers,
-    )
+    return chain_client(config, "tron", headers=headers)
 
 
 def tron_tokens(config: ChainConfig) -> TronTokens:

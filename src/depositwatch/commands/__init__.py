@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
+from depositwatch.addressbook import BadRows
 from depositwatch.config import Config, ConfigError, StoreConfig, load_config
 from depositwatch.logging import setup_logging
 from depositwatch.store import SqlStore, open_store
@@ -14,6 +17,18 @@ from depositwatch.store import SqlStore, open_store
 
 class CommandError(Exception):
     """Bad input on the command line: printed as it is, exit code 2."""
+
+
+@contextmanager
+def reading_rows(outcome: str, what: str = "row(s)") -> Iterator[None]:
+    """Around reading a file of rows: a rejected file is a CommandError that lists every bad row by its line
+    and says `outcome` ("nothing was imported"); any other ValueError of the reading is one too."""
+    try:
+        yield
+    except BadRows as exc:
+        raise CommandError(f"{len(exc.problems)} bad {what}{outcome}:\n{exc}") from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 class CommandModule(Protocol):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from depositwatch.addressbook import BadRows, ChainDirectory, read_address_list, read_book_csv, read_text
+from depositwatch.addressbook import ChainDirectory, read_address_list, read_book_csv, read_text
 from depositwatch.addresses import (
     AddressError,
     BitcoinNetwork,
@@ -16,7 +16,7 @@ from depositwatch.addresses import (
 )
 from depositwatch.addresses.tron import parse_tron_address, tron_hex
 from depositwatch.chains.base import ChainSource
-from depositwatch.commands import CommandError, add_store_option, err, load, out, store_from
+from depositwatch.commands import CommandError, add_store_option, err, load, out, reading_rows, store_from
 from depositwatch.commands import trees as key_trees
 from depositwatch.config import Config
 from depositwatch.jsonutil import dumps
@@ -128,14 +128,8 @@ async def _parse(args: argparse.Namespace) -> int:
 async def _import(args: argparse.Namespace) -> int:
     config = load(args, required=False)
     directory = ChainDirectory.from_config(config)
-    try:
+    with reading_rows("; nothing was imported"):
         book = read_book_csv(read_text(args.file), directory, source=args.file)
-    except BadRows as exc:
-        err(f"{len(exc.problems)} bad row(s); nothing was imported:")
-        err(str(exc))
-        return 2
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
     store = await store_from(args, config, migrate=True)
     try:
         result = await key_trees.import_book(store, book, dry_run=args.dry_run, source=args.file)
@@ -170,17 +164,11 @@ async def _revoke(args: argparse.Namespace) -> int:
         if not config.chains:  # no config: the book's own chains count too
             for name in await store.chains_in_book():
                 directory.chains.setdefault(name, ChainDirectory.DEFAULTS.get(name, directory.info("eth")))
-        try:
+        with reading_rows("; nothing was revoked", "line(s)"):
             chains = directory.expand(args.chain)
             keys = None
             if args.file:
                 keys = read_address_list(read_text(args.file).splitlines(), chains, directory, source=args.file)
-        except BadRows as exc:
-            err(f"{len(exc.problems)} bad line(s); nothing was revoked:")
-            err(str(exc))
-            return 2
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
         if args.rescan:
             unknown = [name for name in chains if name not in {c.name for c in config.chains}]
             if unknown:

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from depositwatch.addressbook import BadRows, ChainDirectory, ChainInfo, read_book_csv, read_text
-from depositwatch.commands import CommandError, add_store_option, err, load, store_from
+from depositwatch.addressbook import ChainDirectory, ChainInfo, read_book_csv, read_text
+from depositwatch.commands import CommandError, add_store_option, err, load, reading_rows, store_from
 from depositwatch.commands.replay_parallel import (
     add_parallel_options,
     check_parallel_options,
@@ -164,14 +164,8 @@ async def _ad_hoc(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"bad ad-hoc chain options: {redact_text(str(exc))}") from None
     directory = ChainDirectory({args.chain: ChainInfo(kind, args.network if kind == "bitcoin" else None)})
-    try:
+    with reading_rows(f" in {args.watch}"):
         rows = read_book_csv(read_text(args.watch), directory, source=args.watch)
-    except BadRows as exc:
-        err(f"{len(exc.problems)} bad row(s) in {args.watch}:")
-        err(str(exc))
-        return 2
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="depositwatch-replay-") as tmp:
         url = args.store or f"sqlite:///{Path(tmp) / 'replay.db'}"
         # The temporary file goes with the folder when the run ends: nothing in it must survive a power cut.

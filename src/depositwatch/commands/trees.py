@@ -8,6 +8,7 @@ from typing import Any
 from depositwatch.addressbook import BookRows, ChainDirectory, ChainInfo, parse_chain_trees, parse_range
 from depositwatch.addresses.derive import address_text, derive
 from depositwatch.addresses.hd import KeyTreeError
+from depositwatch.api.records import lifecycle_record
 from depositwatch.commands import CommandError, err, out
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AddressStatus
@@ -120,12 +121,7 @@ async def tree_rows(store: SqlStore, args: argparse.Namespace) -> list[dict[str,
             "range": f"{entry.first}-{entry.last}",
             "gap": entry.gap,
             "keys": keys,
-            "status": str(entry.status),
-            "label": entry.label,
-            "owner": entry.owner,
-            "revoked_at": iso(entry.revoked_at),
-            "reason": entry.reason,
-            "created_at": iso(entry.created_at),
+            **lifecycle_record(entry),
         }
         for entry, keys in await store.list_trees(
             chain=args.chain, status=AddressStatus(args.status) if args.status else None, owner=args.owner
