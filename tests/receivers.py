@@ -30,7 +30,7 @@ from depositwatch.jsonutil import loads
 from depositwatch.messages import OutboxMessage
 from depositwatch.models import AddressEntry, AddressStatus, Asset, Block, BlockRef, Match, MatchKind, Transfer
 from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStore
-from tests.util import eventually
+from tests.util import eventually, serve
 
 ETH = Asset("ETH", 18)
 USDT = Asset("USDT", 6, "0xdAC17F958D2ee523a2206206994597C13D831ec7")
@@ -169,13 +169,7 @@ class Receiver:
         """Listen (on the same port as before after a stop)."""
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post(self.path, self._handle)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        if not self.port:
-            self.port = runner.addresses[0][1]
-        self._runner = runner
+        self._runner, self.port = await serve(app, self.port, handler_cancellation=True, shutdown_timeout=0.2)
         return self
 
     async def stop(self) -> None:

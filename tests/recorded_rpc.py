@@ -24,6 +24,7 @@ from aiohttp import web
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.evm import EvmSource
 from depositwatch.config import ChainConfig
+from tests.util import serve
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 MAINNET_BLOCK = 17_173_049
@@ -236,11 +237,7 @@ class RecordedNode:
     async def __aenter__(self) -> RecordedNode:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
+        self._runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}"
         return self
 

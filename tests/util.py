@@ -1,4 +1,5 @@
-"""Utilities shared by the tests: the one polling helper, a free port, a notify socket standing in for systemd.
+"""Utilities shared by the tests: the one polling helper, a free port, a loopback server, a notify socket
+standing in for systemd.
 
 A test waits on a state, never for a fixed time: `eventually(check, timeout, what)` polls `check`
 (plain or async) until it holds and fails naming `what` when it never does.
@@ -12,6 +13,9 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 
 async def within(
@@ -54,6 +58,17 @@ async def eventually(
 
 
 _HANDED_OUT: set[int] = set()
+
+
+async def serve(app: web.Application, port: int = 0, **options: Any) -> tuple[web.AppRunner, int]:
+    """Serve `app` on 127.0.0.1 (`port`, or a free one when 0; reused after a restart) with the tests' quiet
+    runner (no access log, no signal handlers, a short shutdown: `options` change them); return the runner
+    (clean it up to stop) and the port."""
+    settings: dict[str, Any] = {"access_log": None, "handle_signals": False, "shutdown_timeout": 0.1, **options}
+    runner = web.AppRunner(app, **settings)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
+    return runner, runner.addresses[0][1]
 
 
 def free_port() -> int:

@@ -60,6 +60,7 @@ from aiohttp import web
 from depositwatch.chains.btc_decode import decode_tx
 from depositwatch.chains.btc_serialize import serialize_tx
 from depositwatch.chains.btc_wire import BlockDecodeError, Tx
+from tests.util import serve
 
 from .chain import (
     COIN,
@@ -600,12 +601,7 @@ class BitcoinRegtestServer:
             return
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        self._runner = runner
+        self._runner, self.port = await serve(app, self.port)
         if self.zmq and self._publisher is None:
             self._open_publisher()
 

@@ -41,6 +41,7 @@ from depositwatch.store import SqlStore
 from depositwatch.store.base import RegistryRow
 from depositwatch.sweeps import OutputTracker
 from tests.realdata import realdata
+from tests.util import serve
 
 BLOCK_413567 = "0000000000000000025aff8be8a55df8f89c77296db6198f272d6577325d4069"
 HEIGHT_413567 = 413_567
@@ -78,11 +79,8 @@ class RecordedBitcoinNode:
         app = web.Application()
         app.router.add_post("/", self._rpc)
         app.router.add_get("/rest/block/{name}", self._rest)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, port = await serve(app)
+        self.url = f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -32,6 +32,7 @@ from depositwatch.chains.btc_rpc import (
     btc_to_sats,
 )
 from depositwatch.config import ChainConfig, Secret, redact_url
+from tests.util import serve as serve_app
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,11 +60,7 @@ class Scripted:
     async def start(self) -> Scripted:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_app(app)
         self.url = f"http://127.0.0.1:{port}/"
         return self
 

@@ -41,6 +41,7 @@ from depositwatch.replay import replay
 from depositwatch.store import Scope, SqlStore
 from tests.blind_contracts import forwarder_code
 from tests.pipeline.rigs import live_follower
+from tests.util import serve
 
 CHAIN_ID = 31337
 ACTIVE = "0x" + "a1" * 20  # a deposit address that never sends
@@ -107,11 +108,7 @@ class Proxy:
         self.session = aiohttp.ClientSession()
         app = web.Application()
         app.router.add_post("/", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
+        self.runner, port = await serve(app)
         self.url = f"http://127.0.0.1:{port}/"
         return self
 

@@ -21,7 +21,7 @@ from depositwatch.devnet import Anvil
 from tests.btcnode import BitcoinRegtestServer
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.recorded_rpc import MAINNET_BLOCK, RecordedNode, assert_fetch_refused, mainnet_17173049
-from tests.util import eventually
+from tests.util import eventually, serve
 
 USDT = "0xdac17f958d2ee523a2206206994597c13d831ec7"
 USDC = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
@@ -365,10 +365,8 @@ class Recorder:
     async def __aenter__(self) -> Recorder:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/"
+        self._runner, port = await serve(app)
+        self.url = f"http://127.0.0.1:{port}/"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ from tests.btcnode import BitcoinRegtestServer, p2wpkh, script_to_address
 from tests.daemon.test_daemon import SECRET, Daemon, execute_sql, free_port, launch, reap, run_depositwatch, stop
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import Receiver
-from tests.util import eventually
+from tests.util import eventually, serve
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
 
@@ -46,11 +46,8 @@ class HugeTimestamps:
         self._session = aiohttp.ClientSession()
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, port = await serve(app)
+        self.url = f"http://127.0.0.1:{port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:

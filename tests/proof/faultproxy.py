@@ -46,6 +46,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from tests.util import serve
+
 # Lower case: looked up case-insensitively. The webhook-* headers carry the Standard Webhooks signature.
 _PASSED_HEADERS = frozenset(
     {"authorization", "content-type", "idempotency-key", "webhook-id", "webhook-timestamp", "webhook-signature"}
@@ -126,12 +128,7 @@ class FaultProxy:
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        self._runner = runner
+        self._runner, self.port = await serve(app, self.port)
         return self
 
     async def stop(self) -> None:

@@ -55,6 +55,7 @@ from depositwatch.store import ImportRejected, open_store
 from tests.btcnode import RegtestChain, p2pkh, p2sh, p2tr, p2wpkh, p2wsh
 from tests.proof.harness import FULL, form_param
 from tests.receivers import WEBHOOK_SECRET
+from tests.util import serve
 
 T = TypeVar("T")
 
@@ -618,11 +619,8 @@ class HostileNode:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/"
+        self.runner, port = await serve(app)
+        self.url = f"http://127.0.0.1:{port}/"
 
     async def stop(self) -> None:
         if self.runner is not None:
