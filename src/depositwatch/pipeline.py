@@ -5,6 +5,9 @@ The daemon and replay both call these, so live following and replay share every 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from depositwatch.chains.base import ChainSource, TokenMetadataCache
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import BlockHook, FollowerSettings
@@ -25,6 +28,18 @@ def make_source(chain: ChainConfig) -> ChainSource:
     from depositwatch.chains.bitcoin import BitcoinSource
 
     return BitcoinSource(chain)
+
+
+@asynccontextmanager
+async def opened_source(chain: ChainConfig) -> AsyncIterator[ChainSource]:
+    """The chain's source, open inside the block and closed after it (a source that fails to open closes
+    what it opened itself)."""
+    source = make_source(chain)
+    await source.open()
+    try:
+        yield source
+    finally:
+        await source.close()
 
 
 def make_hook(chain: ChainConfig) -> BlockHook | None:

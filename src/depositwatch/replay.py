@@ -14,11 +14,11 @@ from typing import Any, TextIO
 from depositwatch.chains.base import ChainSource
 from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
-from depositwatch.follower import Follower
+from depositwatch.follower import BlockHook, Follower
 from depositwatch.jsonutil import dumps
 from depositwatch.messages import row_flag
 from depositwatch.models import Asset
-from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, opened_source
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Scope, SqlStore
 from depositwatch.timeutil import iso
@@ -31,6 +31,19 @@ REPLAY_MAX_FAILURES = 6
 def run_id(chain: str, start: int, stop: int, identity: str) -> str:
     """A replay run's id: the same range of the same chain resumes the same run."""
     return hashlib.sha256(f"{chain}|{start}|{stop}|{identity}".encode()).hexdigest()[:16]
+
+
+def wire_for_replay(
+    chain: ChainConfig, source: ChainSource, registry: AddressRegistry, store: SqlStore
+) -> BlockHook | None:
+    """Attach the chain's hook and token cache to a replay's source; the book is fixed for the run, so an EVM
+    node can leave out the logs that touch none of its keys. Returns the hook."""
+    hook = make_hook(chain)
+    attach(source, registry, hook, store)
+    if isinstance(source, EvmSource):
+        book = registry.book(chain.name)
+        source.set_log_filter(book.active | book.revoked.keys())
+    return hook
 
 
 async def range_run_id(source: ChainSource, chain: str, start: int, stop: int) -> str:
@@ -121,9 +134,7 @@ async def replay(
     """Replay blocks `start..stop` (inclusive) of one chain; write each match as a JSON line to `output`."""
     if stop < start:
         raise ValueError(f"--to {stop} is below --from {start}")
-    source = make_source(chain)
-    await source.open()
-    try:
+    async with opened_source(chain) as source:
         rid = await range_run_id(source, chain.name, start, stop)
         scope = Scope.replay(rid, send_alerts)
         if restart:
@@ -149,13 +160,8 @@ async def replay(
             if on_commit is not None:
                 await on_commit(effects)
 
-        hook = make_hook(chain)
-        attach(source, registry, hook, store)
+        hook = wire_for_replay(chain, source, registry, store)
         source.read_until = stop  # nothing past the range is read ahead
-        if isinstance(source, EvmSource):
-            # The book is fixed for the run: the node can leave out what touches none of its keys.
-            book = registry.book(chain.name)
-            source.set_log_filter(book.active | book.revoked.keys())
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
             from depositwatch.chains.bitcoin import BitcoinSource
@@ -207,8 +213,6 @@ async def replay(
         if bar is not None:
             bar.close()
         return summary
-    finally:
-        await source.close()
 
 
 def _progress(total: int, chain: str) -> Any:

@@ -25,14 +25,13 @@ from typing import Any, TextIO
 import structlog
 
 from depositwatch.chains.base import ChainSource
-from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import BlockHook, Follower
 from depositwatch.jsonutil import dumps
 from depositwatch.leadership import Leadership, Term, TermState
-from depositwatch.pipeline import attach, make_hook, make_policy, make_settings, make_source
+from depositwatch.pipeline import make_policy, make_settings, opened_source
 from depositwatch.registry import AddressRegistry
-from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, range_run_id
+from depositwatch.replay import REPLAY_MAX_FAILURES, output_record, range_run_id, wire_for_replay
 from depositwatch.store import BlockEffects, LeaseLost, Scope, SqlStore
 from depositwatch.store.shards import ReplayRun, Shard, ShardStore
 
@@ -107,12 +106,8 @@ async def open_run(
     """
     if stop < start:
         raise ValueError(f"--to {stop} is below --from {start}")
-    source = make_source(chain)
-    await source.open()
-    try:
+    async with opened_source(chain) as source:
         rid = await range_run_id(source, chain.name, start, stop)
-    finally:
-        await source.close()
     if join is not None and join != rid:
         raise ValueError(f"run {join} is not this node's chain {chain.name} over {start}..{stop} (that is run {rid})")
     shards = ShardStore(store)
@@ -145,14 +140,8 @@ async def work(
     tally = Tally()
     # One source for every shard of this worker (one connection pool, one set of start-up probes); the
     # book is fixed for the run, as in a single-worker replay.
-    source = make_source(chain)
-    await source.open()
-    try:
-        hook = make_hook(chain)
-        attach(source, registry, hook, store)
-        if isinstance(source, EvmSource):
-            book = registry.book(chain.name)
-            source.set_log_filter(book.active | book.revoked.keys())
+    async with opened_source(chain) as source:
+        hook = wire_for_replay(chain, source, registry, store)
         while True:
             started = time.monotonic()
             claimed = await shards.claim(run, leadership.holder, leadership.ttl, await leadership.session())
@@ -175,8 +164,6 @@ async def work(
                 await leadership.release(term)
             if on_shard is not None:
                 on_shard()
-    finally:
-        await source.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from depositwatch.commands import trees as key_trees
 from depositwatch.config import Config
 from depositwatch.jsonutil import dumps
 from depositwatch.models import AddressStatus
-from depositwatch.pipeline import make_policy, make_source
+from depositwatch.pipeline import make_policy, opened_source
 from depositwatch.store import Coverage, ImportRejected, RevokeResult, SqlStore, StoreError
 from depositwatch.timeutil import iso, now, parse_timestamp
 
@@ -205,14 +205,10 @@ async def rescan(config: Config, store: SqlStore, coverage: Coverage, at: int) -
     from depositwatch.replay import replay
 
     chain = config.chain(coverage.chain)
-    source = make_source(chain)
-    await source.open()
-    try:
+    async with opened_source(chain) as source:
         tip = (await source.tip()).height
         # Bitcoin block times may run up to two hours out of order: start that much earlier.
         start = await first_block_at(source, at - (7200 if chain.kind == "bitcoin" else 0), tip, chain.name)
-    finally:
-        await source.close()
     stop = coverage.cursor_height if coverage.cursor_height is not None else tip
     if start > stop:
         out(f"{chain.name}: no block from {iso(at)} up to {stop}: nothing to rescan")
