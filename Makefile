@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: demo test lint bench setup coverage
+.PHONY: demo test lint bench setup
 
 setup:
 	bash scripts/bootstrap.sh
@@ -9,10 +9,6 @@ demo: setup
 
 test:
 	bash scripts/test.sh
-
-# The suite under coverage (branches; about 1.3 times the time of `make test`): a figure to watch, no threshold.
-coverage:
-	bash scripts/test.sh --cov --cov-report=term
 
 lint: setup
 	.venv/bin/ruff check src tests bench
