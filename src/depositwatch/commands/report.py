@@ -160,6 +160,17 @@ def render_json(report: Report) -> str:
     return dumps(body, indent=True) + "\n"
 
 
+def csv_fields(record: dict[str, Any], section: str, asset: Asset) -> dict[str, Any]:
+    """The CSV columns a group's and a total's rows share: the record's own, the section and the asset."""
+    return {
+        **{k: v for k, v in record.items() if k in CSV_COLUMNS},
+        "section": section,
+        "asset": asset.symbol,
+        "asset_contract": asset.contract or "",
+        "asset_decimals": asset.decimals,
+    }
+
+
 def render_csv(report: Report) -> str:
     """One table: a `group` row per owner, chain and asset, then a `total` row per chain and asset."""
     buffer = io.StringIO()
@@ -169,11 +180,7 @@ def render_csv(report: Report) -> str:
         record = group_record(group)
         writer.writerow(
             {
-                **{k: v for k, v in record.items() if k in CSV_COLUMNS},
-                "section": "group",
-                "asset": group.asset.symbol,
-                "asset_contract": group.asset.contract or "",
-                "asset_decimals": group.asset.decimals,
+                **csv_fields(record, "group", group.asset),
                 "owners": 1,
                 "addresses": " ".join(a["address"] for a in record["addresses"]),
                 "txids": " ".join(record["txids"]),
@@ -185,11 +192,7 @@ def render_csv(report: Report) -> str:
         record = total_record(total)
         writer.writerow(
             {
-                **{k: v for k, v in record.items() if k in CSV_COLUMNS},
-                "section": "total",
-                "asset": total.asset.symbol,
-                "asset_contract": total.asset.contract or "",
-                "asset_decimals": total.asset.decimals,
+                **csv_fields(record, "total", total.asset),
             }
         )
     return buffer.getvalue()
