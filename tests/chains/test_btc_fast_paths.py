@@ -23,6 +23,7 @@ from tests.btcnode import BitcoinRegtestServer, RegtestChain, p2wpkh
 from tests.chains.test_btc_source import btc_config, source_for, tamper
 from tests.pipeline.rigs import live_follower
 from tests.pipeline.test_btc_follow import load_book
+from tests.util import eventually
 
 REVOKED = p2wpkh(b"\x7e" * 20)
 
@@ -36,11 +37,7 @@ async def node() -> AsyncIterator[BitcoinRegtestServer]:
 
 async def until(condition: Callable[[], bool], what: str) -> None:
     """Wait for `condition` to hold (a guard against hanging, not a measure of time)."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never: {what}")
+    await eventually(condition, 10, what, every=0.005)
 
 
 # --- getblock HASH 0 out of the body --------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tests.btcnode import (
     p2wsh,
     script_to_address,
 )
+from tests.util import eventually
 
 # One script of each type, distinct per seed.
 SCRIPT_MAKERS: dict[str, Callable[[bytes], bytes]] = {
@@ -264,8 +265,9 @@ async def test_the_watched_path_finds_exactly_what_the_full_blocks_give(node: Bi
 async def test_warming_up_is_retried_then_works(node: BitcoinRegtestServer) -> None:
     node.warming_up(True)
     src = source_for(btc_config(node), retry_for=5.0)
+    asked = len(node.calls)
     opening = asyncio.ensure_future(src.open())
-    await asyncio.sleep(0.3)
+    await eventually(lambda: len(node.calls) >= asked + 2, 10, "the source asking again after -28")
     assert not opening.done()
     node.warming_up(False)
     await opening
@@ -276,7 +278,7 @@ async def test_warming_up_is_retried_then_works(node: BitcoinRegtestServer) -> N
 async def test_node_down_then_up(node: BitcoinRegtestServer, source: BitcoinSource) -> None:
     await node.go_down()
     fetching = asyncio.ensure_future(source.fetch(90, 100))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: source.rpc.failures >= 2, 10, "the source retrying the node that is down")
     assert not fetching.done()
     await node.come_up()
     assert [b.height for b in await fetching] == list(range(90, 100))
@@ -392,7 +394,7 @@ async def test_wait_for_head_polls_the_best_hash(node: BitcoinRegtestServer, sou
 
 async def test_wait_for_head_wakes_on_zmq(node: BitcoinRegtestServer) -> None:
     context = zmq.asyncio.Context()
-    publisher = context.socket(zmq.PUB)
+    publisher = context.socket(zmq.XPUB)  # a PUB socket that also hears its subscribers subscribe
     port = publisher.bind_to_random_port("tcp://127.0.0.1")
     sent: list[str] = []
 
@@ -406,7 +408,11 @@ async def test_wait_for_head_wakes_on_zmq(node: BitcoinRegtestServer) -> None:
     await src.open()
     try:
         await src.tip()
-        await asyncio.sleep(0.3)  # let the subscription reach the publisher
+        subscribed: set[bytes] = set()
+        while not {b"hashblock", b"sequence"} <= subscribed:  # the subscriptions have reached the publisher
+            frame = await asyncio.wait_for(publisher.recv(), 10)
+            if frame[:1] == b"\x01":
+                subscribed.add(frame[1:])
         waiting = asyncio.ensure_future(src.wait_for_head(20))
         node.chain.mine()
         await asyncio.wait_for(waiting, 5)  # polling every 30 s: the ZMQ announcement woke it

@@ -35,6 +35,7 @@ from depositwatch.devnet import (
     wait_receipt,
 )
 from depositwatch.models import Block
+from tests.util import eventually
 
 CHAIN_ID = 31337
 ZERO = "0x0000000000000000000000000000000000000000"
@@ -452,11 +453,7 @@ async def _woken_by(source: EvmSource, mining: Coroutine[Any, Any, Any]) -> None
 
 
 async def _wait_until_subscribed(source: EvmSource) -> None:
-    for _ in range(200):
-        if source._ws_live:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("no newHeads subscription")
+    await eventually(lambda: source._ws_live, 10, "the newHeads subscription")
 
 
 async def test_wait_for_head_wakes_on_a_new_block_over_websocket(node: Anvil) -> None:
@@ -485,11 +482,7 @@ async def test_websocket_subscribes_again_after_the_node_restarts() -> None:
     try:
         await _wait_until_subscribed(source)
         await node.stop()
-        for _ in range(100):
-            if not source._ws_live:
-                break
-            await asyncio.sleep(0.05)
-        assert not source._ws_live
+        await eventually(lambda: not source._ws_live, 5, "the subscription seen lost")
         await node.start()
         await _wait_until_subscribed(source)
         await source.wait_for_head(0.01)

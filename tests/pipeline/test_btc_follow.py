@@ -29,6 +29,7 @@ from depositwatch.sweeps import OutputTracker
 from tests.btcnode import BitcoinRegtestServer, p2pkh, p2sh, p2tr, p2wpkh, p2wsh, script_to_address
 from tests.chains.test_btc_source import SCRIPT_MAKERS, btc_config, script_of, source_for
 from tests.pipeline.rigs import live_follower
+from tests.util import eventually
 
 REVOKED_AT = int(time.time()) - 3600
 OTHER = p2wpkh(b"\xee" * 20)
@@ -381,12 +382,13 @@ async def test_the_follower_rides_out_a_node_outage(node: BitcoinRegtestServer, 
                 for _ in range(3):
                     node.chain.send([(revoked, 15_000)])
                     node.chain.mine()
-                await asyncio.sleep(0.5)
+                await eventually(lambda: follower.failures >= 1, 10, "the follower failing while the node is down")
                 await node.come_up()
-                for _ in range(200):
-                    if follower.cursor is not None and follower.cursor.height == node.chain.height:
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually(
+                    lambda: follower.cursor is not None and follower.cursor.height == node.chain.height,
+                    10,
+                    "the follower at the node's tip",
+                )
             finally:
                 follower.stop()
                 await asyncio.wait_for(running, 10)
@@ -403,13 +405,14 @@ async def test_the_mempool_watcher_runs_until_cancelled(node: BitcoinRegtestServ
         task = asyncio.create_task(watcher.run())
         try:
             await node.go_down()
-            await asyncio.sleep(0.2)
+            await eventually(lambda: rig.source.rpc.failures >= 1, 10, "the watcher meeting the node down")
             node.chain.send([(revoked, 15_000)])
             await node.come_up()
-            for _ in range(100):
-                if await store.matches(Scope.live()):
-                    break
-                await asyncio.sleep(0.05)
+
+            async def sighted() -> bool:
+                return bool(await store.matches(Scope.live()))
+
+            await eventually(sighted, 10, "the payment sighted in the mempool")
             assert [r["status"] for r in await store.matches(Scope.live())] == ["mempool"]
         finally:
             task.cancel()

@@ -14,6 +14,7 @@ from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy, Scope, SqlStore
 from depositwatch.store.base import RegistryRow
 from depositwatch.testing import MemoryChain
+from tests.util import eventually
 
 ETH = Asset("ETH", 18)
 REVOKED = bytes(range(20))
@@ -179,13 +180,10 @@ async def test_outage_is_retried_and_restored(store: SqlStore) -> None:
     chain.down = True
     for i in range(5):
         chain.mine(pay(f"0x{i}"))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: f.failures >= 1, 10, "the follower failing while the node is down")
     chain.down = False
     chain.new_head.set()
-    for _ in range(200):
-        if f.cursor is not None and f.cursor.height == 6:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: f.cursor is not None and f.cursor.height == 6, 10, "the follower at block 6")
     f.stop()
     await asyncio.wait_for(task, 5)
     assert f.cursor is not None and f.cursor.height == 6

@@ -231,6 +231,11 @@ class NodeClient:
         self._log = log.bind(chain=chain)
         self._trouble = Episode(self._log, f"{self.kind} node trouble, retrying", "connection restored")
 
+    @property
+    def failures(self) -> int:
+        """Failed attempts in a row (every URL tried counts one), 0 once a request succeeds again."""
+        return self._trouble.failures
+
     # session ---------------------------------------------------------------------------------------
 
     async def open(self) -> None:
