@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import aiohttp
@@ -130,10 +128,10 @@ async def test_mempool_watcher_whose_store_fails_is_restarted_and_says_so(tmp_pa
                             return float(line.rsplit(" ", 1)[1])
                 return -1.0
 
-            deadline = time.monotonic() + 30
-            while await restarts() < 1:
-                assert time.monotonic() < deadline, daemon.output()
-                await asyncio.sleep(0.1)
+            async def restarted() -> bool:
+                return await restarts() >= 1
+
+            await eventually(restarted, 30, "the mempool watcher restarted", every=0.1, detail=daemon.output)
             output = daemon.output()
             assert "mempool watcher failed; restarting with backoff" in output
             assert "injected mempool store failure" in output

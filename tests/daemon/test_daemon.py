@@ -23,7 +23,7 @@ import depositwatch
 from depositwatch.devnet import Anvil, send_eth, wait_receipt
 from tests.proof.faultproxy import Fault, FaultProxy
 from tests.receivers import WEBHOOK_SECRET, Receiver
-from tests.util import NotifySocket, eventually, free_port
+from tests.util import NotifySocket, eventually, free_port, within
 
 CHAIN_ID = 31337
 REVOKED = "0x" + "a1" * 20
@@ -113,11 +113,8 @@ def reap(daemons: list[Daemon]) -> None:
 async def stop(daemon: Daemon, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
     if daemon.process.poll() is None:
         daemon.process.send_signal(sig)
-    for _ in range(int(timeout / 0.05)):
-        code = daemon.process.poll()
-        if code is not None:
-            return code
-        await asyncio.sleep(0.05)
+    if await within(lambda: daemon.process.poll() is not None, timeout):
+        return daemon.process.returncode
     daemon.process.kill()
     raise AssertionError("the daemon did not stop in time:\n" + daemon.output())
 

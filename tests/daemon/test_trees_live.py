@@ -3,9 +3,7 @@ runs, a transfer to index 123,456 alerting with tree and index, and gap extensio
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from depositwatch.store import open_store
 from tests.btcnode import BitcoinRegtestServer
 from tests.daemon.test_daemon import SECRET, Daemon, Setup, _setup, free_port, launch, pay, reap, run_depositwatch, stop
 from tests.receivers import Receiver
+from tests.util import eventually
 
 pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set on BaseRunner:DeprecationWarning")
 
@@ -37,30 +36,29 @@ async def book_version(store_url: str) -> int:
 
 async def reloaded(daemon: Daemon, version: int, timeout: float = 60.0) -> None:
     """Wait until the daemon's log says its registry holds book `version` (or a later one)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def loaded() -> bool:
         for line in daemon.output().splitlines():
             with_version = json.loads(line) if line.startswith("{") else {}
             if with_version.get("event") in ("address book reloaded", "address book loaded") and (
                 with_version.get("version", -1) >= version
             ):
-                return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the daemon never loaded book version {version}:\n{daemon.output()}")
-        await asyncio.sleep(0.05)
+                return True
+        return False
+
+    await eventually(loaded, timeout, f"the daemon loading book version {version}", detail=daemon.output)
 
 
 async def alert_for(receiver: Receiver, txid: str, timeout: float = 60.0) -> dict[str, Any]:
     """The `detected` alert of a transaction, once it arrives."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for received in receiver.accepted:
-            body: dict[str, Any] = received.json()
-            if body["txid"] == txid and body["event"] == "detected":
-                return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no alert for {txid}: {[r.json() for r in receiver.accepted]}")
-        await asyncio.sleep(0.05)
+
+    def found() -> list[dict[str, Any]]:
+        bodies = (received.json() for received in receiver.accepted)
+        return [b for b in bodies if b["txid"] == txid and b["event"] == "detected"]
+
+    seen = lambda: str([r.json() for r in receiver.accepted])  # noqa: E731
+    await eventually(lambda: bool(found()), timeout, f"the alert for {txid}", detail=seen)
+    return found()[0]
 
 
 @pytest.fixture
