@@ -142,7 +142,7 @@ class Leadership:
             return held
         session = await self._current_session()
         started = time.monotonic()
-        fence = await self.store.acquire_lease(name, self.holder, self.ttl, session, exclusive=self.exclusive)
+        fence = await self.store.leases.acquire(name, self.holder, self.ttl, session, exclusive=self.exclusive)
         if fence is None:
             return None
         term = self._terms[name] = Term(fence, started + self.ttl)
@@ -167,7 +167,7 @@ class Leadership:
             return False
         session = await self._current_session()
         started = time.monotonic()
-        if await self.store.renew_lease(term.fence, self.ttl, session):
+        if await self.store.leases.renew(term.fence, self.ttl, session):
             term.valid_until = started + self.ttl
             return True
         self._lose(term)
@@ -202,7 +202,7 @@ class Leadership:
                     log.error(
                         "loop made no progress; no longer renewing its lease", lease=term.fence.name, window=window
                     )
-                if not await self.store.holds_lease(term.fence):
+                if not await self.store.leases.holds(term.fence):
                     self._lose(term)
             except STORE_ERRORS as exc:
                 error = str(exc) or type(exc).__name__
@@ -221,7 +221,7 @@ class Leadership:
         term.state = TermState.RELEASED
         self._terms.pop(term.fence.name, None)
         try:
-            await asyncio.wait_for(self.store.release_lease(term.fence), SESSION_TIMEOUT)
+            await asyncio.wait_for(self.store.leases.release(term.fence), SESSION_TIMEOUT)
         except STORE_ERRORS as exc:
             log.warning("could not give the lease back; it expires by itself", lease=term.fence.name, error=str(exc))
 
@@ -264,39 +264,39 @@ class FencedOutbox:
 
     async def unplanned(self, limit: int) -> list[OutboxMessage]:
         self._turn()
-        return await self.store.unplanned(limit)
+        return await self.store.outbox.unplanned(limit)
 
     async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None:
         self._turn()
-        await self.store.plan(routes, now, fence=self._fence())
+        await self.store.outbox.plan(routes, now, fence=self._fence())
 
     async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]:
         self._turn()
-        return await self.store.due(sink, now, limit)
+        return await self.store.outbox.due(sink, now, limit)
 
     async def claim(self, seqs: Sequence[int], sink: str) -> None:
         fence = self._fence()
-        await self.store.claim(seqs, sink, fence=fence)
+        await self.store.outbox.claim(seqs, sink, fence=fence)
         # The claim was valid when it committed; a send must also start before the lease can have
         # expired (this process may have been frozen in between), or a new holder may be sending too.
         if self.term is None or not self.term.valid:
             raise LeaseLost(f"the dispatcher lease (epoch {fence.epoch}) may have expired: not sending")
 
     async def delivered_many(self, acknowledged: Sequence[tuple[int, str]], now: float) -> None:
-        await self.store.delivered_many(acknowledged, now, fence=self._fence())
+        await self.store.outbox.delivered_many(acknowledged, now, fence=self._fence())
 
     async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None:
-        await self.store.failed(seq, sink, error, next_attempt_at, fence=self._fence())
+        await self.store.outbox.failed(seq, sink, error, next_attempt_at, fence=self._fence())
 
     async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None:
-        await self.store.failed_many(seqs, sink, error, next_attempt_at, fence=self._fence())
+        await self.store.outbox.failed_many(seqs, sink, error, next_attempt_at, fence=self._fence())
 
     async def deliveries(self, seq: int) -> list[Delivery]:
-        return await self.store.deliveries(seq)
+        return await self.store.outbox.deliveries(seq)
 
-    async def outbox_counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         self._turn()
-        return await self.store.outbox_counts()
+        return await self.store.outbox.counts()
 
 
 class SingleInstance:

@@ -150,7 +150,7 @@ async def replay(
                 await on_commit(effects)
 
         hook = make_hook(chain)
-        attach(source, registry, hook, store)
+        attach(source, registry, hook, store.tokens)
         source.read_until = stop  # nothing past the range is read ahead
         if isinstance(source, EvmSource):
             # The book is fixed for the run: the node can leave out what touches none of its keys.

@@ -149,7 +149,7 @@ async def work(
     await source.open()
     try:
         hook = make_hook(chain)
-        attach(source, registry, hook, store)
+        attach(source, registry, hook, store.tokens)
         if isinstance(source, EvmSource):
             book = registry.book(chain.name)
             source.set_log_filter(book.active | book.revoked.keys())
