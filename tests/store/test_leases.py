@@ -275,8 +275,8 @@ async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
 async def test_a_loop_that_stops_turning_stops_renewing_and_loses_its_lease(store: SqlStore) -> None:
     """Leadership follows progress: while the guarded loop turns the lease is renewed past its TTL;
     once it stops, renewals stop, another instance takes over, and the holder learns it lost."""
-    leader = Leadership(store, SHORT, holder="a")
-    standby = Leadership(store, SHORT, holder="b")
+    leader = Leadership(store.leases, SHORT, holder="a")
+    standby = Leadership(store.leases, SHORT, holder="b")
     term = await leader.acquire("chain:eth")
     assert term is not None
     turned = time.monotonic()
@@ -312,10 +312,10 @@ async def test_the_dispatcher_outbox_sends_nothing_without_a_valid_term(store: S
     on this process's clock: a process frozen after its last renewal must not send when it wakes."""
     maker = AlertMaker(store)
     await maker.block([(1, 10)])
-    leadership = Leadership(store, TTL, holder="a")
+    leadership = Leadership(store.leases, TTL, holder="a")
     term = await leadership.acquire("dispatcher")
     assert term is not None
-    outbox = FencedOutbox(store)
+    outbox = FencedOutbox(store.outbox)
     messages = await outbox.unplanned(10)
     with pytest.raises(LeaseLost):  # no term yet
         await outbox.plan({m.seq: ["hook"] for m in messages}, time.time())
@@ -342,7 +342,7 @@ def test_lease_ttl_is_bounded(value: float, ok: bool) -> None:
 async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg_store: SqlStore) -> None:
     """`alerts deliver` shares the daemon's dispatcher lease: refused while the daemon delivers, and
     once it has the lease its dispatcher's writes are fenced by it."""
-    daemon = Leadership(pg_store, TTL, holder="daemon")
+    daemon = Leadership(pg_store.leases, TTL, holder="daemon")
     term = await daemon.acquire("dispatcher")
     assert term is not None
     with pytest.raises(AlreadyRunning, match="delivers alerts"):
