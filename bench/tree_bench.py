@@ -6,7 +6,7 @@ For each size N and store, a scratch store gets two trees of N/2 indexes each: a
 chain `btc` (22-byte scripts) and an active EVM tree on chain `eth` (20-byte accounts), the mix of
 bench/registry_bench.py's book. Measured:
 
-- **expand**: `SqlStore.import_trees` of both (derive every key, write it to `tree_keys`), in this
+- **expand**: `SqlStore.trees.import_entries` of both (derive every key, write it to `tree_keys`), in this
   process pinned to one CPU; wall and CPU seconds (the store server's own CPU is not in the CPU figure),
   split into the cache writes (the driver's `copy_rows` calls, timed around each: wall, and this
   process's CPU encoding the rows) and the rest, which is derivation (the derivation rate is the keys
@@ -143,7 +143,7 @@ async def expand(url: str, size: int) -> Expand:
     try:
         with copies.installed():
             wall, cpu = time.perf_counter(), time.process_time()
-            result = await store.import_trees(entries(size))
+            result = await store.trees.import_entries(entries(size))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         assert result.inserted == 2
         return Expand(wall, cpu, copies.wall, copies.cpu, peak_rss_mb())
@@ -310,7 +310,7 @@ def report(rows: list[Row], pg: str | None, synthetic: bool = False) -> str:
         f"`python bench/tree_bench.py --sizes {','.join(str(s) for s in sorted({r.size for r in rows}))}"
         f" --stores {','.join(dict.fromkeys(r.store for r in rows))}{' --synthetic' if synthetic else ''}`\n\n"
         "Half the keys in a revoked wpkh() tree on `btc`, half in an active EVM tree on `eth`. Expand:"
-        " `import_trees` deriving every key and writing it to the cache, one process pinned to one CPU."
+        " `store.trees.import_entries` deriving every key and writing it to the cache, one process pinned to one CPU."
         " Load: `AddressRegistry.load` in a fresh process, first from the tree cache, then with the same"
         " keys as plain address entries; memory is what the load added to the process.\n"
         f"Machine: {machine_line(pg)}; load average {os.getloadavg()[0]:.2f} at the end.\n\n"

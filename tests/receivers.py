@@ -316,8 +316,8 @@ class AlertMaker:
         self.cursor = await self.store.commit_blocks(
             self.scope, self.cursor, self.policy, [BlockEffects(block, matches)], tip_height=height
         )
-        return [m for m in await self.store.outbox(limit=1_000_000) if m.seq > before][::-1]
+        return [m for m in await self.store.outbox.messages(limit=1_000_000) if m.seq > before][::-1]
 
     async def _max_seq(self) -> int:
-        messages = await self.store.outbox(limit=1)
+        messages = await self.store.outbox.messages(limit=1)
         return messages[0].seq if messages else 0

@@ -79,7 +79,7 @@ class ChainRunner:
                     await state.source.open()
                     await self.store.check_identity(name, await state.source.identity())
                 hook = make_hook(state.config)
-                attach(state.source, self.registry, hook, self.store)
+                attach(state.source, self.registry, hook, self.store.tokens)
                 follower = Follower(
                     source=state.source,
                     store=self.store,

@@ -218,7 +218,7 @@ class Follower:
         keys = {match.key for block_matches in matches for match in block_matches}
         if not keys:
             return False
-        grown = await self.store.grow_trees(self.chain, keys)
+        grown = await self.store.trees.grow(self.chain, keys)
         if not grown:
             return False
         self._log.info("key trees grown by their gap; reading the blocks again", trees=grown)

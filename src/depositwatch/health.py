@@ -112,7 +112,7 @@ class Health:
             if now - last_outbox > 5 and self.store is not None:
                 last_outbox = now
                 try:
-                    for status, count in (await self.store.outbox_counts()).items():
+                    for status, count in (await self.store.outbox.counts()).items():
                         self.metrics.outbox.labels(status).set(count)
                 except Exception as exc:  # the gauge goes stale; the dispatcher reports the store itself
                     if now - last_outbox_error >= 60:

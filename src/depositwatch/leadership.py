@@ -33,10 +33,11 @@ import structlog
 
 from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.store.base import Fence, LeaseLost
-from depositwatch.store.leases import MY_PG_SESSION
+from depositwatch.store.leases import MY_PG_SESSION, Leases
 
 if TYPE_CHECKING:
     from depositwatch.store import SqlStore
+    from depositwatch.store.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -87,11 +88,11 @@ def new_holder() -> str:
 
 
 class Leadership:
-    """This instance's leases in the store's lease table."""
+    """This instance's leases in the store's lease table (the store's `Leases` part)."""
 
     def __init__(
         self,
-        store: SqlStore,
+        leases: Leases,
         ttl: float,
         *,
         exclusive: bool = False,
@@ -99,7 +100,7 @@ class Leadership:
         password: str | None = None,
         holder: str | None = None,
     ) -> None:
-        self.store = store
+        self.leases = leases
         self.ttl = ttl
         self.exclusive = exclusive
         self.holder = holder or new_holder()
@@ -142,7 +143,7 @@ class Leadership:
             return held
         session = await self._current_session()
         started = time.monotonic()
-        fence = await self.store.acquire_lease(name, self.holder, self.ttl, session, exclusive=self.exclusive)
+        fence = await self.leases.acquire(name, self.holder, self.ttl, session, exclusive=self.exclusive)
         if fence is None:
             return None
         term = self._terms[name] = Term(fence, started + self.ttl)
@@ -167,7 +168,7 @@ class Leadership:
             return False
         session = await self._current_session()
         started = time.monotonic()
-        if await self.store.renew_lease(term.fence, self.ttl, session):
+        if await self.leases.renew(term.fence, self.ttl, session):
             term.valid_until = started + self.ttl
             return True
         self._lose(term)
@@ -202,7 +203,7 @@ class Leadership:
                     log.error(
                         "loop made no progress; no longer renewing its lease", lease=term.fence.name, window=window
                     )
-                if not await self.store.holds_lease(term.fence):
+                if not await self.leases.holds(term.fence):
                     self._lose(term)
             except STORE_ERRORS as exc:
                 error = str(exc) or type(exc).__name__
@@ -221,7 +222,7 @@ class Leadership:
         term.state = TermState.RELEASED
         self._terms.pop(term.fence.name, None)
         try:
-            await asyncio.wait_for(self.store.release_lease(term.fence), SESSION_TIMEOUT)
+            await asyncio.wait_for(self.leases.release(term.fence), SESSION_TIMEOUT)
         except STORE_ERRORS as exc:
             log.warning("could not give the lease back; it expires by itself", lease=term.fence.name, error=str(exc))
 
@@ -242,14 +243,14 @@ class Leadership:
 
 @dataclass(slots=True)
 class FencedOutbox:
-    """The dispatcher's view of the outbox under the dispatcher lease (the OutboxStore protocol).
+    """The dispatcher's view of the store's outbox under the dispatcher lease (the OutboxStore protocol).
 
     Reads pass through; every delivery state change carries the term's fence, and `claim` (made right
     before each send) refuses unless the lease is held and sure not to have expired. Without a term,
     or after it ended, every change raises LeaseLost.
     """
 
-    store: SqlStore
+    outbox: Outbox
     term: Term | None = None
     progress: float = field(default_factory=time.monotonic)  # the dispatcher loop's last store call
 
@@ -264,39 +265,39 @@ class FencedOutbox:
 
     async def unplanned(self, limit: int) -> list[OutboxMessage]:
         self._turn()
-        return await self.store.unplanned(limit)
+        return await self.outbox.unplanned(limit)
 
     async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None:
         self._turn()
-        await self.store.plan(routes, now, fence=self._fence())
+        await self.outbox.plan(routes, now, fence=self._fence())
 
     async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]:
         self._turn()
-        return await self.store.due(sink, now, limit)
+        return await self.outbox.due(sink, now, limit)
 
     async def claim(self, seqs: Sequence[int], sink: str) -> None:
         fence = self._fence()
-        await self.store.claim(seqs, sink, fence=fence)
+        await self.outbox.claim(seqs, sink, fence=fence)
         # The claim was valid when it committed; a send must also start before the lease can have
         # expired (this process may have been frozen in between), or a new holder may be sending too.
         if self.term is None or not self.term.valid:
             raise LeaseLost(f"the dispatcher lease (epoch {fence.epoch}) may have expired: not sending")
 
     async def delivered_many(self, acknowledged: Sequence[tuple[int, str]], now: float) -> None:
-        await self.store.delivered_many(acknowledged, now, fence=self._fence())
+        await self.outbox.delivered_many(acknowledged, now, fence=self._fence())
 
     async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None:
-        await self.store.failed(seq, sink, error, next_attempt_at, fence=self._fence())
+        await self.outbox.failed(seq, sink, error, next_attempt_at, fence=self._fence())
 
     async def failed_many(self, seqs: Sequence[int], sink: str, error: str, next_attempt_at: float | None) -> None:
-        await self.store.failed_many(seqs, sink, error, next_attempt_at, fence=self._fence())
+        await self.outbox.failed_many(seqs, sink, error, next_attempt_at, fence=self._fence())
 
     async def deliveries(self, seq: int) -> list[Delivery]:
-        return await self.store.deliveries(seq)
+        return await self.outbox.deliveries(seq)
 
-    async def outbox_counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         self._turn()
-        return await self.store.outbox_counts()
+        return await self.outbox.counts()
 
 
 class SingleInstance:
@@ -336,10 +337,10 @@ def open_leadership(store: SqlStore, ttl: float, password: str | None = None) ->
     """Leadership over this store: PostgreSQL shares it among instances; SQLite locks the store file
     (AlreadyRunning when another instance has it) and then takes every lease at once."""
     if store.dialect == "postgres":
-        return Leadership(store, ttl, dsn=store.target, password=password)
+        return Leadership(store.leases, ttl, dsn=store.target, password=password)
     single = SingleInstance(store.target)
     single.acquire()
-    leadership = Leadership(store, ttl, exclusive=True)
+    leadership = Leadership(store.leases, ttl, exclusive=True)
     leadership.single = single
     return leadership
 
@@ -374,6 +375,6 @@ async def take_dispatcher(store: SqlStore, password: str | None = None, ttl: flo
     if term is None:
         await leadership.release_all()
         raise AlreadyRunning("another instance delivers alerts from this PostgreSQL store (the daemon?)")
-    outbox = FencedOutbox(store, term)
+    outbox = FencedOutbox(store.outbox, term)
     keeper = asyncio.create_task(leadership.hold(term, lambda: outbox.progress, window=max(ttl, 60.0)))
     return HeldDispatcher(leadership, outbox, keeper)

@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     from depositwatch.store.base import RegistryRow
 
 
+class TreeKeys(Protocol):
+    """What the registry reads of the key trees (the store's `KeyTrees` part): their cached keys."""
+
+    async def sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]: ...
+    def iter_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]: ...
+
+
 class BookStore(Protocol):
     """The part of the Store the registry reads (SqlStore has it): the book's version, its plain keys and
     the cached keys of its key trees, as bare rows."""
@@ -20,8 +27,8 @@ class BookStore(Protocol):
     async def address_book_version(self) -> int: ...
     async def registry_key_counts(self, chains: Sequence[str] | None = None) -> list[tuple[str, int, int]]: ...
     def iter_registry_keys(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[Any]]: ...
-    async def tree_sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]: ...
-    def iter_tree_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]: ...
+    @property
+    def trees(self) -> TreeKeys: ...
 
 
 class ChainBook:
@@ -168,9 +175,9 @@ class AddressRegistry:
         gc.disable()
         try:
             await _fill(books, store.iter_registry_keys(chains))
-            trees = await store.tree_sources(chains)  # key trees: their cached keys
+            trees = await store.trees.sources(chains)  # key trees: their cached keys
             if trees:
-                await _fill_trees(books, trees, store.iter_tree_keys(trees))
+                await _fill_trees(books, trees, store.trees.iter_keys(trees))
         finally:
             if collecting:
                 gc.enable()

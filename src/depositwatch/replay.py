@@ -39,7 +39,7 @@ def wire_for_replay(
     """Attach the chain's hook and token cache to a replay's source; the book is fixed for the run, so an EVM
     node can leave out the logs that touch none of its keys. Returns the hook."""
     hook = make_hook(chain)
-    attach(source, registry, hook, store)
+    attach(source, registry, hook, store.tokens)
     if isinstance(source, EvmSource):
         book = registry.book(chain.name)
         source.set_log_filter(book.active | book.revoked.keys())

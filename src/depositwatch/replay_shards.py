@@ -121,8 +121,8 @@ def leadership_for(store: SqlStore, ttl: float, password: str | None = None) -> 
     """Leases for this process's shards: PostgreSQL tells a dead worker by its session; SQLite by expiry
     (never `exclusive`: other processes of the run share the store file)."""
     if store.dialect == "postgres":
-        return Leadership(store, ttl, dsn=store.target, password=password)
-    return Leadership(store, ttl)
+        return Leadership(store.leases, ttl, dsn=store.target, password=password)
+    return Leadership(store.leases, ttl)
 
 
 async def work(

@@ -1,6 +1,6 @@
 """The incident report: funds that reached revoked addresses, per owner, chain and asset, with their sweeps.
 
-Pure: it computes from the rows `SqlStore.report_rows` reads and does no I/O. docs/report.md states the
+Pure: it computes from the rows `SqlStore.reports.rows` reads and does no I/O. docs/report.md states the
 rules this module implements; keep the two in step.
 
 - A transfer is counted once, whichever scopes recorded it (live, retro, replay runs): its identity is

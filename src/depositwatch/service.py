@@ -91,7 +91,7 @@ class Service:
             bound = log.bind(chain=chain.name)
             self.chains[chain.name] = ChainState(chain, make_source(chain), restarts=Restarts("chain", bound))
         await asyncio.gather(*(self._check_node(state) for state in self.chains.values()))
-        self.outbox = FencedOutbox(store)
+        self.outbox = FencedOutbox(store.outbox)
         self.dispatcher = dispatcher_for(config, self.outbox, metrics=self.metrics)
         await probe_sinks(list(config.sinks))
         if config.http.enabled:

@@ -54,7 +54,7 @@ def sinks(*configs: SinkConfig) -> list[AlertSink]:
 
 
 async def counts(store: SqlStore) -> dict[str, int]:
-    return {k: v for k, v in (await store.outbox_counts()).items() if v}
+    return {k: v for k, v in (await store.outbox.counts()).items() if v}
 
 
 def assert_exactly(receiver: Receiver, keys: set[str]) -> None:
@@ -74,7 +74,7 @@ async def test_delivers_each_message_signed_with_the_stored_body(store: SqlStore
     messages += await maker.block([(3, 5_000_000)], asset=USDT)
     metrics = Metrics()
     async with Receiver() as rx:
-        dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url)), ALERTS, metrics)
+        dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url)), ALERTS, metrics)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     assert_exactly(rx, {m.idempotency_key for m in messages})
@@ -96,13 +96,13 @@ async def test_failures_are_retried_until_acknowledged(store: SqlStore) -> None:
     maker = AlertMaker(store)
     messages = await maker.block([(i, 1) for i in range(8)])
     async with Receiver(fail_first(3, 500)) as rx:
-        dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url)), ALERTS)
+        dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url)), ALERTS)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     assert_exactly(rx, {m.idempotency_key for m in messages})
     assert len(rx.requests) == 4 * len(messages)
     for message in messages:
-        [delivery] = await store.deliveries(message.seq)
+        [delivery] = await store.outbox.deliveries(message.seq)
         assert (delivery.status, delivery.attempts, delivery.last_error) == ("delivered", 4, None)
 
 
@@ -111,14 +111,14 @@ async def test_a_receiver_that_times_out_is_retried(store: SqlStore) -> None:
     maker = AlertMaker(store)
     messages = await maker.block([(i, 1) for i in range(4)])
     async with Receiver(time_out_first(1, sleep=5)) as rx:
-        dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url, timeout=0.2)), ALERTS, Metrics())
+        dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url, timeout=0.2)), ALERTS, Metrics())
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     assert_exactly(rx, {m.idempotency_key for m in messages})
     assert dispatcher.metrics is not None
     assert dispatcher.metrics.deliveries.labels("hook", "timeout")._value.get() == len(messages)
     for message in messages:
-        [delivery] = await store.deliveries(message.seq)
+        [delivery] = await store.outbox.deliveries(message.seq)
         assert delivery.attempts == 2
 
 
@@ -128,18 +128,18 @@ async def test_retry_after_is_honoured(sqlite_store: SqlStore, status: int) -> N
     maker = AlertMaker(sqlite_store)
     [message] = await maker.block([(1, 1)])
     async with Receiver(always(status, retry_after="120")) as rx:
-        dispatcher = Dispatcher(sqlite_store, sinks(sink_config("hook", rx.url)), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, sinks(sink_config("hook", rx.url)), ALERTS)
         before = time.time()
         running = asyncio.create_task(dispatcher.run())
 
         async def attempted() -> bool:
-            return [d.attempts for d in await sqlite_store.deliveries(message.seq)] == [1]
+            return [d.attempts for d in await sqlite_store.outbox.deliveries(message.seq)] == [1]
 
         await eventually(attempted)
         await dispatcher.stop()
         await running
     assert len(rx.requests) == 1
-    [delivery] = await sqlite_store.deliveries(message.seq)
+    [delivery] = await sqlite_store.outbox.deliveries(message.seq)
     assert delivery.status == "pending" and delivery.attempts == 1
     assert delivery.next_attempt_at >= before + 120
     assert delivery.last_error is not None and delivery.last_error.startswith(f"HTTP {status}")
@@ -152,25 +152,25 @@ async def test_client_errors_are_retried_then_dead_then_redelivered(store: SqlSt
     retry = RetryConfig(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
     metrics = Metrics()
     async with Receiver(always(400, body="bad signature")) as rx:
-        dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS, metrics)
+        dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS, metrics)
         with capture_logs() as logs:
             assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
         assert len(rx.requests) == 3 * len(messages)
         assert await counts(store) == {"dead": 3}
-        assert {m.seq for m in await store.outbox(status="dead")} == {m.seq for m in messages}
+        assert {m.seq for m in await store.outbox.messages(status="dead")} == {m.seq for m in messages}
         rejected = [e for e in logs if e["log_level"] == "warning" and "rejected" in e["event"]]
         dead = [e for e in logs if e["log_level"] == "error"]
         assert len(rejected) == 2 * len(messages) and {e["status"] for e in rejected} == {400}
         assert len(dead) == len(messages) and all("HTTP 400: bad signature" in e["error"] for e in dead)
         assert metrics.deliveries.labels("hook", "dead")._value.get() == 3
         assert metrics.deliveries.labels("hook", "rejected")._value.get() == 6
-        [delivery] = await store.deliveries(messages[0].seq)
+        [delivery] = await store.outbox.deliveries(messages[0].seq)
         assert (delivery.status, delivery.attempts) == ("dead", 3)
 
         rx.responder = ok()
-        assert await store.redeliver(None, time.time()) == 3
-        dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS)
+        assert await store.outbox.redeliver(None, time.time()) == 3
+        dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     assert_exactly(rx, {m.idempotency_key for m in messages})
@@ -185,11 +185,11 @@ async def test_receiver_down_for_a_while_then_back_on_the_same_port(store: SqlSt
     port = rx.port
     await rx.stop()
     retry = RetryConfig(max_attempts=1000, initial_backoff=0.01, max_backoff=0.05)
-    dispatcher = Dispatcher(store, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS)
+    dispatcher = Dispatcher(store.outbox, sinks(sink_config("hook", rx.url, retry=retry)), ALERTS)
     draining = asyncio.create_task(dispatcher.drain(timeout=60))
 
     async def failed_attempts() -> bool:
-        return sum([d.attempts for m in messages for d in await store.deliveries(m.seq)]) >= 2 * len(messages)
+        return sum([d.attempts for m in messages for d in await store.outbox.deliveries(m.seq)]) >= 2 * len(messages)
 
     await eventually(failed_attempts, timeout=30)
     await rx.start()
@@ -220,10 +220,10 @@ async def test_order_per_address_holds_under_concurrency(store: SqlStore) -> Non
     async with Receiver(respond) as rx:
         rx.group = lambda request: request.json()["address"]["address"]
         config = sink_config("hook", rx.url, concurrency=16)
-        dispatcher = Dispatcher(store, sinks(config), ALERTS)
+        dispatcher = Dispatcher(store.outbox, sinks(config), ALERTS)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
-    messages = await store.outbox(limit=10_000)
+    messages = await store.outbox.messages(limit=10_000)
     assert len(messages) == len(made) and {m.event for m in made} == {"detected", "confirmed"}
     assert_exactly(rx, {m.idempotency_key for m in messages})
     assert set(rx.max_in_flight.values()) == {1}
@@ -249,7 +249,7 @@ async def test_routing_by_kind_and_severity(sqlite_store: SqlStore) -> None:
             sink_config("sweeps", out_rx.url, kinds=["revoked_outgoing"]),
             sink_config("deposits", picky_rx.url, kinds=["deposit"], min_severity=Severity.INFO),
         )
-        dispatcher = Dispatcher(store, configured, ALERTS)
+        dispatcher = Dispatcher(store.outbox, configured, ALERTS)
         assert await dispatcher.drain(timeout=30)
         # a reorg retracts the sweep: the retraction goes where the sweep went
         from depositwatch.models import BlockRef
@@ -260,16 +260,16 @@ async def test_routing_by_kind_and_severity(sqlite_store: SqlStore) -> None:
     assert {r.json()["event"] for r in out_rx.accepted} == {"detected", "retracted"}
     assert {r.json()["kind"] for r in out_rx.accepted} == {"revoked_outgoing", "retracted"}
     assert len(all_rx.accepted) == 3 and picky_rx.requests == []
-    assert {d.sink for d in await store.deliveries(incoming[0].seq)} == {"all"}
-    assert {d.sink for d in await store.deliveries(outgoing[0].seq)} == {"all", "sweeps"}
+    assert {d.sink for d in await store.outbox.deliveries(incoming[0].seq)} == {"all"}
+    assert {d.sink for d in await store.outbox.deliveries(outgoing[0].seq)} == {"all", "sweeps"}
     critical_only = sinks(sink_config("crit", all_rx.url, kinds=["deposit"], min_severity=Severity.CRITICAL))
     [deposit_sink] = critical_only
     assert not deposit_sink.accepts(incoming[0])
     [unwanted] = await maker.block([(3, 1)])
-    dispatcher = Dispatcher(store, critical_only, ALERTS)
+    dispatcher = Dispatcher(store.outbox, critical_only, ALERTS)
     assert await dispatcher.drain(timeout=30)
     await dispatcher.stop()
-    assert [m.seq for m in await store.outbox(status="unrouted")] == [unwanted.seq]
+    assert [m.seq for m in await store.outbox.messages(status="unrouted")] == [unwanted.seq]
 
 
 async def test_wake_delivers_at_once_and_run_reraises_cancel(sqlite_store: SqlStore) -> None:
@@ -278,7 +278,7 @@ async def test_wake_delivers_at_once_and_run_reraises_cancel(sqlite_store: SqlSt
     maker = AlertMaker(sqlite_store)
     async with Receiver() as rx:
         [sink] = sinks(sink_config("hook", rx.url))
-        dispatcher = Dispatcher(sqlite_store, [sink], AlertsConfig(poll_interval=60))
+        dispatcher = Dispatcher(sqlite_store.outbox, [sink], AlertsConfig(poll_interval=60))
         running = asyncio.create_task(dispatcher.run())
         await asyncio.sleep(0.05)
         [message] = await maker.block([(1, 1)])
@@ -296,7 +296,7 @@ async def test_stop_waits_for_deliveries_under_way(sqlite_store: SqlStore) -> No
     maker = AlertMaker(sqlite_store)
     messages = await maker.block([(i, 1) for i in range(20)])
     async with Receiver(slow(0.3)) as rx:
-        dispatcher = Dispatcher(sqlite_store, sinks(sink_config("hook", rx.url, concurrency=4)), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, sinks(sink_config("hook", rx.url, concurrency=4)), ALERTS)
         running = asyncio.create_task(dispatcher.run())
         await rx.wait_until(lambda r: len(r.requests) >= 4)
         await dispatcher.stop(grace=10)
@@ -312,14 +312,14 @@ async def test_stop_without_grace_leaves_cut_deliveries_pending(sqlite_store: Sq
     maker = AlertMaker(sqlite_store)
     messages = await maker.block([(i, 1) for i in range(4)])
     async with Receiver(slow(30)) as rx:
-        dispatcher = Dispatcher(sqlite_store, sinks(sink_config("hook", rx.url, timeout=60)), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, sinks(sink_config("hook", rx.url, timeout=60)), ALERTS)
         running = asyncio.create_task(dispatcher.run())
         await rx.wait_until(lambda r: len(r.requests) == 4)
         await dispatcher.stop(grace=0)
         await asyncio.wait_for(running, 5)
         assert await counts(sqlite_store) == {"pending": 4}
         rx.responder = ok()
-        again = Dispatcher(sqlite_store, sinks(sink_config("hook", rx.url)), ALERTS)
+        again = Dispatcher(sqlite_store.outbox, sinks(sink_config("hook", rx.url)), ALERTS)
         assert await again.drain(timeout=30)
         await again.stop()
     assert_exactly(rx, {m.idempotency_key for m in messages})
@@ -331,7 +331,7 @@ async def test_reconfigure_swaps_sinks(sqlite_store: SqlStore) -> None:
     first = await maker.block([(1, 1)])
     async with Receiver() as old_rx, Receiver() as new_rx:
         [old] = sinks(sink_config("old", old_rx.url))
-        dispatcher = Dispatcher(sqlite_store, [old], ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, [old], ALERTS)
         assert await dispatcher.drain(timeout=30)
         dispatcher.reconfigure(sinks(sink_config("new", new_rx.url)))
         second = await maker.block([(2, 1)])
@@ -357,7 +357,7 @@ async def test_burst_is_one_summary_for_slack_and_pagerduty_but_every_message_fo
             sink_config("pd", pd_rx.url, "pagerduty", burst_threshold=20),
         )
         metrics = Metrics()
-        dispatcher = Dispatcher(store, configured, ALERTS, metrics)
+        dispatcher = Dispatcher(store.outbox, configured, ALERTS, metrics)
         assert await dispatcher.drain(timeout=120)
         await dispatcher.stop()
     assert_exactly(hook_rx, {m.idempotency_key for m in quiet + burst})
@@ -375,7 +375,7 @@ async def test_burst_is_one_summary_for_slack_and_pagerduty_but_every_message_fo
     assert event["payload"]["custom_details"]["totals"] == ["0.0005 ETH"]
     assert await counts(store) == {"delivered": 503}
     for message in burst[:3] + burst[-3:]:
-        states = {d.sink: (d.status, d.attempts) for d in await store.deliveries(message.seq)}
+        states = {d.sink: (d.status, d.attempts) for d in await store.outbox.deliveries(message.seq)}
         assert states == {"hook": ("delivered", 1), "slack": ("delivered", 1), "pd": ("delivered", 1)}
     assert metrics.deliveries.labels("slack", "summarized")._value.get() == 500
 
@@ -386,14 +386,14 @@ async def test_failed_burst_summary_is_retried_as_one(sqlite_store: SqlStore) ->
     burst = await maker.block([(i, 1) for i in range(30)])
     async with Receiver(fail_first(2, 500, per_key=False)) as rx:
         config = sink_config("slack", rx.url, "slack", burst_threshold=10)
-        dispatcher = Dispatcher(sqlite_store, sinks(config), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, sinks(config), ALERTS)
         assert await dispatcher.drain(timeout=30)
         await dispatcher.stop()
     assert len(rx.requests) == 3
     assert len({r.body for r in rx.requests}) == 1
     assert all("30 × revoked_incoming" in r.json()["text"] for r in rx.requests)
     for message in burst:
-        [delivery] = await sqlite_store.deliveries(message.seq)
+        [delivery] = await sqlite_store.outbox.deliveries(message.seq)
         assert (delivery.status, delivery.attempts) == ("delivered", 3)
 
 
@@ -401,16 +401,16 @@ async def test_deliver_now_records_the_outcome(sqlite_store: SqlStore) -> None:
     """One immediate attempt (what `alerts test` uses): success is recorded; `final` failure is dead."""
     async with Receiver() as good, Receiver(always(500)) as bad:
         configured = sinks(sink_config("good", good.url), sink_config("bad", bad.url))
-        dispatcher = Dispatcher(sqlite_store, configured, ALERTS)
-        ok_message = await sqlite_store.enqueue_test_alert({"severity": "info", "chain": "test"}, "good")
+        dispatcher = Dispatcher(sqlite_store.outbox, configured, ALERTS)
+        ok_message = await sqlite_store.outbox.enqueue_test_alert({"severity": "info", "chain": "test"}, "good")
         attempt = await dispatcher.deliver_now(ok_message, "good")
         assert attempt.ok and attempt.outcome == "delivered"
-        bad_message = await sqlite_store.enqueue_test_alert({"severity": "info", "chain": "test"}, "bad")
+        bad_message = await sqlite_store.outbox.enqueue_test_alert({"severity": "info", "chain": "test"}, "bad")
         failed = await dispatcher.deliver_now(bad_message, "bad", final=True)
         await dispatcher.stop()
     assert not failed.ok and failed.outcome == "dead" and failed.error == "HTTP 500: nope"
     assert good.accepted[0].json()["test"] is True
-    assert [m.seq for m in await sqlite_store.outbox(status="dead")] == [bad_message.seq]
+    assert [m.seq for m in await sqlite_store.outbox.messages(status="dead")] == [bad_message.seq]
 
 
 def test_backoff_is_capped_exponential_with_full_jitter() -> None:
@@ -431,9 +431,11 @@ async def test_a_sink_bug_is_logged_counted_and_ends_dead_not_retried_forever(st
     retry = RetryConfig(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
     metrics = Metrics()
     async with Receiver() as rx:
-        message = await store.enqueue_test_alert({"address": 17, "chain": "eth"}, "slack")
-        good = await store.enqueue_test_alert({"chain": "eth"}, "slack")
-        dispatcher = Dispatcher(store, sinks(sink_config("slack", rx.url, "slack", retry=retry)), ALERTS, metrics)
+        message = await store.outbox.enqueue_test_alert({"address": 17, "chain": "eth"}, "slack")
+        good = await store.outbox.enqueue_test_alert({"chain": "eth"}, "slack")
+        dispatcher = Dispatcher(
+            store.outbox, sinks(sink_config("slack", rx.url, "slack", retry=retry)), ALERTS, metrics
+        )
         with capture_logs() as logs:
             assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
@@ -444,10 +446,10 @@ async def test_a_sink_bug_is_logged_counted_and_ends_dead_not_retried_forever(st
     assert metrics.test_alerts.labels("slack", "dead")._value.get() == 1
     assert metrics.test_alerts.labels("slack", "delivered")._value.get() == 1  # test alerts are counted
     assert metrics.delivery_latency.labels("slack")._sum.get() >= 0
-    [delivery] = await store.deliveries(message.seq)
+    [delivery] = await store.outbox.deliveries(message.seq)
     assert (delivery.status, delivery.attempts) == ("dead", 3)
     assert "AttributeError" in (delivery.last_error or "")
-    assert [d.status for d in await store.deliveries(good.seq)] == ["delivered"]
+    assert [d.status for d in await store.outbox.deliveries(good.seq)] == ["delivered"]
     assert len(rx.requests) == 1
 
 
@@ -464,7 +466,7 @@ async def test_a_bug_in_the_dispatch_loop_ends_run_instead_of_looping_forever(st
     await maker.block([(0, 1)])
     async with Receiver() as rx:
         sink = BrokenRouting(sink_config("hook", rx.url), SECRET)
-        dispatcher = Dispatcher(store, [sink], ALERTS, Metrics())
+        dispatcher = Dispatcher(store.outbox, [sink], ALERTS, Metrics())
         with capture_logs() as logs, pytest.raises(TypeError, match="routing bug"):
             await asyncio.wait_for(dispatcher.run(), 30)
         await dispatcher.stop()

@@ -454,7 +454,7 @@ async def test_the_one_builder_gives_every_dispatcher_its_chains_explorers(sqlit
     expected = explorers_for(config.chains)
     assert expected["main"]
     store = await open_store(sqlite_url, migrate=True)
-    dispatcher = dispatcher_for(config, store)
+    dispatcher = dispatcher_for(config, store.outbox)
     built = list(dispatcher._sinks.values()) + sinks_for(config) + sinks_for(config, ["discord"])
     assert [s.name for s in built] == ["slack", "discord", "slack", "discord", "discord"]
     for sink in built:

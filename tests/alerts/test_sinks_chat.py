@@ -203,7 +203,9 @@ async def test_each_message_then_a_burst_summary_and_retries_through_the_dispatc
         return next(answers, Reply(202, '{"ok":true}'))
 
     async with Receiver(respond, path=ANY_PATH) as rx:
-        dispatcher = Dispatcher(store, build_sinks([make(rx, burst_threshold=10, timeout=1.0)]), ALERTS, Metrics())
+        dispatcher = Dispatcher(
+            store.outbox, build_sinks([make(rx, burst_threshold=10, timeout=1.0)]), ALERTS, Metrics()
+        )
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
     accepted = [r.body.decode() for r in rx.accepted]
@@ -213,7 +215,7 @@ async def test_each_message_then_a_burst_summary_and_retries_through_the_dispatc
     assert "0.03 ETH" in summaries[0] and "and 25 more" in summaries[0]
     assert "depositwatch alerts list --kind revoked" in summaries[0]  # Teams escapes the _
     for message_ in quiet + burst:
-        [delivery] = await store.deliveries(message_.seq)
+        [delivery] = await store.outbox.deliveries(message_.seq)
         assert delivery.status == "delivered"
     assert dispatcher.metrics is not None
     assert dispatcher.metrics.deliveries.labels(dispatcher.sinks[0].name, "timeout")._value.get() >= 1
@@ -249,16 +251,16 @@ async def test_secrets_never_in_logs_or_last_error(sqlite_store: SqlStore, make:
     with capture_logs() as logs:
         [echoed] = await maker.block([(1, 10**18)])
         async with Receiver(echo, path=ANY_PATH) as rx:
-            dispatcher = Dispatcher(sqlite_store, build_sinks([make(rx, retry=few)]), ALERTS)
+            dispatcher = Dispatcher(sqlite_store.outbox, build_sinks([make(rx, retry=few)]), ALERTS)
             assert await dispatcher.drain(timeout=60)
             await dispatcher.stop()
         # now nobody listens there: a connection error names the host, never the secret path
         [unanswered] = await maker.block([(2, 10**18)])
-        dispatcher = Dispatcher(sqlite_store, build_sinks([make(rx, retry=few)]), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, build_sinks([make(rx, retry=few)]), ALERTS)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
         for sent in (echoed, unanswered):
-            [delivery] = await sqlite_store.deliveries(sent.seq)
+            [delivery] = await sqlite_store.outbox.deliveries(sent.seq)
             assert delivery.status == "dead"
             errors.append(delivery.last_error or "")
     assert errors[0].startswith("HTTP 500") and errors[1].startswith("connection failed"), errors

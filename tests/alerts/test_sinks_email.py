@@ -169,7 +169,7 @@ async def test_starttls_auth_one_mail_per_alert_and_a_digest(
     config = email_config(
         port, username=USER, password=Secret(value=PASSWORD), ca_file=cert.cert, tls="starttls", burst_threshold=10
     )
-    dispatcher = Dispatcher(sqlite_store, build_sinks([config]), ALERTS)
+    dispatcher = Dispatcher(sqlite_store.outbox, build_sinks([config]), ALERTS)
     assert await dispatcher.drain(timeout=60)
     await dispatcher.stop()
     assert mailbox.logins == [USER] * 3
@@ -193,7 +193,7 @@ async def test_starttls_auth_one_mail_per_alert_and_a_digest(
     assert "Total: 0.03 ETH" in plain and "...and 25 more" in plain and "depositwatch alerts list" in plain
     assert "<ul>" in rich and "…and 25 more" in rich
     for sent in quiet + burst:
-        [delivery] = await sqlite_store.deliveries(sent.seq)
+        [delivery] = await sqlite_store.outbox.deliveries(sent.seq)
         assert delivery.status == "delivered"
 
 
@@ -252,10 +252,10 @@ async def test_wrong_password_is_a_rejection_and_never_shown(
     few = RetryConfig(max_attempts=2, initial_backoff=0.01, max_backoff=0.02)
     config = email_config(port, username=USER, password=Secret(value=wrong), ca_file=cert.cert, retry=few)
     with capture_logs() as logs:
-        dispatcher = Dispatcher(sqlite_store, build_sinks([config]), ALERTS)
+        dispatcher = Dispatcher(sqlite_store.outbox, build_sinks([config]), ALERTS)
         assert await dispatcher.drain(timeout=60)
         await dispatcher.stop()
-    [delivery] = await sqlite_store.deliveries(sent.seq)
+    [delivery] = await sqlite_store.outbox.deliveries(sent.seq)
     assert delivery.status == "dead" and delivery.attempts == 2
     assert (delivery.last_error or "").startswith("SMTP 535")
     assert any(entry.get("status") == 535 for entry in logs)

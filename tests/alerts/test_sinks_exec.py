@@ -91,7 +91,7 @@ async def test_alert_json_on_stdin_failures_retried_and_a_burst_once(
     burst = await maker.block([(100 + i, 10**15) for i in range(30)])
     recorder = script(tmp_path, "recorder.py", RECORDER)
     config = exec_config([sys.executable, recorder, str(out)], burst_threshold=10)
-    dispatcher = Dispatcher(sqlite_store, build_sinks([config]), ALERTS)
+    dispatcher = Dispatcher(sqlite_store.outbox, build_sinks([config]), ALERTS)
     assert await dispatcher.drain(timeout=60)
     await dispatcher.stop()
     runs = recorded(out)
@@ -112,7 +112,7 @@ async def test_alert_json_on_stdin_failures_retried_and_a_burst_once(
         assert set(run["env"]) - {"PATH", "LANG", "LC_ALL", "TZ", "LC_CTYPE"} <= {
             k for k in run["env"] if k.startswith("DEPOSITWATCH_")
         }
-    attempts = [(await sqlite_store.deliveries(m.seq))[0].attempts for m in quiet + burst]
+    attempts = [(await sqlite_store.outbox.deliveries(m.seq))[0].attempts for m in quiet + burst]
     assert attempts[1:] == [attempts[1]] * 30  # the burst's messages share its attempts
     assert attempts[0] + attempts[1] == 4  # two failed runs, then one success each
     assert not list(out.glob("fail-*"))

@@ -350,8 +350,8 @@ async def test_revoke_by_key_tree_is_all_or_nothing_and_audited(api: Api, tmp_pa
     assert status == 200 and body["revoked"] == 1, body
     store = await open_store(api.setup.store_url)
     try:
-        trees = await store.list_trees(chain="eth")
-        records = sorted(await store.audit_log(), key=lambda r: r.id)
+        trees = await store.trees.entries(chain="eth")
+        records = sorted(await store.audit.log(), key=lambda r: r.id)
     finally:
         await store.close()
     assert [(entry.status.value, entry.reason) for entry, _ in trees] == [("revoked", "account key leaked")]

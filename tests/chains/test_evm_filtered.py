@@ -396,7 +396,7 @@ async def test_book_change_during_a_filtered_range(world: World, proxy: Proxy, s
     registry = await AddressRegistry.load(store)
     source = make_source(config)
     f = live_follower(source, store, config, registry, tip - 5, stop_height=tip)
-    attach(source, registry, None, store)
+    attach(source, registry, None, store.tokens)
 
     async def add_late() -> None:
         await entries(store, world, (LATE, AddressStatus.ACTIVE))

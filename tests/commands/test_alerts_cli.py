@@ -182,7 +182,7 @@ async def test_crash_mid_delivery_loses_nothing(tmp_path: Path, store_url: str) 
     for request in rx.requests:
         message = expected[request.key]  # type: ignore[index]
         assert request.body == message.payload.encode()  # a repeat is the same message, same key
-    assert (await store.outbox_counts())["delivered"] == len(made)
+    assert (await store.outbox.counts())["delivered"] == len(made)
     await store.close()
 
 
@@ -203,7 +203,7 @@ async def test_deliver_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path: 
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0, log.read_text()[-3000:]
         answered = len(old.accepted) + len(new.accepted)
-    counts = await store.outbox_counts()
+    counts = await store.outbox.counts()
     assert counts["delivered"] == answered and answered < len(made)
     assert counts["pending"] == len(made) - answered
     assert "reconfigured" in log.read_text()

@@ -41,7 +41,7 @@ async def follow_to_tip(store: SqlStore, config: ChainConfig, start: int) -> Fol
     registry = await AddressRegistry.load(store)
     source = make_source(config)
     hook = make_hook(config)
-    attach(source, registry, hook, store)
+    attach(source, registry, hook, store.tokens)
     f = live_follower(source, store, config, registry, start, hook)
     await source.open()
     try:
@@ -62,7 +62,7 @@ async def assert_poisoning_flagged(
     rows = {r["txid"]: r for r in await store.matches(Scope.live())}
     assert set(rows) == {*poisoned, real}
     assert {t for t, r in rows.items() if r["poisoning"]} == set(poisoned)
-    by_tx = {loads(m.payload)["txid"]: m for m in await store.outbox()}
+    by_tx = {loads(m.payload)["txid"]: m for m in await store.outbox.messages()}
     assert {t: m.severity for t, m in by_tx.items()} == {**dict.fromkeys(poisoned, "info"), real: "critical"}
     assert loads(by_tx[outgoing].payload)["kind"] == "revoked_outgoing"
     pager = Routed(SinkConfig(name="pd", type="pagerduty", secret={"value": "k"}))  # type: ignore[arg-type]

@@ -157,7 +157,7 @@ async def test_any_token_to_and_from_revoked_addresses(world: World, store: SqlS
         (usdt_out, "revoked_outgoing"),
         (fake_out, "revoked_outgoing"),
     }  # no deposit for FAKE to the active address
-    sent = payloads(await store.outbox())
+    sent = payloads(await store.outbox.messages())
     fake = sent[(fake_in, rows[(fake_in, "revoked_incoming")]["idx"])]
     assert fake["asset"] == {"symbol": "FAKE", "contract": world.fake, "decimals": 9}
     assert (fake["token_listed"], fake["amount"], fake["amount_decimal"]) == (False, "5000000000", "5")
@@ -170,13 +170,13 @@ async def test_any_token_to_and_from_revoked_addresses(world: World, store: SqlS
     assert sent[(fake_out, rows[(fake_out, "revoked_outgoing")]["idx"])]["token_listed"] is False
 
     # cached once per contract: the store holds both, and a fresh source asks the node nothing
-    cached = await store.token_metadata("eth", [world.fake.lower(), world.emitter, world.usdt.lower()])
+    cached = await store.tokens.lookup("eth", [world.fake.lower(), world.emitter, world.usdt.lower()])
     assert {c: (i.symbol, i.decimals, i.known) for c, i in cached.items()} == {
         world.fake.lower(): ("FAKE", 9, True),
         world.emitter: ("UNKNOWN", 0, False),
     }
     source = EvmSource(chain(world))
-    source.set_metadata_cache(store)
+    source.set_metadata_cache(store.tokens)
     source.set_revoked([key(world.revoked)])
     await source.open()
     try:
@@ -191,7 +191,7 @@ async def test_any_token_to_and_from_revoked_addresses(world: World, store: SqlS
     }
 
     # sinks filter on it
-    messages = await store.outbox()
+    messages = await store.outbox.messages()
     listed_only = Routed(SinkConfig(name="listed", type="exec", command=["true"], unlisted_tokens=False))
     kept = {loads(m.payload)["txid"] for m in messages if listed_only.accepts(m)}
     assert kept == {usdt_in, usdt_out}
@@ -233,7 +233,7 @@ async def test_poisoning_alerts_off_records_without_alerting(world: World, store
     real = await mined(world, send_token(w3, world.usdt, world.customer, world.revoked, 10**6))
     await follow_to_tip(store, chain(world, poisoning_alerts="off"), start)
     assert {r["txid"]: r["poisoning"] for r in await store.matches(Scope.live())} == {zero: 1, real: 0}
-    assert {loads(m.payload)["txid"] for m in await store.outbox()} == {real}
+    assert {loads(m.payload)["txid"] for m in await store.outbox.messages()} == {real}
 
 
 async def test_internal_eth_in_quiet_blocks_is_traced(world: World) -> None:

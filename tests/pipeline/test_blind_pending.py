@@ -60,7 +60,9 @@ class Rig:
     async def events(self, kind: MatchKind, txid: str) -> list[tuple[str, str, int, bool]]:
         """(event, kind, confirmations, mempool) of the alert's messages, oldest first."""
         alert = match_id("eth", kind, txid, None)
-        messages = sorted((m for m in await self.store.outbox(limit=1000) if m.alert_id == alert), key=lambda m: m.rev)
+        messages = sorted(
+            (m for m in await self.store.outbox.messages(limit=1000) if m.alert_id == alert), key=lambda m: m.rev
+        )
         out = []
         for message in messages:
             payload = json.loads(message.payload)
@@ -79,7 +81,7 @@ async def rigged(store: SqlStore, node: Anvil, **settings: Any) -> AsyncIterator
         {"name": "eth", "kind": "evm", "chain_id": CHAIN_ID, "rpc_urls": [node.http_url], "confirmations": 2} | settings
     )
     source = make_source(config)
-    attach(source, registry, None, store)
+    attach(source, registry, None, store.tokens)
     policy = make_policy(config, AlertsConfig())
     follower = Follower(
         source=source,
@@ -249,7 +251,7 @@ async def test_pending_token_transfer_then_mined_then_confirmed(tokens: Tokens) 
     await send_token(rig.node.w3, tokens.usdt, tokens.customer, tokens.attacker, 10**6)  # nothing watched
     assert await rig.watcher.step() == 1
     alert = pending_token_id("eth", MatchKind.REVOKED_INCOMING, txid, tokens.usdt)
-    first = _payloads(await rig.store.outbox(), alert)
+    first = _payloads(await rig.store.outbox.messages(), alert)
     assert [(p["event"], p["kind"], p["confirmations"], p["mempool"]) for p in first] == [
         ("detected", "revoked_incoming", 0, True)
     ]
@@ -260,7 +262,7 @@ async def test_pending_token_transfer_then_mined_then_confirmed(tokens: Tokens) 
     await rig.node.mine()
     await rig.drain()
     assert await rig.watcher.step() == 0
-    sent = _payloads(await rig.store.outbox(), alert)
+    sent = _payloads(await rig.store.outbox.messages(), alert)
     assert [(p["event"], p["confirmations"], p["mempool"]) for p in sent] == [
         ("detected", 0, True),
         ("mined", 1, False),
@@ -269,7 +271,7 @@ async def test_pending_token_transfer_then_mined_then_confirmed(tokens: Tokens) 
     assert sent[-1]["index"] is not None and sent[-1]["amount"] == str(5 * 10**6)
     rows = await rig.store.matches(Scope.live())
     assert [(r["id"], r["txid"], r["status"]) for r in rows] == [(alert, txid, "confirmed")]
-    assert {m.alert_id for m in await rig.store.outbox()} == {alert}
+    assert {m.alert_id for m in await rig.store.outbox.messages()} == {alert}
 
 
 async def test_pending_transfer_from_and_unlisted_tokens(tokens: Tokens) -> None:
@@ -289,12 +291,14 @@ async def test_pending_transfer_from_and_unlisted_tokens(tokens: Tokens) -> None
     sweep = await send_transaction(w3, tokens.attacker, tokens.usdt, data=pulled, gas=100_000)
     fake_in = await send_token(w3, tokens.fake, tokens.customer, REVOKED, 3 * 10**9)
     assert await rig.watcher.step() == 2
-    out = _payloads(await rig.store.outbox(), pending_token_id("eth", MatchKind.REVOKED_OUTGOING, sweep, tokens.usdt))
+    out = _payloads(
+        await rig.store.outbox.messages(), pending_token_id("eth", MatchKind.REVOKED_OUTGOING, sweep, tokens.usdt)
+    )
     assert [(p["kind"], p["from"].lower(), p["to"].lower(), p["amount_decimal"]) for p in out] == [
         ("revoked_outgoing", REVOKED, tokens.attacker.lower(), "7")
     ]
     fake = _payloads(
-        await rig.store.outbox(), pending_token_id("eth", MatchKind.REVOKED_INCOMING, fake_in, tokens.fake)
+        await rig.store.outbox.messages(), pending_token_id("eth", MatchKind.REVOKED_INCOMING, fake_in, tokens.fake)
     )
     assert (fake[0]["asset"], fake[0]["token_listed"], fake[0]["amount_decimal"]) == (
         {"symbol": "FAKE", "contract": tokens.fake, "decimals": 9},
@@ -317,7 +321,7 @@ async def test_pending_token_calls_dropped_or_reverted_are_retracted(tokens: Tok
     assert await rig.node.rpc("anvil_dropTransaction", dropped) is not None
     assert await rig.watcher.step() == 1
     alert = pending_token_id("eth", MatchKind.REVOKED_INCOMING, dropped, tokens.usdt)
-    assert [p["event"] for p in _payloads(await rig.store.outbox(), alert)] == ["detected", "retracted"]
+    assert [p["event"] for p in _payloads(await rig.store.outbox.messages(), alert)] == ["detected", "retracted"]
 
     too_much = await send_token(w3, tokens.usdt, tokens.customer, REVOKED, 10**18, gas=100_000)
     assert await rig.watcher.step() == 1
@@ -327,7 +331,7 @@ async def test_pending_token_calls_dropped_or_reverted_are_retracted(tokens: Tok
     assert receipt["status"] == "0x0"
     assert await rig.watcher.step() == 1
     alert = pending_token_id("eth", MatchKind.REVOKED_INCOMING, too_much, tokens.usdt)
-    assert [p["event"] for p in _payloads(await rig.store.outbox(), alert)] == ["detected", "retracted"]
+    assert [p["event"] for p in _payloads(await rig.store.outbox.messages(), alert)] == ["detected", "retracted"]
     assert {r["txid"]: r["status"] for r in await rig.store.matches(Scope.live())} == {
         dropped: "retracted",
         too_much: "retracted",
@@ -363,7 +367,7 @@ async def test_pending_read_before_its_block_is_committed_alerts_once(tokens: To
     assert await rig.watcher.step() == 0
     rows = await rig.store.matches(Scope.live())
     assert [(r["txid"], r["kind"], r["status"]) for r in rows] == [(txid, "revoked_incoming", "seen")]
-    messages = [m for m in await rig.store.outbox() if m.alert_id is not None]
+    messages = [m for m in await rig.store.outbox.messages() if m.alert_id is not None]
     assert [(m.alert_id, m.event) for m in messages] == [(rows[0]["id"], "detected")]
     if kind == "token":
         assert rows[0]["id"] != pending_token_id("eth", MatchKind.REVOKED_INCOMING, txid, tokens.usdt)

@@ -155,7 +155,7 @@ async def test_any_trc20_to_and_from_revoked_addresses(node: TronNodeServer, sto
         (fake_out, "revoked_outgoing"),
     }
     assert node.calls[CONSTANT] == 2 * 5  # symbol() and decimals() of each unlisted contract, once
-    sent = payloads(await store.outbox())
+    sent = payloads(await store.outbox.messages())
     fake = sent[fake_in]
     assert fake["asset"] == {"symbol": "FAKE", "contract": addr(FAKE), "decimals": 9}
     assert (fake["token_listed"], fake["amount"], fake["amount_decimal"]) == (False, "5000000000", "5")
@@ -173,7 +173,7 @@ async def test_any_trc20_to_and_from_revoked_addresses(node: TronNodeServer, sto
     assert (usdt["amount_decimal"], sent[usdt_in]["token_listed"]) == ("1", True)
     assert (sent[fake_out]["kind"], sent[fake_out]["token_listed"]) == ("revoked_outgoing", False)
 
-    cached = await store.token_metadata("tron", [addr(k) for k in (FAKE, ODD, BROKEN, GARBAGE, NOCODE, USDT)])
+    cached = await store.tokens.lookup("tron", [addr(k) for k in (FAKE, ODD, BROKEN, GARBAGE, NOCODE, USDT)])
     assert {c: (i.symbol, i.decimals, i.known) for c, i in cached.items()} == {
         addr(FAKE): ("FAKE", 9, True),
         addr(ODD): ("UNKNOWN", 0, False),
@@ -183,7 +183,7 @@ async def test_any_trc20_to_and_from_revoked_addresses(node: TronNodeServer, sto
     }
     # a fresh source with the store asks the node nothing
     source = TronSource.from_config(config(node.url))
-    source.set_metadata_cache(store)
+    source.set_metadata_cache(store.tokens)
     source.set_revoked({REVOKED})
     await source.open()
     asked = node.calls[CONSTANT]
@@ -201,7 +201,7 @@ async def test_any_trc20_to_and_from_revoked_addresses(node: TronNodeServer, sto
         (fake_out, "FAKE"),
     }  # the FAKE transfer to the active address is not even built: no revoked key in it
 
-    messages = await store.outbox()
+    messages = await store.outbox.messages()
     listed_only = Routed(SinkConfig(name="listed", type="exec", command=["true"], unlisted_tokens=False))
     assert {loads(m.payload)["txid"] for m in messages if listed_only.accepts(m)} == {usdt_in, usdt_out}
 
@@ -242,7 +242,7 @@ async def test_tron_poisoning_alerts_off_records_without_alerting(node: TronNode
     real = mine(node.chain, trc20(CUSTOMER, REVOKED, FAKE, 10**9))
     await follow_to_tip(store, config(node.url, poisoning_alerts="off"), start)
     assert {r["txid"]: r["poisoning"] for r in await store.matches(Scope.live())} == {zero: 1, real: 0}
-    assert {loads(m.payload)["txid"] for m in await store.outbox()} == {real}
+    assert {loads(m.payload)["txid"] for m in await store.outbox.messages()} == {real}
 
 
 async def test_replay_finds_the_same_unlisted_transfers(node: TronNodeServer, store: SqlStore) -> None:

@@ -159,7 +159,9 @@ async def node() -> AsyncIterator[BitcoinRegtestServer]:
 
 async def events(store: SqlStore, alert_id: str) -> list[tuple[str, int, bool]]:
     """(event, confirmations, mempool) of an alert's messages, oldest first."""
-    messages = sorted((m for m in await store.outbox(limit=1000) if m.alert_id == alert_id), key=lambda m: m.rev)
+    messages = sorted(
+        (m for m in await store.outbox.messages(limit=1000) if m.alert_id == alert_id), key=lambda m: m.rev
+    )
     out = []
     for m in messages:
         payload = json.loads(m.payload)
@@ -191,7 +193,7 @@ async def test_deposits_of_every_script_type_are_recorded(
         rows = await store.matches(Scope.live(), chain="btc")
         assert {r["status"] for r in rows} == {"confirmed"}
         # a deposit is announced once, when final
-        assert [m.event for m in await store.outbox(limit=100, kind="deposit")] == ["confirmed"] * 5
+        assert [m.event for m in await store.outbox.messages(limit=100, kind="deposit")] == ["confirmed"] * 5
 
 
 async def test_revoked_incoming_in_the_mempool_then_mined_then_confirmed(

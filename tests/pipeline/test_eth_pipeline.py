@@ -193,9 +193,9 @@ async def test_live_and_replay_find_exactly_the_same(world: World, store: SqlSto
     assert eth_in["index"] is None and eth_in["amount_decimal"] == "1"
     assert eth_in["to"].lower() == world.revoked and eth_in["from"] == world.customer
     # replays are quiet unless asked; live sends revoked alerts only
-    kinds = {m.kind for m in await store.outbox()}
+    kinds = {m.kind for m in await store.outbox.messages()}
     assert kinds <= {"revoked_incoming", "revoked_outgoing", "deposit"}
-    assert all(m.payload.count('"mode":"live"') == 1 for m in await store.outbox())
+    assert all(m.payload.count('"mode":"live"') == 1 for m in await store.outbox.messages())
 
 
 async def test_replay_resumes_after_interruption(world: World, store: SqlStore) -> None:
@@ -246,7 +246,7 @@ async def test_reorg_retracts_the_orphaned_alert(world: World, store: SqlStore) 
     await drain(f)
     await f.source.close()
     assert f.cursor is not None and before is not None and f.cursor.hash != before.hash
-    messages = [m for m in await store.outbox() if m.kind == "revoked_incoming"]
+    messages = [m for m in await store.outbox.messages() if m.kind == "revoked_incoming"]
     assert [m.event for m in sorted(messages, key=lambda m: m.rev)] == ["detected", "confirmed", "retracted"]
     assert len({m.alert_id for m in messages}) == 1
     status = {r["txid"]: r["status"] for r in await store.matches(Scope.live())}

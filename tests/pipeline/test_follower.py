@@ -97,7 +97,7 @@ async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) ->
     assert live["0xa3"] in {"seen", "confirmed"} and live["0xb2"] == "seen"
     events = [
         (m.event)
-        for m in await store.outbox()
+        for m in await store.outbox.messages()
         if m.alert_id == next(x["id"] for x in await store.matches(Scope.live()) if x["txid"] == "0xa4")
     ]
     assert sorted(events) == ["detected", "retracted"]
@@ -167,7 +167,7 @@ async def test_replay_range_stops_at_end(store: SqlStore) -> None:
     assert f.done
     heights = sorted(m["block_height"] for m in await store.matches(scope))
     assert heights == list(range(5, 13))
-    assert await store.outbox() == []
+    assert await store.outbox.messages() == []
 
 
 async def test_outage_is_retried_and_restored(store: SqlStore) -> None:

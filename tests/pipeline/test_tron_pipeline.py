@@ -194,7 +194,7 @@ async def test_live_finds_every_case_and_replay_equals_live(node: TronNodeServer
     assert seen(rows) == wanted(expected)
     assert all(r["status"] == "confirmed" for r in rows)
     revoked = [e for e in expected if e.kind != "deposit"]
-    messages = await store.outbox()
+    messages = await store.outbox.messages()
     events: dict[str, list[str]] = {}
     for m in sorted(messages, key=lambda m: m.rev):
         events.setdefault(m.alert_id, []).append(m.event)
@@ -249,7 +249,7 @@ async def test_reorg_of_unsolidified_blocks_retracts(node: TronNodeServer, store
         await drain(f)
     assert f.cursor is not None and before is not None and f.cursor.hash != before.hash
     assert f.cursor.height == chain.tip
-    messages = [m for m in await store.outbox() if m.kind == "revoked_incoming"]
+    messages = [m for m in await store.outbox.messages() if m.kind == "revoked_incoming"]
     assert [m.event for m in sorted(messages, key=lambda m: m.rev)] == ["detected", "retracted"]
     assert {r["txid"]: r["status"] for r in await store.matches(Scope.live())} == {txid(tx): "retracted"}
 
@@ -298,7 +298,7 @@ async def test_restart_after_downtime_has_no_gap_and_no_repeat(node: TronNodeSer
     assert g.cursor is not None and g.cursor.height == chain.tip
     rows = await store.matches(Scope.live())
     assert sorted(r["txid"] for r in rows) == sorted(txid(t) for t in sent)
-    detected = [m.alert_id for m in await store.outbox() if m.event == "detected"]
+    detected = [m.alert_id for m in await store.outbox.messages() if m.event == "detected"]
     assert len(detected) == len(set(detected)) == len(sent)
 
 

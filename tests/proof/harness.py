@@ -401,7 +401,7 @@ async def read_view(store: SqlStore, cursor_name: str, scope: Scope) -> StoreVie
         None if cursor is None else (cursor.height, cursor.hash),
         {int(r["height"]): str(r["hash"]) for r in rows},
         await store.matches(scope),
-        await store.outbox(limit=10_000_000),
+        await store.outbox.messages(limit=10_000_000),
     )
 
 
@@ -422,7 +422,7 @@ async def lease_holder(store_url: str, name: str) -> LeaseHolder | None:
     """The live holder of lease `name`, or None while it is free or expired."""
     store = await open_store(store_url)
     try:
-        for row in await store.leases():
+        for row in await store.leases.rows():
             if row.name == name and row.expires_in > 0:
                 return LeaseHolder(row.holder, row.epoch)
         return None

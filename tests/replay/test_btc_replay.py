@@ -284,7 +284,7 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
             if code:
                 store = await open_store(sqlite_url)
                 try:
-                    counts = await store.outbox_counts()
+                    counts = await store.outbox.counts()
                 finally:
                     await store.close()
                 assert counts["pending"] == alerts and counts["dead"] == 0, counts
@@ -295,7 +295,7 @@ async def test_send_alerts_says_so_and_exits_1_when_alerts_are_left_pending(
                 assert "still pending" not in said
     store = await open_store(sqlite_url)
     try:
-        counts = await store.outbox_counts()
+        counts = await store.outbox.counts()
     finally:
         await store.close()
     assert counts["new"] + counts["pending"] == 0 and counts["delivered"] >= alerts

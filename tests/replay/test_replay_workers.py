@@ -212,7 +212,7 @@ async def test_a_dead_workers_shard_is_taken_over_at_once_on_postgresql(
             out, err_bytes = await asyncio.wait_for(proc.communicate(), 240)
             assert proc.returncode == 0, err_bytes.decode()
             assert out == single
-            leases = {lease.name: lease for lease in await store.leases()}
+            leases = {lease.name: lease for lease in await store.leases.rows()}
             assert any(lease.epoch >= 2 for lease in leases.values())  # a shard changed hands
         finally:
             await store.close()
@@ -224,7 +224,7 @@ async def _worker_holding_a_started_shard(store: SqlStore, parent: int) -> psuti
         await asyncio.sleep(0.05)
         children = {p.pid: p for p in psutil.Process(parent).children()}
         started = {name for name, _ in await _shard_cursors(store)}
-        for lease in await store.leases():
+        for lease in await store.leases.rows():
             pid = int(lease.holder.split(":")[1])
             if lease.name in started and pid in children and lease.expires_in > 0:
                 return children[pid]

@@ -41,7 +41,7 @@ async def test_rescan_replays_from_the_revocation_and_alerts(
     assert f"..{chain.last} " in said
     store = await open_store(sqlite_url)
     try:
-        alerts = [loads(m.payload) for m in await store.outbox(kind="revoked_incoming", limit=100)]
+        alerts = [loads(m.payload) for m in await store.outbox.messages(kind="revoked_incoming", limit=100)]
     finally:
         await store.close()
     mine = [a for a in alerts if a["address"]["address"] == victim]

@@ -194,7 +194,7 @@ async def test_the_command_reads_every_scope_and_filters(
     assert png_size(png.read_bytes()) == PLOT_SIZE
     store = await open_store(store_url)
     try:
-        report = build_report(await store.report_rows(), Window())
+        report = build_report(await store.reports.rows(), Window())
     finally:
         await store.close()
     series = plot_series(report)

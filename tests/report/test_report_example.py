@@ -124,7 +124,7 @@ async def test_the_example_counts_each_transfer_once_with_its_sources_and_sweeps
     btc = example.btc
     store = await open_store(store_url)
     try:
-        report = build_report(await store.report_rows(), Window())
+        report = build_report(await store.reports.rows(), Window())
     finally:
         await store.close()
     found = {

@@ -33,7 +33,7 @@ def history(capsys: pytest.CaptureFixture[str], url: str, address: str, *extra: 
 async def audit_rows(url: str) -> list[tuple[str, str, str, str]]:
     store = await open_store(url)
     try:
-        return [(r.actor, r.action, r.chain, r.address) for r in reversed(await store.audit_log())]
+        return [(r.actor, r.action, r.chain, r.address) for r in reversed(await store.audit.log())]
     finally:
         await store.close()
 
@@ -146,18 +146,18 @@ async def test_the_audit_row_and_the_change_commit_together(store_url: str, tmp_
         with pytest.raises(Exception, match="address_audit"):
             await store.revoke(["eth"], None, 1_700_000_000, "breach")
         key = entries[2][1].key
-        assert [e.status for e in await store.book_entries("eth", [key])] == ["active"]
+        assert [e.status for e in await store.audit.book_entries("eth", [key])] == ["active"]
         assert await store.address_book_version() == version
         async with store.db.transaction() as conn:
             await conn.execute("ALTER TABLE address_audit_moved RENAME TO address_audit")
         result = await store.revoke(["eth"], None, 1_700_000_000, "breach", actor="token:soc")
         assert result.revoked == 1
         with pytest.raises(StoreError, match="are active, not revoked"):  # all or nothing
-            await store.reinstate("btc", [entries[1][1].key, entries[0][1].key], "oops", actor="token:soc")
+            await store.audit.reinstate("btc", [entries[1][1].key, entries[0][1].key], "oops", actor="token:soc")
         with pytest.raises(StoreError, match="not in the eth book"):
-            await store.reinstate("eth", [key, b"\x77" * 20], "oops", actor="token:soc")
-        assert {e.status for e in await store.book_entries("btc", [entries[1][1].key])} == {"revoked"}
-        log = [(r.actor, r.action, r.address) for r in reversed(await store.audit_log())]
+            await store.audit.reinstate("eth", [key, b"\x77" * 20], "oops", actor="token:soc")
+        assert {e.status for e in await store.audit.book_entries("btc", [entries[1][1].key])} == {"revoked"}
+        log = [(r.actor, r.action, r.address) for r in reversed(await store.audit.log())]
         assert log == [
             *[("token:wallet", "add", e.address) for _, e in entries],
             ("token:soc", "revoke", ETH_A),

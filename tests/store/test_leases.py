@@ -27,59 +27,59 @@ SHORT = 0.4
 async def test_a_free_lease_is_taken_at_epoch_one_and_kept_by_its_holder(store: SqlStore) -> None:
     """The first holder gets epoch 1; another holder is refused while it is live; the holder itself
     taking it again keeps the epoch (a restart of the same loop is no takeover)."""
-    first = await store.acquire_lease("chain:eth", "a", TTL)
+    first = await store.leases.acquire("chain:eth", "a", TTL)
     assert first == Fence("chain:eth", "a", 1)
-    assert await store.acquire_lease("chain:eth", "b", TTL) is None
-    assert await store.acquire_lease("chain:eth", "a", TTL) == first
-    assert await store.acquire_lease("dispatcher", "b", TTL) == Fence("dispatcher", "b", 1)
-    rows = {row.name: row for row in await store.leases()}
+    assert await store.leases.acquire("chain:eth", "b", TTL) is None
+    assert await store.leases.acquire("chain:eth", "a", TTL) == first
+    assert await store.leases.acquire("dispatcher", "b", TTL) == Fence("dispatcher", "b", 1)
+    rows = {row.name: row for row in await store.leases.rows()}
     assert rows["chain:eth"].holder == "a" and 0 < rows["chain:eth"].expires_in <= TTL
 
 
 async def test_renewal_extends_and_expiry_lets_another_take_over_with_a_new_epoch(store: SqlStore) -> None:
     """Renewed, the lease stays; not renewed, it expires (database time) and the standby's takeover
     bumps the epoch; the old holder can no longer renew and no longer holds it."""
-    old = await store.acquire_lease("chain:eth", "a", SHORT)
+    old = await store.leases.acquire("chain:eth", "a", SHORT)
     assert old is not None
-    assert await store.renew_lease(old, TTL)
-    before = {row.name: row for row in await store.leases()}["chain:eth"].expires_in
+    assert await store.leases.renew(old, TTL)
+    before = {row.name: row for row in await store.leases.rows()}["chain:eth"].expires_in
     assert before > SHORT
-    assert await store.acquire_lease("chain:eth", "b", SHORT) is None
-    assert await store.renew_lease(old, SHORT)  # the holder shortens it again; then stops renewing
+    assert await store.leases.acquire("chain:eth", "b", SHORT) is None
+    assert await store.leases.renew(old, SHORT)  # the holder shortens it again; then stops renewing
 
     async def taken() -> bool:
-        return await store.acquire_lease("chain:eth", "b", TTL) is not None
+        return await store.leases.acquire("chain:eth", "b", TTL) is not None
 
     await eventually(taken, timeout=10)
     new = Fence("chain:eth", "b", 2)
-    assert await store.holds_lease(new)
-    assert not await store.holds_lease(old)
-    assert not await store.renew_lease(old, TTL)
-    assert not await store.release_lease(old)  # giving back what is no longer yours changes nothing
-    assert await store.holds_lease(new)
+    assert await store.leases.holds(new)
+    assert not await store.leases.holds(old)
+    assert not await store.leases.renew(old, TTL)
+    assert not await store.leases.release(old)  # giving back what is no longer yours changes nothing
+    assert await store.leases.holds(new)
 
 
 async def test_a_released_lease_is_taken_at_once(store: SqlStore) -> None:
     """A clean stop gives the lease back: the standby takes it without waiting for the expiry."""
-    old = await store.acquire_lease("dispatcher", "a", TTL)
+    old = await store.leases.acquire("dispatcher", "a", TTL)
     assert old is not None
-    assert await store.release_lease(old)
-    assert await store.acquire_lease("dispatcher", "b", TTL) == Fence("dispatcher", "b", 2)
+    assert await store.leases.release(old)
+    assert await store.leases.acquire("dispatcher", "b", TTL) == Fence("dispatcher", "b", 2)
 
 
 async def test_commits_under_a_stale_epoch_write_nothing(store: SqlStore) -> None:
     """Block commits, rewinds and mempool writes under a lost lease raise LeaseLost and change nothing."""
-    old = await store.acquire_lease("chain:eth", "a", TTL)
+    old = await store.leases.acquire("chain:eth", "a", TTL)
     assert old is not None
     maker = AlertMaker(store)
     maker.scope = Scope.live().fenced(old)
     first = await maker.block([(1, 10)])
     assert len(first) == 1
-    assert await store.release_lease(old)
-    new = await store.acquire_lease("chain:eth", "b", TTL)
+    assert await store.leases.release(old)
+    new = await store.leases.acquire("chain:eth", "b", TTL)
     assert new is not None and new.epoch == old.epoch + 1
 
-    cursor, outbox, matches = maker.cursor, await store.outbox(limit=1000), await store.matches(Scope.live())
+    cursor, outbox, matches = maker.cursor, await store.outbox.messages(limit=1000), await store.matches(Scope.live())
     with pytest.raises(LeaseLost, match="chain:eth"):
         await maker.block([(2, 20)])
     with pytest.raises(LeaseLost):
@@ -92,7 +92,7 @@ async def test_commits_under_a_stale_epoch_write_nothing(store: SqlStore) -> Non
     with pytest.raises(LeaseLost):
         await store.drop_mempool(maker.scope, maker.policy, [matches[0]["id"]])
     assert await store.get_cursor("live:eth") == cursor
-    assert await store.outbox(limit=1000) == outbox
+    assert await store.outbox.messages(limit=1000) == outbox
     assert await store.matches(Scope.live()) == matches
 
     # The new holder writes under its own epoch.
@@ -105,49 +105,49 @@ async def test_delivery_state_changes_under_a_stale_epoch_write_nothing(store: S
     claim to have been made under that epoch."""
     maker = AlertMaker(store)
     await maker.block([(1, 10), (2, 20)])
-    old = await store.acquire_lease("dispatcher", "a", TTL)
+    old = await store.leases.acquire("dispatcher", "a", TTL)
     assert old is not None
-    messages = await store.unplanned(10)
-    await store.plan({m.seq: ["hook"] for m in messages}, time.time(), fence=old)
+    messages = await store.outbox.unplanned(10)
+    await store.outbox.plan({m.seq: ["hook"] for m in messages}, time.time(), fence=old)
     seqs = [m.seq for m in messages]
-    await store.claim(seqs, "hook", fence=old)
+    await store.outbox.claim(seqs, "hook", fence=old)
 
-    assert await store.release_lease(old)
-    new = await store.acquire_lease("dispatcher", "b", TTL)
+    assert await store.leases.release(old)
+    new = await store.leases.acquire("dispatcher", "b", TTL)
     assert new is not None
-    before = [await store.deliveries(seq) for seq in seqs]
+    before = [await store.outbox.deliveries(seq) for seq in seqs]
     with pytest.raises(LeaseLost):
-        await store.claim(seqs, "hook", fence=old)
+        await store.outbox.claim(seqs, "hook", fence=old)
     with pytest.raises(LeaseLost):
-        await store.delivered_many([(seqs[0], "hook")], time.time(), fence=old)
+        await store.outbox.delivered_many([(seqs[0], "hook")], time.time(), fence=old)
     with pytest.raises(LeaseLost):
-        await store.delivered(seqs[0], "hook", time.time(), fence=old)
+        await store.outbox.delivered(seqs[0], "hook", time.time(), fence=old)
     with pytest.raises(LeaseLost):
-        await store.failed(seqs[0], "hook", "boom", time.time() + 5, fence=old)
+        await store.outbox.failed(seqs[0], "hook", "boom", time.time() + 5, fence=old)
     with pytest.raises(LeaseLost):
-        await store.failed_many(seqs, "hook", "boom", None, fence=old)
-    assert [await store.deliveries(seq) for seq in seqs] == before
+        await store.outbox.failed_many(seqs, "hook", "boom", None, fence=old)
+    assert [await store.outbox.deliveries(seq) for seq in seqs] == before
 
     # Under the new epoch, an outcome for a delivery claimed under the old one is not recorded ...
-    await store.delivered_many([(seqs[0], "hook")], time.time(), fence=new)
-    assert [await store.deliveries(seq) for seq in seqs] == before
+    await store.outbox.delivered_many([(seqs[0], "hook")], time.time(), fence=new)
+    assert [await store.outbox.deliveries(seq) for seq in seqs] == before
     # ... until the new holder claims it itself.
-    await store.claim(seqs, "hook", fence=new)
-    await store.delivered_many([(seqs[0], "hook")], time.time(), fence=new)
-    assert (await store.deliveries(seqs[0]))[0].status == "delivered"
-    assert (await store.deliveries(seqs[1]))[0].status == "pending"
+    await store.outbox.claim(seqs, "hook", fence=new)
+    await store.outbox.delivered_many([(seqs[0], "hook")], time.time(), fence=new)
+    assert (await store.outbox.deliveries(seqs[0]))[0].status == "delivered"
+    assert (await store.outbox.deliveries(seqs[1]))[0].status == "pending"
 
 
 async def test_planning_under_a_stale_epoch_plans_nothing(store: SqlStore) -> None:
     maker = AlertMaker(store)
     await maker.block([(1, 10)])
-    old = await store.acquire_lease("dispatcher", "a", TTL)
-    assert old is not None and await store.release_lease(old)
-    assert await store.acquire_lease("dispatcher", "b", TTL) is not None
-    messages = await store.unplanned(10)
+    old = await store.leases.acquire("dispatcher", "a", TTL)
+    assert old is not None and await store.leases.release(old)
+    assert await store.leases.acquire("dispatcher", "b", TTL) is not None
+    messages = await store.outbox.unplanned(10)
     with pytest.raises(LeaseLost):
-        await store.plan({m.seq: ["hook"] for m in messages}, time.time(), fence=old)
-    assert await store.unplanned(10) == messages
+        await store.outbox.plan({m.seq: ["hook"] for m in messages}, time.time(), fence=old)
+    assert await store.outbox.unplanned(10) == messages
 
 
 async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(pg_store: SqlStore) -> None:
@@ -155,7 +155,7 @@ async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(pg_st
     expired lease ends that transaction rather than slipping in before its commit, so its writes never
     land under the new epoch."""
     store = pg_store  # PostgreSQL only: SQLite write transactions are exclusive, no takeover to order
-    old = await store.acquire_lease("chain:eth", "a", SHORT)
+    old = await store.leases.acquire("chain:eth", "a", SHORT)
     assert old is not None
     await store.set_cursor(Cursor("live:eth", "eth", 5, "h5"))
     taken: list[Fence | None] = []
@@ -165,7 +165,7 @@ async def test_a_takeover_never_lands_between_a_fence_check_and_its_commit(pg_st
             await check_fence(conn, store.dialect, replace(old, ttl=TTL))  # a long idle limit
             await conn.execute("UPDATE cursors SET height = 6 WHERE name = 'live:eth'")
             await asyncio.sleep(SHORT * 2)  # expired meanwhile
-            taken.append(await asyncio.wait_for(store.acquire_lease("chain:eth", "b", TTL), 30))
+            taken.append(await asyncio.wait_for(store.leases.acquire("chain:eth", "b", TTL), 30))
 
     with pytest.raises(SESSION_LOST):
         await commit_across_a_takeover()
@@ -201,7 +201,7 @@ async def test_a_transaction_whose_session_the_server_ended_fails_as_session_los
 async def inside_the_fence(store: SqlStore) -> AsyncIterator[asyncpg.Connection]:
     """Holder "a" of chain:eth (ttl 1 s) on a connection of its own, in a transaction just past the fence
     check: where the tests stop it. The connection is ended on the way out."""
-    old = await store.acquire_lease("chain:eth", "a", 1.0)
+    old = await store.leases.acquire("chain:eth", "a", 1.0)
     assert old is not None
     frozen = await asyncpg.connect(store.db.url)
     try:
@@ -217,7 +217,7 @@ def taken_by_b(store: SqlStore) -> Callable[[], Awaitable[bool]]:
     """Whether holder "b" takes chain:eth now (for `eventually`)."""
 
     async def taken() -> bool:
-        return await store.acquire_lease("chain:eth", "b", TTL) is not None
+        return await store.leases.acquire("chain:eth", "b", TTL) is not None
 
     return taken
 
@@ -229,16 +229,16 @@ async def test_a_holder_frozen_inside_a_fenced_transaction_does_not_block_the_ta
     store = pg_store  # PostgreSQL only: SQLite runs one instance: no other process waits for its lock
     async with inside_the_fence(store) as frozen:  # ... and here the holder is stopped
         await eventually(taken_by_b(store), timeout=30)
-        assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
+        assert [(row.holder, row.epoch) for row in await store.leases.rows()] == [("b", 2)]
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):  # it wakes up: too late
             await frozen.execute("UPDATE cursors SET height = height + 1")
 
 
 async def test_sqlite_takes_a_lease_at_once_when_exclusive(sqlite_store: SqlStore) -> None:
     """SQLite runs one instance (its lock file): a restart takes over its dead predecessor's lease."""
-    assert await sqlite_store.acquire_lease("chain:eth", "a", TTL) is not None
-    assert await sqlite_store.acquire_lease("chain:eth", "b", TTL) is None
-    assert await sqlite_store.acquire_lease("chain:eth", "b", TTL, exclusive=True) == Fence("chain:eth", "b", 2)
+    assert await sqlite_store.leases.acquire("chain:eth", "a", TTL) is not None
+    assert await sqlite_store.leases.acquire("chain:eth", "b", TTL) is None
+    assert await sqlite_store.leases.acquire("chain:eth", "b", TTL, exclusive=True) == Fence("chain:eth", "b", 2)
 
 
 async def test_postgres_takes_a_dead_holders_lease_without_waiting(pg_url: str, pg_store: SqlStore) -> None:
@@ -247,15 +247,15 @@ async def test_postgres_takes_a_dead_holders_lease_without_waiting(pg_url: str, 
     holder = await asyncpg.connect(pg_url)
     session = await holder.fetchval(MY_PG_SESSION)
     assert session
-    assert await pg_store.acquire_lease("chain:eth", "a", TTL, session) is not None
-    assert await pg_store.acquire_lease("chain:eth", "b", TTL) is None
+    assert await pg_store.leases.acquire("chain:eth", "a", TTL, session) is not None
+    assert await pg_store.leases.acquire("chain:eth", "b", TTL) is None
     await holder.close()
 
     async def taken() -> bool:
-        return await pg_store.acquire_lease("chain:eth", "b", TTL) is not None
+        return await pg_store.leases.acquire("chain:eth", "b", TTL) is not None
 
     await eventually(taken, timeout=10)
-    assert {row.name: row for row in await pg_store.leases()}["chain:eth"].epoch == 2
+    assert {row.name: row for row in await pg_store.leases.rows()}["chain:eth"].epoch == 2
 
 
 @pytest.fixture
@@ -275,8 +275,8 @@ async def pg_store(pg_url: str) -> AsyncIterator[SqlStore]:
 async def test_a_loop_that_stops_turning_stops_renewing_and_loses_its_lease(store: SqlStore) -> None:
     """Leadership follows progress: while the guarded loop turns the lease is renewed past its TTL;
     once it stops, renewals stop, another instance takes over, and the holder learns it lost."""
-    leader = Leadership(store, SHORT, holder="a")
-    standby = Leadership(store, SHORT, holder="b")
+    leader = Leadership(store.leases, SHORT, holder="a")
+    standby = Leadership(store.leases, SHORT, holder="b")
     term = await leader.acquire("chain:eth")
     assert term is not None
     turned = time.monotonic()
@@ -312,10 +312,10 @@ async def test_the_dispatcher_outbox_sends_nothing_without_a_valid_term(store: S
     on this process's clock: a process frozen after its last renewal must not send when it wakes."""
     maker = AlertMaker(store)
     await maker.block([(1, 10)])
-    leadership = Leadership(store, TTL, holder="a")
+    leadership = Leadership(store.leases, TTL, holder="a")
     term = await leadership.acquire("dispatcher")
     assert term is not None
-    outbox = FencedOutbox(store)
+    outbox = FencedOutbox(store.outbox)
     messages = await outbox.unplanned(10)
     with pytest.raises(LeaseLost):  # no term yet
         await outbox.plan({m.seq: ["hook"] for m in messages}, time.time())
@@ -342,7 +342,7 @@ def test_lease_ttl_is_bounded(value: float, ok: bool) -> None:
 async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg_store: SqlStore) -> None:
     """`alerts deliver` shares the daemon's dispatcher lease: refused while the daemon delivers, and
     once it has the lease its dispatcher's writes are fenced by it."""
-    daemon = Leadership(pg_store, TTL, holder="daemon")
+    daemon = Leadership(pg_store.leases, TTL, holder="daemon")
     term = await daemon.acquire("dispatcher")
     assert term is not None
     with pytest.raises(AlreadyRunning, match="delivers alerts"):
@@ -351,7 +351,7 @@ async def test_a_dispatcher_run_by_hand_takes_the_dispatcher_lease_or_refuses(pg
     held = await take_dispatcher(pg_store, ttl=TTL)
     try:
         assert held.outbox.term is not None and held.outbox.term.fence.epoch == 2
-        assert await pg_store.holds_lease(held.outbox.term.fence)
+        assert await pg_store.leases.holds(held.outbox.term.fence)
     finally:
         await held.release_all()
     assert await daemon.acquire("dispatcher") is not None  # given back: taken at once
@@ -367,12 +367,12 @@ async def test_a_holder_frozen_inside_a_busy_statement_is_ended_by_the_takeover(
         await eventually(taken_by_b(store), timeout=30)
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
             await busy
-        assert [(row.holder, row.epoch) for row in await store.leases()] == [("b", 2)]
+        assert [(row.holder, row.epoch) for row in await store.leases.rows()] == [("b", 2)]
 
 
 async def test_instances_starting_together_get_one_lease_holder(store: SqlStore) -> None:
     """Many first attempts at once on a lease no row exists for yet: one holder, the others None."""
-    got = await asyncio.gather(*(store.acquire_lease("chain:eth", f"h{i}", TTL) for i in range(8)))
+    got = await asyncio.gather(*(store.leases.acquire("chain:eth", f"h{i}", TTL) for i in range(8)))
     assert len([fence for fence in got if fence is not None]) == 1
 
 
@@ -385,14 +385,14 @@ async def test_a_takeover_ends_only_its_own_stores_transactions(pg_store: SqlSto
     sep = "&" if "?" in PG_URL else "?"
     other = await open_store(f"{PG_URL}{sep}search_path={schema}", migrate=True)
     try:
-        theirs = await other.acquire_lease("chain:eth", "a", TTL)
+        theirs = await other.leases.acquire("chain:eth", "a", TTL)
         assert theirs is not None
-        ours = await pg_store.acquire_lease("chain:eth", "a", SHORT)
+        ours = await pg_store.leases.acquire("chain:eth", "a", SHORT)
         assert ours is not None
         async with other.db.transaction() as conn:
             await check_fence(conn, other.dialect, theirs)  # "a" at work in the other deployment
             await asyncio.sleep(SHORT * 2)  # our "a" has expired meanwhile
-            assert await pg_store.acquire_lease("chain:eth", "b", TTL) == Fence("chain:eth", "b", 2)
+            assert await pg_store.leases.acquire("chain:eth", "b", TTL) == Fence("chain:eth", "b", 2)
             await conn.execute("UPDATE cursors SET height = height + 1")  # still alive
     finally:
         await other.close()

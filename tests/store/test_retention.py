@@ -28,13 +28,13 @@ async def settled_history(store: SqlStore) -> AlertMaker:
     maker = AlertMaker(store, confirmations=2)
     await maker.block([(1, 10), (2, 20)])
     await maker.block([(3, 30)])  # confirms 1 and 2
-    planned = await store.unplanned(100)
-    await store.plan({m.seq: ["hook"] for m in planned}, time.time())
+    planned = await store.outbox.unplanned(100)
+    await store.outbox.plan({m.seq: ["hook"] for m in planned}, time.time())
     for message in planned:
         if message.order_key.endswith(maker_address(2)) and message.event == "confirmed":
-            await store.failed(message.seq, "hook", "HTTP 400", None)
+            await store.outbox.failed(message.seq, "hook", "HTTP 400", None)
         elif not message.order_key.endswith(maker_address(3)):
-            await store.delivered(message.seq, "hook", time.time())
+            await store.outbox.delivered(message.seq, "hook", time.time())
     async with store.db.transaction() as conn:
         await conn.execute("UPDATE outbox SET created_at = created_at - $1", 40 * DAY)
     return maker
@@ -46,16 +46,16 @@ def maker_address(i: int) -> str:
 
 async def test_prune_removes_settled_alerts_in_batches_and_never_reuses_a_revision(store: SqlStore) -> None:
     maker = await settled_history(store)
-    assert (await store.outbox_counts())["pending"] == 1
-    kept_seq = next(m.seq for m in await store.outbox(status="pending"))
+    assert (await store.outbox.counts())["pending"] == 1
+    kept_seq = next(m.seq for m in await store.outbox.messages(status="pending"))
     retention = RetentionConfig(outbox_days=30, batch=1)
     assert await prune_once(store, retention, dry_run=True) == PruneResult(4, 0)
-    assert len(await store.outbox(limit=100)) == 5  # a dry run removes nothing
+    assert len(await store.outbox.messages(limit=100)) == 5  # a dry run removes nothing
     pruned: list[tuple[str, int]] = []
     result = await prune_once(store, retention, on_pruned=lambda t, n: pruned.append((t, n)))
     assert result == PruneResult(4, 0)
     assert pruned == [("outbox", 2), ("outbox", 2)]  # one alert (two messages) per batch of 1
-    assert [m.seq for m in await store.outbox(limit=100)] == [kept_seq]
+    assert [m.seq for m in await store.outbox.messages(limit=100)] == [kept_seq]
     async with store.db.read() as conn:
         assert await conn.fetchval("SELECT COUNT(*) FROM deliveries") == 1
         assert await conn.fetchval("SELECT COUNT(*) FROM matches") == 3  # kept: matches_days = 0
@@ -65,7 +65,7 @@ async def test_prune_removes_settled_alerts_in_batches_and_never_reuses_a_revisi
     cursor = await store.get_cursor("live:eth")
     assert cursor is not None
     await store.rewind(maker.scope, cursor, maker.policy, BlockRef(0, "h0"))
-    retractions = await store.outbox(limit=100)
+    retractions = await store.outbox.messages(limit=100)
     revs = {m.order_key.rsplit(":", 1)[1]: m.rev for m in retractions if m.event == "retracted"}
     assert revs == {maker_address(1): 3, maker_address(2): 3, maker_address(3): 2}
 
@@ -127,6 +127,6 @@ async def test_the_daemon_prunes_and_counts(sqlite_setup: Setup, tmp_path: Path)
     assert await stop(daemon) == 0
     store = await open_store(sqlite_setup.store_url)
     try:
-        assert await store.outbox(limit=100) == []
+        assert await store.outbox.messages(limit=100) == []
     finally:
         await store.close()

@@ -45,7 +45,7 @@ async def test_backdated_revocation_alerts_on_what_already_landed(
 
     store = await open_store(store_url)
     try:
-        [message] = await store.outbox(kind="revoked_incoming", limit=10)
+        [message] = await store.outbox.messages(kind="revoked_incoming", limit=10)
         body = loads(message.payload)
     finally:
         await store.close()
@@ -122,7 +122,7 @@ async def test_a_block_in_flight_during_the_revocation_still_alerts(store_url: s
         matches = match_block("eth", block, stale.book("eth"))
         assert [str(m.kind) for m in matches] == ["deposit"]
         await store.commit_blocks(Scope.live(), ledger.cursor, ledger.policy, [BlockEffects(block, matches)], 1)
-        [message] = await store.outbox(kind="revoked_incoming", limit=10)
+        [message] = await store.outbox.messages(kind="revoked_incoming", limit=10)
         assert (message.event, message.block_height) == ("detected", 1)
     finally:
         await store.close()

@@ -162,7 +162,7 @@ async def test_commit_records_matches_alerts_and_cursor_once(store: SqlStore) ->
     cursor = await store.commit_blocks(LIVE, start, POLICY, [BlockEffects(b, found)], tip_height=10)
     assert cursor.ref == BlockRef(10, "h10")
     assert await store.get_cursor("live:eth") == cursor
-    messages = await store.outbox()
+    messages = await store.outbox.messages()
     assert sorted((m.kind, m.event) for m in messages) == [
         ("revoked_incoming", "detected"),
         ("revoked_outgoing", "detected"),
@@ -175,7 +175,7 @@ async def test_commit_records_matches_alerts_and_cursor_once(store: SqlStore) ->
     # the stale cursor is refused, nothing written twice
     with pytest.raises(LeaseLost):
         await store.commit_blocks(LIVE, start, POLICY, [BlockEffects(b, found)], tip_height=10)
-    assert len(await store.outbox()) == 2
+    assert len(await store.outbox.messages()) == 2
     assert len(await store.matches(LIVE)) == 3
 
 
@@ -187,9 +187,9 @@ async def test_confirmation_and_deposit_finality(store: SqlStore) -> None:
     cursor = Cursor("live:eth", "eth", 9, "h9")
     cursor = await store.commit_blocks(LIVE, cursor, POLICY, [BlockEffects(b10, matches_for(b10, registry))], 10)
     cursor = await store.commit_blocks(LIVE, cursor, POLICY, [BlockEffects(block(11))], 11)
-    assert [m.event for m in await store.outbox()] == ["detected"]
+    assert [m.event for m in await store.outbox.messages()] == ["detected"]
     cursor = await store.commit_blocks(LIVE, cursor, POLICY, [BlockEffects(block(12))], 12)
-    events = sorted((m.kind, m.event) for m in await store.outbox())
+    events = sorted((m.kind, m.event) for m in await store.outbox.messages())
     assert events == [("deposit", "confirmed"), ("revoked_incoming", "confirmed"), ("revoked_incoming", "detected")]
     statuses = {r["kind"]: r["status"] for r in await store.matches(LIVE)}
     assert statuses == {"deposit": "confirmed", "revoked_incoming": "confirmed"}
@@ -212,7 +212,7 @@ async def test_rewind_retracts_and_redetects(store: SqlStore) -> None:
     cursor = await store.commit_blocks(
         LIVE, cursor, POLICY, [BlockEffects(b10b), BlockEffects(b11b, matches_for(b11b, registry))], 11
     )
-    messages = sorted(await store.outbox(), key=lambda m: m.rev)
+    messages = sorted(await store.outbox.messages(), key=lambda m: m.rev)
     assert [(m.rev, m.event) for m in messages] == [(1, "detected"), (2, "retracted"), (3, "detected")]
     assert len({m.alert_id for m in messages}) == 1
     assert loads(messages[1].payload)["kind"] == "retracted"
@@ -237,7 +237,7 @@ async def test_mempool_then_mined_then_dropped(store: SqlStore) -> None:
     gone = await store.mempool_match_ids(LIVE, "eth")
     assert len(gone) == 1
     assert await store.drop_mempool(LIVE, POLICY, gone) == 1
-    events = sorted((m.alert_id == gone[0], m.event) for m in await store.outbox())
+    events = sorted((m.alert_id == gone[0], m.event) for m in await store.outbox.messages())
     assert events == [(False, "detected"), (False, "mined"), (True, "detected"), (True, "retracted")]
 
 
@@ -265,7 +265,7 @@ async def test_pending_token_sighting_racing_its_block_alerts_once(store: SqlSto
             store.record_mempool(LIVE, POLICY, pending),
         )
         cursor = committed
-        ids = {m.alert_id for m in await store.outbox(limit=10_000) if loads(m.payload)["txid"] == txid}
+        ids = {m.alert_id for m in await store.outbox.messages(limit=10_000) if loads(m.payload)["txid"] == txid}
         assert len(ids) == 1, (height, ids)
     rows = await store.matches(LIVE)
     assert len(rows) == 30 and {r["status"] for r in rows} <= {"seen", "confirmed"}
@@ -279,15 +279,15 @@ async def test_replay_scope_is_separate_and_quiet(store: SqlStore) -> None:
     found = matches_for(b, registry)
     quiet = Scope.replay("r1", send_alerts=False)
     await store.commit_blocks(quiet, Cursor("replay:r1", "eth", 9, "h9"), POLICY, [BlockEffects(b, found)], 100)
-    assert await store.outbox() == []
+    assert await store.outbox.messages() == []
     assert len(await store.matches(quiet)) == 1 and await store.matches(LIVE) == []
     loud = Scope.replay("r2", send_alerts=True)
     await store.commit_blocks(loud, Cursor("replay:r2", "eth", 9, "h9"), POLICY, [BlockEffects(b, found)], 100)
-    assert [(m.event, loads(m.payload)["mode"]) for m in await store.outbox()] == [("detected", "replay")]
+    assert [(m.event, loads(m.payload)["mode"]) for m in await store.outbox.messages()] == [("detected", "replay")]
     await store.commit_blocks(LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, found)], 100)
     loud3 = Scope.replay("r3", send_alerts=True)
     await store.commit_blocks(loud3, Cursor("replay:r3", "eth", 9, "h9"), POLICY, [BlockEffects(b, found)], 100)
-    assert len([m for m in await store.outbox() if m.event == "detected"]) == 2  # replay + live, not r3
+    assert len([m for m in await store.outbox.messages() if m.event == "detected"]) == 2  # replay + live, not r3
     await store.delete_scope(quiet)
     assert await store.matches(quiet) == []
 
@@ -300,27 +300,27 @@ async def test_outbox_delivery_order_retry_dead_and_redeliver(store: SqlStore) -
     await store.commit_blocks(
         LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10
     )
-    new = await store.unplanned(10)
+    new = await store.outbox.unplanned(10)
     assert len(new) == 2
-    await store.plan({m.seq: ["hook", "slack"] for m in new}, now=100.0)
-    assert await store.unplanned(10) == []
+    await store.outbox.plan({m.seq: ["hook", "slack"] for m in new}, now=100.0)
+    assert await store.outbox.unplanned(10) == []
     first, second = sorted(new, key=lambda m: m.seq)
-    due = await store.due("hook", 100.0, 10)
+    due = await store.outbox.due("hook", 100.0, 10)
     assert [m.seq for m in due] == [first.seq]  # same address: one at a time, in order
-    await store.failed(first.seq, "hook", "HTTP 500", next_attempt_at=200.0)
-    assert await store.due("hook", 150.0, 10) == []
-    await store.delivered(first.seq, "hook", 201.0)
-    assert [m.seq for m in await store.due("hook", 201.0, 10)] == [second.seq]
-    await store.failed(second.seq, "hook", "HTTP 410", next_attempt_at=None)
-    assert (await store.outbox_counts())["pending"] == 2  # slack still pending for both
+    await store.outbox.failed(first.seq, "hook", "HTTP 500", next_attempt_at=200.0)
+    assert await store.outbox.due("hook", 150.0, 10) == []
+    await store.outbox.delivered(first.seq, "hook", 201.0)
+    assert [m.seq for m in await store.outbox.due("hook", 201.0, 10)] == [second.seq]
+    await store.outbox.failed(second.seq, "hook", "HTTP 410", next_attempt_at=None)
+    assert (await store.outbox.counts())["pending"] == 2  # slack still pending for both
     for m in new:
-        await store.delivered(m.seq, "slack", 202.0)
-    counts = await store.outbox_counts()
+        await store.outbox.delivered(m.seq, "slack", 202.0)
+    counts = await store.outbox.counts()
     assert (counts["delivered"], counts["dead"]) == (1, 1)
-    assert [m.seq for m in await store.outbox(status="dead")] == [second.seq]
-    assert await store.redeliver(None, 300.0) == 1
-    assert [m.seq for m in await store.due("hook", 300.0, 10)] == [second.seq]
-    deliveries = {d.sink: d for d in await store.deliveries(second.seq)}
+    assert [m.seq for m in await store.outbox.messages(status="dead")] == [second.seq]
+    assert await store.outbox.redeliver(None, 300.0) == 1
+    assert [m.seq for m in await store.outbox.due("hook", 300.0, 10)] == [second.seq]
+    deliveries = {d.sink: d for d in await store.outbox.deliveries(second.seq)}
     assert deliveries["hook"].attempts == 0 and deliveries["slack"].status == "delivered"
 
 
@@ -332,12 +332,12 @@ async def test_unrouted_and_test_alerts(store: SqlStore) -> None:
     await store.commit_blocks(
         LIVE, Cursor("live:eth", "eth", 9, "h9"), POLICY, [BlockEffects(b, matches_for(b, registry))], 10
     )
-    [message] = await store.unplanned(10)
-    await store.plan({message.seq: []}, now=1.0)
-    assert (await store.outbox_counts())["unrouted"] == 1
-    test = await store.enqueue_test_alert({"severity": "info", "chain": "eth"}, "hook")
+    [message] = await store.outbox.unplanned(10)
+    await store.outbox.plan({message.seq: []}, now=1.0)
+    assert (await store.outbox.counts())["unrouted"] == 1
+    test = await store.outbox.enqueue_test_alert({"severity": "info", "chain": "eth"}, "hook")
     assert loads(test.payload)["test"] is True
-    assert [m.seq for m in await store.due("hook", 10**10, 10)] == [test.seq]
+    assert [m.seq for m in await store.outbox.due("hook", 10**10, 10)] == [test.seq]
 
 
 async def test_newer_schema_is_refused(store_url: str) -> None:
@@ -381,7 +381,7 @@ async def test_batch_commit_of_many_blocks_keeps_order_and_revisions(store: SqlS
     assert len(rows) == 720
     assert {r["status"] for r in rows if r["block_height"] <= 19} == {"confirmed"}
     assert {r["status"] for r in rows if r["block_height"] > 19} == {"seen"}
-    messages = await store.outbox(limit=10_000)
+    messages = await store.outbox.messages(limit=10_000)
     by_id: dict[str, list[tuple[int, str]]] = {}
     for m in sorted(messages, key=lambda m: m.seq):
         by_id.setdefault(m.alert_id, []).append((m.rev, m.event))

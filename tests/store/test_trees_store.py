@@ -62,9 +62,9 @@ async def test_import_caches_every_key_and_the_registry_loads_them(store: SqlSto
     )
     rows = read_book_csv(text, DIRECTORY)
     assert [line for line, _ in rows.trees] == [2, 3] and not rows.entries
-    result = await store.import_trees(rows.trees)
+    result = await store.trees.import_entries(rows.trees)
     assert (result.inserted, result.updated, result.unchanged) == (2, 0, 0)
-    listed = await store.list_trees()
+    listed = await store.trees.entries()
     assert sorted((entry.script, count) for entry, count in listed) == [("pkh", 20), ("wpkh", 10)]
     registry = await AddressRegistry.load(store)
     wpkh = rows.trees[0][1]
@@ -75,9 +75,9 @@ async def test_import_caches_every_key_and_the_registry_loads_them(store: SqlSto
     p2pk = [key for index, key in watch_keys(pkh, 4, 5)][1]
     assert p2pk[0] == 0x21 and p2pk[-1] == 0xAC
     assert registry.lookup("btc", p2pk) == (AddressStatus.ACTIVE, None)
-    again = await store.import_trees(read_book_csv(text, DIRECTORY).trees)
+    again = await store.trees.import_entries(read_book_csv(text, DIRECTORY).trees)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
-    stats = await store.tree_stats()
+    stats = await store.trees.stats()
     assert {(r["script"], r["trees"], r["indexes"], r["keys"]) for r in stats} == {
         ("pkh", 1, 10, 20),
         ("wpkh", 1, 10, 10),
@@ -90,7 +90,7 @@ async def test_a_match_names_tree_and_index_and_the_gap_grows_the_range(store: S
     rows = read_book_csv(
         book(f"eth,[d34db33f/44h/60h/0h]{XPUB}/0/*,0-9,5,revoked,acct,ops,2024-01-01T00:00:00Z,x"), DIRECTORY
     )
-    await store.import_trees(rows.trees)
+    await store.trees.import_entries(rows.trees)
     descriptor = rows.trees[0][1].descriptor
     before = await store.address_book_version()
     standby = await AddressRegistry.load(store)  # another instance's registry, loaded before the growth
@@ -99,25 +99,25 @@ async def test_a_match_names_tree_and_index_and_the_gap_grows_the_range(store: S
     assert await commit(store, "eth", 10, (Transfer(ETH, 1, "0x01", None, seven, other),)) == ["revoked_incoming"]
     (match,) = await store.matches(Scope.live(), chain="eth")
     assert match["tree_index"] == 7 and match["tree_id"] is not None
-    (message,) = [m for m in await store.outbox() if m.event == "detected"]
+    (message,) = [m for m in await store.outbox.messages() if m.event == "detected"]
     body = loads(message.payload)
     assert body["tree"] == {"id": match["tree_id"], "descriptor": descriptor, "index": 7}
     tree = parse_tree("evm", descriptor)
     assert body["address"]["address"] == address_text(tree, seven)
     assert await store.address_book_version() > before
-    ((entry, count),) = await store.list_trees()
+    ((entry, count),) = await store.trees.entries()
     assert (entry.first, entry.last, count) == (0, 12, 13)
     twelve = key_at("eth", descriptor, 12)
     assert standby.lookup("eth", twelve) is None
     assert await standby.reload(store)  # the book version tells it; the grown range is in its registry
     assert standby.lookup("eth", twelve) == (AddressStatus.REVOKED, 1704067200)
     assert await commit(store, "eth", 11, (Transfer(ETH, 1, "0x02", None, twelve, other),)) == ["revoked_incoming"]
-    ((entry, count),) = await store.list_trees()
+    ((entry, count),) = await store.trees.entries()
     assert (entry.last, count) == (17, 18)
 
 
 async def test_grow_trees_before_the_commit_grows_only_what_a_gap_calls_for(store: SqlStore) -> None:
-    """`grow_trees`, which the follower calls before committing a batch: a key deep inside the range, a
+    """`trees.grow`, which the follower calls before committing a batch: a key deep inside the range, a
     plain address and a tree without a gap grow nothing; a key within the gap of the end grows its tree
     (the book version bumped), once: asked again, nothing more grows."""
     rows = read_book_csv(
@@ -127,18 +127,18 @@ async def test_grow_trees_before_the_commit_grows_only_what_a_gap_calls_for(stor
         ),
         DIRECTORY,
     )
-    await store.import_trees(rows.trees)
+    await store.trees.import_entries(rows.trees)
     grows, fixed = (entry.descriptor for _, entry in rows.trees)
     before = await store.address_book_version()
-    assert await store.grow_trees("eth", {key_at("eth", grows, 2), key_at("eth", fixed, 9), bytes(20)}) == 0
-    assert await store.grow_trees("btc", {key_at("eth", grows, 9)}) == 0  # another chain's book
+    assert await store.trees.grow("eth", {key_at("eth", grows, 2), key_at("eth", fixed, 9), bytes(20)}) == 0
+    assert await store.trees.grow("btc", {key_at("eth", grows, 9)}) == 0  # another chain's book
     assert await store.address_book_version() == before
-    assert await store.grow_trees("eth", {key_at("eth", grows, 2), key_at("eth", grows, 8)}) == 1
+    assert await store.trees.grow("eth", {key_at("eth", grows, 2), key_at("eth", grows, 8)}) == 1
     assert await store.address_book_version() > before
-    assert sorted((entry.descriptor, entry.last, count) for entry, count in await store.list_trees()) == sorted(
+    assert sorted((entry.descriptor, entry.last, count) for entry, count in await store.trees.entries()) == sorted(
         [(grows, 13, 14), (fixed, 9, 10)]
     )
-    assert await store.grow_trees("eth", {key_at("eth", grows, 8)}) == 0
+    assert await store.trees.grow("eth", {key_at("eth", grows, 8)}) == 0
     registry = await AddressRegistry.load(store)
     assert registry.lookup("eth", key_at("eth", grows, 13)) == (AddressStatus.REVOKED, 1704067200)
 
@@ -147,16 +147,16 @@ async def test_revoke_a_tree_turns_recorded_deposits_into_retro_alerts(store: Sq
     """An active tree's recorded deposit at index 3 becomes a revoked_incoming alert when the tree is
     revoked as of before its block; an unknown tree revokes nothing; re-importing as active is refused."""
     rows = read_book_csv(book(f"tron,{XPUB},0-4,,active,deposits,ops,,"), DIRECTORY)
-    await store.import_trees(rows.trees)
+    await store.trees.import_entries(rows.trees)
     descriptor = rows.trees[0][1].descriptor
     three = key_at("tron", descriptor, 3)
     assert await commit(store, "tron", 5, (Transfer(Asset("TRX", 6), 9, "aa", None, three, bytes(20)),)) == ["deposit"]
     with pytest.raises(Exception, match="not in the book"):
-        await store.revoke_trees([("tron", descriptor), ("eth", descriptor)], 1, "leak")
+        await store.trees.revoke([("tron", descriptor), ("eth", descriptor)], 1, "leak")
     assert (await AddressRegistry.load(store)).lookup("tron", three) == (AddressStatus.ACTIVE, None)
-    result = await store.revoke_trees([("tron", descriptor)], 1, "leak")
+    result = await store.trees.revoke([("tron", descriptor)], 1, "leak")
     assert (result.revoked, result.already_revoked, result.retro) == (1, 0, 1)
-    again = await store.revoke_trees([("tron", descriptor)], 2, "again")
+    again = await store.trees.revoke([("tron", descriptor)], 2, "again")
     assert (again.revoked, again.already_revoked) == (0, 1)
     assert (await AddressRegistry.load(store)).lookup("tron", three) == (AddressStatus.REVOKED, 1)
     retro = [m for m in await store.matches(Scope.live(), chain="tron") if m["kind"] == "revoked_incoming"]
@@ -164,7 +164,7 @@ async def test_revoke_a_tree_turns_recorded_deposits_into_retro_alerts(store: Sq
         (3, address_text(parse_tree("tron", descriptor), three))
     ]
     with pytest.raises(ImportRejected, match="importing it as active is refused"):
-        await store.import_trees(rows.trees)
+        await store.trees.import_entries(rows.trees)
 
 
 def test_tree_rows_are_refused_where_plain_addresses_are_read() -> None:
@@ -195,14 +195,14 @@ async def test_reimport_grows_a_range_and_never_shrinks_it(store: SqlStore) -> N
     """Importing a tree again with a wider range derives only the new indexes (both ends); a narrower
     range keeps what is cached; a new label updates it."""
     first = read_book_csv(book(f"eth,{XPUB},10-19,,active,a,ops,,"), DIRECTORY).trees
-    await store.import_trees(first)
+    await store.trees.import_entries(first)
     wider = read_book_csv(book(f"eth,{XPUB},5-24,,active,b,ops,,"), DIRECTORY).trees
-    assert (await store.import_trees(wider)).updated == 1
-    ((entry, count),) = await store.list_trees()
+    assert (await store.trees.import_entries(wider)).updated == 1
+    ((entry, count),) = await store.trees.entries()
     assert (entry.first, entry.last, entry.label, count) == (5, 24, "b", 20)
     narrower = read_book_csv(book(f"eth,{XPUB},0-9,,active,b,ops,,"), DIRECTORY).trees
-    await store.import_trees(narrower)
-    ((entry, count),) = await store.list_trees()
+    await store.trees.import_entries(narrower)
+    ((entry, count),) = await store.trees.entries()
     assert (entry.first, entry.last, count) == (0, 24, 25)
     registry = await AddressRegistry.load(store)
     descriptor = entry.descriptor

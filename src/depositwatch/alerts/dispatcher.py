@@ -52,7 +52,7 @@ class OutboxStore(DeliveryStore, Protocol):
     async def unplanned(self, limit: int) -> list[OutboxMessage]: ...
     async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None: ...
     async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]: ...
-    async def outbox_counts(self) -> dict[str, int]: ...
+    async def counts(self) -> dict[str, int]: ...
 
 
 def burst_key(message: OutboxMessage) -> tuple[str, int | None, str, str] | None:
@@ -377,7 +377,7 @@ class Dispatcher:
         if not force and stamp - self._counts_at < COUNTS_EVERY:
             return
         self._counts_at = stamp
-        for status, count in (await self.store.outbox_counts()).items():
+        for status, count in (await self.store.counts()).items():
             self.metrics.outbox.labels(status).set(count)
 
     async def _close_retired(self) -> None:

@@ -210,7 +210,7 @@ async def _list_addresses(request: web.Request) -> web.Response:
         raise invalid("status must be active or revoked", "status")
     limit = _limit(request, 100)
     after = _decode_cursor(request.query["after"]) if "after" in request.query else None
-    entries = await ctx.store.book_page(
+    entries = await ctx.store.audit.book_page(
         chain=request.query.get("chain"),
         status=AddressStatus(status) if status else None,
         owner=request.query.get("owner"),
@@ -383,7 +383,7 @@ async def _revoke_tree(
             raise invalid(f"{chain}: {exc}", "tree") from None
     policies = {name: policy for name, policy in ctx.policies.items() if name in chains}
     try:
-        result = await ctx.store.revoke_trees(named, at, reason, policies, actor=_actor(request))
+        result = await ctx.store.trees.revoke(named, at, reason, policies, actor=_actor(request))
     except StoreError as exc:
         raise ApiError(409, "conflict", str(exc), "tree") from None
     ctx.on_change()
@@ -414,7 +414,7 @@ async def _reinstate(request: web.Request) -> web.Response:
         raise invalid("reason is required: why the key is trusted again", "reason")
     keys = _keys(ctx, body, [chain])
     try:
-        entries = await ctx.store.reinstate(chain, keys, reason, actor=_actor(request))
+        entries = await ctx.store.audit.reinstate(chain, keys, reason, actor=_actor(request))
     except StoreError as exc:
         raise ApiError(409, "conflict", str(exc), "addresses") from None
     ctx.on_change()
@@ -428,7 +428,7 @@ async def _history(request: web.Request) -> web.Response:
         address = ctx.directory.parse(chain, text).address
     except (AddressError, ValueError) as exc:
         raise invalid(str(exc), "address") from None
-    records = await ctx.store.address_history([(chain, address)])
+    records = await ctx.store.audit.address_history([(chain, address)])
     return _json({"chain": chain, "address": address, "history": [audit_record(r) for r in records]})
 
 
@@ -441,7 +441,7 @@ async def _list_alerts(request: web.Request) -> web.Response:
     if before_text is not None and (not before_text.isdigit() or len(before_text) > 18):
         raise invalid("before must be an outbox sequence number", "before")
     limit = _limit(request, 50)
-    messages = await ctx.store.alerts_page(
+    messages = await ctx.store.audit.alerts_page(
         status=status,
         kind=request.query.get("kind"),
         chain=request.query.get("chain"),
@@ -457,8 +457,8 @@ async def _show_alert(request: web.Request) -> web.Response:
     wanted = request.match_info["id"]
     if len(wanted) > 200:
         raise invalid("not an alert id or outbox sequence number", "id")
-    messages = await ctx.store.outbox_message(wanted)
+    messages = await ctx.store.outbox.find(wanted)
     if not messages:
         raise ApiError(404, "not_found", f"no alert with id or outbox seq {wanted!r}", "id")
-    found = [alert_record(m, await ctx.store.deliveries(m.seq)) for m in messages]
+    found = [alert_record(m, await ctx.store.outbox.deliveries(m.seq)) for m in messages]
     return _json({"id": wanted, "messages": found})

@@ -64,8 +64,8 @@ class TokenMetadataCache(Protocol):
     its own contract text form. The store implements it.
     """
 
-    async def token_metadata(self, chain: str, contracts: Collection[str]) -> dict[str, TokenInfo]:
+    async def lookup(self, chain: str, contracts: Collection[str]) -> dict[str, TokenInfo]:
         """The cached entries among `contracts`."""
 
-    async def save_token_metadata(self, chain: str, infos: Sequence[TokenInfo]) -> None:
+    async def save(self, chain: str, infos: Sequence[TokenInfo]) -> None:
         """Keep these entries (an entry already kept stays as it is)."""

@@ -115,14 +115,14 @@ class MetadataDirectory(ABC):
         """Each contract's asset (`listed = False`)."""
         missing = [c for c in set(contracts) if c not in self._known]
         if missing and self.cache is not None:
-            for contract, info in (await self.cache.token_metadata(self.chain, missing)).items():
+            for contract, info in (await self.cache.lookup(self.chain, missing)).items():
                 self._known[contract] = self._asset(info)
             missing = [c for c in missing if c not in self._known]
         for first in range(0, len(missing), self.ask_at_once):
             infos = await self._ask(sorted(missing)[first : first + self.ask_at_once])
             self.lookups += len(infos)
             if self.cache is not None:
-                await self.cache.save_token_metadata(self.chain, infos)
+                await self.cache.save(self.chain, infos)
             for info in infos:
                 self._known[info.contract] = self._asset(info)
         return {c: self._known[c] for c in contracts}

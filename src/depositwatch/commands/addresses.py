@@ -308,7 +308,7 @@ async def _stats(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
         rows = await store.address_stats()
-        trees = await store.tree_stats()
+        trees = await store.trees.stats()
     finally:
         await store.close()
     if args.format == "json":
@@ -359,7 +359,7 @@ async def _reinstate(args: argparse.Namespace) -> int:
         candidates = [(c, a, k) for c, a, k in await _where(store, config, args.address, args.chain) if k is not None]
         revoked = []
         for chain, address, key in candidates:
-            if any(e.status is AddressStatus.REVOKED for e in await store.book_entries(chain, [key])):
+            if any(e.status is AddressStatus.REVOKED for e in await store.audit.book_entries(chain, [key])):
                 revoked.append((chain, address, key))
         if not revoked:
             where = f" on {args.chain}" if args.chain else ""
@@ -371,7 +371,7 @@ async def _reinstate(args: argparse.Namespace) -> int:
             )
         chain, address, key = revoked[0]
         try:
-            await store.reinstate(chain, [key], args.reason)
+            await store.audit.reinstate(chain, [key], args.reason)
         except StoreError as exc:
             raise CommandError(str(exc)) from None
     finally:
@@ -385,7 +385,7 @@ async def _history(args: argparse.Namespace) -> int:
     store = await store_from(args, config)
     try:
         pairs = [(c, a) for c, a, _ in await _where(store, config, args.address, args.chain)]
-        records = await store.address_history(pairs)
+        records = await store.audit.address_history(pairs)
     finally:
         await store.close()
     rows = [

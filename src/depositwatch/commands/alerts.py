@@ -113,9 +113,9 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 async def _list(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
-        messages = await store.outbox(status=args.status, kind=args.kind, limit=args.limit)
+        messages = await store.outbox.messages(status=args.status, kind=args.kind, limit=args.limit)
         if args.json:
-            records = [alert_record(m, await store.deliveries(m.seq)) for m in messages]
+            records = [alert_record(m, await store.outbox.deliveries(m.seq)) for m in messages]
             out(dumps(records, indent=True))
             return 0
     finally:
@@ -131,8 +131,8 @@ async def _list(args: argparse.Namespace) -> int:
 async def _show(args: argparse.Namespace) -> int:
     store = await store_from(args)
     try:
-        messages = await store.outbox_message(args.id)
-        found = [(m, await store.deliveries(m.seq)) for m in messages]
+        messages = await store.outbox.find(args.id)
+        found = [(m, await store.outbox.deliveries(m.seq)) for m in messages]
     finally:
         await store.close()
     if not found:
@@ -185,14 +185,14 @@ async def _redeliver(args: argparse.Namespace) -> int:
         if not args.dead:
             seqs, missing = [], []
             for name in args.seq:
-                found = await store.outbox_message(name)
+                found = await store.outbox.find(name)
                 seqs += [m.seq for m in found]
                 if not found:
                     missing.append(name)
             if missing:
                 err(f"no outbox message with alert id or seq {', '.join(map(repr, missing))}; nothing was redelivered")
                 return 1
-        count = await store.redeliver(seqs, time.time(), force=args.force)
+        count = await store.outbox.redeliver(seqs, time.time(), force=args.force)
     finally:
         await store.close()
     what = "dead or delivered" if args.force else "dead"
@@ -218,9 +218,9 @@ async def _test(args: argparse.Namespace) -> int:
     config = load(args)
     [sink] = sinks_for(config, [_sink_config(config, args.sink).name])
     store = await store_from(args, config)
-    dispatcher = dispatcher_for(config, store, sinks=[sink])
+    dispatcher = dispatcher_for(config, store.outbox, sinks=[sink])
     try:
-        message = await store.enqueue_test_alert(test_alert_body(sink.name), sink.name)
+        message = await store.outbox.enqueue_test_alert(test_alert_body(sink.name), sink.name)
         attempt = await dispatcher.deliver_now(message, sink.name, final=True)
     finally:
         await dispatcher.stop(0)
@@ -266,7 +266,7 @@ async def _deliver(args: argparse.Namespace) -> int:
 
 async def _until_empty(args: argparse.Namespace, store: SqlStore, dispatcher: Dispatcher) -> int:
     settled = await dispatcher.drain(args.timeout)
-    counts = await store.outbox_counts()
+    counts = await store.outbox.counts()
     summary = ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "empty"
     if settled:
         out(f"outbox settled: {summary}")

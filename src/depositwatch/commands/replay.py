@@ -193,7 +193,7 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
         dispatcher = None
         settled = True
         if args.send_alerts:
-            dispatcher = await _start_dispatcher(config, store)
+            dispatcher = await _start_dispatcher(config, store.outbox)
         try:
             summary = await replay(
                 chain=chain,
@@ -234,7 +234,7 @@ async def _run(args: argparse.Namespace, config: Config, chain: ChainConfig, sto
             return 1
     if not settled:
         # Nothing is lost (the alerts stay in the outbox), but whoever ran this must know they are not out yet.
-        counts = await store.outbox_counts()
+        counts = await store.outbox.counts()
         err(
             f"alerts not all delivered after {DRAIN_SECONDS:g} s: {counts['new'] + counts['pending']} still pending "
             "in the outbox; the daemon's dispatcher or `depositwatch alerts deliver --until-empty` sends them"
@@ -250,12 +250,12 @@ def _waker(dispatcher: Any) -> Any:
     return wake
 
 
-async def _start_dispatcher(config: Config, store: Any) -> Any:
+async def _start_dispatcher(config: Config, outbox: Any) -> Any:
     from depositwatch.alerts.factory import dispatcher_for
 
     if not config.sinks:
         raise CommandError("--send-alerts needs sinks in the config")
-    return dispatcher_for(config, store)
+    return dispatcher_for(config, outbox)
 
 
 async def _tron_chain(args: argparse.Namespace) -> ChainConfig:

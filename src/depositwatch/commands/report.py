@@ -61,7 +61,7 @@ async def _report(args: argparse.Namespace) -> int:
             return 1
     store = await store_from(args)
     try:
-        rows = await store.report_rows(args.chain)
+        rows = await store.reports.rows(args.chain)
     finally:
         await store.close()
     report = build_report(rows, window)

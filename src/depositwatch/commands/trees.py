@@ -57,14 +57,16 @@ async def import_book(store: SqlStore, rows: BookRows, *, dry_run: bool, source:
     store refuses leaves the book as it was. Counts are summed."""
     await store.import_addresses(rows.entries, dry_run=True)
     if rows.trees:
-        await store.import_trees(rows.trees, dry_run=True)
+        await store.trees.import_entries(rows.trees, dry_run=True)
     plain = (
         await store.import_addresses(rows.entries, dry_run=dry_run, source=source)
         if rows.entries
         else ImportResult(0, 0, 0)
     )
     trees = (
-        await store.import_trees(rows.trees, dry_run=dry_run, source=source) if rows.trees else ImportResult(0, 0, 0)
+        await store.trees.import_entries(rows.trees, dry_run=dry_run, source=source)
+        if rows.trees
+        else ImportResult(0, 0, 0)
     )
     return ImportResult(
         plain.inserted + trees.inserted, plain.updated + trees.updated, plain.unchanged + trees.unchanged
@@ -88,7 +90,7 @@ async def revoke_trees(
 ) -> RevokeResult:
     """Revoke the named trees (all or none) and say what happened."""
     try:
-        result = await store.revoke_trees(named, at, reason, policies)
+        result = await store.trees.revoke(named, at, reason, policies)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
     chains = sorted({chain for chain, _ in named})
@@ -105,7 +107,8 @@ async def revoke_active_trees(store: SqlStore, chains: list[str], at: int, reaso
     named = []
     for chain in chains:
         named += [
-            (chain, entry.descriptor) for entry, _ in await store.list_trees(chain=chain, status=AddressStatus.ACTIVE)
+            (chain, entry.descriptor)
+            for entry, _ in await store.trees.entries(chain=chain, status=AddressStatus.ACTIVE)
         ]
     if named:
         await revoke_trees(store, named, at, reason, policies)
@@ -123,7 +126,7 @@ async def tree_rows(store: SqlStore, args: argparse.Namespace) -> list[dict[str,
             "keys": keys,
             **lifecycle_record(entry),
         }
-        for entry, keys in await store.list_trees(
+        for entry, keys in await store.trees.entries(
             chain=args.chain, status=AddressStatus(args.status) if args.status else None, owner=args.owner
         )
     ]

@@ -1,8 +1,13 @@
-"""Durable state behind one `Store` protocol: embedded SQLite (default) or PostgreSQL."""
+"""Durable state behind one `Store` protocol: embedded SQLite (default) or PostgreSQL.
+
+`SqlStore` is the store; its parts (`KeyTrees`, `Outbox`, `Leases`, `Audit`, `Reports`, `TokenCache`) are
+its attributes, each given alone to the consumer that needs only it.
+"""
 
 from __future__ import annotations
 
 from depositwatch.config import StoreConfig
+from depositwatch.store.audit import Audit
 from depositwatch.store.base import (
     BlockEffects,
     ChainPolicy,
@@ -21,9 +26,15 @@ from depositwatch.store.base import (
     StoreError,
 )
 from depositwatch.store.drivers import PostgresDriver, SqliteDriver, sqlite_path
+from depositwatch.store.leases import Leases
+from depositwatch.store.outbox import Outbox
+from depositwatch.store.reporting import Reports
 from depositwatch.store.sql import SqlStore
+from depositwatch.store.tokens import TokenCache
+from depositwatch.store.trees import KeyTrees
 
 __all__ = [
+    "Audit",
     "BlockEffects",
     "ChainPolicy",
     "Coverage",
@@ -32,14 +43,19 @@ __all__ = [
     "IdentityMismatch",
     "ImportRejected",
     "ImportResult",
+    "KeyTrees",
     "LeaseLost",
+    "Leases",
+    "Outbox",
     "RegistryRow",
+    "Reports",
     "RevokeResult",
     "SchemaError",
     "Scope",
     "SqlStore",
     "Store",
     "StoreError",
+    "TokenCache",
     "connect_store",
     "open_store",
 ]

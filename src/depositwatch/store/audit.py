@@ -116,10 +116,11 @@ def _record(row: Any) -> AuditRecord:
     )
 
 
-class AuditMixin:
-    """Audit log reads, reinstatement and paged reads; mixed into SqlStore."""
+class Audit:
+    """Audit log reads, reinstatement and paged reads (`SqlStore.audit`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
     async def reinstate(
         self, chain: str, keys: Sequence[bytes], reason: str, *, actor: str | None = None
@@ -206,7 +207,7 @@ class AuditMixin:
                 found += [_record(r) for r in rows]
         return sorted(found, key=lambda r: r.id)
 
-    async def audit_log(self, *, limit: int = 1000) -> list[AuditRecord]:
+    async def log(self, *, limit: int = 1000) -> list[AuditRecord]:
         """The newest audit rows, newest first."""
         async with self.db.read() as conn:
             rows = await conn.fetch("SELECT * FROM address_audit ORDER BY id DESC LIMIT $1", limit)

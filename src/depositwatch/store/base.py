@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from depositwatch.messages import Delivery, OutboxMessage
 from depositwatch.models import (
     AddressEntry,
     AddressStatus,
@@ -15,9 +14,16 @@ from depositwatch.models import (
     Match,
     MatchKind,
     Severity,
-    TreeEntry,
     WatchedOutput,
 )
+
+if TYPE_CHECKING:
+    from depositwatch.store.audit import Audit
+    from depositwatch.store.leases import Leases
+    from depositwatch.store.outbox import Outbox
+    from depositwatch.store.reporting import Reports
+    from depositwatch.store.tokens import TokenCache
+    from depositwatch.store.trees import KeyTrees
 
 
 class StoreError(Exception):
@@ -182,7 +188,9 @@ class RegistryRow:
 
 
 class Store(Protocol):
-    """Durable state: the address book, cursors, matches and the alert outbox.
+    """Durable state: the address book, cursors and matches here; key trees, the alert outbox, leases,
+    the audit log, the report's reads and the token metadata cache in its parts, each a narrow type a
+    consumer can be given alone.
 
     Every method that changes state runs in one transaction; a crash leaves either all of it or none.
     """
@@ -222,29 +230,6 @@ class Store(Protocol):
     def iter_registry(self, chains: Sequence[str] | None = None) -> AsyncIterator[list[RegistryRow]]: ...
     async def address_book_version(self) -> int: ...
     async def chains_in_book(self) -> list[str]: ...
-    # key trees (store/trees.py)
-    async def import_trees(
-        self,
-        entries: Sequence[tuple[int, TreeEntry]],
-        *,
-        dry_run: bool = False,
-        actor: str | None = None,
-        source: str | None = None,
-    ) -> ImportResult: ...
-    async def revoke_trees(
-        self,
-        trees: Sequence[tuple[str, str]],
-        at: int,
-        reason: str,
-        policies: Mapping[str, ChainPolicy] | None = None,
-        *,
-        actor: str | None = None,
-    ) -> RevokeResult: ...
-    async def list_trees(
-        self, *, chain: str | None = None, status: AddressStatus | None = None, owner: str | None = None
-    ) -> list[tuple[TreeEntry, int]]: ...
-    async def tree_stats(self) -> list[dict[str, Any]]: ...
-
     # chains and cursors
     async def check_identity(self, chain: str, identity: str) -> None: ...
     async def get_cursor(self, name: str) -> Cursor | None: ...
@@ -275,20 +260,13 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]: ...
     async def delete_scope(self, scope: Scope) -> None: ...
 
-    # outbox
-    async def enqueue_test_alert(self, payload: Mapping[str, Any], sink: str) -> OutboxMessage: ...
-    async def unplanned(self, limit: int) -> list[OutboxMessage]: ...
-    async def plan(self, routes: Mapping[int, Sequence[str]], now: float) -> None: ...
-    async def due(self, sink: str, now: float, limit: int) -> list[OutboxMessage]: ...
-    async def delivered(self, seq: int, sink: str, now: float) -> None: ...
-    async def failed(self, seq: int, sink: str, error: str, next_attempt_at: float | None) -> None: ...
-    async def outbox(
-        self, *, status: str | None = None, kind: str | None = None, limit: int = 100
-    ) -> list[OutboxMessage]: ...
-    async def outbox_message(self, alert_id_or_seq: str) -> list[OutboxMessage]: ...
-    async def deliveries(self, seq: int) -> list[Delivery]: ...
-    async def redeliver(self, seqs: Sequence[int] | None, now: float) -> int: ...
-    async def outbox_counts(self) -> dict[str, int]: ...
+    # the parts, each over the same driver
+    trees: KeyTrees
+    outbox: Outbox
+    leases: Leases
+    audit: Audit
+    reports: Reports
+    tokens: TokenCache
 
 
 def address_entry(row: Any) -> AddressEntry:

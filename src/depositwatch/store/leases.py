@@ -78,12 +78,13 @@ async def check_fence(conn: Conn, dialect: str, fence: Fence | None) -> None:
         )
 
 
-class LeaseMixin:
-    """The lease table; mixed into SqlStore."""
+class Leases:
+    """The lease table (`SqlStore.leases`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
-    async def acquire_lease(
+    async def acquire(
         self, name: str, holder: str, ttl: float, session: str | None = None, *, exclusive: bool = False
     ) -> Fence | None:
         """Take the lease `name` for `ttl` seconds, or None while another holder has it.
@@ -99,12 +100,12 @@ class LeaseMixin:
 
     async def _acquire(self, name: str, holder: str, ttl: float, session: str | None, exclusive: bool) -> Fence | None:
         async with self.db.transaction() as conn:
-            return await self.take_lease_in(conn, name, holder, ttl, session, exclusive=exclusive)
+            return await self.take_in(conn, name, holder, ttl, session, exclusive=exclusive)
 
-    async def take_lease_in(
+    async def take_in(
         self, conn: Conn, name: str, holder: str, ttl: float, session: str | None, *, exclusive: bool = False
     ) -> Fence | None:
-        """`acquire_lease` inside the caller's transaction (which also claims what the lease guards, such
+        """`acquire` inside the caller's transaction (which also claims what the lease guards, such
         as a replay shard); PostgreSQL raises LockNotAvailableError while the holder is inside a write."""
         now = DB_NOW[self.db.dialect]
         lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
@@ -178,7 +179,7 @@ class LeaseMixin:
             await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE {PG_SESSION} = $1)", session)
         )
 
-    async def renew_lease(self, fence: Fence, ttl: float, session: str | None = None) -> bool:
+    async def renew(self, fence: Fence, ttl: float, session: str | None = None) -> bool:
         """Extend the lease by `ttl` seconds from now; False when it has been taken over (lost)."""
         now = DB_NOW[self.db.dialect]
         async with self.db.transaction() as conn:
@@ -194,7 +195,7 @@ class LeaseMixin:
             )
         return bool(changed == 1)
 
-    async def holds_lease(self, fence: Fence) -> bool:
+    async def holds(self, fence: Fence) -> bool:
         """Whether the lease row still shows this holder and epoch (expired or not)."""
         async with self.db.read() as conn:
             try:
@@ -203,7 +204,7 @@ class LeaseMixin:
                 return False
         return True
 
-    async def release_lease(self, fence: Fence) -> bool:
+    async def release(self, fence: Fence) -> bool:
         """Give the lease back: it expires now, so a standby takes it without waiting."""
         now = DB_NOW[self.db.dialect]
         async with self.db.transaction() as conn:
@@ -217,7 +218,7 @@ class LeaseMixin:
             )
         return bool(changed == 1)
 
-    async def leases(self) -> list[LeaseRow]:
+    async def rows(self) -> list[LeaseRow]:
         """Every lease row, by name."""
         now = DB_NOW[self.db.dialect]
         async with self.db.read() as conn:

@@ -38,10 +38,11 @@ def _message(row: Any) -> OutboxMessage:
     )
 
 
-class OutboxMixin:
-    """Outbox operations; mixed into SqlStore."""
+class Outbox:
+    """The alert outbox: planning deliveries per sink, due messages, outcomes (`SqlStore.outbox`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
     async def unplanned(self, limit: int) -> list[OutboxMessage]:
         """New messages that have no delivery rows yet, oldest first."""
@@ -218,7 +219,7 @@ class OutboxMixin:
             )
         return int(value or 0)
 
-    async def outbox(
+    async def messages(
         self, *, status: str | None = None, kind: str | None = None, limit: int = 100
     ) -> list[OutboxMessage]:
         """Messages, newest first, filtered by status and kind."""
@@ -235,7 +236,7 @@ class OutboxMixin:
         async with self.db.read() as conn:
             return [_message(r) for r in await conn.fetch(sql, *args)]
 
-    async def outbox_message(self, alert_id_or_seq: str) -> list[OutboxMessage]:
+    async def find(self, alert_id_or_seq: str) -> list[OutboxMessage]:
         """Every message of an alert id, or the one message with that sequence number."""
         async with self.db.read() as conn:
             if alert_id_or_seq.isdigit():
@@ -288,7 +289,7 @@ class OutboxMixin:
                 await self._refresh(conn, seq)
         return count
 
-    async def prune_outbox(self, before: int, batch: int, *, dry_run: bool = False) -> int:
+    async def prune(self, before: int, batch: int, *, dry_run: bool = False) -> int:
         """Remove up to `batch` settled alerts whose newest message is older than `before` (unix
         seconds): every message of the alert delivered or dead, with its delivery rows. Return how many
         messages went (or would go). Whole alerts only, and each leaves its last revision behind, so a
@@ -321,21 +322,7 @@ class OutboxMixin:
             )
             return int(await conn.execute(f"DELETE FROM outbox WHERE alert_id IN ({marks})", *ids))
 
-    async def prune_matches(self, before: int, batch: int, *, dry_run: bool = False) -> int:
-        """Remove up to `batch` settled matches (confirmed or retracted, of any scope) last changed
-        before `before`; return how many went (or would go)."""
-        old = "FROM matches WHERE status IN ('confirmed', 'retracted') AND updated_at < $1"
-        if dry_run:
-            async with self.db.read() as conn:
-                return int(await conn.fetchval(f"SELECT COUNT(*) {old}", before) or 0)
-        async with self.db.transaction() as conn:
-            rows = await conn.fetch(f"SELECT scope, id {old} LIMIT $2", before, batch)
-            count = 0
-            for row in rows:
-                count += await conn.execute("DELETE FROM matches WHERE scope = $1 AND id = $2", row[0], row[1])
-            return count
-
-    async def outbox_counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         """Messages per status."""
         async with self.db.read() as conn:
             rows = await conn.fetch("SELECT status, COUNT(*) FROM outbox GROUP BY status")

@@ -39,12 +39,13 @@ _OUTPUTS = "SELECT chain, txid, vout, spent_txid, spent_height FROM watched_outp
 _BOOK = "SELECT chain, key, address, label, owner, revoked_at FROM addresses WHERE status = 'revoked'"
 
 
-class ReportMixin:
-    """The report's reads; mixed into SqlStore."""
+class Reports:
+    """The report's reads (`SqlStore.reports`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
-    async def report_rows(self, chain: str | None = None) -> ReportRows:
+    async def rows(self, chain: str | None = None) -> ReportRows:
         """Everything the report needs, of one chain or of all."""
         suffix, args = ("", []) if chain is None else (" AND chain = $1", [chain])
         async with self.db.read() as conn:

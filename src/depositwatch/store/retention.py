@@ -43,7 +43,7 @@ async def prune_once(
         if not days:
             continue  # 0 keeps everything
         before = stamp - int(days * DAY)
-        prune = store.prune_outbox if table == "outbox" else store.prune_matches
+        prune = store.outbox.prune if table == "outbox" else store.prune_matches
         if dry_run:
             counts[table] = await prune(before, retention.batch, dry_run=True)
             continue

@@ -155,7 +155,7 @@ class ShardStore:
                 if row is None:
                     return None
                 shard = _shard(row)
-                fence = await self.store.take_lease_in(conn, run.shard_name(shard.index), holder, ttl, session)
+                fence = await self.store.leases.take_in(conn, run.shard_name(shard.index), holder, ttl, session)
         except asyncpg.exceptions.LockNotAvailableError:
             return None  # its old holder is inside a write right now: looked at again on the next round
         return None if fence is None else (shard, fence)

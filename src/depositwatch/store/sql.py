@@ -21,7 +21,7 @@ from depositwatch.models import (
     WatchedOutput,
 )
 from depositwatch.store import book, commit, cursors, mempool_rows, queries
-from depositwatch.store.audit import AuditMixin
+from depositwatch.store.audit import Audit
 from depositwatch.store.base import (
     BlockEffects,
     ChainPolicy,
@@ -35,29 +35,45 @@ from depositwatch.store.base import (
 )
 from depositwatch.store.book_version import NOTIFY_CHANNEL
 from depositwatch.store.drivers import Driver, PostgresDriver
-from depositwatch.store.leases import LeaseMixin
-from depositwatch.store.outbox import OutboxMixin
+from depositwatch.store.leases import Leases
+from depositwatch.store.outbox import Outbox
 from depositwatch.store.outputs import add_outputs, unspent_outputs
 from depositwatch.store.queries import MatchFilters
-from depositwatch.store.reporting import ReportMixin
+from depositwatch.store.reporting import Reports
 from depositwatch.store.schema import migrations, statements
-from depositwatch.store.tokens import TokenMixin
-from depositwatch.store.trees import TreeMixin
+from depositwatch.store.tokens import TokenCache
+from depositwatch.store.trees import KeyTrees
 from depositwatch.timeutil import now
 
 
-class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, TokenMixin):
+class SqlStore:
     """The store, for SQLite and PostgreSQL alike.
 
-    A follower's operations open their transaction (or read) here and run the parts of the store on its
-    connection: cursors (store/cursors.py), block commits and rewinds (store/commit.py, over
-    store/match_rows.py, store/outputs.py and store/enqueue.py), mempool sightings
-    (store/mempool_rows.py) and the reads of matches (store/queries.py).
+    Its own methods are the schema, the address book and following. A follower's operations open their
+    transaction (or read) here and run the parts of the store on its connection: cursors
+    (store/cursors.py), block commits and rewinds (store/commit.py, over store/match_rows.py,
+    store/outputs.py and store/enqueue.py), mempool sightings (store/mempool_rows.py) and the reads of
+    matches (store/queries.py).
+
+    The rest is composed of parts, each holding the same driver, that a consumer can be given alone:
+
+    - `trees`: the key trees and their derivation cache (`KeyTrees`, store/trees.py);
+    - `outbox`: the alert outbox and its deliveries (`Outbox`, store/outbox.py);
+    - `leases`: the lease table that leadership and fencing use (`Leases`, store/leases.py);
+    - `audit`: the audit log, reinstatement and the paged reads (`Audit`, store/audit.py);
+    - `reports`: the incident report's reads (`Reports`, store/reporting.py);
+    - `tokens`: the token metadata cache of the chain sources (`TokenCache`, store/tokens.py).
     """
 
     def __init__(self, db: Driver) -> None:
         self.db = db
         self.dialect = db.dialect
+        self.trees = KeyTrees(db)
+        self.outbox = Outbox(db)
+        self.leases = Leases(db)
+        self.audit = Audit(db)
+        self.reports = Reports(db)
+        self.tokens = TokenCache(db)
 
     # schema ---------------------------------------------------------------------------------------
 
@@ -376,6 +392,20 @@ class SqlStore(TreeMixin, OutboxMixin, LeaseMixin, AuditMixin, ReportMixin, Toke
             for table in ("matches", "watched_outputs"):
                 await conn.execute(f"DELETE FROM {table} WHERE scope = $1", scope.name)
             await cursors.drop_cursor(conn, scope.name)
+
+    async def prune_matches(self, before: int, batch: int, *, dry_run: bool = False) -> int:
+        """Remove up to `batch` settled matches (confirmed or retracted, of any scope) last changed
+        before `before`; return how many went (or would go)."""
+        old = "FROM matches WHERE status IN ('confirmed', 'retracted') AND updated_at < $1"
+        if dry_run:
+            async with self.db.read() as conn:
+                return int(await conn.fetchval(f"SELECT COUNT(*) {old}", before) or 0)
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(f"SELECT scope, id {old} LIMIT $2", before, batch)
+            count = 0
+            for row in rows:
+                count += await conn.execute("DELETE FROM matches WHERE scope = $1 AND id = $2", row[0], row[1])
+            return count
 
     @property
     def target(self) -> str:

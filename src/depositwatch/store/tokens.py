@@ -14,12 +14,13 @@ if TYPE_CHECKING:
 _IN_CHUNK = 500
 
 
-class TokenMixin:
-    """Token metadata per chain and contract; mixed into SqlStore."""
+class TokenCache:
+    """Token metadata per chain and contract (`SqlStore.tokens`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
-    async def token_metadata(self, chain: str, contracts: Collection[str]) -> dict[str, TokenInfo]:
+    async def lookup(self, chain: str, contracts: Collection[str]) -> dict[str, TokenInfo]:
         """The cached entries among `contracts` (each in its chain's text form)."""
         ordered = list(contracts)
         found: dict[str, TokenInfo] = {}
@@ -39,7 +40,7 @@ class TokenMixin:
                     )
         return found
 
-    async def save_token_metadata(self, chain: str, infos: Sequence[TokenInfo]) -> None:
+    async def save(self, chain: str, infos: Sequence[TokenInfo]) -> None:
         """Keep these entries; an entry already there stays (the first answer is the cached one)."""
         if not infos:
             return

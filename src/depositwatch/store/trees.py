@@ -90,12 +90,13 @@ async def _derive_into(
     return written
 
 
-class TreeMixin:
-    """Key-tree operations; mixed into SqlStore."""
+class KeyTrees:
+    """Key trees and their derivation cache (`SqlStore.trees`)."""
 
-    db: Driver
+    def __init__(self, db: Driver) -> None:
+        self.db = db
 
-    async def import_trees(
+    async def import_entries(
         self,
         entries: Sequence[tuple[int, TreeEntry]],
         *,
@@ -140,10 +141,10 @@ class TreeMixin:
                         unchanged += 1
                     continue
                 if row is None:
-                    await self._insert_tree(conn, entry, stamp)
+                    await self._insert(conn, entry, stamp)
                     inserted += 1
                 elif _differs(_entry(row), entry):
-                    await self._update_tree(conn, _entry(row), entry, stamp)
+                    await self._update(conn, _entry(row), entry, stamp)
                     updated += 1
                 else:
                     unchanged += 1
@@ -156,7 +157,7 @@ class TreeMixin:
                 await bump_book(conn, self.db.dialect)
         return ImportResult(inserted, updated, unchanged)
 
-    async def _insert_tree(self, conn: Conn, entry: TreeEntry, stamp: int) -> None:
+    async def _insert(self, conn: Conn, entry: TreeEntry, stamp: int) -> None:
         await conn.execute(
             f"INSERT INTO key_trees ({_TREE_COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
@@ -182,7 +183,7 @@ class TreeMixin:
         )
         await _derive_into(conn, tree_id, tree_of(entry.descriptor, entry.script), entry.first, entry.last + 1)
 
-    async def _update_tree(self, conn: Conn, old: TreeEntry, new: TreeEntry, stamp: int) -> None:
+    async def _update(self, conn: Conn, old: TreeEntry, new: TreeEntry, stamp: int) -> None:
         assert old.id is not None
         first, last = min(old.first, new.first), max(old.last, new.last)
         tree = tree_of(old.descriptor, old.script)
@@ -204,7 +205,7 @@ class TreeMixin:
             old.id,
         )
 
-    async def revoke_trees(
+    async def revoke(
         self,
         trees: Sequence[tuple[str, str]],
         at: int,
@@ -271,7 +272,7 @@ class TreeMixin:
                 await bump_book(conn, self.db.dialect)
         return RevokeResult(revoked, already, retro, coverage)
 
-    async def list_trees(
+    async def entries(
         self, *, chain: str | None = None, status: AddressStatus | None = None, owner: str | None = None
     ) -> list[tuple[TreeEntry, int]]:
         """The book's trees with their cached key counts, filtered, ordered by chain and descriptor."""
@@ -288,7 +289,7 @@ class TreeMixin:
         async with self.db.read() as conn:
             return [(_entry(row), int(row["keys"])) for row in await conn.fetch(sql, *args)]
 
-    async def tree_stats(self) -> list[dict[str, Any]]:
+    async def stats(self) -> list[dict[str, Any]]:
         """Trees, indexes and cached keys per chain, script and status."""
         async with self.db.read() as conn:
             rows = await conn.fetch(
@@ -314,7 +315,7 @@ class TreeMixin:
             for r in rows
         ]
 
-    async def tree_sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]:
+    async def sources(self, chains: Sequence[str] | None = None) -> dict[int, tuple[str, int | None]]:
         """Each tree's id -> (chain, revocation time, or None while active), for the registry's load."""
         sql = "SELECT id, chain, status, revoked_at FROM key_trees"
         async with self.db.read() as conn:
@@ -326,19 +327,19 @@ class TreeMixin:
             if wanted is None or r["chain"] in wanted
         }
 
-    async def iter_tree_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]:
+    async def iter_keys(self, tree_ids: Collection[int]) -> AsyncIterator[list[Any]]:
         """The cached keys of the given trees, in chunks of bare `(tree_id, key)` rows: no join, so the
         store streams them as fast as plain addresses, and the registry maps the few tree ids itself."""
         if not tree_ids:
             return
         ids = sorted(tree_ids)
         sql = "SELECT tree_id, key FROM tree_keys"
-        if len(ids) < len(await self.tree_sources()):
+        if len(ids) < len(await self.sources()):
             sql += f" WHERE tree_id IN ({', '.join(str(int(i)) for i in ids)})"
         async for rows in self.db.stream(sql):
             yield rows
 
-    async def grow_trees(self, chain: str, keys: Collection[bytes]) -> int:
+    async def grow(self, chain: str, keys: Collection[bytes]) -> int:
         """Grow, before their block is committed, the trees whose gap these matched keys call for.
 
         The follower asks this of every batch with matches, then reloads the book and matches the
