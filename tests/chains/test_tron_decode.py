@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -206,17 +208,75 @@ _CHANGES: dict[str, Any] = {
     "an unknown result": lambda t: t["ret"][0].update(contractRet="MAYBE"),
     "a result as a list": lambda t: t["ret"][0].update(contractRet=["SUCCESS"]),
     "a transaction as a list": lambda t: t.update(raw_data_hex=[t["raw_data_hex"]]),
+    "an amount beyond 64 bits": lambda t: _value(t).update(amount=2**70 + _value(t).get("amount", 0)),
+    "an amount beyond 64 bits, as a call value": lambda t: _value(t).update(call_value=2**64),
+    "a negative amount": lambda t: _value(t).update(amount=-1),
+    "an amount as text": lambda t: _value(t).update(amount=str(_value(t).get("amount", 0))),
+    "an amount as an int subclass": lambda t: _value(t).update(amount=_Int(_value(t).get("amount", 0))),
+    "a call value as an int subclass": lambda t: _value(t).update(call_value=_Int(0)),
+    "an owner as a str subclass": lambda t: _value(t).update(owner_address=_Str(_value(t)["owner_address"])),
+    "a txID as a str subclass": lambda t: t.update(txID=_Str(t["txID"])),
+    "a txID as bytes": lambda t: t.update(txID=t["txID"].encode()),
+    "no txID": lambda t: t.pop("txID"),
+    "call data in capitals": lambda t: _value(t).update(data=_value(t).get("data", "").upper()),
+    "call data cut": lambda t: _value(t).update(data=_value(t).get("data", "")[:-2]),
+    "an empty owner": lambda t: _value(t).update(owner_address=""),
+    "an owner with a character beyond ASCII": lambda t: _value(t).update(owner_address="é" * 42),
+    "the value as a dict subclass": lambda t: t["raw_data"]["contract"][0]["parameter"].update(value=_Dict(_value(t))),
+    "the value as a list": lambda t: t["raw_data"]["contract"][0]["parameter"].update(value=[_value(t)]),
+    "the contract list as a dict": lambda t: t["raw_data"].update(contract=t["raw_data"]["contract"][0]),
+    "the transaction as a dict subclass": lambda t: t.update(raw_data=_Dict(t["raw_data"])),
+    "the result as a dict subclass": lambda t: t.update(ret=[_Dict(t["ret"][0])]),
+    "the result name as a str subclass": lambda t: t["ret"][0].update(contractRet=_Str(t["ret"][0]["contractRet"])),
+    "the signature as a list subclass": lambda t: t.update(signature=_List(t["signature"])),
+    "a signature as an int": lambda t: t.update(signature=[2**200]),
+    "a signature beyond ASCII": lambda t: t.update(signature=["é" * 130]),
+    "a deeply nested value": lambda t: t["raw_data"]["contract"][0]["parameter"].update(value=_nested(10_000)),
+    "deeply nested call data": lambda t: _value(t).update(data=_nested(10_000)),
+    "a null raw data": lambda t: t.update(raw_data=None),
+    "raw_data_hex of a megabyte": lambda t: t.update(raw_data_hex=t["raw_data_hex"] + "00" * 500_000),
 }
 
 
-# The one-step readings: in Python, and compiled where built (tests/chains/test_tron_wire.py fails without it).
+class _Int(int):
+    """An int that is not a plain int: the compiled reading declines it, the checks decide."""
+
+
+class _Str(str):
+    """A str that is not a plain str."""
+
+    __slots__ = ()
+
+
+class _Dict(dict[str, Any]):
+    """A dict that is not a plain dict."""
+
+
+class _List(list[Any]):
+    """A list that is not a plain list."""
+
+
+def _nested(depth: int) -> Any:
+    nested: Any = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+# The one-step readings: in Python, and compiled where built (tests/chains/test_tron_wire.py fails without it):
+# the Python walk of the JSON over either reading of the hex, and the whole step compiled (`_tronscan.usual`).
 _READINGS = [tron_wire._usual_transaction_py] + ([tron_wire._tronscan.transaction] if tron_wire._BUILT else [])
+_ONE_STEP: list[Callable[[Any], Any]] = [
+    functools.partial(tron_txs._usual_transaction, read=read) for read in _READINGS
+]
+if tron_wire._BUILT:
+    _ONE_STEP.append(functools.partial(tron_wire._tronscan.usual, tron_txs._RESULT_TAILS))
 
 
 def _same_or_declined(tx: Any) -> None:
     """The one-step reading declines, or gives exactly what the field-by-field checks give; where those
     refuse the transaction it always declines."""
-    readings = [tron_txs._usual_transaction(tx, read) for read in _READINGS]
+    readings = [read(tx) for read in _ONE_STEP]
     try:
         checked = tron_txs._transaction(tx, 100, 0)
     except BadNodeAnswer:
@@ -230,8 +290,8 @@ def _same_or_declined(tx: Any) -> None:
 def test_usual_transactions_are_read_in_one_step_with_the_same_result(tx: dict[str, Any]) -> None:
     """Random TRX, TRC-10 and TRC-20 transactions as the node writes them: read in one step (compiled and
     in Python), same result."""
-    for read in _READINGS:
-        assert tron_txs._usual_transaction(tx, read) is not None
+    for read in _ONE_STEP:
+        assert read(tx) is not None
     _same_or_declined(tx)
 
 
@@ -245,12 +305,92 @@ def test_the_one_step_reading_never_disagrees(change: str, tx: dict[str, Any]) -
     _same_or_declined(tx)
 
 
+class _Meddler(str):
+    """A key that, the first time it is compared, empties every list and dict of the transaction: a
+    lookup can run a key's `__eq__`, and the compiled reading must hold what it reads (no crash, no
+    reading of freed objects) and then decline or agree. Not a JSON shape (a parser builds plain str
+    keys), so only the compiled reading is held to it: the Python ones may raise."""
+
+    __slots__ = ("tx",)
+    tx: dict[str, Any] | None
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        tx, self.tx = self.tx, None
+        if tx is not None:
+            _empty(tx)
+        return str.__eq__(self, other)
+
+
+def _empty(item: Any) -> None:
+    children = list(item.values()) if isinstance(item, dict) else list(item) if isinstance(item, list) else []
+    for child in children:
+        _empty(child)
+    if isinstance(item, (dict, list)):
+        item.clear()
+
+
+def _meddle(tx: dict[str, Any], holder: dict[str, Any], name: str) -> None:
+    meddler = _Meddler(name)
+    meddler.tx = tx
+    value = holder.pop(name)
+    holder[meddler] = value
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda t: t,
+        lambda t: t["ret"][0],
+        lambda t: t["raw_data"],
+        lambda t: t["raw_data"]["contract"][0],
+        lambda t: t["raw_data"]["contract"][0]["parameter"],
+        lambda t: t["raw_data"]["contract"][0]["parameter"]["value"],
+    ],
+)
+def test_keys_that_change_the_json_while_it_is_read(where: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Each key of each object of a transaction, in turn, a meddling key: the compiled reading declines or agrees."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    for tx in (
+        transaction_json(trc20(account(1), account(2), account(3), 5)),
+        transaction_json(trx(account(1), account(2), 7)),
+    ):
+        for name in list(where(tx)):
+            changed = copy.deepcopy(tx)
+            _meddle(changed, where(changed), name)
+            reading = tron_wire._tronscan.usual(tron_txs._RESULT_TAILS, changed)
+            assert reading is None or reading == tron_txs._transaction(tx, 100, 0)
+
+
+def test_the_compiled_one_step_reading_is_used_and_refuses_odd_arguments() -> None:
+    """`_tronscan.usual` is the one-step reading where built (not with DEPOSITWATCH_PURE_PYTHON=1); odd
+    arguments: TypeError, not a crash."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    usual = tron_wire._tronscan.usual
+    if tron_wire._USE_EXTENSION:
+        assert isinstance(tron_txs._one_step, functools.partial) and tron_txs._one_step.func is usual
+    else:
+        assert tron_txs._one_step is tron_txs._usual_transaction
+    tx = transaction_json(trx(account(1), account(2), 7))
+    assert usual(tron_txs._RESULT_TAILS, tx) == tron_txs._transaction(tx, 100, 0)
+    assert usual({}, tx) is None  # no such result name
+    for odd in ([tron_txs._RESULT_TAILS, tx, tx], [tron_txs._RESULT_TAILS], [[], tx], [{"SUCCESS": (b"", True)}, tx]):
+        with pytest.raises(TypeError):
+            usual(*odd)
+    assert usual(tron_txs._RESULT_TAILS, None) is None
+    assert usual(tron_txs._RESULT_TAILS, {}) is None
+
+
 def test_real_transactions_are_read_in_one_step() -> None:
     """The real testnet transactions take the one-step reading, with the field-by-field result."""
     for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):
         checked = tron_txs._transaction(tx, 55088560, position)
-        for read in _READINGS:
-            assert tron_txs._usual_transaction(tx, read) == checked
+        for read in _ONE_STEP:
+            assert read(tx) == checked
 
 
 @given(

@@ -257,24 +257,27 @@ fields(PyObject *self, PyObject *arg)
     return fields_tuple(p, &f);
 }
 
-static int
-hex_value(unsigned c)
+/* Each byte's value as a hex digit, or 0xFF. */
+static unsigned char hex_digit[256];
+
+static void
+init_hex_digits(void)
 {
-    if (c >= '0' && c <= '9') {
-        return (int)(c - '0');
+    memset(hex_digit, 0xFF, sizeof hex_digit);
+    for (unsigned c = 0; c < 10; c++) {
+        hex_digit['0' + c] = (unsigned char)c;
     }
-    c |= 0x20;
-    if (c >= 'a' && c <= 'f') {
-        return (int)(c - 'a' + 10);
+    for (unsigned c = 0; c < 6; c++) {
+        hex_digit['a' + c] = (unsigned char)(10 + c);
+        hex_digit['A' + c] = (unsigned char)(10 + c);
     }
-    return -1;
 }
 
 /* The bytes of an ASCII hex string of hex digits only into out (len / 2 bytes): 0, or -1. */
 static int
 unhex(PyObject *text, unsigned char *out, size_t *size, size_t capacity)
 {
-    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) {
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_READY(text) || !PyUnicode_IS_ASCII(text)) {
         return -1;
     }
     size_t len = (size_t)PyUnicode_GET_LENGTH(text);
@@ -282,15 +285,85 @@ unhex(PyObject *text, unsigned char *out, size_t *size, size_t capacity)
         return -1;
     }
     const unsigned char *h = PyUnicode_1BYTE_DATA(text);
+    unsigned bad = 0;
     for (size_t k = 0; k < len / 2; k++) {
-        int high = hex_value(h[2 * k]), low = hex_value(h[2 * k + 1]);
-        if (high < 0 || low < 0) {
-            return -1;
-        }
+        unsigned high = hex_digit[h[2 * k]], low = hex_digit[h[2 * k + 1]];
+        bad |= high | low;
         out[k] = (unsigned char)(high << 4 | low);
+    }
+    if (bad & 0xF0) {
+        return -1;
     }
     *size = len / 2;
     return 0;
+}
+
+static const char lower_digits[] = "0123456789abcdef";
+
+/* Whether text is exactly a str of the lowercase hex of p[0:len] (what `bytes.hex()` gives). */
+static int
+is_hex_of(PyObject *text, const unsigned char *p, size_t len)
+{
+    if (text == NULL || !PyUnicode_CheckExact(text) || !PyUnicode_IS_READY(text) || !PyUnicode_IS_ASCII(text) ||
+        (size_t)PyUnicode_GET_LENGTH(text) != 2 * len) {
+        return 0;
+    }
+    const unsigned char *h = PyUnicode_1BYTE_DATA(text);
+    for (size_t k = 0; k < len; k++) {
+        if (h[2 * k] != (unsigned char)lower_digits[p[k] >> 4] ||
+            h[2 * k + 1] != (unsigned char)lower_digits[p[k] & 15]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* sha256 of a message given in parts. */
+static void
+sha256_parts(const unsigned char *const *parts, const size_t *sizes, int count, unsigned char digest[32])
+{
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    for (int k = 0; k < count; k++) {
+        SHA256_Update(&c, parts[k], sizes[k]);
+    }
+    SHA256_Final(digest, &c);
+}
+
+/* The hashes of a usual transaction: its txID as lowercase hex text (txid_hex, 64 characters) and its
+ * trie leaf, sha256 of the whole `Transaction`: raw data = 1, the one 65-byte signature = 2, then `tail`. */
+static void
+hash_transaction(const unsigned char *raw, size_t n, const unsigned char signature[65], const unsigned char *tail,
+                 size_t tail_size, char txid_hex[64], unsigned char leaf[32])
+{
+    unsigned char digest[32], head[11];
+    size_t head_size = 1;
+    head[0] = 0x0A; /* Transaction.raw_data = 1 */
+    for (uint64_t v = n;; v >>= 7) {
+        head[head_size++] = (unsigned char)(v & 0x7F) | (v >= 0x80 ? 0x80 : 0);
+        if (v < 0x80) {
+            break;
+        }
+    }
+    static const unsigned char signature_key[2] = {0x12, 0x41}; /* Transaction.signature = 2, 65 bytes */
+    const unsigned char *parts[5] = {head, raw, signature_key, signature, tail};
+    size_t sizes[5] = {head_size, n, 2, 65, tail_size};
+    sha256_parts(parts, sizes, 5, leaf);
+    sha256_parts(&raw, &n, 1, digest); /* SHA256_Init and its kin: SHA256() fetches the digest each call */
+    for (int k = 0; k < 32; k++) {
+        txid_hex[2 * k] = lower_digits[digest[k] >> 4];
+        txid_hex[2 * k + 1] = lower_digits[digest[k] & 15];
+    }
+}
+
+static PyObject *
+ascii_text(const char *text, Py_ssize_t size)
+{
+    PyObject *out = PyUnicode_New(size, 127);
+    if (out != NULL) {
+        memcpy(PyUnicode_1BYTE_DATA(out), text, (size_t)size);
+    }
+    return out;
 }
 
 static PyObject *
@@ -316,35 +389,12 @@ transaction(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyMem_Free(raw);
         Py_RETURN_NONE;
     }
-    unsigned char digest[32], head[11];
-    size_t head_size = 1;
-    head[0] = 0x0A; /* Transaction.raw_data = 1 */
-    for (uint64_t v = n;; v >>= 7) {
-        head[head_size++] = (unsigned char)(v & 0x7F) | (v >= 0x80 ? 0x80 : 0);
-        if (v < 0x80) {
-            break;
-        }
-    }
-    static const unsigned char signature_key[2] = {0x12, 0x41}; /* Transaction.signature = 2, 65 bytes */
-    SHA256_CTX c;
-    SHA256_Init(&c);
-    SHA256_Update(&c, head, head_size);
-    SHA256_Update(&c, raw, n);
-    SHA256_Update(&c, signature_key, 2);
-    SHA256_Update(&c, signature, sizeof signature);
-    SHA256_Update(&c, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]));
-    SHA256_Final(digest, &c);
+    char txid_hex[64];
+    unsigned char digest[32];
+    hash_transaction(raw, n, signature, (const unsigned char *)PyBytes_AS_STRING(args[2]),
+                     (size_t)PyBytes_GET_SIZE(args[2]), txid_hex, digest);
     PyObject *leaf = PyBytes_FromStringAndSize((const char *)digest, 32);
-    SHA256(raw, n, digest);
-    PyObject *txid = PyUnicode_New(64, 127);
-    if (txid != NULL) {
-        static const char digits[] = "0123456789abcdef";
-        Py_UCS1 *out = PyUnicode_1BYTE_DATA(txid);
-        for (int k = 0; k < 32; k++) {
-            out[2 * k] = (Py_UCS1)digits[digest[k] >> 4];
-            out[2 * k + 1] = (Py_UCS1)digits[digest[k] & 15];
-        }
-    }
+    PyObject *txid = ascii_text(txid_hex, 64);
     PyObject *tuple = fields_tuple(raw, &f);
     PyMem_Free(raw);
     if (leaf == NULL || txid == NULL || tuple == NULL) {
@@ -360,11 +410,240 @@ transaction(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * usual(tails, tx): tron_txs._usual_transaction in one call, the JSON walked with the C API.
+ *
+ * tx is a transaction as the node's JSON gives it; tails maps each `contractRet` name to
+ * (the encoded result field, whether a contract call with it succeeded, whether another contract
+ * with it succeeded). The usual shape is exact dicts, lists, str and int (what a JSON parser builds):
+ * one 65-byte signature, one `{"contractRet": NAME}` result, the raw data in java-tron's layout,
+ * txID and the contract's JSON fields equal to the signed ones as the node writes them (lowercase
+ * hex, amounts as plain ints, left out when 0 or empty, no other field). For it the answer is
+ *
+ *     (txid_hex, leaf, (fields, success))
+ *
+ * and None for anything else, failures included: the caller then checks the transaction field by
+ * field, which decides and names what is wrong. Declining more than the Python reading is always
+ * safe; accepting anything the field-by-field checks refuse never is (the tests hold it to that).
+ *
+ * Every object read from the JSON is held by a new reference until the call ends: a dict lookup may
+ * run a key's __eq__, which may change the containers.
+ */
+
+static PyObject *key_raw_data_hex, *key_signature, *key_ret, *key_contract_ret, *key_txid, *key_raw_data,
+    *key_contract, *key_parameter, *key_value, *key_owner_address, *key_to_address, *key_contract_address,
+    *key_amount, *key_call_value, *key_data, *key_asset_name;
+
+#define HELD_MAX 24 /* a usual transaction holds 17 */
+
+typedef struct {
+    PyObject *items[HELD_MAX];
+    int count;
+} Held;
+
+static void
+release(Held *held)
+{
+    for (int k = 0; k < held->count; k++) {
+        Py_DECREF(held->items[k]);
+    }
+    held->count = 0;
+}
+
+static PyObject *
+hold(Held *held, PyObject *item)
+{
+    Py_INCREF(item);
+    held->items[held->count++] = item; /* at most HELD_MAX reads per call, counted below */
+    return item;
+}
+
+/* dict[key] into *out, held: 1 found, 0 missing, -1 the lookup raised (cleared: the caller declines,
+ * and the checks field by field meet the same error). dict must be an exact dict. */
+static int
+lookup(Held *held, PyObject *dict, PyObject *key, PyObject **out)
+{
+    *out = NULL;
+    if (held->count >= HELD_MAX) {
+        return -1;
+    }
+    PyObject *item = PyDict_GetItemWithError(dict, key);
+    if (item == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        return 0;
+    }
+    *out = hold(held, item);
+    return 1;
+}
+
+/* The one element of an exact list of length 1, held, or NULL. */
+static PyObject *
+only_item(Held *held, PyObject *list)
+{
+    if (list == NULL || !PyList_CheckExact(list) || PyList_GET_SIZE(list) != 1 || held->count >= HELD_MAX) {
+        return NULL;
+    }
+    return hold(held, PyList_GET_ITEM(list, 0));
+}
+
+/* Whether v is a plain int equal to want (want below 2**63). */
+static int
+is_int(PyObject *v, uint64_t want)
+{
+    if (!PyLong_CheckExact(v)) {
+        return 0;
+    }
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return !overflow && x >= 0 && (uint64_t)x == want;
+}
+
+/* Whether the contract's JSON (tx["raw_data"]["contract"][0]["parameter"]["value"]) says exactly what
+ * the signed bytes say, in the node's usual form: tron_txs._json_agrees, stricter on types. */
+static int
+json_agrees(Held *held, PyObject *tx, const unsigned char *p, const Parsed *f)
+{
+    PyObject *raw_data, *entry, *parameter, *value, *item;
+    if (lookup(held, tx, key_raw_data, &raw_data) != 1 || !PyDict_CheckExact(raw_data) ||
+        lookup(held, raw_data, key_contract, &item) != 1 || (entry = only_item(held, item)) == NULL ||
+        !PyDict_CheckExact(entry) || lookup(held, entry, key_parameter, &parameter) != 1 ||
+        !PyDict_CheckExact(parameter) || lookup(held, parameter, key_value, &value) != 1 ||
+        !PyDict_CheckExact(value)) {
+        return 0;
+    }
+    if (lookup(held, value, key_owner_address, &item) != 1 || !is_hex_of(item, p + f->owner, 21)) {
+        return 0;
+    }
+    Py_ssize_t shown = 2;
+    int found;
+    if (f->kind == 31) { /* call_value and data are left out when 0 or empty */
+        if (lookup(held, value, key_contract_address, &item) != 1 || !is_hex_of(item, p + f->other, 21)) {
+            return 0;
+        }
+        if ((found = lookup(held, value, key_call_value, &item)) < 0 || (found ? !is_int(item, f->amount) : f->amount)) {
+            return 0;
+        }
+        shown += found;
+        if ((found = lookup(held, value, key_data, &item)) < 0 ||
+            (found ? !is_hex_of(item, p + f->data, f->data_len) : f->data_len != 0)) {
+            return 0;
+        }
+        shown += found;
+    }
+    else {
+        if (lookup(held, value, key_to_address, &item) != 1 || !is_hex_of(item, p + f->other, 21)) {
+            return 0;
+        }
+        if ((found = lookup(held, value, key_amount, &item)) < 0 || (found ? !is_int(item, f->amount) : f->amount)) {
+            return 0;
+        }
+        shown += found;
+        if (f->has_asset) { /* TRC-10: asset_name too */
+            if (lookup(held, value, key_asset_name, &item) != 1 || !is_hex_of(item, p + f->asset, f->asset_len)) {
+                return 0;
+            }
+            shown++;
+        }
+    }
+    return PyDict_GET_SIZE(value) == shown;
+}
+
+#define RAW_ON_STACK 1024
+
+static PyObject *
+usual(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "usual(tails: dict, tx)");
+        return NULL;
+    }
+    PyObject *tails = args[0], *tx = args[1];
+    if (!PyDict_CheckExact(tx)) {
+        Py_RETURN_NONE;
+    }
+    Held held = {.count = 0};
+    unsigned char stack_raw[RAW_ON_STACK], *raw = stack_raw;
+    PyObject *raw_hex, *signatures, *rets, *ret, *name, *signature, *given_txid, *result = NULL;
+    if (lookup(&held, tx, key_raw_data_hex, &raw_hex) != 1 || !PyUnicode_CheckExact(raw_hex) ||
+        lookup(&held, tx, key_signature, &signatures) != 1 || (signature = only_item(&held, signatures)) == NULL ||
+        !PyUnicode_CheckExact(signature) || lookup(&held, tx, key_ret, &rets) != 1 ||
+        (ret = only_item(&held, rets)) == NULL || !PyDict_CheckExact(ret) || PyDict_GET_SIZE(ret) != 1 ||
+        lookup(&held, ret, key_contract_ret, &name) != 1 || !PyUnicode_CheckExact(name) ||
+        lookup(&held, tx, key_txid, &given_txid) != 1 || !PyUnicode_CheckExact(given_txid)) {
+        goto decline;
+    }
+    PyObject *entry = PyDict_GetItemWithError(tails, name); /* exact str keys: no code runs */
+    if (entry == NULL) {
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        goto decline;
+    }
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3 || !PyBytes_Check(PyTuple_GET_ITEM(entry, 0))) {
+        PyErr_SetString(PyExc_TypeError, "usual(): tails maps names to (bytes, bool, bool)");
+        goto done;
+    }
+    PyObject *tail = hold(&held, entry); /* held as the tuple */
+    size_t capacity = (size_t)PyUnicode_GET_LENGTH(raw_hex) / 2, n, signature_size;
+    if (capacity > RAW_ON_STACK) {
+        raw = PyMem_Malloc(capacity);
+        if (raw == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    unsigned char signature_bytes[65];
+    Parsed f;
+    if (unhex(raw_hex, raw, &n, capacity) || unhex(signature, signature_bytes, &signature_size, 65) ||
+        signature_size != 65 || parse(raw, n, &f) || !json_agrees(&held, tx, raw, &f)) {
+        goto decline;
+    }
+    char txid_hex[64];
+    unsigned char leaf_bytes[32];
+    PyObject *tail_bytes = PyTuple_GET_ITEM(tail, 0);
+    hash_transaction(raw, n, signature_bytes, (const unsigned char *)PyBytes_AS_STRING(tail_bytes),
+                     (size_t)PyBytes_GET_SIZE(tail_bytes), txid_hex, leaf_bytes);
+    if (!PyUnicode_IS_READY(given_txid) || !PyUnicode_IS_ASCII(given_txid) ||
+        PyUnicode_GET_LENGTH(given_txid) != 64 || memcmp(PyUnicode_1BYTE_DATA(given_txid), txid_hex, 64) != 0) {
+        goto decline;
+    }
+    PyObject *success = PyTuple_GET_ITEM(tail, f.kind == 31 ? 1 : 2);
+    PyObject *txid = ascii_text(txid_hex, 64);
+    PyObject *leaf = PyBytes_FromStringAndSize((const char *)leaf_bytes, 32);
+    PyObject *fields = fields_tuple(raw, &f);
+    PyObject *checked = fields == NULL ? NULL : PyTuple_Pack(2, fields, success);
+    if (txid != NULL && leaf != NULL && checked != NULL) {
+        result = PyTuple_Pack(3, txid, leaf, checked);
+    }
+    Py_XDECREF(txid);
+    Py_XDECREF(leaf);
+    Py_XDECREF(fields);
+    Py_XDECREF(checked);
+    goto done;
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    if (raw != stack_raw) {
+        PyMem_Free(raw);
+    }
+    release(&held);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"fields", (PyCFunction)fields, METH_O,
      "fields(raw): the SignedFields of raw data in java-tron's layout, or None for any other layout."},
     {"transaction", (PyCFunction)(void (*)(void))transaction, METH_FASTCALL,
      "transaction(raw_hex, signature_hex, tail): (txid_hex, leaf, fields) of a usual transaction, or None."},
+    {"usual", (PyCFunction)(void (*)(void))usual, METH_FASTCALL,
+     "usual(tails, tx): (txid_hex, leaf, (fields, success)) of a transaction's usual JSON, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -379,5 +658,24 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__tronscan(void)
 {
+    init_hex_digits();
+    struct {
+        PyObject **key;
+        const char *text;
+    } keys[] = {
+        {&key_raw_data_hex, "raw_data_hex"},   {&key_signature, "signature"},
+        {&key_ret, "ret"},                     {&key_contract_ret, "contractRet"},
+        {&key_txid, "txID"},                   {&key_raw_data, "raw_data"},
+        {&key_contract, "contract"},           {&key_parameter, "parameter"},
+        {&key_value, "value"},                 {&key_owner_address, "owner_address"},
+        {&key_to_address, "to_address"},       {&key_contract_address, "contract_address"},
+        {&key_amount, "amount"},               {&key_call_value, "call_value"},
+        {&key_data, "data"},                   {&key_asset_name, "asset_name"},
+    };
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+        if (*keys[k].key == NULL && (*keys[k].key = PyUnicode_InternFromString(keys[k].text)) == NULL) {
+            return NULL;
+        }
+    }
     return PyModule_Create(&module);
 }

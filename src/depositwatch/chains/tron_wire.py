@@ -42,6 +42,8 @@ except ImportError:  # not built (no compiler or no libcrypto headers): the Pyth
     _tronscan = None  # type: ignore[assignment]
 _BUILT: bool = _tronscan is not None
 """Whether the compiled fast path (`_tronscan.c`) was built and imported."""
+compiled = _tronscan
+"""The compiled module where built (also for `tron_txs`' one-step reading of a transaction's JSON), else None."""
 _USE_EXTENSION = _BUILT and os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") in ("", "0")
 
 _MAX_VARINT_BYTES = 10
