@@ -385,6 +385,156 @@ def test_the_compiled_one_step_reading_is_used_and_refuses_odd_arguments() -> No
     assert usual(tron_txs._RESULT_TAILS, {}) is None
 
 
+# ---------------------------------------------------------------------------------------------------
+# the usual logs read in one compiled step against the log-by-log reading
+
+_LOG_ACCOUNTS = st.integers(min_value=0, max_value=5).map(account)  # few, so that watched and revoked keys meet
+_KEYS = st.one_of(st.none(), st.frozensets(_LOG_ACCOUNTS, max_size=4))
+
+
+@st.composite
+def _info_json(draw: st.DrawFn) -> dict[str, Any]:
+    """A transaction info with a few Transfer logs of USDT (configured) and of other contracts."""
+    logs = []
+    for nonce in range(draw(st.integers(0, 3))):
+        contract = draw(st.sampled_from([USDT_KEY, account(77), account(78)]))
+        amount = draw(st.integers(0, 2**256 - 1))
+        logs.extend(trc20(draw(_LOG_ACCOUNTS), draw(_LOG_ACCOUNTS), contract, amount, nonce=nonce).logs)
+    info: dict[str, Any] = {"id": "ab" * 32, "blockNumber": 100, "receipt": {"result": "SUCCESS"}}
+    if logs or draw(st.booleans()):
+        info["log"] = logs
+    return info
+
+
+def _log(info: dict[str, Any]) -> dict[str, Any]:
+    logs: list[dict[str, Any]] = info.setdefault("log", [])
+    if not logs:
+        logs.append(trc20(account(1), account(2), USDT_KEY, 5).logs[0])
+    return logs[-1]
+
+
+def _topics(info: dict[str, Any]) -> list[Any]:
+    topics: list[Any] = _log(info)["topics"]
+    return topics
+
+
+_LOG_CHANGES: dict[str, Any] = {
+    "no log": lambda i: i.pop("log", None),
+    "a null log": lambda i: i.update(log=None),
+    "log as an object": lambda i: i.update(log={}),
+    "log as a list subclass": lambda i: i.update(log=_List(i.get("log") or [])),
+    "an entry as a list": lambda i: _log(i) and i["log"].append([]),
+    "an entry as a dict subclass": lambda i: (entry := _Dict(_log(i))) and i["log"].append(entry),
+    "no topics": lambda i: _log(i).pop("topics"),
+    "null topics": lambda i: _log(i).update(topics=None),
+    "topics as text": lambda i: _log(i).update(topics="ddf252ad"),
+    "four topics": lambda i: _topics(i).append("00" * 32),
+    "two topics": lambda i: _topics(i).pop(),
+    "another event": lambda i: _topics(i).__setitem__(0, "ab" * 32),
+    "the event topic in capitals": lambda i: _topics(i).__setitem__(0, _topics(i)[0].upper()),
+    "the event topic as an int": lambda i: _topics(i).__setitem__(0, 2**255),
+    "the event topic as a str subclass": lambda i: _topics(i).__setitem__(0, _Str(_topics(i)[0])),
+    "a sender in capitals": lambda i: _topics(i).__setitem__(1, _topics(i)[1].upper()),
+    "a sender with upper bytes": lambda i: _topics(i).__setitem__(1, "11" + _topics(i)[1][2:]),
+    "a sender cut": lambda i: _topics(i).__setitem__(1, _topics(i)[1][:-2]),
+    "a sender spaced": lambda i: _topics(i).__setitem__(1, _spaced(_topics(i)[1][:-2])),
+    "a sender as null": lambda i: _topics(i).__setitem__(1, None),
+    "a sender as a str subclass": lambda i: _topics(i).__setitem__(1, _Str(_topics(i)[1])),
+    "a recipient beyond ASCII": lambda i: _topics(i).__setitem__(2, "é" * 64),
+    "a recipient as a huge int": lambda i: _topics(i).__setitem__(2, 2**300),
+    "a recipient nested deeply": lambda i: _topics(i).__setitem__(2, _nested(10_000)),
+    "an address in capitals": lambda i: _log(i).update(address=_log(i)["address"].upper()),
+    "an address with 41": lambda i: _log(i).update(address="41" + _log(i)["address"]),
+    "an address cut": lambda i: _log(i).update(address=_log(i)["address"][:-2]),
+    "no address": lambda i: _log(i).pop("address"),
+    "an address of USDT": lambda i: _log(i).update(address=USDT_KEY.hex()),
+    "an address of another token": lambda i: _log(i).update(address=account(77).hex()),
+    "data in capitals": lambda i: _log(i).update(data=_log(i)["data"].upper()),
+    "data cut": lambda i: _log(i).update(data=_log(i)["data"][:-2]),
+    "data of two words": lambda i: _log(i).update(data=_log(i)["data"] * 2),
+    "no data": lambda i: _log(i).pop("data"),
+    "data as an int": lambda i: _log(i).update(data=5),
+    "data as a str subclass": lambda i: _log(i).update(data=_Str(_log(i)["data"])),
+    "data spaced": lambda i: _log(i).update(data=_spaced(_log(i)["data"])),
+    "the info as a list": lambda i: i.update(log=[i.copy()]),
+}
+
+
+def _logs_agree(info: Any, watch: frozenset[bytes] | None, revoked: frozenset[bytes] | None) -> Any:
+    """The compiled reading declines, or picks exactly the logs the log-by-log reading builds transfers
+    for; where that refuses the info it always declines. Returns the compiled answer."""
+    hits = tron_wire._tronscan.logs(info, TOKENS.trc20, watch, revoked)
+    try:
+        checked = tron_decode._token_logs(info, "ab" * 32, 100, TOKENS, watch, revoked)
+    except BadNodeAnswer:
+        assert hits is None
+        return hits
+    assert hits is None or tron_decode._log_transfers(hits, "ab" * 32, TOKENS.trc20) == checked
+    return hits
+
+
+@given(_info_json(), _KEYS, _KEYS)
+def test_usual_logs_are_read_in_one_step_with_the_same_transfers(
+    info: dict[str, Any], watch: frozenset[bytes] | None, revoked: frozenset[bytes] | None
+) -> None:
+    """Infos as the node writes them, any watched and revoked keys: read in one compiled step, the same
+    transfers as log by log."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert _logs_agree(info, watch, revoked) is not None
+
+
+@pytest.mark.parametrize("change", sorted(_LOG_CHANGES))
+@settings(max_examples=30)
+@given(info=_info_json(), watch=_KEYS, revoked=_KEYS)
+def test_the_one_step_log_reading_never_disagrees(
+    change: str, info: dict[str, Any], watch: frozenset[bytes] | None, revoked: frozenset[bytes] | None
+) -> None:
+    """Each change to the logs (case, lengths, types, missing fields, other events and contracts): the
+    compiled reading declines or agrees, and accepts nothing the log-by-log reading refuses."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    _LOG_CHANGES[change](info)
+    _logs_agree(info, watch, revoked)
+
+
+class _Meddling:
+    """A watched-key container whose `in` empties the info's logs: the compiled reading holds what it reads."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    def __contains__(self, key: object) -> bool:
+        _empty(self.info)
+        return True
+
+
+def test_a_watch_that_changes_the_info_while_it_is_read() -> None:
+    """No crash, no read of a freed object; the answer is for the logs as they were when read."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    info = infos_json(100, [trc20(account(1), account(2), USDT_KEY, 5), trc20(account(1), account(2), USDT_KEY, 6)])[0]
+    info["log"] = info["log"] * 3
+    hits = tron_wire._tronscan.logs(info, TOKENS.trc20, _Meddling(info), None)
+    assert hits is not None and [hit[0] for hit in hits] == [0]
+    assert info == {}
+
+
+def test_the_compiled_log_reading_refuses_odd_arguments_and_passes_on_errors() -> None:
+    """trc20 not a dict: TypeError; a watched-key container that raises: its error."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    info = infos_json(100, [trc20(account(1), account(2), USDT_KEY, 5)])[0]
+    with pytest.raises(TypeError):
+        tron_wire._tronscan.logs(info, list(TOKENS.trc20), None, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        tron_wire._tronscan.logs(info, TOKENS.trc20, None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        tron_wire._tronscan.logs(info, TOKENS.trc20, 5, None)  # type: ignore[arg-type]
+    assert tron_wire._tronscan.logs(None, TOKENS.trc20, None, None) is None
+    assert tron_wire._tronscan.logs({}, TOKENS.trc20, None, None) == []
+
+
 def test_real_transactions_are_read_in_one_step() -> None:
     """The real testnet transactions take the one-step reading, with the field-by-field result."""
     for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):

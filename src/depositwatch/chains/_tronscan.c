@@ -637,6 +637,277 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * logs(info, trc20, watch, revoked): tron_decode._token_logs for the node's usual JSON, in one call.
+ *
+ * info is a transaction info; trc20 maps a configured token contract's 20 bytes to its asset (an exact
+ * dict); watch and revoked are containers of 20-byte keys, or None. The usual shape: `log` missing,
+ * None or an exact list of exact dicts, each with `topics` an exact list of str; for each Transfer log
+ * (three topics, the first the Transfer topic) `address` 40 hex digits, and, where the log is read
+ * (a configured contract's, or another's touching a revoked key), the address topics 64 hex digits
+ * with 24 leading zeros and `data` 64 hex digits. For it the answer is the list of the logs to build
+ * transfers for, in order:
+ *
+ *     (position, contract, sender, recipient, amount word, listed)
+ *
+ * (a configured contract's log from or to a watched key, every one without watch; another contract's
+ * from or to a revoked key), and None for anything else: the caller then reads the logs one by one,
+ * which decides and names what is wrong. Containers' `in` may run code: every object read is held.
+ */
+
+static PyObject *key_log, *key_topics, *key_address, *transfer_topic;
+
+/* The 20 bytes of an address topic as the node writes it (64 lowercase or capital hex digits, the first
+ * 24 zeros: tron_decode._usual_account) into out: 0, or -1 for anything else. */
+static int
+usual_account(PyObject *topic, unsigned char out[20])
+{
+    if (!PyUnicode_CheckExact(topic) || !PyUnicode_IS_READY(topic) || !PyUnicode_IS_ASCII(topic) ||
+        PyUnicode_GET_LENGTH(topic) != 64) {
+        return -1;
+    }
+    const unsigned char *h = PyUnicode_1BYTE_DATA(topic);
+    for (int k = 0; k < 24; k++) {
+        if (h[k] != '0') {
+            return -1;
+        }
+    }
+    unsigned bad = 0;
+    for (int k = 0; k < 20; k++) {
+        unsigned high = hex_digit[h[24 + 2 * k]], low = hex_digit[h[25 + 2 * k]];
+        bad |= high | low;
+        out[k] = (unsigned char)(high << 4 | low);
+    }
+    return bad & 0xF0 ? -1 : 0;
+}
+
+/* The bytes of exactly `size` bytes of hex digits (either case) into out: 0, or -1 for anything else. */
+static int
+hex_exact(PyObject *text, unsigned char *out, size_t size)
+{
+    size_t got;
+    if (!PyUnicode_CheckExact(text) || (size_t)PyUnicode_GET_LENGTH(text) != 2 * size ||
+        unhex(text, out, &got, size)) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether key is in container (None: every key is): 1, 0, or -1 with an exception set. */
+static int
+contains(PyObject *container, const unsigned char key[20], PyObject **held_key)
+{
+    if (container == Py_None) {
+        return 1;
+    }
+    if (*held_key == NULL && (*held_key = PyBytes_FromStringAndSize((const char *)key, 20)) == NULL) {
+        return -1;
+    }
+    return PySequence_Contains(container, *held_key);
+}
+
+/* Appends (position, contract, sender, recipient, word, listed) to hits: 0, or -1 with an exception set. */
+static int
+add_hit(PyObject *hits, Py_ssize_t position, const unsigned char contract[20], PyObject *sender,
+        PyObject *recipient, const unsigned char word[32], int listed)
+{
+    PyObject *hit = Py_BuildValue("(ny#OOy#O)", position, (const char *)contract, (Py_ssize_t)20, sender, recipient,
+                                  (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False);
+    if (hit == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(hits, hit);
+    Py_DECREF(hit);
+    return failed;
+}
+
+static PyObject *
+logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "logs(info, trc20: dict, watch, revoked)");
+        return NULL;
+    }
+    PyObject *info = args[0], *trc20 = args[1], *watch = args[2], *revoked = args[3];
+    if (!PyDict_CheckExact(info)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *entries = PyDict_GetItemWithError(info, key_log);
+    if (entries == NULL || entries == Py_None) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        return PyList_New(0);
+    }
+    if (!PyList_CheckExact(entries)) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(entries);
+    PyObject *hits = PyList_New(0), *result = NULL;
+    if (hits == NULL) {
+        goto done;
+    }
+    /* the list may change while it is read (a container's `in` runs code): its length is read each time */
+    for (Py_ssize_t position = 0; position < PyList_GET_SIZE(entries); position++) {
+        PyObject *entry = PyList_GET_ITEM(entries, position);
+        if (!PyDict_CheckExact(entry)) {
+            goto decline;
+        }
+        Py_INCREF(entry);
+        PyObject *topics = PyDict_GetItemWithError(entry, key_topics), *address = NULL, *data = NULL;
+        PyObject *sender = NULL, *recipient = NULL, *first = NULL, *second = NULL, *third = NULL;
+        int outcome = -1; /* -1 decline, 0 skip, 1 read */
+        unsigned char contract[20], from[20], to[20], word[32];
+        if (topics == NULL || !PyList_CheckExact(topics)) {
+            goto next;
+        }
+        Py_INCREF(topics);
+        if (PyList_GET_SIZE(topics) != 3) {
+            /* not an ERC-20-shaped Transfer; its topics are not read */
+            Py_DECREF(topics);
+            outcome = 0;
+            goto next;
+        }
+        first = Py_NewRef(PyList_GET_ITEM(topics, 0));
+        second = Py_NewRef(PyList_GET_ITEM(topics, 1));
+        third = Py_NewRef(PyList_GET_ITEM(topics, 2));
+        Py_DECREF(topics);
+        if (!PyUnicode_CheckExact(first)) {
+            goto next;
+        }
+        if (first != transfer_topic && PyUnicode_Compare(first, transfer_topic) != 0) {
+            outcome = 0;
+            goto next;
+        }
+        address = PyDict_GetItemWithError(entry, key_address);
+        if (address == NULL || hex_exact(address, contract, 20)) {
+            goto next;
+        }
+        data = PyDict_GetItemWithError(entry, key_data);
+        if (data == NULL && PyErr_Occurred()) {
+            goto next;
+        }
+        Py_XINCREF(data);
+        PyObject *contract_bytes = PyBytes_FromStringAndSize((const char *)contract, 20);
+        if (contract_bytes == NULL) {
+            goto fail_entry;
+        }
+        PyObject *asset = PyDict_GetItemWithError(trc20, contract_bytes); /* bytes keys: no code runs */
+        Py_DECREF(contract_bytes);
+        if (asset == NULL && PyErr_Occurred()) {
+            goto fail_entry;
+        }
+        int listed = asset != NULL, found;
+        if (!listed && revoked == Py_None) {
+            outcome = 0;
+            goto next;
+        }
+        if (usual_account(second, from) || usual_account(third, to)) {
+            outcome = listed ? -1 : 0; /* another contract's log that is not ERC-20-shaped is skipped */
+            goto next;
+        }
+        PyObject *touches = listed ? watch : revoked;
+        if ((found = contains(touches, from, &sender)) < 0) {
+            goto fail_entry;
+        }
+        if (!found && (found = contains(touches, to, &recipient)) < 0) {
+            goto fail_entry;
+        }
+        if (data == NULL || hex_exact(data, word, 32)) {
+            /* a configured contract's data must be a word whether or not the log is built, another's
+             * only when the log is built: the checks decide (they read hex with spaces, str subclasses) */
+            outcome = listed || found ? -1 : 0;
+            goto next;
+        }
+        if (!found) {
+            outcome = 0;
+            goto next;
+        }
+        if ((sender == NULL && (sender = PyBytes_FromStringAndSize((const char *)from, 20)) == NULL) ||
+            (recipient == NULL && (recipient = PyBytes_FromStringAndSize((const char *)to, 20)) == NULL) ||
+            add_hit(hits, position, contract, sender, recipient, word, listed)) {
+            goto fail_entry;
+        }
+        outcome = 1;
+    next:
+        Py_DECREF(entry);
+        Py_XDECREF(data);
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        Py_XDECREF(third);
+        Py_XDECREF(sender);
+        Py_XDECREF(recipient);
+        if (PyErr_Occurred()) {
+            PyErr_Clear(); /* a lookup that raised: the checks meet the same error */
+            goto decline;
+        }
+        if (outcome < 0) {
+            goto decline;
+        }
+        continue;
+    fail_entry:
+        Py_DECREF(entry);
+        Py_XDECREF(data);
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        Py_XDECREF(third);
+        Py_XDECREF(sender);
+        Py_XDECREF(recipient);
+        goto done;
+    }
+    result = Py_NewRef(hits);
+    goto done;
+decline:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(hits);
+    Py_DECREF(entries);
+    return result;
+}
+
+/* merkle_root(leaves): tron_wire.merkle_root over a list of 32-byte leaves; None for any other argument. */
+static PyObject *
+merkle_root(PyObject *self, PyObject *leaves)
+{
+    if (!PyList_CheckExact(leaves)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(leaves);
+    if (n == 0) {
+        static const char empty[32];
+        return PyBytes_FromStringAndSize(empty, 32);
+    }
+    unsigned char(*level)[32] = PyMem_Malloc((size_t)n * 32);
+    if (level == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *leaf = PyList_GET_ITEM(leaves, k);
+        if (!PyBytes_CheckExact(leaf) || PyBytes_GET_SIZE(leaf) != 32) {
+            PyMem_Free(level);
+            Py_RETURN_NONE;
+        }
+        memcpy(level[k], PyBytes_AS_STRING(leaf), 32);
+    }
+    while (n > 1) {
+        Py_ssize_t pairs = n / 2;
+        for (Py_ssize_t k = 0; k < pairs; k++) {
+            SHA256_CTX c;
+            SHA256_Init(&c);
+            SHA256_Update(&c, level[2 * k], 64);
+            SHA256_Final(level[k], &c);
+        }
+        if (n % 2) {
+            memmove(level[pairs], level[n - 1], 32);
+        }
+        n = pairs + n % 2;
+    }
+    PyObject *root = PyBytes_FromStringAndSize((const char *)level[0], 32);
+    PyMem_Free(level);
+    return root;
+}
+
 static PyMethodDef methods[] = {
     {"fields", (PyCFunction)fields, METH_O,
      "fields(raw): the SignedFields of raw data in java-tron's layout, or None for any other layout."},
@@ -644,6 +915,10 @@ static PyMethodDef methods[] = {
      "transaction(raw_hex, signature_hex, tail): (txid_hex, leaf, fields) of a usual transaction, or None."},
     {"usual", (PyCFunction)(void (*)(void))usual, METH_FASTCALL,
      "usual(tails, tx): (txid_hex, leaf, (fields, success)) of a transaction's usual JSON, or None."},
+    {"logs", (PyCFunction)(void (*)(void))logs, METH_FASTCALL,
+     "logs(info, trc20, watch, revoked): the Transfer logs to build transfers for, or None."},
+    {"merkle_root", (PyCFunction)merkle_root, METH_O,
+     "merkle_root(leaves): the transaction trie root over a list of 32-byte leaves, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -671,6 +946,9 @@ PyInit__tronscan(void)
         {&key_to_address, "to_address"},       {&key_contract_address, "contract_address"},
         {&key_amount, "amount"},               {&key_call_value, "call_value"},
         {&key_data, "data"},                   {&key_asset_name, "asset_name"},
+        {&key_log, "log"},                     {&key_topics, "topics"},
+        {&key_address, "address"},
+        {&transfer_topic, "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"},
     };
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         if (*keys[k].key == NULL && (*keys[k].key = PyUnicode_InternFromString(keys[k].text)) == NULL) {

@@ -28,7 +28,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -205,6 +205,9 @@ def _transfers(
     revoked: Watch = None,
 ) -> list[Transfer]:
     transfers: list[Transfer] = []
+    trc20 = tokens.trc20
+    plain = trc20 if type(trc20) is dict else None  # what `_usual_logs` takes
+    usual_logs = _usual_logs if plain is not None else None
     for txid, (fields, success) in txs.items():
         info = infos.get(txid)
         if not success:
@@ -223,7 +226,11 @@ def _transfers(
                 transfers.append(native)
         if info is None:
             continue
-        transfers.extend(_token_logs(info, txid, height, tokens, watch, revoked))  # id checked by `_infos`
+        hits = None if usual_logs is None or plain is None else usual_logs(info, plain, watch, revoked)
+        if hits is None:  # not the usual shape: read log by log, which decides and names what is wrong
+            transfers.extend(_token_logs(info, txid, height, tokens, watch, revoked))  # id checked by `_infos`
+        elif hits:
+            transfers.extend(_log_transfers(hits, txid, trc20))
         if internal and info.get("internal_transactions") is not None:
             transfers.extend(_internal(info, txid, height, watch))
     return transfers
@@ -333,6 +340,31 @@ def _token_logs(
         if transfer is not None:
             transfers.append(transfer)
     return transfers
+
+
+_LogHit = tuple[int, bytes, bytes, bytes, bytes, bool]  # position, contract, sender, recipient, amount word, listed
+_usual_logs: Callable[[Any, dict[bytes, Asset], Watch, Watch], list[_LogHit] | None] | None = (
+    wire.compiled.logs if wire.compiled is not None and wire._USE_EXTENSION else None
+)
+"""`_token_logs` for the node's usual JSON in one compiled call (`_tronscan.logs`): the logs to build
+transfers for, or None for anything else (then `_token_logs` reads them and decides)."""
+
+
+def _log_transfers(hits: list[_LogHit], txid: str, trc20: Mapping[bytes, Asset]) -> list[Transfer]:
+    """The transfers of the logs `_usual_logs` picked, as `_token_logs` builds them."""
+    return [
+        Transfer(
+            asset=trc20[contract] if listed else unlisted_asset(contract),
+            amount=int.from_bytes(word, "big"),
+            txid=txid,
+            index=position,
+            to_key=recipient,
+            from_key=sender,
+            from_address=tron_address(sender),
+            to_address=tron_address(recipient),
+        )
+        for position, contract, sender, recipient, word, listed in hits
+    ]
 
 
 def _internal(info: dict[str, Any], txid: str, height: int, watch: Watch) -> list[Transfer]:

@@ -461,6 +461,18 @@ def transaction_bytes(raw: bytes, signatures: Sequence[bytes], results: Sequence
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """java-tron's transaction trie root: sha256 over pairs, an odd last node carried up unchanged."""
+    if _compiled_root is not None:
+        root = _compiled_root(leaves)  # None unless a list of 32-byte leaves
+        if root is not None:
+            return root
+    return _merkle_root_py(leaves)
+
+
+_compiled_root: Callable[[Sequence[bytes]], bytes | None] | None = _tronscan.merkle_root if _USE_EXTENSION else None
+
+
+def _merkle_root_py(leaves: Sequence[bytes]) -> bytes:
+    """`merkle_root` in Python, for any leaves."""
     if not leaves:
         return bytes(32)
     level = list(leaves)
