@@ -535,6 +535,223 @@ def test_the_compiled_log_reading_refuses_odd_arguments_and_passes_on_errors() -
     assert tron_wire._tronscan.logs({}, TOKENS.trc20, None, None) == []
 
 
+# ---------------------------------------------------------------------------------------------------
+# a block's infos and transfers read in one compiled step against the info-by-info reading
+
+
+def _internal_call(sender: bytes, recipient: bytes, sun: int) -> dict[str, Any]:
+    return {
+        "caller_address": "41" + sender.hex(),
+        "transferTo_address": "41" + recipient.hex(),
+        "callValueInfo": [{"callValue": sun}],
+    }
+
+
+@st.composite
+def _block_parts(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A block's checked transactions and its infos: TRX, TRC-10 and TRC-20 (USDT and other tokens),
+    some failed, some with internal TRX transfers, parties among a few accounts."""
+    txs = []
+    for nonce in range(draw(st.integers(0, 8))):
+        sender, recipient = draw(_LOG_ACCOUNTS), draw(_LOG_ACCOUNTS)
+        amount, result = draw(st.integers(0, 2**40)), draw(_RESULTS)
+        kind = draw(st.sampled_from(["trx", "trc10", "usdt", "other", "internal"]))
+        if kind == "trx":
+            txs.append(trx(sender, recipient, amount, nonce=nonce, result=result))
+        elif kind == "trc10":
+            txs.append(trc10(sender, recipient, "1002000", amount, nonce=nonce, result=result))
+        else:
+            contract = account(77) if kind == "other" else USDT_KEY
+            receipt = draw(st.sampled_from([result, "SUCCESS", None]))
+            internal = [_internal_call(recipient, sender, amount)] if kind == "internal" else []
+            txs.append(
+                trc20(
+                    sender,
+                    recipient,
+                    contract,
+                    amount,
+                    nonce=nonce,
+                    result=result,
+                    receipt_result=receipt,
+                    internal=internal,
+                )
+            )
+    block = block_json(100, PARENT, txs)
+    checked, _ = tron_txs._transactions(block.get("transactions", []), 100)
+    return checked, infos_json(100, txs)
+
+
+def _info(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    if not infos:
+        infos.append({"id": "cd" * 32, "blockNumber": 100})  # names no transaction of the block
+    return infos[-1]
+
+
+_INFO_CHANGES: dict[str, Any] = {
+    "no infos": lambda i: i.clear(),
+    "an info as a list": lambda i: i.append([]),
+    "an info as a dict subclass": lambda i: (info := _Dict(_info(i))) and i.append(info),
+    "a repeated info": lambda i: i.append(_info(i)),
+    "an info of another transaction": lambda i: _info(i).update(id="cd" * 32),
+    "an id in capitals": lambda i: _info(i).update(id=_info(i)["id"].upper()),
+    "an id as a str subclass": lambda i: _info(i).update(id=_Str(_info(i)["id"])),
+    "an id as an int": lambda i: _info(i).update(id=2**256),
+    "no id": lambda i: _info(i).pop("id"),
+    "no block number": lambda i: _info(i).pop("blockNumber", None),
+    "another block number": lambda i: _info(i).update(blockNumber=101),
+    "a block number as true": lambda i: _info(i).update(blockNumber=True),
+    "a block number as text": lambda i: _info(i).update(blockNumber="100"),
+    "a block number as a float": lambda i: _info(i).update(blockNumber=100.0),
+    "a block number as an int subclass": lambda i: _info(i).update(blockNumber=_Int(100)),
+    "a huge block number": lambda i: _info(i).update(blockNumber=2**100),
+    "a negative block number": lambda i: _info(i).update(blockNumber=-100),
+    "no receipt": lambda i: _info(i).pop("receipt", None),
+    "a null receipt": lambda i: _info(i).update(receipt=None),
+    "a receipt as a list": lambda i: _info(i).update(receipt=[]),
+    "a receipt as a dict subclass": lambda i: _info(i).update(receipt=_Dict(_info(i).get("receipt") or {})),
+    "a reverted receipt": lambda i: _info(i).update(receipt={"result": "REVERT"}),
+    "a null receipt result": lambda i: _info(i).update(receipt={"result": None}),
+    "a receipt result as an int": lambda i: _info(i).update(receipt={"result": 1}),
+    "a receipt result as a str subclass": lambda i: _info(i).update(receipt={"result": _Str("SUCCESS")}),
+    "internal transactions": lambda i: _info(i).update(
+        internal_transactions=[_internal_call(account(1), account(2), 5)]
+    ),
+    "null internal transactions": lambda i: _info(i).update(internal_transactions=None),
+    "internal transactions as an object": lambda i: _info(i).update(internal_transactions={}),
+    "logs as an object": lambda i: _info(i).update(log={}),
+    "a log with capital data": lambda i: _log(_info(i)).update(data=_log(_info(i))["data"].upper()),
+    "a log without data": lambda i: _log(_info(i)).pop("data"),
+    "a log of USDT": lambda i: _log(_info(i)).update(address=USDT_KEY.hex()),
+    "infos as an object": lambda i: i.append({"infos": i.copy()}),
+}
+
+
+def _transfers_agree(
+    txs: dict[str, Any], infos: Any, watch: frozenset[bytes] | None, revoked: frozenset[bytes] | None, internal: bool
+) -> Any:
+    """The compiled step declines, or gives exactly the transfers `_infos` and `_transfers` give; where
+    those refuse the block, it declines or (internal transactions, which it leaves to `_internal`) its
+    transfers are refused with the same error. Returns the compiled answer."""
+    hits = tron_wire._tronscan.transfers(txs, infos, 100, TOKENS.trc20, watch, revoked, internal)
+    try:
+        checked: Any = tron_decode._transfers(
+            txs, tron_decode._infos(infos, 100, txs), 100, TOKENS, internal=internal, watch=watch, revoked=revoked
+        )
+    except BadNodeAnswer as exc:
+        checked = str(exc)
+    if hits is not None:
+        try:
+            built: Any = tron_decode._hit_transfers(hits, 100, TOKENS, watch)
+        except BadNodeAnswer as exc:
+            built = str(exc)
+        assert built == checked
+        assert not isinstance(built, str) or "internal" in built
+    return hits
+
+
+@given(_block_parts(), _KEYS, _KEYS, st.booleans())
+def test_usual_blocks_have_their_transfers_read_in_one_step(
+    parts: tuple[dict[str, Any], list[dict[str, Any]]],
+    watch: frozenset[bytes] | None,
+    revoked: frozenset[bytes] | None,
+    internal: bool,
+) -> None:
+    """Blocks as the node writes them, any watched and revoked keys: infos checked and transfers picked in
+    one compiled step, the same transfers as info by info."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    txs, infos = parts
+    assert _transfers_agree(txs, infos, watch, revoked, internal) is not None
+
+
+@pytest.mark.parametrize("change", sorted(_INFO_CHANGES))
+@settings(max_examples=25)
+@given(parts=_block_parts(), watch=_KEYS, revoked=_KEYS, internal=st.booleans())
+def test_the_one_step_block_reading_never_disagrees(
+    change: str,
+    parts: tuple[dict[str, Any], list[dict[str, Any]]],
+    watch: frozenset[bytes] | None,
+    revoked: frozenset[bytes] | None,
+    internal: bool,
+) -> None:
+    """Each change to the infos (types, ids, block numbers, receipts, internal transactions, logs): the
+    compiled step declines or agrees, and accepts nothing the info-by-info reading refuses."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    txs, infos = parts
+    _INFO_CHANGES[change](infos)
+    _transfers_agree(txs, infos, watch, revoked, internal)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (1, b"\x42" + account(1), b"\x41" + account(2), None, 5, None, b""),  # an owner of another version
+        (1, b"\x41" + account(1), b"\x41" + account(2)[:19], None, 5, None, b""),  # a short recipient
+        (2, b"\x41" + account(1), None, None, 5, b"1002000", b""),  # no recipient
+        (1, b"\x41" + account(1), b"\x41" + account(2), None, _Int(5), None, b""),  # an amount of another type
+        (2**70, b"\x41" + account(1), b"\x41" + account(2), None, 5, None, b""),  # a huge contract type
+    ],
+)
+def test_unusual_signed_fields_take_the_checked_way(fields: tuple[Any, ...]) -> None:
+    """Signed accounts of other lengths or versions (which the general grammar lets through): the compiled
+    step declines, and reading transfer by transfer raises or agrees."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    txs = {"ab" * 32: (fields, True)}
+    for watch in (None, frozenset({account(1)})):
+        assert tron_wire._tronscan.transfers(txs, [], 100, TOKENS.trc20, watch, None, True) in (None, [])
+        _transfers_agree(txs, [], watch, None, True)
+
+
+class _Emptying:
+    """A watched-key container whose `in` empties the block's transactions and infos."""
+
+    def __init__(self, *items: Any) -> None:
+        self.items = items
+
+    def __contains__(self, key: object) -> bool:
+        for item in self.items:
+            _empty(item)
+        return False
+
+
+def test_a_watch_that_changes_the_block_while_it_is_read() -> None:
+    """No crash, no read of a freed object: the compiled step reads its own copy of the transactions and
+    holds the infos it checked."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    txs_list = [trx(account(1), account(2), 5), trc20(account(1), account(2), USDT_KEY, 6, nonce=1)]
+    txs, _ = tron_txs._transactions(block_json(100, PARENT, txs_list)["transactions"], 100)
+    infos = infos_json(100, txs_list)
+    hits = tron_wire._tronscan.transfers(txs, infos, 100, TOKENS.trc20, _Emptying(txs, infos), None, True)
+    assert hits == []
+    assert txs == {}
+    assert infos == []
+
+
+def test_the_compiled_block_reading_refuses_odd_arguments() -> None:
+    """Arguments of other types: TypeError, not a crash; the decode uses the compiled step where built."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    transfers = tron_wire._tronscan.transfers
+    assert (tron_decode._usual_transfers is transfers) is tron_wire._USE_EXTENSION
+    txs, infos = {}, []  # type: ignore[var-annotated]
+    for odd in (
+        ([], infos, 100, TOKENS.trc20, None, None, True),
+        (txs, infos, "100", TOKENS.trc20, None, None, True),
+        (txs, infos, 100, [], None, None, True),
+        (txs, infos, 2**80, TOKENS.trc20, None, None, True),
+        ({"ab": "not a checked transaction"}, infos, 100, TOKENS.trc20, None, None, True),
+    ):
+        with pytest.raises((TypeError, OverflowError)):
+            transfers(*odd)
+    with pytest.raises(TypeError):
+        transfers(txs, infos, 100, TOKENS.trc20, None, None)  # type: ignore[call-arg]
+    assert transfers(txs, None, 100, TOKENS.trc20, None, None, True) == []
+    assert transfers(txs, infos, -1, TOKENS.trc20, None, None, True) is None
+
+
 def test_real_transactions_are_read_in_one_step() -> None:
     """The real testnet transactions take the one-step reading, with the field-by-field result."""
     for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):

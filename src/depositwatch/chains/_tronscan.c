@@ -706,13 +706,18 @@ contains(PyObject *container, const unsigned char key[20], PyObject **held_key)
     return PySequence_Contains(container, *held_key);
 }
 
-/* Appends (position, contract, sender, recipient, word, listed) to hits: 0, or -1 with an exception set. */
+/* Appends (position, contract, sender, recipient, word, listed) to hits, or with txid given
+ * (1, txid, position, contract, sender, recipient, word, listed): 0, or -1 with an exception set. */
 static int
-add_hit(PyObject *hits, Py_ssize_t position, const unsigned char contract[20], PyObject *sender,
+add_hit(PyObject *hits, PyObject *txid, Py_ssize_t position, const unsigned char contract[20], PyObject *sender,
         PyObject *recipient, const unsigned char word[32], int listed)
 {
-    PyObject *hit = Py_BuildValue("(ny#OOy#O)", position, (const char *)contract, (Py_ssize_t)20, sender, recipient,
-                                  (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False);
+    PyObject *hit =
+        txid == NULL
+            ? Py_BuildValue("(ny#OOy#O)", position, (const char *)contract, (Py_ssize_t)20, sender, recipient,
+                            (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False)
+            : Py_BuildValue("(iOny#OOy#O)", 1, txid, position, (const char *)contract, (Py_ssize_t)20, sender,
+                            recipient, (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False);
     if (hit == NULL) {
         return -1;
     }
@@ -721,38 +726,16 @@ add_hit(PyObject *hits, Py_ssize_t position, const unsigned char contract[20], P
     return failed;
 }
 
-static PyObject *
-logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The logs of an info (entries: its `log`, an exact list) read into hits (see logs() and transfers()):
+ * 1, 0 to decline (the caller answers None), or -1 with an exception set. */
+static int
+read_logs(PyObject *entries, PyObject *trc20, PyObject *watch, PyObject *revoked, PyObject *txid, PyObject *hits)
 {
-    if (nargs != 4 || !PyDict_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "logs(info, trc20: dict, watch, revoked)");
-        return NULL;
-    }
-    PyObject *info = args[0], *trc20 = args[1], *watch = args[2], *revoked = args[3];
-    if (!PyDict_CheckExact(info)) {
-        Py_RETURN_NONE;
-    }
-    PyObject *entries = PyDict_GetItemWithError(info, key_log);
-    if (entries == NULL || entries == Py_None) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        return PyList_New(0);
-    }
-    if (!PyList_CheckExact(entries)) {
-        Py_RETURN_NONE;
-    }
-    Py_INCREF(entries);
-    PyObject *hits = PyList_New(0), *result = NULL;
-    if (hits == NULL) {
-        goto done;
-    }
     /* the list may change while it is read (a container's `in` runs code): its length is read each time */
     for (Py_ssize_t position = 0; position < PyList_GET_SIZE(entries); position++) {
         PyObject *entry = PyList_GET_ITEM(entries, position);
         if (!PyDict_CheckExact(entry)) {
-            goto decline;
+            return 0;
         }
         Py_INCREF(entry);
         PyObject *topics = PyDict_GetItemWithError(entry, key_topics), *address = NULL, *data = NULL;
@@ -826,7 +809,7 @@ logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if ((sender == NULL && (sender = PyBytes_FromStringAndSize((const char *)from, 20)) == NULL) ||
             (recipient == NULL && (recipient = PyBytes_FromStringAndSize((const char *)to, 20)) == NULL) ||
-            add_hit(hits, position, contract, sender, recipient, word, listed)) {
+            add_hit(hits, txid, position, contract, sender, recipient, word, listed)) {
             goto fail_entry;
         }
         outcome = 1;
@@ -840,10 +823,10 @@ logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(recipient);
         if (PyErr_Occurred()) {
             PyErr_Clear(); /* a lookup that raised: the checks meet the same error */
-            goto decline;
+            return 0;
         }
         if (outcome < 0) {
-            goto decline;
+            return 0;
         }
         continue;
     fail_entry:
@@ -854,15 +837,275 @@ logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(third);
         Py_XDECREF(sender);
         Py_XDECREF(recipient);
+        return -1;
+    }
+    return 1;
+}
+
+static PyObject *
+logs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "logs(info, trc20: dict, watch, revoked)");
+        return NULL;
+    }
+    PyObject *info = args[0], *trc20 = args[1], *watch = args[2], *revoked = args[3];
+    if (!PyDict_CheckExact(info)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *entries = PyDict_GetItemWithError(info, key_log);
+    if (entries == NULL || entries == Py_None) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        return PyList_New(0);
+    }
+    if (!PyList_CheckExact(entries)) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(entries);
+    PyObject *hits = PyList_New(0), *result = NULL;
+    int read = hits == NULL ? -1 : read_logs(entries, trc20, watch, revoked, NULL, hits);
+    if (read > 0) {
+        result = Py_NewRef(hits);
+    }
+    else if (read == 0) {
+        result = Py_NewRef(Py_None);
+    }
+    Py_XDECREF(hits);
+    Py_DECREF(entries);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * transfers(txs, infos, height, trc20, watch, revoked, internal): tron_decode's `_infos` and
+ * `_transfers` for the node's usual JSON, in one call.
+ *
+ * txs is the block's checked transactions (txID -> (fields, success), tron_txs' dict), infos the
+ * block's transaction infos as the node gives them. The infos are checked as `_infos` checks them (each
+ * an object naming a transaction of the block once, of this block); in the usual shape (exact dicts,
+ * str ids, `blockNumber` missing or a plain int, `receipt` missing, None or an exact dict whose `result`
+ * is missing, None or a str, signed TRX and TRC-10 accounts of 21 bytes starting 0x41, logs as logs()
+ * reads them) the answer is what to build transfers from, in `_transfers`' order:
+ *
+ *     (0, txid, fields)                                 a TRX or TRC-10 transfer from or to a watched key
+ *     (1, txid, position, contract, sender, recipient, word, listed)   a Transfer log, as logs() gives it
+ *     (2, txid, info)                                   an info with internal transactions to read
+ *
+ * and None for anything else: the caller then checks the infos and reads the transfers field by field,
+ * which decides and names what is wrong.
+ */
+
+static PyObject *key_id, *key_block_number, *key_receipt, *key_result, *key_internal, *text_success;
+
+/* Whether a signed account is 21 bytes starting 0x41: its 20 bytes into key (0), or -1. */
+static int
+signed_account(PyObject *account, unsigned char key[20])
+{
+    if (!PyBytes_CheckExact(account) || PyBytes_GET_SIZE(account) != 21 || PyBytes_AS_STRING(account)[0] != 0x41) {
+        return -1;
+    }
+    memcpy(key, PyBytes_AS_STRING(account) + 1, 20);
+    return 0;
+}
+
+/* The checked infos by txID (a new dict), or NULL: *declined set to decline, else an exception set. */
+static PyObject *
+infos_by_id(PyObject *txs, PyObject *infos, long long height, int *declined)
+{
+    *declined = 1;
+    PyObject *by_id = PyDict_New();
+    if (by_id == NULL) {
+        *declined = 0;
+        return NULL;
+    }
+    if (infos == Py_None) {
+        return by_id;
+    }
+    if (!PyList_CheckExact(infos)) {
+        goto decline;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(infos); k++) {
+        PyObject *info = PyList_GET_ITEM(infos, k), *id, *number;
+        if (!PyDict_CheckExact(info)) {
+            goto decline;
+        }
+        /* str keys of exact dicts, the txs dict's keys all exact str: no code runs in these lookups
+         * unless the info holds keys of other types, and then the error or the change is declined */
+        Py_INCREF(info);
+        id = PyDict_GetItemWithError(info, key_id);
+        if (id == NULL || !PyUnicode_CheckExact(id)) {
+            Py_DECREF(info);
+            goto decline;
+        }
+        Py_INCREF(id);
+        int known = PyDict_Contains(txs, id), repeated = known > 0 ? PyDict_Contains(by_id, id) : 0;
+        number = known > 0 && repeated == 0 ? PyDict_GetItemWithError(info, key_block_number) : NULL;
+        int ok = known > 0 && repeated == 0 && (number == NULL ? !PyErr_Occurred() : is_int(number, (uint64_t)height));
+        if (ok && PyDict_SetItem(by_id, id, info)) {
+            Py_DECREF(id);
+            Py_DECREF(info);
+            *declined = 0;
+            Py_DECREF(by_id);
+            return NULL;
+        }
+        Py_DECREF(id);
+        Py_DECREF(info);
+        if (!ok) {
+            goto decline;
+        }
+    }
+    return by_id;
+decline:
+    PyErr_Clear();
+    Py_DECREF(by_id);
+    return NULL;
+}
+
+static PyObject *
+transfers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyDict_CheckExact(args[0]) || !PyLong_CheckExact(args[2]) || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "transfers(txs: dict, infos, height: int, trc20: dict, watch, revoked, internal)");
+        return NULL;
+    }
+    PyObject *txs = args[0], *infos = args[1], *trc20 = args[3], *watch = args[4], *revoked = args[5];
+    int internal = PyObject_IsTrue(args[6]), declined;
+    long long height = PyLong_AsLongLong(args[2]);
+    if (internal < 0 || (height == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    if (height < 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *by_id = infos_by_id(txs, infos, height, &declined);
+    if (by_id == NULL) {
+        if (declined) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    /* a copy of txs, which nothing else reaches: it does not change while it is read, whatever a
+     * container's `in` does */
+    PyObject *hits = PyList_New(0), *own = PyDict_Copy(txs), *result = NULL, *txid, *tx;
+    if (hits == NULL || own == NULL) {
         goto done;
+    }
+    Py_ssize_t at = 0;
+    while (PyDict_Next(own, &at, &txid, &tx)) {
+        if (!PyTuple_CheckExact(tx) || PyTuple_GET_SIZE(tx) != 2 || !PyTuple_CheckExact(PyTuple_GET_ITEM(tx, 0)) ||
+            PyTuple_GET_SIZE(PyTuple_GET_ITEM(tx, 0)) != 7) {
+            PyErr_SetString(PyExc_TypeError, "transfers(): txs maps txIDs to (fields, success)");
+            goto done;
+        }
+        if (PyTuple_GET_ITEM(tx, 1) != Py_True) {
+            continue; /* did not succeed */
+        }
+        PyObject *fields = PyTuple_GET_ITEM(tx, 0);
+        PyObject *info = PyDict_GetItemWithError(by_id, txid); /* held by by_id, which is ours */
+        if (info == NULL && PyErr_Occurred()) {
+            goto done;
+        }
+        if (info != NULL) {
+            PyObject *receipt = PyDict_GetItemWithError(info, key_receipt);
+            if (receipt != NULL && receipt != Py_None) {
+                if (!PyDict_CheckExact(receipt)) {
+                    goto decline;
+                }
+                PyObject *outcome = PyDict_GetItemWithError(receipt, key_result);
+                if (outcome != NULL && outcome != Py_None) {
+                    if (!PyUnicode_CheckExact(outcome)) {
+                        goto decline;
+                    }
+                    if (PyUnicode_Compare(outcome, text_success) != 0) {
+                        continue; /* the contract failed */
+                    }
+                }
+                else if (PyErr_Occurred()) {
+                    goto decline;
+                }
+            }
+            else if (PyErr_Occurred()) {
+                goto decline;
+            }
+        }
+        PyObject *kind = PyTuple_GET_ITEM(fields, 0), *amount = PyTuple_GET_ITEM(fields, 4);
+        if (!PyLong_CheckExact(kind) || !PyLong_CheckExact(amount)) {
+            goto decline;
+        }
+        if ((is_int(kind, 1) || is_int(kind, 2)) && PyObject_IsTrue(amount) == 1) {
+            unsigned char owner[20], to[20];
+            PyObject *owner_key = NULL, *to_key = NULL;
+            if (signed_account(PyTuple_GET_ITEM(fields, 1), owner) || signed_account(PyTuple_GET_ITEM(fields, 2), to)) {
+                goto decline;
+            }
+            int found = contains(watch, owner, &owner_key);
+            if (found == 0) {
+                found = contains(watch, to, &to_key);
+            }
+            Py_XDECREF(owner_key);
+            Py_XDECREF(to_key);
+            if (found < 0) {
+                goto done;
+            }
+            if (found) {
+                PyObject *hit = Py_BuildValue("(iOO)", 0, txid, fields);
+                if (hit == NULL || PyList_Append(hits, hit)) {
+                    Py_XDECREF(hit);
+                    goto done;
+                }
+                Py_DECREF(hit);
+            }
+        }
+        else if (PyErr_Occurred()) {
+            goto done;
+        }
+        if (info == NULL) {
+            continue;
+        }
+        PyObject *entries = PyDict_GetItemWithError(info, key_log);
+        if (entries != NULL && entries != Py_None) {
+            if (!PyList_CheckExact(entries)) {
+                goto decline;
+            }
+            Py_INCREF(entries);
+            int read = read_logs(entries, trc20, watch, revoked, txid, hits);
+            Py_DECREF(entries);
+            if (read < 0) {
+                goto done;
+            }
+            if (read == 0) {
+                goto decline;
+            }
+        }
+        else if (PyErr_Occurred()) {
+            goto decline;
+        }
+        if (internal) {
+            PyObject *items = PyDict_GetItemWithError(info, key_internal);
+            if (items != NULL && items != Py_None) {
+                PyObject *hit = Py_BuildValue("(iOO)", 2, txid, info);
+                if (hit == NULL || PyList_Append(hits, hit)) {
+                    Py_XDECREF(hit);
+                    goto done;
+                }
+                Py_DECREF(hit);
+            }
+            else if (PyErr_Occurred()) {
+                goto decline;
+            }
+        }
     }
     result = Py_NewRef(hits);
     goto done;
 decline:
+    PyErr_Clear();
     result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(hits);
-    Py_DECREF(entries);
+    Py_XDECREF(own);
+    Py_DECREF(by_id);
     return result;
 }
 
@@ -917,6 +1160,9 @@ static PyMethodDef methods[] = {
      "usual(tails, tx): (txid_hex, leaf, (fields, success)) of a transaction's usual JSON, or None."},
     {"logs", (PyCFunction)(void (*)(void))logs, METH_FASTCALL,
      "logs(info, trc20, watch, revoked): the Transfer logs to build transfers for, or None."},
+    {"transfers", (PyCFunction)(void (*)(void))transfers, METH_FASTCALL,
+     "transfers(txs, infos, height, trc20, watch, revoked, internal): what to build a block's transfers from, "
+     "or None."},
     {"merkle_root", (PyCFunction)merkle_root, METH_O,
      "merkle_root(leaves): the transaction trie root over a list of 32-byte leaves, or None."},
     {NULL, NULL, 0, NULL},
@@ -947,7 +1193,10 @@ PyInit__tronscan(void)
         {&key_amount, "amount"},               {&key_call_value, "call_value"},
         {&key_data, "data"},                   {&key_asset_name, "asset_name"},
         {&key_log, "log"},                     {&key_topics, "topics"},
-        {&key_address, "address"},
+        {&key_address, "address"},             {&key_id, "id"},
+        {&key_block_number, "blockNumber"},    {&key_receipt, "receipt"},
+        {&key_result, "result"},               {&key_internal, "internal_transactions"},
+        {&text_success, "SUCCESS"},
         {&transfer_topic, "ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"},
     };
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {

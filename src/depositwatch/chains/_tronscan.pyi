@@ -10,3 +10,13 @@ def logs(
     info: Any, trc20: dict[bytes, Any], watch: Container[bytes] | None, revoked: Container[bytes] | None, /
 ) -> list[tuple[int, bytes, bytes, bytes, bytes, bool]] | None: ...
 def merkle_root(leaves: Sequence[bytes], /) -> bytes | None: ...
+def transfers(
+    txs: dict[str, tuple[_Fields, bool]],
+    infos: Any,
+    height: int,
+    trc20: dict[bytes, Any],
+    watch: Container[bytes] | None,
+    revoked: Container[bytes] | None,
+    internal: bool,
+    /,
+) -> list[tuple[Any, ...]] | None: ...

@@ -149,9 +149,18 @@ def decode_block(
     txs, leaves = _transactions(_list(block.get("transactions"), height, "transactions"), height)
     if wire.merkle_root(leaves) != bytes.fromhex(header["txTrieRoot"]):
         raise _fail(height, "txTrieRoot does not recompute from the transactions")
-    transfers = _transfers(
-        txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch, revoked=revoked
+    trc20 = tokens.trc20
+    hits = (
+        None
+        if _usual_transfers is None or type(trc20) is not dict
+        else _usual_transfers(txs, infos, height, trc20, watch, revoked, internal)
     )
+    if hits is not None:
+        transfers = _hit_transfers(hits, height, tokens, watch)
+    else:  # not the usual shape: checked info by info and read transfer by transfer, naming what is wrong
+        transfers = _transfers(
+            txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch, revoked=revoked
+        )
     return Block(
         height=number,
         hash=block_id,
@@ -365,6 +374,28 @@ def _log_transfers(hits: list[_LogHit], txid: str, trc20: Mapping[bytes, Asset])
         )
         for position, contract, sender, recipient, word, listed in hits
     ]
+
+
+_usual_transfers: Callable[[dict[str, _Tx], Any, int, dict[bytes, Asset], Watch, Watch, bool], Any] | None = (
+    wire.compiled.transfers if wire.compiled is not None and wire._USE_EXTENSION else None
+)
+"""`_infos` and `_transfers` for the node's usual JSON in one compiled call (`_tronscan.transfers`): what to
+build the block's transfers from, or None for anything else (then `_infos` and `_transfers` decide)."""
+
+
+def _hit_transfers(hits: list[tuple[Any, ...]], height: int, tokens: TronTokens, watch: Watch) -> list[Transfer]:
+    """The transfers `_usual_transfers` picked, as `_transfers` builds them, in its order."""
+    transfers: list[Transfer] = []
+    for hit in hits:
+        if hit[0] == 1:
+            transfers.extend(_log_transfers([hit[2:]], hit[1], tokens.trc20))
+        elif hit[0] == 0:
+            native = _native(hit[2], hit[1], height, tokens, watch)
+            if native is not None:
+                transfers.append(native)
+        else:
+            transfers.extend(_internal(hit[2], hit[1], height, watch))
+    return transfers
 
 
 def _internal(info: dict[str, Any], txid: str, height: int, watch: Watch) -> list[Transfer]:
