@@ -752,6 +752,52 @@ def test_the_compiled_block_reading_refuses_odd_arguments() -> None:
     assert transfers(txs, infos, -1, TOKENS.trc20, None, None, True) is None
 
 
+def _outcome(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except BadNodeAnswer as exc:
+        return str(exc)
+
+
+@pytest.mark.parametrize("change", sorted(_CHANGES))
+@settings(max_examples=10)
+@given(txs=st.lists(_tx_json(), min_size=1, max_size=4), at=st.integers(0, 3))
+def test_a_blocks_transactions_are_read_in_one_call_as_one_by_one(
+    change: str, txs: list[dict[str, Any]], at: int
+) -> None:
+    """A block's transactions, one of them changed, one repeated: read in one compiled call (each declined
+    one by the field-by-field checks), the same transactions, leaves and errors as one by one in Python."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    _CHANGES[change](txs[at % len(txs)])
+    items = [*txs, txs[0]]
+    compiled = _outcome(
+        lambda: tron_wire._tronscan.transactions(tron_txs._RESULT_TAILS, items, tron_txs._transaction, 100)
+    )
+    assert compiled == _outcome(lambda: tron_txs._transactions_py(items, 100))
+    assert compiled == _outcome(lambda: tron_txs._transactions(items, 100))
+
+
+def test_the_compiled_transactions_reading_refuses_odd_arguments() -> None:
+    """Not a plain list: None (the Python loop reads it); odd arguments or a checker's odd answer: TypeError."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    transactions = tron_wire._tronscan.transactions
+    assert (tron_txs._compiled_transactions is transactions) is tron_wire._USE_EXTENSION
+    tails, check = tron_txs._RESULT_TAILS, tron_txs._transaction
+    items = [transaction_json(trx(account(1), account(2), 7)), {"an unusual": "transaction"}]
+    assert transactions(tails, _List(items), check, 100) is None
+    assert transactions(tails, [], check, 100) == ({}, [])
+    with pytest.raises(BadNodeAnswer, match=r"transaction 1\.raw_data_hex is not"):
+        transactions(tails, items, check, 100)
+    with pytest.raises(TypeError):
+        transactions(tails, items, lambda *_: "not a checked transaction", 100)
+    with pytest.raises(TypeError):
+        transactions(tails, items, None, 100)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        transactions([], items, check, 100)  # type: ignore[arg-type]
+
+
 def test_real_transactions_are_read_in_one_step() -> None:
     """The real testnet transactions take the one-step reading, with the field-by-field result."""
     for position, tx in enumerate(_load("testnet_55088560.getblockbynum.json")["transactions"]):

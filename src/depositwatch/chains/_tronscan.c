@@ -557,14 +557,11 @@ json_agrees(Held *held, PyObject *tx, const unsigned char *p, const Parsed *f)
 
 #define RAW_ON_STACK 1024
 
+/* usual() for one transaction: a new reference to the answer (None to decline), or NULL with an
+ * exception set. */
 static PyObject *
-usual(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+usual_one(PyObject *tails, PyObject *tx)
 {
-    if (nargs != 2 || !PyDict_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "usual(tails: dict, tx)");
-        return NULL;
-    }
-    PyObject *tails = args[0], *tx = args[1];
     if (!PyDict_CheckExact(tx)) {
         Py_RETURN_NONE;
     }
@@ -634,6 +631,66 @@ done:
         PyMem_Free(raw);
     }
     release(&held);
+    return result;
+}
+
+static PyObject *
+usual(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "usual(tails: dict, tx)");
+        return NULL;
+    }
+    return usual_one(args[0], args[1]);
+}
+
+/* transactions(tails, items, checked, height): tron_txs._transactions in one call. Each transaction of
+ * the list items is read by usual_one(), and any it declines by checked(item, height, position), the
+ * field-by-field checks (whose errors pass through); the answer is (txID -> (fields, success), the trie
+ * leaves in order), or None when items is not an exact list. */
+static PyObject *
+transactions(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "transactions(tails: dict, items, checked, height)");
+        return NULL;
+    }
+    PyObject *tails = args[0], *items = args[1], *checked = args[2], *height = args[3];
+    if (!PyList_CheckExact(items)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *txs = PyDict_New(), *leaves = PyList_New(0), *result = NULL;
+    if (txs == NULL || leaves == NULL) {
+        goto done;
+    }
+    /* checked() runs Python code: the list's length is read each time, each item held while read */
+    for (Py_ssize_t position = 0; position < PyList_GET_SIZE(items); position++) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, position));
+        PyObject *one = usual_one(tails, item);
+        if (one == Py_None) {
+            Py_DECREF(one);
+            one = PyObject_CallFunction(checked, "OOn", item, height, position);
+        }
+        Py_DECREF(item);
+        if (one == NULL) {
+            goto done;
+        }
+        if (!PyTuple_Check(one) || PyTuple_GET_SIZE(one) != 3) {
+            Py_DECREF(one);
+            PyErr_SetString(PyExc_TypeError, "transactions(): checked() gives (txid, leaf, tx)");
+            goto done;
+        }
+        int failed = PyDict_SetItem(txs, PyTuple_GET_ITEM(one, 0), PyTuple_GET_ITEM(one, 2)) ||
+                     PyList_Append(leaves, PyTuple_GET_ITEM(one, 1));
+        Py_DECREF(one);
+        if (failed) {
+            goto done;
+        }
+    }
+    result = PyTuple_Pack(2, txs, leaves);
+done:
+    Py_XDECREF(txs);
+    Py_XDECREF(leaves);
     return result;
 }
 
@@ -1158,6 +1215,8 @@ static PyMethodDef methods[] = {
      "transaction(raw_hex, signature_hex, tail): (txid_hex, leaf, fields) of a usual transaction, or None."},
     {"usual", (PyCFunction)(void (*)(void))usual, METH_FASTCALL,
      "usual(tails, tx): (txid_hex, leaf, (fields, success)) of a transaction's usual JSON, or None."},
+    {"transactions", (PyCFunction)(void (*)(void))transactions, METH_FASTCALL,
+     "transactions(tails, items, checked, height): (txID -> (fields, success), leaves) of a block's transactions."},
     {"logs", (PyCFunction)(void (*)(void))logs, METH_FASTCALL,
      "logs(info, trc20, watch, revoked): the Transfer logs to build transfers for, or None."},
     {"transfers", (PyCFunction)(void (*)(void))transfers, METH_FASTCALL,

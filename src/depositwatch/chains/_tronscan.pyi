@@ -1,4 +1,4 @@
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, TypeAlias
 
 _Fields: TypeAlias = tuple[int, bytes, bytes | None, bytes | None, int, bytes | None, bytes]
@@ -20,3 +20,10 @@ def transfers(
     internal: bool,
     /,
 ) -> list[tuple[Any, ...]] | None: ...
+def transactions(
+    tails: dict[str, tuple[bytes, bool, bool]],
+    items: list[Any],
+    checked: Callable[[Any, int, int], tuple[str, bytes, tuple[_Fields, bool]]],
+    height: int,
+    /,
+) -> tuple[dict[str, tuple[_Fields, bool]], list[bytes]] | None: ...

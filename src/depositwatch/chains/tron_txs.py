@@ -55,6 +55,16 @@ def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], 
 
 
 def _transactions(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
+    """Every transaction checked: `{txID: (contract, success)}` and the trie leaves in order."""
+    if _compiled_transactions is not None:  # the loop below in one call, `_transaction` for what it declines
+        both = _compiled_transactions(_RESULT_TAILS, items, _transaction, height)
+        if both is not None:  # None: not a plain list
+            return both
+    return _transactions_py(items, height)
+
+
+def _transactions_py(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
+    """`_transactions` one by one in Python."""
     txs: dict[str, _Tx] = {}
     leaves: list[bytes] = []
     usual = _one_step
@@ -101,6 +111,15 @@ _one_step: Callable[[Any], tuple[str, bytes, _Tx] | None] = (
     if wire.compiled is not None and wire._USE_EXTENSION
     else _usual_transaction
 )
+
+
+_compiled_transactions: (
+    Callable[
+        [dict[str, tuple[bytes, bool, bool]], list[Any], Callable[[Any, int, int], tuple[str, bytes, _Tx]], int],
+        tuple[dict[str, _Tx], list[bytes]] | None,
+    ]
+    | None
+) = wire.compiled.transactions if wire.compiled is not None and wire._USE_EXTENSION else None
 
 
 def _transaction(item: Any, height: int, position: int) -> tuple[str, bytes, _Tx]:
