@@ -730,6 +730,25 @@ def test_a_watch_that_changes_the_block_while_it_is_read() -> None:
     assert infos == []
 
 
+@pytest.mark.parametrize("name", ["receipt", "result", "log", "topics", "address", "data", "blockNumber"])
+def test_info_keys_that_change_the_infos_while_they_are_read(name: str) -> None:
+    """A meddling key beside each key of an info, its receipt and its log that empties the infos when
+    compared: the compiled step does not crash or read a freed object, and declines or agrees."""
+    if not tron_wire._BUILT:
+        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    txs_list = [trc20(account(1), account(2), USDT_KEY, 6, receipt_result="SUCCESS")]
+    txs, _ = tron_txs._transactions(block_json(100, PARENT, txs_list)["transactions"], 100)
+    infos = infos_json(100, txs_list)
+    holder = infos[0]["receipt"] if name == "result" else infos[0]
+    if name in ("topics", "address", "data"):
+        holder = infos[0]["log"][0]
+    meddler = _Meddler(name)
+    meddler.tx = infos  # type: ignore[assignment]
+    holder[meddler] = holder.pop(name)
+    hits = tron_wire._tronscan.transfers(txs, infos, 100, TOKENS.trc20, None, None, True)
+    assert hits is None or isinstance(hits, list)
+
+
 def test_the_compiled_block_reading_refuses_odd_arguments() -> None:
     """Arguments of other types: TypeError, not a crash; the decode uses the compiled step where built."""
     if not tron_wire._BUILT:

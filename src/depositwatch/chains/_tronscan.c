@@ -1070,17 +1070,24 @@ transfers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (!PyDict_CheckExact(receipt)) {
                     goto decline;
                 }
+                /* both held: a key's __eq__ may drop them from the info while the receipt is searched */
+                Py_INCREF(receipt);
                 PyObject *outcome = PyDict_GetItemWithError(receipt, key_result);
+                Py_XINCREF(outcome);
+                Py_DECREF(receipt);
+                int verdict; /* 1 succeeded, 0 failed, -1 decline */
                 if (outcome != NULL && outcome != Py_None) {
-                    if (!PyUnicode_CheckExact(outcome)) {
-                        goto decline;
-                    }
-                    if (PyUnicode_Compare(outcome, text_success) != 0) {
-                        continue; /* the contract failed */
-                    }
+                    verdict = PyUnicode_CheckExact(outcome) ? PyUnicode_Compare(outcome, text_success) == 0 : -1;
                 }
-                else if (PyErr_Occurred()) {
+                else {
+                    verdict = PyErr_Occurred() ? -1 : 1;
+                }
+                Py_XDECREF(outcome);
+                if (verdict < 0) {
                     goto decline;
+                }
+                if (verdict == 0) {
+                    continue; /* the contract failed */
                 }
             }
             else if (PyErr_Occurred()) {
