@@ -1,5 +1,6 @@
 /*
- * depositwatch.chains._tronscan: the compiled fast path of tron_wire's fixed-offset contract reading.
+ * depositwatch.chains._tronscan: the compiled fast paths of the TRON decode: tron_wire's fixed-offset
+ * contract reading, and the checks of a block's usual transactions and infos.
  *
  * fields(raw) reads `Transaction.raw` bytes in the one layout java-tron writes, as
  * tron_wire._canonical_fields_py does, and returns the same `SignedFields` tuple
@@ -18,6 +19,12 @@
  *     (txid_hex, leaf, fields)
  *
  * or None for anything else.
+ *
+ * The block decoder's checks of the node's usual JSON (tron_txs, tron_decode), each described where it
+ * is defined below: usual() and transactions() read transactions (the JSON walked and compared with the
+ * signed fields), logs() and transfers() check infos and pick the transfers to build, merkle_root()
+ * hashes the trie. They take only exact dicts, lists, str and ints, never raise for what the node sent,
+ * and decline anything else to the Python checks, which decide and name what is wrong.
  *
  * Every read is bounds-checked against the end of the message it is in with subtractions (never
  * `offset + length` compared after the addition could wrap), and every offset stays at most that end.
@@ -1237,7 +1244,8 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "depositwatch.chains._tronscan",
-    .m_doc = "The compiled fast path of tron_wire's fixed-offset contract reading.",
+    .m_doc = "The compiled fast paths of the TRON decode: the contract reading, the usual transactions' and "
+              "infos' checks, the trie root.",
     .m_size = 0,
     .m_methods = methods,
 };

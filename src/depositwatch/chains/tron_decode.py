@@ -7,7 +7,10 @@ the signed `raw_data_hex` and must agree with the JSON beside them, and a transa
 transaction of this block. A mismatch is a `BadNodeAnswer`, never a match.
 
 The transactions are checked by `tron_txs`; this module checks the block around them (its id, the
-trie root over their leaves, the transaction infos) and builds the transfers.
+trie root over their leaves, the transaction infos) and builds the transfers. Where the extension is
+built, the infos of the node's usual shape are checked and the transfers to build picked in one
+compiled call (`_tronscan.transfers`); anything else is read info by info (`_infos`, `_transfers`),
+which decides and names what is wrong, and the tests hold both to the same answers.
 
 Transfers produced:
 - TRX: `TransferContract` (sun, 6 decimals); TRC-10: `TransferAssetContract` (`asset_name` is the token

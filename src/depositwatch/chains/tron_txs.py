@@ -8,6 +8,8 @@ Each transaction is first read in one step (`_usual_transaction`: the node's usu
 layout, no names built for error messages); anything else, failures included, is read again field
 by field (`_transaction`), which names what is wrong. Both check the same things and give the same
 answer (the tests hold them to it); the first is what makes decoding cost a few times the hashing.
+Where the extension is built, the first runs in C (`_tronscan.usual`), for a whole block in one call
+(`_tronscan.transactions`, which hands what it declines to `_transaction`).
 """
 
 from __future__ import annotations
