@@ -150,6 +150,25 @@ def test_merkle_root_shapes() -> None:
     assert wire.merkle_root([a, b, c]) == hashlib.sha256(ab + c).digest()
 
 
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=70))
+def test_the_compiled_merkle_root_is_the_python_one(leaves: list[bytes]) -> None:
+    """Any number of 32-byte leaves: the compiled root (used where built) is the Python one."""
+    root = wire._merkle_root_py(leaves)
+    assert wire.merkle_root(leaves) == root
+    if wire._BUILT:
+        assert wire._tronscan.merkle_root(leaves) == root
+
+
+def test_the_compiled_merkle_root_declines_other_leaves() -> None:
+    """Leaves of other sizes or types, or not a list: the compiled root declines, the Python one decides."""
+    if not wire._BUILT:
+        pytest.skip("the compiled reading is not built (test_the_tron_extension_is_built_and_used fails)")
+    a = hashlib.sha256(b"a").digest()
+    for odd in ([a, a[:31]], [a, bytearray(a)], (a, a), [a, "00" * 32], [a, a + b"\0"]):
+        assert wire._tronscan.merkle_root(odd) is None  # type: ignore[arg-type]
+    assert wire.merkle_root([a, a[:31], a]) == wire._merkle_root_py([a, a[:31], a])
+
+
 # ---------------------------------------------------------------------------------------------------
 # the canonical layout read at fixed offsets against the general grammar
 

@@ -7,7 +7,10 @@ the signed `raw_data_hex` and must agree with the JSON beside them, and a transa
 transaction of this block. A mismatch is a `BadNodeAnswer`, never a match.
 
 The transactions are checked by `tron_txs`; this module checks the block around them (its id, the
-trie root over their leaves, the transaction infos) and builds the transfers.
+trie root over their leaves, the transaction infos) and builds the transfers. Where the extension is
+built, the infos of the node's usual shape are checked and the transfers to build picked in one
+compiled call (`_tronscan.transfers`); anything else is read info by info (`_infos`, `_transfers`),
+which decides and names what is wrong, and the tests hold both to the same answers.
 
 Transfers produced:
 - TRX: `TransferContract` (sun, 6 decimals); TRC-10: `TransferAssetContract` (`asset_name` is the token
@@ -28,7 +31,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -149,9 +152,18 @@ def decode_block(
     txs, leaves = _transactions(_list(block.get("transactions"), height, "transactions"), height)
     if wire.merkle_root(leaves) != bytes.fromhex(header["txTrieRoot"]):
         raise _fail(height, "txTrieRoot does not recompute from the transactions")
-    transfers = _transfers(
-        txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch, revoked=revoked
+    trc20 = tokens.trc20
+    hits = (
+        None
+        if _usual_transfers is None or type(trc20) is not dict
+        else _usual_transfers(txs, infos, height, trc20, watch, revoked, internal)
     )
+    if hits is not None:
+        transfers = _hit_transfers(hits, height, tokens, watch)
+    else:  # not the usual shape: checked info by info and read transfer by transfer, naming what is wrong
+        transfers = _transfers(
+            txs, _infos(infos, height, txs), height, tokens, internal=internal, watch=watch, revoked=revoked
+        )
     return Block(
         height=number,
         hash=block_id,
@@ -205,6 +217,9 @@ def _transfers(
     revoked: Watch = None,
 ) -> list[Transfer]:
     transfers: list[Transfer] = []
+    trc20 = tokens.trc20
+    plain = trc20 if type(trc20) is dict else None  # what `_usual_logs` takes
+    usual_logs = _usual_logs if plain is not None else None
     for txid, (fields, success) in txs.items():
         info = infos.get(txid)
         if not success:
@@ -223,7 +238,11 @@ def _transfers(
                 transfers.append(native)
         if info is None:
             continue
-        transfers.extend(_token_logs(info, txid, height, tokens, watch, revoked))  # id checked by `_infos`
+        hits = None if usual_logs is None or plain is None else usual_logs(info, plain, watch, revoked)
+        if hits is None:  # not the usual shape: read log by log, which decides and names what is wrong
+            transfers.extend(_token_logs(info, txid, height, tokens, watch, revoked))  # id checked by `_infos`
+        elif hits:
+            transfers.extend(_log_transfers(hits, txid, trc20))
         if internal and info.get("internal_transactions") is not None:
             transfers.extend(_internal(info, txid, height, watch))
     return transfers
@@ -332,6 +351,53 @@ def _token_logs(
         transfer = _transfer(asset, int.from_bytes(word, "big"), txid, position, sender, recipient, watch)
         if transfer is not None:
             transfers.append(transfer)
+    return transfers
+
+
+_LogHit = tuple[int, bytes, bytes, bytes, bytes, bool]  # position, contract, sender, recipient, amount word, listed
+_usual_logs: Callable[[Any, dict[bytes, Asset], Watch, Watch], list[_LogHit] | None] | None = (
+    wire.compiled.logs if wire.compiled is not None and wire._USE_EXTENSION else None
+)
+"""`_token_logs` for the node's usual JSON in one compiled call (`_tronscan.logs`): the logs to build
+transfers for, or None for anything else (then `_token_logs` reads them and decides)."""
+
+
+def _log_transfers(hits: list[_LogHit], txid: str, trc20: Mapping[bytes, Asset]) -> list[Transfer]:
+    """The transfers of the logs `_usual_logs` picked, as `_token_logs` builds them."""
+    return [
+        Transfer(
+            asset=trc20[contract] if listed else unlisted_asset(contract),
+            amount=int.from_bytes(word, "big"),
+            txid=txid,
+            index=position,
+            to_key=recipient,
+            from_key=sender,
+            from_address=tron_address(sender),
+            to_address=tron_address(recipient),
+        )
+        for position, contract, sender, recipient, word, listed in hits
+    ]
+
+
+_usual_transfers: Callable[[dict[str, _Tx], Any, int, dict[bytes, Asset], Watch, Watch, bool], Any] | None = (
+    wire.compiled.transfers if wire.compiled is not None and wire._USE_EXTENSION else None
+)
+"""`_infos` and `_transfers` for the node's usual JSON in one compiled call (`_tronscan.transfers`): what to
+build the block's transfers from, or None for anything else (then `_infos` and `_transfers` decide)."""
+
+
+def _hit_transfers(hits: list[tuple[Any, ...]], height: int, tokens: TronTokens, watch: Watch) -> list[Transfer]:
+    """The transfers `_usual_transfers` picked, as `_transfers` builds them, in its order."""
+    transfers: list[Transfer] = []
+    for hit in hits:
+        if hit[0] == 1:
+            transfers.extend(_log_transfers([hit[2:]], hit[1], tokens.trc20))
+        elif hit[0] == 0:
+            native = _native(hit[2], hit[1], height, tokens, watch)
+            if native is not None:
+                transfers.append(native)
+        else:
+            transfers.extend(_internal(hit[2], hit[1], height, watch))
     return transfers
 
 

@@ -8,10 +8,13 @@ Each transaction is first read in one step (`_usual_transaction`: the node's usu
 layout, no names built for error messages); anything else, failures included, is read again field
 by field (`_transaction`), which names what is wrong. Both check the same things and give the same
 answer (the tests hold them to it); the first is what makes decoding cost a few times the hashing.
+Where the extension is built, the first runs in C (`_tronscan.usual`), for a whole block in one call
+(`_tronscan.transactions`, which hands what it declines to `_transaction`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +57,21 @@ def _results(tx: dict[str, Any], height: int, where: str) -> tuple[list[bytes], 
 
 
 def _transactions(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
+    """Every transaction checked: `{txID: (contract, success)}` and the trie leaves in order."""
+    if _compiled_transactions is not None:  # the loop below in one call, `_transaction` for what it declines
+        both = _compiled_transactions(_RESULT_TAILS, items, _transaction, height)
+        if both is not None:  # None: not a plain list
+            return both
+    return _transactions_py(items, height)
+
+
+def _transactions_py(items: list[Any], height: int) -> tuple[dict[str, _Tx], list[bytes]]:
+    """`_transactions` one by one in Python."""
     txs: dict[str, _Tx] = {}
     leaves: list[bytes] = []
+    usual = _one_step
     for position, item in enumerate(items):
-        checked = _usual_transaction(item)
+        checked = usual(item)
         if checked is None:
             checked = _transaction(item, height, position)
         txid, leaf, tx = checked
@@ -90,6 +104,24 @@ def _usual_transaction(tx: Any, read: _UsualReading = wire.usual_transaction) ->
         return None
     txid, leaf, fields = usual
     return txid, leaf, (fields, call_success if fields[0] == _TRIGGER else success)
+
+
+# `_usual_transaction` in one compiled call where built (`_tronscan.usual`, the JSON walked in C), the
+# Python one otherwise; both give the field-by-field answer or decline (the tests hold them to it).
+_one_step: Callable[[Any], tuple[str, bytes, _Tx] | None] = (
+    functools.partial(wire.compiled.usual, _RESULT_TAILS)
+    if wire.compiled is not None and wire._USE_EXTENSION
+    else _usual_transaction
+)
+
+
+_compiled_transactions: (
+    Callable[
+        [dict[str, tuple[bytes, bool, bool]], list[Any], Callable[[Any, int, int], tuple[str, bytes, _Tx]], int],
+        tuple[dict[str, _Tx], list[bytes]] | None,
+    ]
+    | None
+) = wire.compiled.transactions if wire.compiled is not None and wire._USE_EXTENSION else None
 
 
 def _transaction(item: Any, height: int, position: int) -> tuple[str, bytes, _Tx]:

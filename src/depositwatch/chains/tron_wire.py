@@ -42,6 +42,8 @@ except ImportError:  # not built (no compiler or no libcrypto headers): the Pyth
     _tronscan = None  # type: ignore[assignment]
 _BUILT: bool = _tronscan is not None
 """Whether the compiled fast path (`_tronscan.c`) was built and imported."""
+compiled = _tronscan
+"""The compiled module where built (also for `tron_txs`' one-step reading of a transaction's JSON), else None."""
 _USE_EXTENSION = _BUILT and os.environ.get("DEPOSITWATCH_PURE_PYTHON", "") in ("", "0")
 
 _MAX_VARINT_BYTES = 10
@@ -459,6 +461,18 @@ def transaction_bytes(raw: bytes, signatures: Sequence[bytes], results: Sequence
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """java-tron's transaction trie root: sha256 over pairs, an odd last node carried up unchanged."""
+    if _compiled_root is not None:
+        root = _compiled_root(leaves)  # None unless a list of 32-byte leaves
+        if root is not None:
+            return root
+    return _merkle_root_py(leaves)
+
+
+_compiled_root: Callable[[Sequence[bytes]], bytes | None] | None = _tronscan.merkle_root if _USE_EXTENSION else None
+
+
+def _merkle_root_py(leaves: Sequence[bytes]) -> bytes:
+    """`merkle_root` in Python, for any leaves."""
     if not leaves:
         return bytes(32)
     level = list(leaves)
