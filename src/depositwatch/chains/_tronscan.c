@@ -794,6 +794,19 @@ add_hit(PyObject *hits, PyObject *txid, Py_ssize_t position, const unsigned char
     return failed;
 }
 
+/* Appends (kind, txid, what) to hits: 0, or -1 with an exception set. */
+static int
+add_pair_hit(PyObject *hits, int kind, PyObject *txid, PyObject *what)
+{
+    PyObject *hit = Py_BuildValue("(iOO)", kind, txid, what);
+    if (hit == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(hits, hit);
+    Py_DECREF(hit);
+    return failed;
+}
+
 /* The logs of an info (entries: its `log`, an exact list) read into hits (see logs() and transfers()):
  * 1, 0 to decline (the caller answers None), or -1 with an exception set. */
 static int
@@ -1125,12 +1138,9 @@ transfers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
             }
             if (found) {
-                PyObject *hit = Py_BuildValue("(iOO)", 0, txid, fields);
-                if (hit == NULL || PyList_Append(hits, hit)) {
-                    Py_XDECREF(hit);
+                if (add_pair_hit(hits, 0, txid, fields)) {
                     goto done;
                 }
-                Py_DECREF(hit);
             }
         }
         else if (PyErr_Occurred()) {
@@ -1160,12 +1170,9 @@ transfers(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (internal) {
             PyObject *items = PyDict_GetItemWithError(info, key_internal);
             if (items != NULL && items != Py_None) {
-                PyObject *hit = Py_BuildValue("(iOO)", 2, txid, info);
-                if (hit == NULL || PyList_Append(hits, hit)) {
-                    Py_XDECREF(hit);
+                if (add_pair_hit(hits, 2, txid, info)) {
                     goto done;
                 }
-                Py_DECREF(hit);
             }
             else if (PyErr_Occurred()) {
                 goto decline;

@@ -39,14 +39,17 @@ async def _with_twins(conn: Conn, chain: str, keys: Sequence[bytes]) -> list[byt
     return list(dict.fromkeys(found + twins))
 
 
-def refuse_repeats(entries: Sequence[tuple[int, AddressEntry]]) -> None:
-    """An import naming one chain's address twice is refused whole (ImportRejected, by line)."""
-    seen: dict[tuple[str, bytes], int] = {}
+def refuse_repeats(named: Sequence[tuple[int, str, object, str]]) -> None:
+    """An import naming one chain's address (or key tree) twice is refused whole (ImportRejected, by line).
+
+    `named` holds (line, chain, key, what) for each entry: entries are the same when chain and key are,
+    and `what` names the entry in the refusal ("address 0x...", "tree wpkh(...)")."""
+    seen: dict[tuple[str, object], int] = {}
     problems = []
-    for line, entry in entries:
-        first = seen.setdefault((entry.chain, entry.key), line)
+    for line, chain, key, what in named:
+        first = seen.setdefault((chain, key), line)
         if first != line:
-            problems.append((line, f"{entry.chain} address {entry.address} already given on line {first}"))
+            problems.append((line, f"{chain} {what} already given on line {first}"))
     if problems:
         raise ImportRejected(problems)
 

@@ -172,7 +172,7 @@ class SqlStore:
     ) -> ImportResult:
         """Insert or update entries (with their file line numbers) all at once, or not at all
         (`store/book.py`: what is refused, the audit rows)."""
-        book.refuse_repeats(entries)
+        book.refuse_repeats([(line, e.chain, e.key, f"address {e.address}") for line, e in entries])
         stamp = now()
         async with self.db.transaction() as conn:
             return await book.import_addresses(

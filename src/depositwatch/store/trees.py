@@ -19,7 +19,7 @@ from depositwatch.addresses.hd import HARDENED
 from depositwatch.models import AddressStatus, TreeEntry
 from depositwatch.store.audit import AuditChange, new_batch, unix_actor, write_audit
 from depositwatch.store.base import ChainPolicy, ImportRejected, ImportResult, RevokeResult, StoreError
-from depositwatch.store.book import chain_coverage, retro_alerts
+from depositwatch.store.book import chain_coverage, refuse_repeats, retro_alerts
 from depositwatch.store.book_version import bump_book
 from depositwatch.store.drivers import fetch_in
 from depositwatch.timeutil import now
@@ -110,14 +110,8 @@ class KeyTrees:
         one (it never shrinks: a gap extension may have taken it further). Turning a revoked tree back
         into an active one is refused, as for addresses.
         """
-        seen: dict[tuple[str, str], int] = {}
-        problems = []
-        for line, entry in entries:
-            first = seen.setdefault((entry.chain, entry.descriptor), line)
-            if first != line:
-                problems.append((line, f"{entry.chain} tree {entry.descriptor} already given on line {first}"))
-        if problems:
-            raise ImportRejected(problems)
+        refuse_repeats([(line, e.chain, e.descriptor, f"tree {e.descriptor}") for line, e in entries])
+        problems: list[tuple[int, str]] = []
         stamp = now()
         inserted = updated = unchanged = 0
         changes: list[AuditChange] = []
