@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from email.utils import formatdate
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -22,6 +24,7 @@ from depositwatch.messages import OutboxMessage, build_payload
 from depositwatch.models import AlertEvent, Severity
 from depositwatch.store import open_store
 from tests.receivers import WEBHOOK_SECRET, Receiver, Reply, always, ok
+from tests.util import serve
 
 ETH_ADDRESS = "0x2222222222222222222222222222222222222222"
 USDT_CONTRACT = "0xdAC17F958D2ee523a2206206994597C13D831ec7"
@@ -195,6 +198,39 @@ async def test_unreachable_receiver_is_a_connection_failure() -> None:
         await sink.send(message())
     await sink.close()
     assert not failure.value.permanent and failure.value.status is None
+
+
+async def test_an_endless_answer_is_read_only_so_far() -> None:
+    """A receiver that answers 200 and then never ends its body (or sends gigabytes) holds no sink: every
+    sink reads at most 64 KiB of an answer, so the delivery succeeds instead of waiting out its timeout
+    (or filling memory) reading the rest."""
+    written = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse(status=200)
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await answer.write(b"x" * 65536)
+                written[0] += 65536
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/", endless)
+    runner, port = await serve(app)
+    try:
+        for sink in (
+            WebhookSink(config("webhook", f"http://127.0.0.1:{port}/", timeout=3), [KEY]),
+            SlackSink(
+                config("slack", None, timeout=3, secret=Secret(value=f"http://127.0.0.1:{port}/")),
+                SecretStr(f"http://127.0.0.1:{port}/"),
+            ),
+        ):
+            await sink.send(message())
+            await sink.close()
+    finally:
+        await runner.cleanup()
+    assert written[0] >= 65536
 
 
 def test_retry_after_seconds_or_http_date() -> None:

@@ -116,7 +116,7 @@ class DiscordSink(JsonChatSink):
         await self._send(discord_burst(burst))
 
     async def _send(self, document: Mapping[str, Any]) -> None:
-        status, headers, text = await self.exchange(self._url, document)
+        status, headers, text = await self.exchange_json(self._url, document)
         if 200 <= status < 300:
             return
         failure = http_failure(status, headers, text)

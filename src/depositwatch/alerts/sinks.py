@@ -155,6 +155,20 @@ class AlertSink(Protocol):
         """Release the HTTP session."""
 
 
+ANSWER_LIMIT = 64 * 1024  # a receiver's answer is read this far: enough for any error it means to give
+
+
+async def read_answer(resp: aiohttp.ClientResponse, limit: int = ANSWER_LIMIT) -> str:
+    """The answer's text, at most `limit` bytes of it (a hostile receiver cannot fill memory)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as seconds: either delta-seconds or an HTTP date."""
     if not value:
@@ -200,14 +214,13 @@ class HttpSink(Routed):
             )
         return self._session
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], ok: Sequence[int] = ()) -> str:
-        """POST and return the answer's text; DeliveryError unless 2xx (or a status in `ok`)."""
+    async def exchange(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], str]:
+        """POST and return the answer as it is: status, headers and at most `ANSWER_LIMIT` bytes of its text
+        (a receiver's answer is hostile: one that never ends, or sends gigabytes, holds no sink);
+        DeliveryError only when no answer came."""
         try:
             async with self.session().post(url, data=body, headers=dict(headers), allow_redirects=False) as resp:
-                text = await resp.text(errors="replace")
-                if 200 <= resp.status < 300 or resp.status in ok:
-                    return text
-                raise http_failure(resp.status, resp.headers, text)
+                return resp.status, resp.headers.copy(), await read_answer(resp)
         except TimeoutError:
             raise DeliveryError(f"no answer within {self.config.timeout:g} s", timed_out=True) from None
         except aiohttp.InvalidURL:
@@ -215,6 +228,13 @@ class HttpSink(Routed):
             raise DeliveryError("connection failed: the configured URL is not usable") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DeliveryError(f"connection failed: {type(exc).__name__}: {exc}") from None
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], ok: Sequence[int] = ()) -> str:
+        """POST and return the answer's text; DeliveryError unless 2xx (or a status in `ok`)."""
+        status, answer_headers, text = await self.exchange(url, body, headers)
+        if 200 <= status < 300 or status in ok:
+            return text
+        raise http_failure(status, answer_headers, text)
 
     async def send_burst(self, burst: Burst) -> None:  # noqa: ARG002 - the method of sinks that summarise
         """Sinks that do not summarise send every message; the dispatcher never calls this for them."""

@@ -87,7 +87,7 @@ class TelegramSink(JsonChatSink):
             "parse_mode": "HTML",
             "link_preview_options": {"is_disabled": True},
         }
-        status, headers, answer = await self.exchange(self._url, document)
+        status, headers, answer = await self.exchange_json(self._url, document)
         if 200 <= status < 300 and _ok(answer):
             return
         failure = http_failure(status, headers, _description(answer))
