@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import zmq
@@ -176,6 +178,45 @@ async def test_the_next_range_is_read_while_the_caller_uses_this_one(node: Bitco
         assert [b.hash for b in other] == [node.chain.block_at(h).hash for h in range(start, start + 2)]
         await until(lambda: getblock_calls(node, before) >= 4, "the next range read ahead")
         assert getblock_calls(node, before) == 4
+
+
+async def test_the_loop_turns_between_the_blocks_of_a_range_already_read(
+    node: BitcoinRegtestServer, store: SqlStore
+) -> None:
+    """Blocks read ahead are all there when their range is fetched: their scans must still leave the event
+    loop a turn between two blocks, so the next range's requests go out and its answers come in."""
+    node.chain.mine(20)
+    start = node.chain.height - 9
+    ticks = 0
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with opened(btc_config(node)) as source:
+        source.watch(await load_book(store, [], [REVOKED]), OutputTracker("btc", "BTC", "regtest"))
+        await source.tip()
+        await source.fetch(start, start + 5)
+        await until(lambda: getblock_calls(node) == 10, "the next range read ahead")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the next range read")
+        seen: list[int] = []
+        decode = source._decode
+
+        def counting(*args: Any) -> Any:
+            seen.append(ticks)
+            return decode(*args)
+
+        source._decode = counting  # type: ignore[method-assign]
+        ticker = asyncio.ensure_future(ticking())
+        try:
+            second = await source.fetch(start + 5, start + 10)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        assert len(second) == len(seen) == 5
+        assert all(later > earlier for earlier, later in itertools.pairwise(seen))
 
 
 async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer) -> None:

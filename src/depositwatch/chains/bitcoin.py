@@ -314,6 +314,9 @@ class BitcoinSource:
                     # The watched path's compiled scan takes a few ms and holds the GIL: a thread would
                     # only add hand-overs, so it runs here, while the reads under way keep arriving.
                     blocks.append(self._decode(start + offset, hash_, raw, scan))
+                    # Blocks already read are awaited without a pause: let the loop send the reads ahead
+                    # and take in their answers between two scans, so the node is kept busy meanwhile.
+                    await asyncio.sleep(0)
             await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
             return blocks
         except BaseException:
