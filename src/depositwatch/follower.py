@@ -100,6 +100,9 @@ class Follower:
         self._behind = False
         # A bounded run's next tip, asked while this step's blocks are read and committed.
         self._tip_ahead: asyncio.Future[BlockRef] | None = None
+        # A bounded run's batch being committed while the next one is read, and where it moves the cursor.
+        self._committing: asyncio.Future[int] | None = None
+        self._committing_to: Cursor | None = None
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -149,8 +152,17 @@ class Follower:
 
     async def step(self) -> int:
         """Process the next batch of blocks; return how many were committed (0 when caught up)."""
+        await self._settle()
+        return await self._step(overlap=False)
+
+    async def _step(self, *, overlap: bool) -> int:
+        """A step; with `overlap` (a bounded run's `run`) the batch's commit is left under way while the next
+        step reads its blocks, and that step waits for it before it touches the store, the book or the hook:
+        only the reading overlaps the commit, every commit is still one transaction with its cursor, in
+        order, and a commit's failure is raised by the next step (its blocks, not committed, are read again
+        by a later one)."""
         assert self.cursor is not None, "start() first"
-        cursor = self.cursor
+        cursor = self._committing_to or self.cursor
         tip = await self._tip()
         self.node_height = tip.height
         self._observe_heights()
@@ -158,6 +170,8 @@ class Follower:
         if tip.height >= cursor.height:
             self._behind = False
         if cursor.height >= last:
+            await self._settle()
+            cursor = self.cursor
             if cursor.height >= tip.height >= 0:
                 # At or above the node's tip: is the node's tip block ours?
                 ours = (
@@ -176,6 +190,8 @@ class Follower:
             self._ask_tip_ahead()
         while True:
             blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop))
+            await self._settle()  # the last batch's commit, read over: the store and hook are as it left them
+            cursor = self.cursor
             if not blocks:
                 return 0
             cursor = await self._anchor(cursor, blocks[0])
@@ -185,7 +201,23 @@ class Follower:
                 return 0
             matches = [match_block(self.chain, block, self.registry.book(self.chain)) for block in chain]
             if not await self._grow_trees(matches):
-                return await self._commit(cursor, chain, matches, tip.height)
+                effects = self._effects(chain, matches)
+                if not overlap:
+                    return await self._commit(cursor, effects, tip.height)
+                last_block = chain[-1]
+                self._committing = asyncio.ensure_future(self._commit(cursor, effects, tip.height))
+                self._committing.add_done_callback(_retrieved)
+                self._committing_to = replace(cursor, height=last_block.height, hash=last_block.hash)
+                return len(chain)
+
+    async def _settle(self) -> None:
+        """Wait for the batch under commit, if any (its error is raised here)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            try:
+                await committing
+            finally:
+                self._committing_to = None
 
     async def _tip(self) -> BlockRef:
         """The node's tip: the one asked ahead during the last step, if any, else asked now."""
@@ -259,16 +291,17 @@ class Follower:
             await self.registry.reload(self.store)
         return True
 
-    async def _commit(self, cursor: Cursor, blocks: list[Block], matched: list[list[Match]], tip_height: int) -> int:
-        effects = []
-        transfers = 0
-        for block, matches in zip(blocks, matched, strict=True):
-            if self.hook is not None:
-                effect = self.hook.effects(block, matches, self.registry)
-            else:
-                effect = BlockEffects(block, matches)
-            effects.append(effect)
-            transfers += len(block.transfers)
+    def _effects(self, blocks: list[Block], matched: list[list[Match]]) -> list[BlockEffects]:
+        """The blocks' effects (the hook's, Bitcoin's outputs and sweeps, taken in block order)."""
+        if self.hook is None:
+            return [BlockEffects(block, matches) for block, matches in zip(blocks, matched, strict=True)]
+        return [
+            self.hook.effects(block, matches, self.registry) for block, matches in zip(blocks, matched, strict=True)
+        ]
+
+    async def _commit(self, cursor: Cursor, effects: list[BlockEffects], tip_height: int) -> int:
+        blocks = [effect.block for effect in effects]
+        transfers = sum(len(block.transfers) for block in blocks)
         self.cursor = await self.store.commit_blocks(self.scope, cursor, self.policy, effects, tip_height)
         for effect in effects if self.settings.log_matches else ():
             for match in effect.matches:
@@ -357,16 +390,28 @@ class Follower:
             first_backoff=0.25,
             max_backoff=max(5.0, self.settings.poll_interval),
         )
+        overlap = self.settings.stop_height is not None
         try:
-            await self._run(trouble)
+            await self._run(trouble, overlap=overlap)
+            await self._settle()
         finally:
             self._drop_tip_ahead()
+            if self._committing is not None:  # leaving on an error: the batch under commit is finished first
+                await asyncio.gather(self._committing, return_exceptions=True)
+                self._committing, self._committing_to = None, None
 
-    async def _run(self, trouble: Episode) -> None:
-        while not self._stopping.is_set() and not self.done:
+    @property
+    def _read_to_end(self) -> bool:
+        """A bounded run has read (and committed, or is committing) its last block."""
+        stop = self.settings.stop_height
+        at = self._committing_to or self.cursor
+        return stop is not None and at is not None and at.height >= stop
+
+    async def _run(self, trouble: Episode, *, overlap: bool) -> None:
+        while not self._stopping.is_set() and not self._read_to_end:
             self.heartbeat = time.monotonic()
             try:
-                committed = await self.step()
+                committed = await self._step(overlap=overlap)
             except ChainError as exc:
                 self.failing = str(exc) or type(exc).__name__
                 self.failures += 1
@@ -384,7 +429,7 @@ class Follower:
             self.failing = None
             self.failures = 0
             trouble.recovered()
-            if committed == 0 and not self.done:
+            if committed == 0 and not self._read_to_end:
                 waiter = asyncio.ensure_future(self.source.wait_for_head(self.settings.poll_interval))
                 stopper = asyncio.ensure_future(self._stopping.wait())
                 try:
@@ -401,9 +446,9 @@ class Follower:
             pass
 
 
-def _retrieved(task: asyncio.Future[BlockRef]) -> None:
-    """A tip asked ahead may fail with nobody left to read it (the run ended): its error is taken here,
-    not reported as never retrieved; a step that awaits it still gets it."""
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A tip asked ahead (or a commit under way) may fail with nobody left to read it (the run ended): its
+    error is taken here, not reported as never retrieved; a step that awaits it still gets it."""
     if not task.cancelled():
         task.exception()
 
