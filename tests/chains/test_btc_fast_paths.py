@@ -219,6 +219,44 @@ async def test_the_loop_turns_between_the_blocks_of_a_range_already_read(
         assert all(later > earlier for earlier, later in itertools.pairwise(seen))
 
 
+async def test_a_range_asked_ahead_is_taken_by_its_fetch(node: BitcoinRegtestServer) -> None:
+    """`read_ahead` (a replay's first range, asked while its store is made ready): the fetch of exactly
+    that range asks nothing more for it; a fetch of other heights takes the blocks of its own heights
+    read ahead, drops the rest and reads what it lacks."""
+    node.chain.mine(20)
+    start = node.chain.height - 14
+    asked: list[str] = []
+
+    def note(params: list[Any], answer: Any) -> Any:
+        asked.append(params[0])
+        return answer
+
+    tamper(node, "getblock", note)
+    height_of = {node.chain.block_at(h).hash: h for h in range(start, start + 10)}
+    async with opened(btc_config(node)) as source:
+        source.read_until = start + 9
+        await source.tip()
+        source.read_ahead(start, start + 5)
+        await until(lambda: getblock_calls(node) == 5, "the range read ahead")
+        before = len(node.calls)
+        blocks = await source.fetch(start, start + 5)
+        assert [b.hash for b in blocks] == [node.chain.block_at(h).hash for h in range(start, start + 5)]
+        await until(lambda: len(source._ahead) == 5, "the next range asked ahead, up to read_until")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the next range read")
+        assert getblock_calls(node, before) == 5  # the next range's blocks only: none of this range again
+        source.read_ahead(start + 10, start + 12)  # past read_until: nothing
+        assert source._ahead_task is None and not source._ahead
+        source.read_ahead(start, start + 2)
+        await until(lambda: getblock_calls(node, before) == 7, "the range asked ahead")
+        seen = len(asked)
+        other = await source.fetch(start + 1, start + 3)
+        assert [b.hash for b in other] == [node.chain.block_at(h).hash for h in range(start + 1, start + 3)]
+        # start + 1 was read ahead, start dropped: the fetch asked for start + 2 alone (and, after it, the
+        # range that follows)
+        assert [height_of[h] for h in asked[seen:]][:1] == [start + 2]
+        assert start + 1 not in [height_of[h] for h in asked[seen:]]
+
+
 async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer) -> None:
     """A block whose read ahead got a bad answer is asked for again when its range is fetched."""
     node.chain.mine(10)

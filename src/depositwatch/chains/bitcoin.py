@@ -347,6 +347,14 @@ class BitcoinSource:
             _discard(task)
         return asyncio.ensure_future(self.raw_block(hash_))
 
+    def read_ahead(self, start: int, stop: int) -> None:
+        """Start reading blocks `start` to `stop - 1` now (below the tip last seen by `tip`, and at most
+        `read_until`), for a `fetch` of that range: a replay's first range, read while the run's store and
+        cursor are made ready. Like any read ahead, a fetch takes those of its own heights (each block
+        still checked against its hash) and drops the others."""
+        self._drop_ahead()
+        self._read_ahead(start, stop)
+
     def _read_ahead(self, start: int, stop: int) -> None:
         """Start reading blocks `start` to `stop - 1` (below the tip last seen, and at most `read_until`)
         for the next `fetch`."""
