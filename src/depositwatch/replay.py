@@ -161,9 +161,9 @@ async def replay(
             await store.add_watched_outputs(chain.name, found, scope)
         settings = make_settings(chain, start_height=start, stop_height=stop)
         if isinstance(source, BitcoinSource):
-            # The first range's blocks are asked for now, while the run's cursor is made ready (a run that
-            # resumes elsewhere drops them at its first fetch).
-            source.read_ahead(start, min(stop, start + settings.batch_blocks - 1) + 1)
+            # The first two ranges' blocks are asked for now, while the run's cursor is made ready and its
+            # first tip asked (a run that resumes elsewhere drops them at its first fetch).
+            source.read_ahead(start, min(stop, start + 2 * settings.batch_blocks - 1) + 1)
         if (
             isinstance(source, EvmSource)
             and source.fetch_path.startswith("filtered")

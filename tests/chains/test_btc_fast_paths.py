@@ -257,6 +257,28 @@ async def test_a_range_asked_ahead_is_taken_by_its_fetch(node: BitcoinRegtestSer
         assert start + 1 not in [height_of[h] for h in asked[seen:]]
 
 
+async def test_two_ranges_asked_ahead_are_taken_by_two_fetches(node: BitcoinRegtestServer) -> None:
+    """A fetch of the first heights read ahead keeps the reads beyond it for the next fetch, and reads
+    ahead only what follows them."""
+    node.chain.mine(20)
+    start = node.chain.height - 14
+    async with opened(btc_config(node)) as source:
+        await source.tip()
+        source.read_ahead(start, start + 10)
+        await until(lambda: getblock_calls(node) == 10, "two ranges read ahead")
+        before = len(node.calls)
+        first = await source.fetch(start, start + 5)
+        assert sorted(source._ahead) == list(range(start + 5, start + 10))
+        assert source._ahead_task is None  # nothing more to read ahead: the next range is there
+        assert node.calls[before:] == []
+        second = await source.fetch(start + 5, start + 10)
+        assert [b.hash for b in first + second] == [node.chain.block_at(h).hash for h in range(start, start + 10)]
+        await until(lambda: len(source._ahead) == 5, "the range after asked ahead")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the range after read")
+        assert sorted(source._ahead) == list(range(start + 10, start + 15))
+        assert getblock_calls(node, before) == 5  # that range's blocks only: none of the first two again
+
+
 async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer) -> None:
     """A block whose read ahead got a bad answer is asked for again when its range is fetched."""
     node.chain.mine(10)
