@@ -98,6 +98,11 @@ class Follower:
         self.failing: str | None = None  # the node error while the node is failing, for health
         self.failures = 0  # consecutive failed steps (0 while healthy), for health and metrics
         self._behind = False
+        # A bounded run's next tip, asked while this step's blocks are read and committed.
+        self._tip_ahead: asyncio.Future[BlockRef] | None = None
+        # A bounded run's batch being committed while the next one is read, and where it moves the cursor.
+        self._committing: asyncio.Future[int] | None = None
+        self._committing_to: Cursor | None = None
 
     # start-up ---------------------------------------------------------------------------------------
 
@@ -147,15 +152,26 @@ class Follower:
 
     async def step(self) -> int:
         """Process the next batch of blocks; return how many were committed (0 when caught up)."""
+        await self._settle()
+        return await self._step(overlap=False)
+
+    async def _step(self, *, overlap: bool) -> int:
+        """A step; with `overlap` (a bounded run's `run`) the batch's commit is left under way while the next
+        step reads its blocks, and that step waits for it before it touches the store, the book or the hook:
+        only the reading overlaps the commit, every commit is still one transaction with its cursor, in
+        order, and a commit's failure is raised by the next step (its blocks, not committed, are read again
+        by a later one)."""
         assert self.cursor is not None, "start() first"
-        cursor = self.cursor
-        tip = await self.source.tip()
+        cursor = self._committing_to or self.cursor
+        tip = await self._tip()
         self.node_height = tip.height
         self._observe_heights()
         last = tip.height if self.settings.stop_height is None else min(tip.height, self.settings.stop_height)
         if tip.height >= cursor.height:
             self._behind = False
         if cursor.height >= last:
+            await self._settle()
+            cursor = self.cursor
             if cursor.height >= tip.height >= 0:
                 # At or above the node's tip: is the node's tip block ours?
                 ours = (
@@ -170,8 +186,12 @@ class Follower:
                     self._log.warning("node is behind the cursor", node_height=tip.height, cursor_height=cursor.height)
             return 0
         stop = min(last, cursor.height + self.settings.batch_blocks) + 1
+        if self.settings.stop_height is not None and stop <= last:
+            self._ask_tip_ahead()
         while True:
             blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop))
+            await self._settle()  # the last batch's commit, read over: the store and hook are as it left them
+            cursor = self.cursor
             if not blocks:
                 return 0
             cursor = await self._anchor(cursor, blocks[0])
@@ -181,7 +201,50 @@ class Follower:
                 return 0
             matches = [match_block(self.chain, block, self.registry.book(self.chain)) for block in chain]
             if not await self._grow_trees(matches):
-                return await self._commit(cursor, chain, matches, tip.height)
+                effects = self._effects(chain, matches)
+                if not overlap:
+                    return await self._commit(cursor, effects, tip.height)
+                last_block = chain[-1]
+                self._committing = asyncio.ensure_future(self._commit(cursor, effects, tip.height))
+                self._committing.add_done_callback(_retrieved)
+                self._committing_to = replace(cursor, height=last_block.height, hash=last_block.hash)
+                return len(chain)
+
+    async def _settle(self) -> None:
+        """Wait for the batch under commit, if any (its error is raised here)."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            try:
+                await committing
+            finally:
+                self._committing_to = None
+
+    async def _tip(self) -> BlockRef:
+        """The node's tip: the one asked ahead during the last step, if any, else asked now."""
+        ahead, self._tip_ahead = self._tip_ahead, None
+        if ahead is not None:
+            return await ahead
+        return await self.source.tip()
+
+    def _ask_tip_ahead(self) -> None:
+        """Ask the node's tip for the next step now, while this step's blocks are read and committed.
+
+        Only a bounded run (a replay) does, and only when another step follows this one. The next step's
+        tip is then read while this step works rather than after it: at most one step older (a block
+        mined meanwhile is seen a step later, as if the node had announced it later), and its calls,
+        which wait at the node behind the blocks the source reads ahead (tens of ms a step on 1 MB
+        Bitcoin blocks), no longer leave the client idle meanwhile. A failure is the next step's, as
+        if asked then.
+        """
+        if self._tip_ahead is None:
+            task = asyncio.ensure_future(self.source.tip())
+            task.add_done_callback(_retrieved)
+            self._tip_ahead = task
+
+    def _drop_tip_ahead(self) -> None:
+        if self._tip_ahead is not None:
+            self._tip_ahead.cancel()
+            self._tip_ahead = None
 
     async def _unless_stopped(self, reading: Coroutine[Any, Any, list[Block]]) -> list[Block]:
         """The blocks read, or none once `stop()` is called meanwhile: the read is abandoned (no block is in
@@ -228,16 +291,17 @@ class Follower:
             await self.registry.reload(self.store)
         return True
 
-    async def _commit(self, cursor: Cursor, blocks: list[Block], matched: list[list[Match]], tip_height: int) -> int:
-        effects = []
-        transfers = 0
-        for block, matches in zip(blocks, matched, strict=True):
-            if self.hook is not None:
-                effect = self.hook.effects(block, matches, self.registry)
-            else:
-                effect = BlockEffects(block, matches)
-            effects.append(effect)
-            transfers += len(block.transfers)
+    def _effects(self, blocks: list[Block], matched: list[list[Match]]) -> list[BlockEffects]:
+        """The blocks' effects (the hook's, Bitcoin's outputs and sweeps, taken in block order)."""
+        if self.hook is None:
+            return [BlockEffects(block, matches) for block, matches in zip(blocks, matched, strict=True)]
+        return [
+            self.hook.effects(block, matches, self.registry) for block, matches in zip(blocks, matched, strict=True)
+        ]
+
+    async def _commit(self, cursor: Cursor, effects: list[BlockEffects], tip_height: int) -> int:
+        blocks = [effect.block for effect in effects]
+        transfers = sum(len(block.transfers) for block in blocks)
         self.cursor = await self.store.commit_blocks(self.scope, cursor, self.policy, effects, tip_height)
         for effect in effects if self.settings.log_matches else ():
             for match in effect.matches:
@@ -326,10 +390,28 @@ class Follower:
             first_backoff=0.25,
             max_backoff=max(5.0, self.settings.poll_interval),
         )
-        while not self._stopping.is_set() and not self.done:
+        overlap = self.settings.stop_height is not None
+        try:
+            await self._run(trouble, overlap=overlap)
+            await self._settle()
+        finally:
+            self._drop_tip_ahead()
+            if self._committing is not None:  # leaving on an error: the batch under commit is finished first
+                await asyncio.gather(self._committing, return_exceptions=True)
+                self._committing, self._committing_to = None, None
+
+    @property
+    def _read_to_end(self) -> bool:
+        """A bounded run has read (and committed, or is committing) its last block."""
+        stop = self.settings.stop_height
+        at = self._committing_to or self.cursor
+        return stop is not None and at is not None and at.height >= stop
+
+    async def _run(self, trouble: Episode, *, overlap: bool) -> None:
+        while not self._stopping.is_set() and not self._read_to_end:
             self.heartbeat = time.monotonic()
             try:
-                committed = await self.step()
+                committed = await self._step(overlap=overlap)
             except ChainError as exc:
                 self.failing = str(exc) or type(exc).__name__
                 self.failures += 1
@@ -347,7 +429,7 @@ class Follower:
             self.failing = None
             self.failures = 0
             trouble.recovered()
-            if committed == 0 and not self.done:
+            if committed == 0 and not self._read_to_end:
                 waiter = asyncio.ensure_future(self.source.wait_for_head(self.settings.poll_interval))
                 stopper = asyncio.ensure_future(self._stopping.wait())
                 try:
@@ -362,6 +444,13 @@ class Follower:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         except TimeoutError:
             pass
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A tip asked ahead (or a commit under way) may fail with nobody left to read it (the run ended): its
+    error is taken here, not reported as never retrieved; a step that awaits it still gets it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _consecutive(cursor: Cursor, blocks: list[Block]) -> list[Block]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from depositwatch.chains.base import ChainSource
+from depositwatch.chains.bitcoin import BitcoinSource
 from depositwatch.chains.evm import EvmSource
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import BlockHook, Follower
@@ -164,7 +165,6 @@ async def replay(
         source.read_until = stop  # nothing past the range is read ahead
         if prevouts:
             # Outputs paid to revoked scripts before the range and spent inside it: their sweeps count.
-            from depositwatch.chains.bitcoin import BitcoinSource
             from depositwatch.chains.btc_prevouts import prevouts_paying
 
             if not isinstance(source, BitcoinSource):
@@ -172,6 +172,10 @@ async def replay(
             found = await prevouts_paying(source, start, stop + 1, registry.book(chain.name).revoked)
             await store.add_watched_outputs(chain.name, found, scope)
         settings = make_settings(chain, start_height=start, stop_height=stop)
+        if isinstance(source, BitcoinSource):
+            # The first two ranges' blocks are asked for now, while the run's cursor is made ready and its
+            # first tip asked (a run that resumes elsewhere drops them at its first fetch).
+            source.read_ahead(start, min(stop, start + 2 * settings.batch_blocks - 1) + 1)
         if (
             isinstance(source, EvmSource)
             and source.fetch_path.startswith("filtered")

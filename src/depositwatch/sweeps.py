@@ -5,6 +5,7 @@ follower's hook) and for the mempool (`depositwatch.mempool`) alike."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from depositwatch.addresses import bitcoin_script_to_address
@@ -12,6 +13,15 @@ from depositwatch.matcher import match_transfers
 from depositwatch.models import Asset, Block, Match, Spend, Transfer, WatchedOutput
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, Scope, SqlStore
+
+ADDRESS_CACHE = 4096  # revoked scripts whose addresses are kept
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
+def _address(script: bytes, network: str) -> str | None:
+    """The script's address, kept: a revoked script is swept again and again, and encoding its address
+    (bech32 or base58, in Python) at every sweep cost about a millisecond a block of ten sweeps."""
+    return bitcoin_script_to_address(script, network)
 
 
 def sweep_transfer(asset: Asset, network: str, paid: WatchedOutput, txid: str, vin: int) -> Transfer:
@@ -24,7 +34,7 @@ def sweep_transfer(asset: Asset, network: str, paid: WatchedOutput, txid: str, v
         vin,
         to_key=None,
         from_key=paid.script,
-        from_address=bitcoin_script_to_address(paid.script, network),
+        from_address=_address(paid.script, network),
     )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import zmq
@@ -173,6 +175,105 @@ async def test_the_next_range_is_read_while_the_caller_uses_this_one(node: Bitco
         assert [b.hash for b in other] == [node.chain.block_at(h).hash for h in range(start, start + 2)]
         await until(lambda: getblock_calls(node, before) >= 4, "the next range read ahead")
         assert getblock_calls(node, before) == 4
+
+
+async def test_the_loop_turns_between_the_blocks_of_a_range_already_read(
+    node: BitcoinRegtestServer, store: SqlStore
+) -> None:
+    """Blocks read ahead are all there when their range is fetched: their scans must still leave the event
+    loop a turn between two blocks, so the next range's requests go out and its answers come in."""
+    node.chain.mine(20)
+    start = node.chain.height - 9
+    ticks = 0
+
+    async def ticking() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with opened(btc_config(node)) as source:
+        source.watch(await load_book(store, [], [REVOKED]), OutputTracker("btc", "BTC", "regtest"))
+        await source.tip()
+        await source.fetch(start, start + 5)
+        await until(lambda: getblock_calls(node) == 10, "the next range read ahead")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the next range read")
+        seen: list[int] = []
+        decode = source._decode
+
+        def counting(*args: Any) -> Any:
+            seen.append(ticks)
+            return decode(*args)
+
+        source._decode = counting  # type: ignore[method-assign]
+        ticker = asyncio.ensure_future(ticking())
+        try:
+            second = await source.fetch(start + 5, start + 10)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        assert len(second) == len(seen) == 5
+        assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+
+
+async def test_a_range_asked_ahead_is_taken_by_its_fetch(node: BitcoinRegtestServer) -> None:
+    """`read_ahead` (a replay's first range, asked while its store is made ready): the fetch of exactly
+    that range asks nothing more for it; a fetch of other heights takes the blocks of its own heights
+    read ahead, drops the rest and reads what it lacks."""
+    node.chain.mine(20)
+    start = node.chain.height - 14
+    asked: list[str] = []
+
+    def note(params: list[Any], answer: Any) -> Any:
+        asked.append(params[0])
+        return answer
+
+    tamper(node, "getblock", note)
+    height_of = {node.chain.block_at(h).hash: h for h in range(start, start + 10)}
+    async with opened(btc_config(node)) as source:
+        source.read_until = start + 9
+        await source.tip()
+        source.read_ahead(start, start + 5)
+        await until(lambda: getblock_calls(node) == 5, "the range read ahead")
+        before = len(node.calls)
+        blocks = await source.fetch(start, start + 5)
+        assert [b.hash for b in blocks] == [node.chain.block_at(h).hash for h in range(start, start + 5)]
+        await until(lambda: len(source._ahead) == 5, "the next range asked ahead, up to read_until")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the next range read")
+        assert getblock_calls(node, before) == 5  # the next range's blocks only: none of this range again
+        source.read_ahead(start + 10, start + 12)  # past read_until: nothing
+        assert source._ahead_task is None and not source._ahead
+        source.read_ahead(start, start + 2)
+        await until(lambda: getblock_calls(node, before) == 7, "the range asked ahead")
+        seen = len(asked)
+        other = await source.fetch(start + 1, start + 3)
+        assert [b.hash for b in other] == [node.chain.block_at(h).hash for h in range(start + 1, start + 3)]
+        # start + 1 was read ahead, start dropped: the fetch asked for start + 2 alone (and, after it, the
+        # range that follows)
+        assert [height_of[h] for h in asked[seen:]][:1] == [start + 2]
+        assert start + 1 not in [height_of[h] for h in asked[seen:]]
+
+
+async def test_two_ranges_asked_ahead_are_taken_by_two_fetches(node: BitcoinRegtestServer) -> None:
+    """A fetch of the first heights read ahead keeps the reads beyond it for the next fetch, and reads
+    ahead only what follows them."""
+    node.chain.mine(20)
+    start = node.chain.height - 14
+    async with opened(btc_config(node)) as source:
+        await source.tip()
+        source.read_ahead(start, start + 10)
+        await until(lambda: getblock_calls(node) == 10, "two ranges read ahead")
+        before = len(node.calls)
+        first = await source.fetch(start, start + 5)
+        assert sorted(source._ahead) == list(range(start + 5, start + 10))
+        assert source._ahead_task is None  # nothing more to read ahead: the next range is there
+        assert node.calls[before:] == []
+        second = await source.fetch(start + 5, start + 10)
+        assert [b.hash for b in first + second] == [node.chain.block_at(h).hash for h in range(start, start + 10)]
+        await until(lambda: len(source._ahead) == 5, "the range after asked ahead")
+        await until(lambda: all(task.done() for _, task in source._ahead.values()), "the range after read")
+        assert sorted(source._ahead) == list(range(start + 10, start + 15))
+        assert getblock_calls(node, before) == 5  # that range's blocks only: none of the first two again
 
 
 async def test_a_read_ahead_that_failed_is_read_again(node: BitcoinRegtestServer) -> None:

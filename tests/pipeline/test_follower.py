@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from depositwatch.follower import Follower, FollowerSettings, ReorgTooDeep
-from depositwatch.models import AddressStatus, Asset, Transfer
+from depositwatch.models import AddressStatus, Asset, Block, BlockRef, Transfer
 from depositwatch.registry import AddressRegistry
-from depositwatch.store import ChainPolicy, Scope, SqlStore
-from depositwatch.store.base import RegistryRow
+from depositwatch.store import ChainPolicy, Cursor, Scope, SqlStore
+from depositwatch.store.base import RegistryRow, StoreError
 from depositwatch.testing import MemoryChain
 from tests.util import eventually
 
@@ -168,6 +168,159 @@ async def test_replay_range_stops_at_end(store: SqlStore) -> None:
     heights = sorted(m["block_height"] for m in await store.matches(scope))
     assert heights == list(range(5, 13))
     assert await store.outbox.messages() == []
+
+
+class Timeline(MemoryChain):
+    """A memory chain that notes when each tip and fetch call starts and ends (each takes a loop turn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def tip(self) -> BlockRef:
+        self.events.append("tip")
+        await asyncio.sleep(0)
+        ref = await super().tip()
+        self.events.append("tip done")
+        return ref
+
+    async def fetch(self, start: int, stop: int) -> list[Block]:
+        self.events.append(f"fetch {start}")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        blocks = await super().fetch(start, stop)
+        self.events.append("fetch done")
+        return blocks
+
+
+async def test_a_replay_asks_the_next_tip_while_a_batch_is_read(store: SqlStore) -> None:
+    """A bounded run asks the node's tip for its next step while this step's blocks are read, one tip a
+    step as before, and none after its last batch; its matches are the range's, as always."""
+    chain = Timeline()
+    for i in range(20):
+        chain.mine(pay(f"0x{i:02x}"))
+    scope = Scope.replay("t", send_alerts=False)
+    f = Follower(
+        source=chain,
+        store=store,
+        registry=registry(),
+        policy=POLICY,
+        scope=scope,
+        cursor_name="replay:t",
+        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
+    )
+    await f.start()
+    chain.events.clear()
+    await f.run()
+    assert f.done
+    assert f._tip_ahead is None
+    fetches = [e for e in chain.events if e.startswith("fetch ") and e != "fetch done"]
+    assert fetches == ["fetch 3", "fetch 7", "fetch 11"]
+    assert chain.events.count("tip") == 3  # the first step's, then one asked ahead for each later step
+    # the tips of the second and third steps were asked as the first and second steps' reads began
+    ends = [at for at, event in enumerate(chain.events) if event == "fetch done"]
+    assert chain.events[: ends[0]].count("tip") == 2
+    assert chain.events[ends[0] : ends[1]].count("tip") == 1
+    last = chain.events.index("fetch 11")
+    assert "tip" not in chain.events[last:]
+    heights = sorted(m["block_height"] for m in await store.matches(scope))
+    assert heights == list(range(3, 15))
+
+
+async def test_a_replay_reads_its_next_batch_while_the_last_one_commits(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bounded run leaves a batch's commit under way while it reads the next batch; the commits are
+    still one a batch, in order, each begun after the one before it ended, and the run ends committed."""
+    chain = Timeline()
+    for i in range(20):
+        chain.mine(pay(f"0x{i:02x}"))
+    committing = store.commit_blocks
+
+    async def commit_blocks(*args: Any, **kwargs: Any) -> Cursor:
+        chain.events.append("commit")
+        moved = await committing(*args, **kwargs)
+        chain.events.append(f"committed {moved.height}")
+        return moved
+
+    monkeypatch.setattr(store, "commit_blocks", commit_blocks)
+    scope = Scope.replay("o", send_alerts=False)
+    f = Follower(
+        source=chain,
+        store=store,
+        registry=registry(),
+        policy=POLICY,
+        scope=scope,
+        cursor_name="replay:o",
+        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
+    )
+    await f.start()
+    chain.events.clear()
+    await f.run()
+    assert f.done
+    assert f.cursor is not None and f.cursor.height == 14
+    assert (await store.get_cursor("replay:o")) == f.cursor
+    events = chain.events
+    assert [e for e in events if e.startswith("committed")] == ["committed 6", "committed 10", "committed 14"]
+    assert events.index("fetch 7") < events.index("committed 6")
+    assert events.index("fetch 11") < events.index("committed 10")
+    starts = [at for at, e in enumerate(events) if e == "commit"]
+    assert starts[1] > events.index("committed 6") and starts[2] > events.index("committed 10")
+    heights = sorted(m["block_height"] for m in await store.matches(scope))
+    assert heights == list(range(3, 15))
+
+
+async def test_a_failed_commit_under_way_ends_the_run_uncommitted(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that fails while the next batch is read is raised by the run; the cursor stays at the last
+    batch committed, and the blocks after it are not committed."""
+    chain = Timeline()
+    for i in range(20):
+        chain.mine(pay(f"0x{i:02x}"))
+    committing = store.commit_blocks
+    calls = 0
+
+    async def commit_blocks(*args: Any, **kwargs: Any) -> Cursor:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreError("disk full")
+        return await committing(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit_blocks", commit_blocks)
+    scope = Scope.replay("e", send_alerts=False)
+    f = Follower(
+        source=chain,
+        store=store,
+        registry=registry(),
+        policy=POLICY,
+        scope=scope,
+        cursor_name="replay:e",
+        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
+    )
+    await f.start()
+    with pytest.raises(StoreError, match="disk full"):
+        await f.run()
+    assert f.cursor is not None and f.cursor.height == 6
+    stored = await store.get_cursor("replay:e")
+    assert stored is not None and stored.height == 6
+    assert sorted(m["block_height"] for m in await store.matches(scope)) == [3, 4, 5, 6]
+
+
+async def test_a_live_follower_asks_the_tip_at_each_step(store: SqlStore) -> None:
+    """Live following keeps asking the tip when a step begins: nothing is asked ahead."""
+    chain = Timeline()
+    for i in range(10):
+        chain.mine(pay(f"0x{i:02x}"))
+    f = follower(chain, store, start_height=1)
+    await f.start()
+    chain.events.clear()
+    await drain(f)
+    assert f._tip_ahead is None
+    for at, event in enumerate(chain.events):
+        if event.startswith("fetch ") and event != "fetch done":
+            assert chain.events[at - 2 : at] == ["tip", "tip done"]
 
 
 async def test_outage_is_retried_and_restored(store: SqlStore) -> None:

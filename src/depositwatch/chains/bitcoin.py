@@ -99,6 +99,16 @@ def _discard(task: asyncio.Future[bytes]) -> None:
         task.exception()
 
 
+def _keep_from(
+    reads: dict[int, tuple[str, asyncio.Future[bytes]]], height: int, kept: dict[int, tuple[str, asyncio.Future[bytes]]]
+) -> int:
+    """Move the reads of consecutive heights from `height` on into `kept`; the first height not moved."""
+    while height in reads:
+        kept[height] = reads.pop(height)
+        height += 1
+    return height
+
+
 def _cancel(reads: dict[int, tuple[str, asyncio.Future[bytes]]]) -> None:
     for _, task in reads.values():
         _discard(task)
@@ -274,8 +284,9 @@ class BitcoinSource:
 
         After a whole range, the next one (as many blocks again, up to the tip last seen by `tip`) is read
         ahead: its hashes in one batch, then its raw blocks, while these are decoded and while the caller
-        commits them. A `fetch` of exactly the heights read ahead takes those reads, the others are
-        dropped; a block read ahead is still checked against the hash it was asked for, and the caller
+        commits them. A `fetch` of exactly the heights read ahead takes those reads (and, when they were
+        started further ahead by `read_ahead`, keeps those beyond its range for the next fetch), the
+        others are dropped; a block read ahead is still checked against the hash it was asked for, and the caller
         links each block to its parent, so a reorg meanwhile shows as one.
         """
         if start < 0:
@@ -287,8 +298,9 @@ class BitcoinSource:
             await asyncio.gather(self._ahead_task, return_exceptions=True)  # its hashes are on their way
             self._ahead_task = None
         ahead, self._ahead = self._ahead, {}
+        read_ahead = all(height in ahead for height in range(start, stop))
         try:
-            if all(height in ahead for height in range(start, stop)):
+            if read_ahead:
                 hashes = [ahead[height][0] for height in range(start, stop)]
             elif fresh and start == stop - 1 == self._best_height and self._best:
                 hashes = [self._best]  # the new tip `tip` just read: no getblockhash for it
@@ -298,10 +310,12 @@ class BitcoinSource:
             _cancel(ahead)
             raise
         tasks = [self._take(ahead, start + i, h) for i, h in enumerate(hashes)]
+        # reads started further ahead (`read_ahead`) than this range stay for the next fetch
+        beyond = _keep_from(ahead, stop, self._ahead) if read_ahead else stop
         _cancel(ahead)  # read for other heights
         try:
             if hashes and len(hashes) == stop - start:
-                self._read_ahead(stop, stop + (stop - start))
+                self._read_ahead(beyond, stop + (stop - start))
             scan = self._scan_state()
             blocks = []
             for offset, (hash_, task) in enumerate(zip(hashes, tasks, strict=True)):
@@ -314,6 +328,9 @@ class BitcoinSource:
                     # The watched path's compiled scan takes a few ms and holds the GIL: a thread would
                     # only add hand-overs, so it runs here, while the reads under way keep arriving.
                     blocks.append(self._decode(start + offset, hash_, raw, scan))
+                    # Blocks already read are awaited without a pause: let the loop send the reads ahead
+                    # and take in their answers between two scans, so the node is kept busy meanwhile.
+                    await asyncio.sleep(0)
             await self._same_chain()  # a failover during the fetch: these blocks count only if the chain is ours
             return blocks
         except BaseException:
@@ -343,6 +360,15 @@ class BitcoinSource:
                 return task
             _discard(task)
         return asyncio.ensure_future(self.raw_block(hash_))
+
+    def read_ahead(self, start: int, stop: int) -> None:
+        """Start reading blocks `start` to `stop - 1` now (below the tip last seen by `tip`, and at most
+        `read_until`), for the `fetch` of that range, or of its first heights and then of the rest: a
+        replay's first ranges, read while the run's store and cursor are made ready. Like any read
+        ahead, a fetch takes those of its own heights (each block still checked against its hash) and
+        drops the others."""
+        self._drop_ahead()
+        self._read_ahead(start, stop)
 
     def _read_ahead(self, start: int, stop: int) -> None:
         """Start reading blocks `start` to `stop - 1` (below the tip last seen, and at most `read_until`)

@@ -158,7 +158,7 @@ class BitcoinRpc(NodeClient):
             request["id"] = next(self._ids)
             body = jsonutil.dumps_bytes(request)
             status, raw = await self.exchange(
-                "POST", target.url, target.shown, label, body=body, auth=self._auth(target), timeout=timeout
+                "POST", target.url, target.shown, label, body=body, auth=self._auth(target), timeout=timeout, bulk=True
             )
             return _hex_from_body(raw) if status == 200 else None
 
@@ -184,7 +184,9 @@ class BitcoinRpc(NodeClient):
         label = f"REST {path.split('/')[2] if path.count('/') > 2 else path}"
 
         async def attempt(_: Endpoint) -> bytes:
-            status, raw = await self.exchange("GET", url, shown, label, body=None, auth=None, timeout=timeout)
+            status, raw = await self.exchange(
+                "GET", url, shown, label, body=None, auth=None, timeout=timeout, bulk=True
+            )
             if status == 200:
                 return raw
             text = raw[:200].decode(errors="replace").strip()

@@ -18,6 +18,9 @@ Every request to a node (Bitcoin Core's JSON-RPC and REST, an EVM node's JSON-RP
 - **Bounded answers**: every body is read as a stream and given up, with `AnswerTooLarge`, as soon as it
   passes `max_response_bytes` (a `Content-Length` above it is refused before reading); the decompressed
   length counts. At most `max_in_flight` requests are in flight, so at most that many bodies are held.
+  Bulk reads (Bitcoin's raw blocks, `exchange(..., bulk=True)`) wait behind every other request for a
+  free slot: a short call (the tip, a batch of hashes) is sent as soon as one request ends, not after
+  a range of blocks queued before it.
   Every body is parsed by `jsonutil.loads` (orjson: 1,024 levels at most, an error beyond), never by
   the standard library's parser, which overflows the C stack on a deeply nested answer once py_ecc
   (imported by web3) has raised the recursion limit to 100,000.
@@ -43,7 +46,9 @@ import asyncio
 import base64
 import itertools
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,6 +70,59 @@ _JSON = {"Content-Type": "application/json"}
 _RETRIED_STATUSES = frozenset({408, 425, 429})
 
 T = TypeVar("T")
+
+
+# --- request slots ---------------------------------------------------------------------------------
+
+
+class Slots:
+    """At most `size` holders at a time, like a semaphore; a freed slot goes to the oldest waiter of the
+    first queue before any waiter of the second (short calls before bulk reads), in order within each."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds now."""
+        return self._free
+
+    async def acquire(self, *, bulk: bool = False) -> None:
+        """Wait for a slot (behind every short call waiting, when `bulk`)."""
+        if self._free > 0 and not (self._queues[0] or (bulk and self._queues[1])):
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues[bulk]
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot in the same turn as the cancellation: pass it on
+            else:
+                queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Free a slot: hand it to the next waiter, if any."""
+        for queue in self._queues:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+    @asynccontextmanager
+    async def hold(self, *, bulk: bool = False) -> AsyncIterator[None]:
+        """`async with slots.hold():` a slot for the block."""
+        await self.acquire(bulk=bulk)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -222,7 +280,7 @@ class NodeClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.switches = 0  # failed attempts so far: a change means the next answer may come from another node
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight = Slots(max_in_flight)
         self._connections = max_in_flight + 4
         self._session: aiohttp.ClientSession | None = None
         self._current = 0
@@ -329,8 +387,10 @@ class NodeClient:
         body: bytes | None,
         auth: str | None,
         timeout: float | None,
+        bulk: bool = False,
     ) -> tuple[int, bytes]:
-        """One request, no redirect followed: (status, body). Transport failures raise Retry."""
+        """One request, no redirect followed: (status, body). Transport failures raise Retry. A `bulk` request
+        (a raw block) waits for its slot behind the other requests waiting (`Slots`)."""
         await self.open()
         assert self._session is not None
         headers = dict(_JSON) if body is not None else {}
@@ -340,7 +400,7 @@ class NodeClient:
             headers["Authorization"] = auth
         try:
             async with (
-                self._in_flight,
+                self._in_flight.hold(bulk=bulk),
                 self._session.request(
                     method, url, data=body, headers=headers, timeout=self._timeout(timeout), allow_redirects=False
                 ) as resp,
