@@ -6,11 +6,52 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from depositwatch.store import SqlStore, open_store
+
+# The files that take longest (a minute or more each, most of it waiting on daemons and nodes), longest
+# first. `--dist loadfile` hands files to the workers most tests first, which leaves these files of a few
+# long tests for the end of the run, one after another on whichever worker is free; handed out first, they
+# run side by side from the start and the short files fill in around them.
+LONG_FILES = (
+    "tests/daemon/test_install.py",
+    "tests/replay/test_replay_workers.py",
+    "tests/config/test_no_secrets.py",
+    "tests/proof/test_crash_reorgs.py",
+    "tests/proof/test_crash_failover.py",
+    "tests/proof/test_crash_live.py",
+    "tests/proof/test_faults.py",
+    "tests/daemon/test_trees_live.py",
+    "tests/daemon/test_prometheus_scrape.py",
+    "tests/proof/test_crash_replay.py",
+    "tests/replay/test_real_replay.py",
+    "tests/daemon/test_daemon.py",
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist loadfile`, the long files are handed out first (see `LONG_FILES`)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+
+    class LongFilesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node: Any) -> None:
+            # The queue is filled once, most tests first; put the long files at its head before the first hand-out.
+            if not getattr(self, "_long_first", False):
+                for scope in sorted(self.workqueue, key=lambda scope: rank.get(scope, len(LONG_FILES))):
+                    self.workqueue.move_to_end(scope)
+                self._long_first = True
+            super()._assign_work_unit(node)
+
+    return LongFilesFirst(config, log)
+
 
 PG_URL = os.environ.get("DEPOSITWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
