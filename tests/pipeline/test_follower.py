@@ -193,22 +193,28 @@ class Timeline(MemoryChain):
         return blocks
 
 
-async def test_a_replay_asks_the_next_tip_while_a_batch_is_read(store: SqlStore) -> None:
-    """A bounded run asks the node's tip for its next step while this step's blocks are read, one tip a
-    step as before, and none after its last batch; its matches are the range's, as always."""
+def replay_follower(store: SqlStore, run: str) -> tuple[Timeline, Follower, Scope]:
+    """A chain of 20 paid blocks and a bounded follower (a replay) of its blocks 3 to 14, four a batch."""
     chain = Timeline()
     for i in range(20):
         chain.mine(pay(f"0x{i:02x}"))
-    scope = Scope.replay("t", send_alerts=False)
+    scope = Scope.replay(run, send_alerts=False)
     f = Follower(
         source=chain,
         store=store,
         registry=registry(),
         policy=POLICY,
         scope=scope,
-        cursor_name="replay:t",
+        cursor_name=f"replay:{run}",
         settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
     )
+    return chain, f, scope
+
+
+async def test_a_replay_asks_the_next_tip_while_a_batch_is_read(store: SqlStore) -> None:
+    """A bounded run asks the node's tip for its next step while this step's blocks are read, one tip a
+    step as before, and none after its last batch; its matches are the range's, as always."""
+    chain, f, scope = replay_follower(store, "t")
     await f.start()
     chain.events.clear()
     await f.run()
@@ -232,9 +238,7 @@ async def test_a_replay_reads_its_next_batch_while_the_last_one_commits(
 ) -> None:
     """A bounded run leaves a batch's commit under way while it reads the next batch; the commits are
     still one a batch, in order, each begun after the one before it ended, and the run ends committed."""
-    chain = Timeline()
-    for i in range(20):
-        chain.mine(pay(f"0x{i:02x}"))
+    chain, f, scope = replay_follower(store, "o")
     committing = store.commit_blocks
 
     async def commit_blocks(*args: Any, **kwargs: Any) -> Cursor:
@@ -244,16 +248,6 @@ async def test_a_replay_reads_its_next_batch_while_the_last_one_commits(
         return moved
 
     monkeypatch.setattr(store, "commit_blocks", commit_blocks)
-    scope = Scope.replay("o", send_alerts=False)
-    f = Follower(
-        source=chain,
-        store=store,
-        registry=registry(),
-        policy=POLICY,
-        scope=scope,
-        cursor_name="replay:o",
-        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
-    )
     await f.start()
     chain.events.clear()
     await f.run()
@@ -275,9 +269,7 @@ async def test_a_failed_commit_under_way_ends_the_run_uncommitted(
 ) -> None:
     """A commit that fails while the next batch is read is raised by the run; the cursor stays at the last
     batch committed, and the blocks after it are not committed."""
-    chain = Timeline()
-    for i in range(20):
-        chain.mine(pay(f"0x{i:02x}"))
+    _, f, scope = replay_follower(store, "e")
     committing = store.commit_blocks
     calls = 0
 
@@ -289,16 +281,6 @@ async def test_a_failed_commit_under_way_ends_the_run_uncommitted(
         return await committing(*args, **kwargs)
 
     monkeypatch.setattr(store, "commit_blocks", commit_blocks)
-    scope = Scope.replay("e", send_alerts=False)
-    f = Follower(
-        source=chain,
-        store=store,
-        registry=registry(),
-        policy=POLICY,
-        scope=scope,
-        cursor_name="replay:e",
-        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
-    )
     await f.start()
     with pytest.raises(StoreError, match="disk full"):
         await f.run()

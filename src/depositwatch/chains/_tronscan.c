@@ -774,18 +774,11 @@ contains(PyObject *container, const unsigned char key[20], PyObject **held_key)
     return PySequence_Contains(container, *held_key);
 }
 
-/* Appends (position, contract, sender, recipient, word, listed) to hits, or with txid given
- * (1, txid, position, contract, sender, recipient, word, listed): 0, or -1 with an exception set. */
+/* Appends the new reference `hit` (NULL when building it failed) to hits and releases it: 0, or -1 with an
+ * exception set. */
 static int
-add_hit(PyObject *hits, PyObject *txid, Py_ssize_t position, const unsigned char contract[20], PyObject *sender,
-        PyObject *recipient, const unsigned char word[32], int listed)
+append_new(PyObject *hits, PyObject *hit)
 {
-    PyObject *hit =
-        txid == NULL
-            ? Py_BuildValue("(ny#OOy#O)", position, (const char *)contract, (Py_ssize_t)20, sender, recipient,
-                            (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False)
-            : Py_BuildValue("(iOny#OOy#O)", 1, txid, position, (const char *)contract, (Py_ssize_t)20, sender,
-                            recipient, (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False);
     if (hit == NULL) {
         return -1;
     }
@@ -794,17 +787,25 @@ add_hit(PyObject *hits, PyObject *txid, Py_ssize_t position, const unsigned char
     return failed;
 }
 
+/* Appends (position, contract, sender, recipient, word, listed) to hits, or with txid given
+ * (1, txid, position, contract, sender, recipient, word, listed): 0, or -1 with an exception set. */
+static int
+add_hit(PyObject *hits, PyObject *txid, Py_ssize_t position, const unsigned char contract[20], PyObject *sender,
+        PyObject *recipient, const unsigned char word[32], int listed)
+{
+    return append_new(
+        hits, txid == NULL
+                  ? Py_BuildValue("(ny#OOy#O)", position, (const char *)contract, (Py_ssize_t)20, sender, recipient,
+                                  (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False)
+                  : Py_BuildValue("(iOny#OOy#O)", 1, txid, position, (const char *)contract, (Py_ssize_t)20,
+                                  sender, recipient, (const char *)word, (Py_ssize_t)32, listed ? Py_True : Py_False));
+}
+
 /* Appends (kind, txid, what) to hits: 0, or -1 with an exception set. */
 static int
 add_pair_hit(PyObject *hits, int kind, PyObject *txid, PyObject *what)
 {
-    PyObject *hit = Py_BuildValue("(iOO)", kind, txid, what);
-    if (hit == NULL) {
-        return -1;
-    }
-    int failed = PyList_Append(hits, hit);
-    Py_DECREF(hit);
-    return failed;
+    return append_new(hits, Py_BuildValue("(iOO)", kind, txid, what));
 }
 
 /* The logs of an info (entries: its `log`, an exact list) read into hits (see logs() and transfers()):
