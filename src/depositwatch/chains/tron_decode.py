@@ -64,6 +64,11 @@ def _transfer(
     """A transfer, built only when it touches a watched key (address text is the costly part)."""
     if watch is not None and sender not in watch and recipient not in watch:
         return None
+    return _built(asset, amount, txid, index, sender, recipient)
+
+
+def _built(asset: Asset, amount: int, txid: str, index: int | None, sender: bytes, recipient: bytes) -> Transfer:
+    """The transfer, with its accounts' base58 text."""
     return Transfer(
         asset=asset,
         amount=amount,
@@ -365,15 +370,13 @@ transfers for, or None for anything else (then `_token_logs` reads them and deci
 def _log_transfers(hits: list[_LogHit], txid: str, trc20: Mapping[bytes, Asset]) -> list[Transfer]:
     """The transfers of the logs `_usual_logs` picked, as `_token_logs` builds them."""
     return [
-        Transfer(
-            asset=trc20[contract] if listed else unlisted_asset(contract),
-            amount=int.from_bytes(word, "big"),
-            txid=txid,
-            index=position,
-            to_key=recipient,
-            from_key=sender,
-            from_address=tron_address(sender),
-            to_address=tron_address(recipient),
+        _built(
+            trc20[contract] if listed else unlisted_asset(contract),
+            int.from_bytes(word, "big"),
+            txid,
+            position,
+            sender,
+            recipient,
         )
         for position, contract, sender, recipient, word, listed in hits
     ]
