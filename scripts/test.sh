@@ -11,8 +11,8 @@ echo "== ruff"
 echo "== mypy (strict, src/)"
 .venv/bin/mypy
 echo "== pytest"
-# Three worker processes (pytest-xdist): most tests wait on nodes, daemons and PostgreSQL rather than on a
-# CPU, so three share the two cores well. `--dist loadfile` keeps each file on one worker, so a module-scoped
+# Four worker processes (pytest-xdist): most tests wait on nodes, daemons and PostgreSQL rather than on a
+# CPU, so four share the two cores well. `--dist loadfile` keeps each file on one worker, so a module-scoped
 # fixture (the install walk's host) is built once. Branch coverage of the package is measured on every run,
-# the daemons and CLI runs the tests start included (settings in pyproject.toml); its figure is printed last.
-exec .venv/bin/pytest -n "${DEPOSITWATCH_TEST_WORKERS:-3}" --dist loadfile --cov --cov-report=term "$@"
+# the daemons and CLI runs the tests start included (settings in pyproject.toml); its figure is printed last, after the slowest tests.
+exec .venv/bin/pytest -n "${DEPOSITWATCH_TEST_WORKERS:-4}" --dist loadfile --cov --cov-report=term --durations=15 "$@"

@@ -33,6 +33,7 @@ LONG_FILES = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (`-p no:xdist`) has no such hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under `--dist loadfile`, the long files are handed out first (see `LONG_FILES`)."""
     if config.getoption("dist") != "loadfile":
