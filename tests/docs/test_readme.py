@@ -45,6 +45,15 @@ def test_make_test_measures_branch_coverage_of_the_package_and_of_the_processes_
     pytest_line = next(line for line in script.splitlines() if line.startswith("exec .venv/bin/pytest"))
     assert "--cov --cov-report=term" in pytest_line
     data = tmp_path / "coverage"
+    # A test that only runs the CLI as a process (`depositwatch --version`), as the suite's tests do.
+    probe = tmp_path / "test_cli_process.py"
+    probe.write_text(
+        "import subprocess, sys\n\n"
+        "def test_the_cli_as_a_process():\n"
+        "    command = [sys.executable, '-m', 'depositwatch', '--version']\n"
+        "    run = subprocess.run(command, capture_output=True, check=True)\n"
+        "    assert run.stdout.strip()\n"
+    )
     run = subprocess.run(
         [
             sys.executable,
@@ -55,9 +64,13 @@ def test_make_test_measures_branch_coverage_of_the_package_and_of_the_processes_
             "no:xdist",
             "-p",
             "no:cacheprovider",
+            "-c",
+            str(root / "pyproject.toml"),
+            "--rootdir",
+            str(root),
             "--cov",
             "--cov-report=json:" + str(tmp_path / "report.json"),
-            "tests/commands/test_listen.py::test_a_malformed_listen_address_is_refused",
+            str(probe),
         ],
         cwd=root,
         env={**os.environ, "COVERAGE_FILE": str(data)},
