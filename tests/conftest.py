@@ -10,8 +10,17 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from depositwatch.store import SqlStore, open_store
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> None:
+    """Each test starts from structlog's defaults: a test that configures logging (the CLI run in-process,
+    tests/config/test_no_secrets.py) leaves no level filter behind to hide another test's info lines."""
+    structlog.reset_defaults()
+
 
 # The files that take longest (a minute or more each, most of it waiting on daemons and nodes), longest
 # first. `--dist loadfile` hands files to the workers most tests first, which leaves these files of a few
