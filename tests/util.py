@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +62,25 @@ async def eventually(
 _HANDED_OUT: set[int] = set()
 
 
+def _port_slice() -> range:
+    """This process's ports: below the kernel's ephemeral range (where outgoing connections and port-0
+    binds take theirs, so none can take one between a test choosing it and a daemon binding it), one slice
+    for each pytest-xdist worker (so two workers never choose the same port)."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low, high = 10000, max(ephemeral, 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker) % count if worker.isdigit() else 0
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_PORTS = itertools.cycle(_port_slice())
+
+
 async def serve(app: web.Application, port: int = 0, **options: Any) -> tuple[web.AppRunner, int]:
     """Serve `app` on 127.0.0.1 (`port`, or a free one when 0; reused after a restart) with the tests' quiet
     runner (no access log, no signal handlers, a short shutdown: `options` change them); return the runner
@@ -72,16 +93,21 @@ async def serve(app: web.Application, port: int = 0, **options: Any) -> tuple[we
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago and that this process has not handed out before:
-    two calls in a row (a daemon's HTTP port, then its API port) may otherwise get the same port, since
-    the first is closed again before the daemon binds it."""
-    while True:
+    """A TCP port on 127.0.0.1, free a moment ago, from this process's slice (`_port_slice`) and not handed
+    out before by it: two calls in a row (a daemon's HTTP port, then its API port) may otherwise get the
+    same port, since the first is closed again before the daemon binds it."""
+    for _ in range(len(_port_slice())):
+        port = next(_PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {_port_slice()}")
 
 
 class NotifySocket:
