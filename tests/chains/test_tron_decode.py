@@ -21,6 +21,8 @@ from tests.realdata import realdata
 from tests.replay.benches import run_bench
 from tests.tronnode.chain import account, block_json, infos_json, transaction_json, trc10, trc20, trx
 
+NOT_BUILT = "the compiled TRON reading is not built: `pip install -e .` builds it where gcc and libssl-dev are"
+
 USDT_KEY = parse_tron_address("TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t").key
 USDT = Asset(symbol="USDT", decimals=6, contract="TR7NHqjeKQxGTCi8q8ZY4pL8otSzgjLj6t")
 TOKENS = TronTokens(trc20={USDT_KEY: USDT}, trc10={"1002000": Asset(symbol="BTT", decimals=6)})
@@ -352,8 +354,7 @@ def _meddle(tx: dict[str, Any], holder: dict[str, Any], name: str) -> None:
 )
 def test_keys_that_change_the_json_while_it_is_read(where: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Each key of each object of a transaction, in turn, a meddling key: the compiled reading declines or agrees."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     for tx in (
         transaction_json(trc20(account(1), account(2), account(3), 5)),
         transaction_json(trx(account(1), account(2), 7)),
@@ -368,8 +369,7 @@ def test_keys_that_change_the_json_while_it_is_read(where: Callable[[dict[str, A
 def test_the_compiled_one_step_reading_is_used_and_refuses_odd_arguments() -> None:
     """`_tronscan.usual` is the one-step reading where built (not with DEPOSITWATCH_PURE_PYTHON=1); odd
     arguments: TypeError, not a crash."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     usual = tron_wire._tronscan.usual
     if tron_wire._USE_EXTENSION:
         assert isinstance(tron_txs._one_step, functools.partial) and tron_txs._one_step.func is usual
@@ -479,8 +479,7 @@ def test_usual_logs_are_read_in_one_step_with_the_same_transfers(
 ) -> None:
     """Infos as the node writes them, any watched and revoked keys: read in one compiled step, the same
     transfers as log by log."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     assert _logs_agree(info, watch, revoked) is not None
 
 
@@ -492,8 +491,7 @@ def test_the_one_step_log_reading_never_disagrees(
 ) -> None:
     """Each change to the logs (case, lengths, types, missing fields, other events and contracts): the
     compiled reading declines or agrees, and accepts nothing the log-by-log reading refuses."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     _LOG_CHANGES[change](info)
     _logs_agree(info, watch, revoked)
 
@@ -511,8 +509,7 @@ class _Meddling:
 
 def test_a_watch_that_changes_the_info_while_it_is_read() -> None:
     """No crash, no read of a freed object; the answer is for the logs as they were when read."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     info = infos_json(100, [trc20(account(1), account(2), USDT_KEY, 5), trc20(account(1), account(2), USDT_KEY, 6)])[0]
     info["log"] = info["log"] * 3
     hits = tron_wire._tronscan.logs(info, TOKENS.trc20, _Meddling(info), None)
@@ -522,8 +519,7 @@ def test_a_watch_that_changes_the_info_while_it_is_read() -> None:
 
 def test_the_compiled_log_reading_refuses_odd_arguments_and_passes_on_errors() -> None:
     """trc20 not a dict: TypeError; a watched-key container that raises: its error."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     info = infos_json(100, [trc20(account(1), account(2), USDT_KEY, 5)])[0]
     with pytest.raises(TypeError):
         tron_wire._tronscan.logs(info, list(TOKENS.trc20), None, None)  # type: ignore[arg-type]
@@ -658,8 +654,7 @@ def test_usual_blocks_have_their_transfers_read_in_one_step(
 ) -> None:
     """Blocks as the node writes them, any watched and revoked keys: infos checked and transfers picked in
     one compiled step, the same transfers as info by info."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     txs, infos = parts
     assert _transfers_agree(txs, infos, watch, revoked, internal) is not None
 
@@ -676,8 +671,7 @@ def test_the_one_step_block_reading_never_disagrees(
 ) -> None:
     """Each change to the infos (types, ids, block numbers, receipts, internal transactions, logs): the
     compiled step declines or agrees, and accepts nothing the info-by-info reading refuses."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     txs, infos = parts
     _INFO_CHANGES[change](infos)
     _transfers_agree(txs, infos, watch, revoked, internal)
@@ -696,8 +690,7 @@ def test_the_one_step_block_reading_never_disagrees(
 def test_unusual_signed_fields_take_the_checked_way(fields: tuple[Any, ...]) -> None:
     """Signed accounts of other lengths or versions (which the general grammar lets through): the compiled
     step declines, and reading transfer by transfer raises or agrees."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     txs = {"ab" * 32: (fields, True)}
     for watch in (None, frozenset({account(1)})):
         assert tron_wire._tronscan.transfers(txs, [], 100, TOKENS.trc20, watch, None, True) in (None, [])
@@ -719,8 +712,7 @@ class _Emptying:
 def test_a_watch_that_changes_the_block_while_it_is_read() -> None:
     """No crash, no read of a freed object: the compiled step reads its own copy of the transactions and
     holds the infos it checked."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     txs_list = [trx(account(1), account(2), 5), trc20(account(1), account(2), USDT_KEY, 6, nonce=1)]
     txs, _ = tron_txs._transactions(block_json(100, PARENT, txs_list)["transactions"], 100)
     infos = infos_json(100, txs_list)
@@ -734,8 +726,7 @@ def test_a_watch_that_changes_the_block_while_it_is_read() -> None:
 def test_info_keys_that_change_the_infos_while_they_are_read(name: str) -> None:
     """A meddling key beside each key of an info, its receipt and its log that empties the infos when
     compared: the compiled step does not crash or read a freed object, and declines or agrees."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     txs_list = [trc20(account(1), account(2), USDT_KEY, 6, receipt_result="SUCCESS")]
     txs, _ = tron_txs._transactions(block_json(100, PARENT, txs_list)["transactions"], 100)
     infos = infos_json(100, txs_list)
@@ -751,8 +742,7 @@ def test_info_keys_that_change_the_infos_while_they_are_read(name: str) -> None:
 
 def test_the_compiled_block_reading_refuses_odd_arguments() -> None:
     """Arguments of other types: TypeError, not a crash; the decode uses the compiled step where built."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     transfers = tron_wire._tronscan.transfers
     assert (tron_decode._usual_transfers is transfers) is tron_wire._USE_EXTENSION
     txs, infos = {}, []  # type: ignore[var-annotated]
@@ -786,8 +776,7 @@ def test_a_blocks_transactions_are_read_in_one_call_as_one_by_one(
 ) -> None:
     """A block's transactions, one of them changed, one repeated: read in one compiled call (each declined
     one by the field-by-field checks), the same transactions, leaves and errors as one by one in Python."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     _CHANGES[change](txs[at % len(txs)])
     items = [*txs, txs[0]]
     compiled = _outcome(
@@ -799,8 +788,7 @@ def test_a_blocks_transactions_are_read_in_one_call_as_one_by_one(
 
 def test_the_compiled_transactions_reading_refuses_odd_arguments() -> None:
     """Not a plain list: None (the Python loop reads it); odd arguments or a checker's odd answer: TypeError."""
-    if not tron_wire._BUILT:
-        pytest.skip("the compiled reading is not built (tests/chains/test_tron_wire.py fails for it)")
+    assert tron_wire._BUILT, NOT_BUILT
     transactions = tron_wire._tronscan.transactions
     assert (tron_txs._compiled_transactions is transactions) is tron_wire._USE_EXTENSION
     tails, check = tron_txs._RESULT_TAILS, tron_txs._transaction
