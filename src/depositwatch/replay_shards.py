@@ -10,6 +10,15 @@ a PostgreSQL store; a worker that dies leaves its shard to the next worker that 
 PostgreSQL, whose sessions show the death; after `lease_ttl` on SQLite), which resumes it from its
 cursor. Every participant keeps claiming until the run is done, then (unless it only works) writes the
 run's matches shard by shard in block order: the output of a single-worker run of the range.
+
+Bitcoin: a sweep spends an output paid earlier, perhaps in an earlier shard, whose worker the spending
+shard's worker never heard of. Before a shard's matches are written, the writer carries the earlier
+shards' outputs over (`carry_over`): the outputs paid to revoked scripts before the shard and not yet seen
+spent, less those the node's UTXO set still holds at its tip (`gettxout`: never spent, so nothing to
+find), are looked for among the shard's spends by reading the shard again under a cursor and lease of
+its own (`<shard>:carried`). Shards are carried in order, so each starts from every output paid before
+it; a shard with no such output, the usual case (outputs swept within their shard, or never swept), is
+not read again. The scope then holds every sweep a single-worker run finds, whatever the script type.
 """
 
 from __future__ import annotations
@@ -18,13 +27,15 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import structlog
 
 from depositwatch.chains.base import ChainSource
+from depositwatch.chains.bitcoin import BitcoinSource
+from depositwatch.chains.btc_prevouts import unspent_at_tip
 from depositwatch.config import AlertsConfig, ChainConfig
 from depositwatch.follower import BlockHook, Follower
 from depositwatch.jsonutil import dumps
@@ -74,6 +85,7 @@ class ParallelSummary:
     transfers: int = 0
     seconds: float = 0.0
     already_done: bool = False
+    carried: int = 0  # Bitcoin: shards read again for the sweeps of earlier shards' outputs
     kinds: Counter[str] = field(default_factory=Counter)
 
     def text(self) -> str:
@@ -84,7 +96,9 @@ class ParallelSummary:
         return (
             f"replay {run.chain} {run.start}..{run.stop}: {self.blocks} blocks, {self.transfers} transfers"
             f" in {self.seconds:.1f}s ({rate:.1f} blocks/s) by {self.workers} worker(s) here,"
-            f" {self.shards} shards of {run.shard_blocks} blocks; {found}; run {run.run_id}"
+            f" {self.shards} shards of {run.shard_blocks} blocks"
+            + (f" ({self.carried} read again for earlier outputs' sweeps)" if self.carried else "")
+            + f"; {found}; run {run.run_id}"
         )
 
 
@@ -181,9 +195,7 @@ class Shift:
 async def _replay_shard(
     shift: Shift, shard: Shard, term: Term, leadership: Leadership, alerts: AlertsConfig | None, tally: Tally
 ) -> None:
-    chain, store, run, source = shift.chain, shift.store, shift.run, shift.source
-    shards = ShardStore(store)
-    fence = term.fence
+    run, shards, fence = shift.run, ShardStore(shift.store), term.fence
     counted = [0, 0]  # blocks, transfers committed here
 
     async def committed(effects: Sequence[BlockEffects]) -> None:
@@ -193,14 +205,36 @@ async def _replay_shard(
         if first.height == shard.first and first.parent_hash:
             await shards.set_anchor(run, shard.index, first.parent_hash, fence)
 
+    cursor_hash, resumed = await _follow_shard(
+        shift, shard, term, leadership, alerts, run.shard_name(shard.index), committed
+    )
+    await shards.finish(run, shard.index, cursor_hash, counted[0], counted[1], fence)
+    tally.taken_over += resumed
+    tally.shards += 1
+    tally.blocks += counted[0]
+    tally.transfers += counted[1]
+
+
+async def _follow_shard(
+    shift: Shift,
+    shard: Shard,
+    term: Term,
+    leadership: Leadership,
+    alerts: AlertsConfig | None,
+    cursor_name: str,
+    committed: Callable[[Sequence[BlockEffects]], Awaitable[None]] | None = None,
+) -> tuple[str, bool]:
+    """Follow the shard's blocks under `term` with the cursor `cursor_name` (resumed where it is), to the
+    shard's last block: that block's hash, and whether an earlier attempt had begun."""
+    chain, run, source = shift.chain, shift.run, shift.source
     source.read_until = shard.last  # past it, the blocks are another shard's
     follower = Follower(
         source=source,
-        store=store,
+        store=shift.store,
         registry=shift.registry,
         policy=make_policy(chain, alerts or AlertsConfig()),
-        scope=Scope(run.scope_name, "replay", run.send_alerts).fenced(fence),
-        cursor_name=run.shard_name(shard.index),
+        scope=Scope(run.scope_name, "replay", run.send_alerts).fenced(term.fence),
+        cursor_name=cursor_name,
         settings=replace(
             make_settings(chain, start_height=shard.first, stop_height=shard.last),
             log_matches=False,
@@ -210,9 +244,9 @@ async def _replay_shard(
         on_commit=committed,
     )
     cursor = await follower.start()
-    if cursor.height >= shard.first:
-        tally.taken_over += 1
-        log.info("resuming a replay shard", shard=shard.index, after=cursor.height, epoch=fence.epoch)
+    resumed = cursor.height >= shard.first
+    if resumed:
+        log.info("resuming a replay shard", cursor=cursor_name, after=cursor.height, epoch=term.fence.epoch)
     keeper = asyncio.create_task(leadership.hold(term, lambda: follower.heartbeat, window=max(leadership.ttl, 60)))
     keeper.add_done_callback(lambda _: follower.stop())  # lease lost: stop taking blocks
     try:
@@ -221,12 +255,48 @@ async def _replay_shard(
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
     if term.state is not TermState.LEADING or not follower.done:
-        raise LeaseLost(f"lease {fence.name} lost while replaying blocks {shard.first}..{shard.last}")
+        raise LeaseLost(f"lease {term.fence.name} lost while replaying blocks {shard.first}..{shard.last}")
     assert follower.cursor is not None
-    await shards.finish(run, shard.index, follower.cursor.hash, counted[0], counted[1], fence)
-    tally.shards += 1
-    tally.blocks += counted[0]
-    tally.transfers += counted[1]
+    return follower.cursor.hash, resumed
+
+
+async def carry_over(
+    *, chain: ChainConfig, store: SqlStore, run: ReplayRun, shard: Shard, leadership: Leadership,
+    alerts: AlertsConfig | None = None,
+) -> int:  # fmt: skip
+    """Bitcoin: find, in `shard`, the sweeps of outputs paid to revoked scripts in earlier shards (every
+    earlier shard done and carried over); return how many such outputs the shard was read again for.
+
+    The outputs paid before the shard and not seen spent, less those the node still holds unspent at its
+    tip, are the hook's outputs while the shard is read again under the cursor and lease
+    `<shard>:carried` (resumed if an earlier attempt stopped; another writer holding it is waited for).
+    """
+    scope = Scope(run.scope_name, "replay", run.send_alerts)
+    name = run.carried_name(shard.index)
+    while True:
+        outputs = await store.watched_outputs(chain.name, scope)
+        carried = [o for o in outputs if o.height is None or o.height < shard.first]
+        if not carried:
+            return 0
+        async with opened_source(chain) as source:
+            if not isinstance(source, BitcoinSource):
+                raise TypeError(f"chain {chain.name}: outputs are carried over on Bitcoin chains only")
+            unspent = {(o.txid, o.vout) for o in await unspent_at_tip(source, carried)}
+            wanted = [o for o in carried if (o.txid, o.vout) not in unspent]
+            if not wanted:
+                return 0
+            term = await leadership.acquire(name)
+            if term is None:  # another writer of the run is carrying it over: look again when it is done
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            try:
+                registry = await AddressRegistry.load(store, [chain.name])
+                shift = Shift(chain, store, run, registry, source, wire_for_replay(chain, source, registry, store))
+                log.info("replay shard read again for earlier outputs", shard=shard.index, outputs=len(wanted))
+                await _follow_shard(shift, shard, term, leadership, alerts, name)
+            finally:
+                await leadership.release(term)
+            return len(wanted)
 
 
 async def write_in_order(
@@ -236,9 +306,11 @@ async def write_in_order(
     output: TextIO,
     kinds: Counter[str],
     wake: asyncio.Event | None = None,
+    before: Callable[[Shard], Awaitable[object]] | None = None,
 ) -> None:
-    """Write the run's matches shard by shard in block order, each once it is done (by any worker),
-    the same lines a single-worker run writes; raise ShardsDisagree where two shards do not join."""
+    """Write the run's matches shard by shard in block order, each once it is done (by any worker) and
+    `before` it has been awaited, the same lines a single-worker run writes; raise ShardsDisagree where
+    two shards do not join."""
     shards = ShardStore(store)
     scope = Scope(run.scope_name, "replay", run.send_alerts)
     previous: Shard | None = None
@@ -254,6 +326,8 @@ async def write_in_order(
                     f" of block {shard.first} was {shard.anchor_hash} for shard {shard.index}: the node's chain"
                     " changed between them; run again with --restart"
                 )
+            if before is not None and previous is not None:
+                await before(shard)
             for row in await store.matches(scope, heights=(shard.first, shard.last)):
                 kinds[row["kind"]] += 1
                 output.write(dumps(output_record(row, chain_id)) + "\n")
@@ -290,6 +364,11 @@ async def participate(
     summary.blocks = sum(s.last - s.first + 1 for s in before if not s.done)
     leadership = leadership_for(store, ttl, password)
     wake = asyncio.Event()
+
+    async def carry(shard: Shard) -> None:
+        outputs = await carry_over(chain=chain, store=store, run=run, shard=shard, leadership=leadership, alerts=alerts)
+        summary.carried += bool(outputs)
+
     began = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as group:
@@ -297,7 +376,12 @@ async def participate(
                 work(chain=chain, store=store, run=run, leadership=leadership, alerts=alerts, on_shard=wake.set)
             )
             if output is not None:
-                group.create_task(write_in_order(store, run, chain.chain_id, output, summary.kinds, wake))
+                group.create_task(
+                    write_in_order(
+                        store, run, chain.chain_id, output, summary.kinds, wake,
+                        before=carry if chain.kind == "bitcoin" else None,
+                    )
+                )  # fmt: skip
             for worker in workers:
                 group.create_task(worker)
     except BaseExceptionGroup as group_error:

@@ -449,7 +449,7 @@ class RegtestChain:
 
     def coins(self, script: bytes | None = None, *, mature_only: bool = True) -> list[tuple[Outpoint, Coin]]:
         """Confirmed unspent outputs not spent in the mempool (optionally of one script), oldest first."""
-        spent = self._mempool_spent()
+        spent = self.mempool_spent()
         spend_height = self.height + 1
         found = []
         for outpoint, coin in self.utxo.items():
@@ -465,7 +465,7 @@ class RegtestChain:
         """The mempool in an order where parents come first."""
         return [entry.tx for entry in self.mempool.values()]
 
-    def _mempool_spent(self) -> dict[Outpoint, str]:
+    def mempool_spent(self) -> dict[Outpoint, str]:
         return {
             (txin.prev_txid_hex, txin.prev_vout): txid
             for txid, entry in self.mempool.items()
@@ -509,7 +509,7 @@ class RegtestChain:
             return tx.txid
         if any((tx.txid, n) in self.utxo for n in range(len(tx.outputs))):
             raise ChainRuleError(-27, "Transaction already in block chain")
-        spent = self._mempool_spent()
+        spent = self.mempool_spent()
         conflicts = {spent[o] for o in ((i.prev_txid_hex, i.prev_vout) for i in tx.inputs) if o in spent}
         if conflicts and not replace:
             raise ChainRuleError(-26, "txn-mempool-conflict")
@@ -708,7 +708,7 @@ class RegtestChain:
         for entry in self.mempool.values():
             entry.parents -= mined
         spent_by_block = {(i.prev_txid_hex, i.prev_vout) for tx in record.txs[1:] for i in tx.inputs}
-        for outpoint, txid in self._mempool_spent().items():
+        for outpoint, txid in self.mempool_spent().items():
             if outpoint in spent_by_block:
                 self.drop_tx(txid)  # conflicts with the block
         self._notify("block", record.hash)

@@ -1098,6 +1098,11 @@ class BitcoinRegtestServer:
                 (Arg("hexstring", hexa, True), Arg("maxfeerate", "any"), Arg("maxburnamount", "any")),
                 "Submit a raw transaction (serialized, hex-encoded) to the mempool.",
             ),
+            "gettxout": m(
+                self.gettxout,
+                (Arg("txid", hexa, True), Arg("n", num, True), Arg("include_mempool", flag)),
+                "Returns details about an unspent transaction output.",
+            ),
             "scantxoutset": m(
                 self.scantxoutset,
                 (Arg("action", text, True), Arg("scanobjects", array)),
@@ -1253,6 +1258,28 @@ class BitcoinRegtestServer:
                 RPC_DESERIALIZATION_ERROR, "TX decode failed. Make sure the tx has at least one input."
             ) from None
         return self.chain.add_tx(tx)
+
+    def gettxout(self, params: list[Any]) -> Any:
+        """Core's gettxout: null for a spent or unknown output; with the mempool (the default), an output
+        a mempool transaction spends is null too and a mempool transaction's output has 0 confirmations."""
+        outpoint = (parse_hash(params[0], "txid"), get_int(params[1]))
+        include_mempool = True if len(params) < 3 or params[2] is None else get_bool(params[2])
+        chain = self.chain
+        if include_mempool:
+            if outpoint in chain.mempool_spent():
+                return None
+            coin = chain.find_output(outpoint)
+        else:
+            coin = chain.utxo.get(outpoint)
+        if coin is None:
+            return None
+        return {
+            "bestblock": chain.tip.hash,
+            "confirmations": 0 if coin.height < 0 else chain.height - coin.height + 1,
+            "value": amount(coin.value),
+            "scriptPubKey": script_pub_key_json(coin.script, self.network),
+            "coinbase": coin.coinbase,
+        }
 
     def scantxoutset(self, params: list[Any]) -> Any:
         action = params[0]

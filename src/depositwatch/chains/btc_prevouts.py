@@ -1,16 +1,19 @@
 """Outputs paid to watched scripts before a replay's range and spent inside it (`replay --prevouts`),
-from Bitcoin Core's `getblock HASH 3`: a replay that starts after the payment would miss the sweep.
+from Bitcoin Core's `getblock HASH 3`: a replay that starts after the payment would miss the sweep; and
+which outputs are still unspent at the node's tip (`gettxout`), so a parallel replay need not look for
+their spends in later shards.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 from depositwatch.chains.base import BadNodeAnswer
 from depositwatch.chains.bitcoin import _HASH, MAX_HEIGHT
 from depositwatch.chains.btc_rpc import btc_to_sats
+from depositwatch.chains.rpc import Call, RpcError
 from depositwatch.models import WatchedOutput
 
 if TYPE_CHECKING:
@@ -65,4 +68,34 @@ async def prevouts_paying(
     return list(found.values())
 
 
-# the mempool -------------------------------------------------------------------------------------
+GETTXOUT_BATCH = 200  # outputs asked about in one request
+
+
+async def unspent_at_tip(source: BitcoinSource, outputs: Sequence[WatchedOutput]) -> list[WatchedOutput]:
+    """Those of `outputs` that the node's UTXO set still holds (`gettxout TXID N false`: the confirmed
+    set, not the mempool's view): an output unspent at the tip was spent in no block of a replay's range.
+
+    Core answers null for an output that is spent (or was never made); anything else must be that very
+    output: its value and script, else the answer is refused as the node's fault.
+    """
+    unspent: list[WatchedOutput] = []
+    for low in range(0, len(outputs), GETTXOUT_BATCH):
+        chunk = outputs[low : low + GETTXOUT_BATCH]
+        calls = [Call("gettxout", (o.txid, o.vout, False), f"{o.txid}:{o.vout}") for o in chunk]
+        for out, call, result in zip(chunk, calls, await source.rpc.batch_results(calls), strict=True):
+            if isinstance(result, RpcError):
+                raise result
+            if result is None:
+                continue
+            try:
+                script = bytes.fromhex(result["scriptPubKey"]["hex"])
+                value = btc_to_sats(result["value"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BadNodeAnswer(f"chain {source.name}: {call.label}: malformed answer ({exc!r:.200})") from None
+            if script != out.script or value != out.amount:
+                raise BadNodeAnswer(
+                    f"chain {source.name}: {call.label}: the node describes another output"
+                    f" ({value} sats to {script.hex():.80}, not {out.amount} to {out.script.hex():.80})"
+                )
+            unspent.append(out)
+    return unspent

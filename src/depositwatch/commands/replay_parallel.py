@@ -69,14 +69,6 @@ def check_parallel_options(args: argparse.Namespace) -> None:
             raise CommandError("--send-alerts is for a single-worker replay (no --workers, --join)")
         if args.prevouts:
             raise CommandError("--prevouts is for a single-worker replay (no --workers, --join)")
-        if args.chain in {"btc", "bitcoin"} and args.rpc_url:
-            raise CommandError(_BITCOIN)
-
-
-_BITCOIN = (
-    "parallel replay is for EVM and TRON chains: a Bitcoin sweep spends an output paid in an earlier block,"
-    " which may lie in another shard; replay Bitcoin with one worker"
-)
 
 
 def is_parallel(args: argparse.Namespace) -> bool:
@@ -103,8 +95,6 @@ async def run_parallel(
     args: argparse.Namespace, config: Config, chain: ChainConfig, store: SqlStore, store_url: str | None = None
 ) -> int:
     """The parallel form: create or join the run, start the worker processes, work, write the output."""
-    if chain.kind == "bitcoin":
-        raise CommandError(_BITCOIN)
     shard_blocks = args.shard_blocks or default_shard_blocks(args.stop - args.start + 1, args.workers)
     try:
         run = await open_run(

@@ -43,6 +43,10 @@ class ReplayRun:
         """A shard's cursor and lease name."""
         return f"replay:{self.run_id}:{shard}"
 
+    def carried_name(self, shard: int) -> str:
+        """The cursor and lease name of a Bitcoin shard read again for earlier shards' outputs."""
+        return f"replay:{self.run_id}:{shard}:carried"
+
 
 @dataclass(frozen=True, slots=True)
 class Shard:
@@ -203,11 +207,12 @@ class ShardStore:
             )
 
     async def delete_run(self, run_id: str) -> None:
-        """Forget the run's shards, their cursors, blocks and leases (its matches go with its scope)."""
+        """Forget the run's shards, their cursors, blocks and leases (its matches go with its scope), and
+        those of the shards read again for earlier outputs (Bitcoin)."""
         prefix = f"replay:{run_id}:"
         async with self.db.transaction() as conn:
             shards = [int(r[0]) for r in await conn.fetch("SELECT shard FROM replay_shards WHERE run_id = $1", run_id)]
-            names = [prefix + str(shard) for shard in shards]
+            names = [prefix + str(shard) + carried for shard in shards for carried in ("", ":carried")]
             for name in names:
                 await conn.execute("DELETE FROM blocks WHERE cursor = $1", name)
                 await conn.execute("DELETE FROM cursors WHERE name = $1", name)
