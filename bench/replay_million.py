@@ -34,7 +34,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/replay_million.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.eth_real_bench import DEPOSITWATCH, PY, REPO, _last_height, load_avg, proc_cpu
+from bench.eth_real_bench import DEPOSITWATCH, PY, REPO, _last_height, children_cpu, load_avg, proc_cpu
 from bench.evm_synth import SynthChain
 
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     along: list[dict[str, Any]] = []
     peak = 0.0
     try:
-        began = time.perf_counter()
+        cpu_before, began = children_cpu(), time.perf_counter()
         with err.open("w") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
             mark_time, mark_block, mark_cpu, mark_node = began, 0, 0.0, proc_cpu(node.pid)
@@ -100,6 +100,16 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if proc.wait() != 0:
                 raise RuntimeError(f"replay failed: {err.read_text()[-2000:]}")
         wall = time.perf_counter() - began
+        if args.blocks - mark_block >= args.every // 2:  # the last stretch, from the ended process's CPU (our only child)
+            span = args.blocks - mark_block
+            along.append({
+                "block": args.blocks,
+                "blocks_per_s": round(span / (began + wall - mark_time), 1),
+                "replay_cpu_ms": round(1000 * (children_cpu() - cpu_before - mark_cpu) / span, 4),
+                "node_cpu_ms": round(1000 * (proc_cpu(node.pid) - mark_node) / span, 4),
+                "seconds": round(wall, 1),
+                "load": load_avg(),
+            })  # fmt: skip
     finally:
         node.terminate()
         node.wait(timeout=10)
