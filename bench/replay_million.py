@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if proc.wait() != 0:
                 raise RuntimeError(f"replay failed: {err.read_text()[-2000:]}")
         wall = time.perf_counter() - began
-        if args.blocks - mark_block >= args.every // 2:  # the last stretch, from the ended process's CPU (our only child)
+        if args.blocks - mark_block >= args.every // 2:  # the last stretch: the ended replay's CPU
             span = args.blocks - mark_block
             along.append({
                 "block": args.blocks,
