@@ -2,6 +2,7 @@
 
     python bench/replay_million.py --blocks 1000000 --every 10000 --json out.json --plot docs/img/replay_million.png
     python bench/replay_million.py --blocks 1000000 --store-url postgresql://127.0.0.1/depositwatch_bench
+    python bench/replay_million.py --replot SQLITE.json --replot POSTGRES.json --plot docs/img/replay_million.png
 
 The node is `bench/evm_synth.py --cycle 1000` in its own process: a generated chain of `--blocks` blocks of
 `--txs` ETH transfers each, its 1,000 bodies rendered once and every block filled in with its own number,
@@ -148,22 +149,24 @@ def report(result: dict[str, Any]) -> None:
         )
 
 
-def plot(result: dict[str, Any], path: str) -> None:
+def plot(results: list[dict[str, Any]], path: str) -> None:
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
-    along = result["along"]
-    blocks = [r["block"] for r in along]
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(blocks, [r["blocks_per_s"] for r in along], linewidth=1, label="replay blocks/s (stretch)")
-    ax.plot(blocks, [1000 / r["replay_cpu_ms"] for r in along], linewidth=1, linestyle="--",
-            label="1 / (replay process CPU a block)")  # fmt: skip
+    for n, result in enumerate(results):
+        along, colour = result["along"], f"C{n}"
+        blocks = [r["block"] for r in along]
+        ax.plot(blocks, [r["blocks_per_s"] for r in along], linewidth=1, color=colour,
+                label=f"{result['store']}: replay blocks/s")  # fmt: skip
+        ax.plot(blocks, [1000 / r["replay_cpu_ms"] for r in along], linewidth=1, linestyle="--", color=colour,
+                label=f"{result['store']}: 1 / (replay CPU a block)")  # fmt: skip
     ax.set_xlabel("block")
     ax.set_ylabel("blocks per second")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"depositwatch replay over {result['blocks']:,} blocks, {result['store']}")
+    ax.set_title(f"depositwatch replay along {results[0]['blocks']:,} blocks, node on the same CPUs")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -180,20 +183,26 @@ def main() -> None:
     parser.add_argument("--store-url", help="replay into this store (default: the ad-hoc temporary SQLite store)")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--plot", help="write the plot of the rate along the run here (PNG)")
-    parser.add_argument("--replot", metavar="JSON", help="no run: draw --plot from an earlier run's --json")
+    parser.add_argument(
+        "--replot", metavar="JSON", action="append", help="no run: draw --plot from earlier runs' --json (repeatable)"
+    )
     args = parser.parse_args()
     if args.replot:
-        result = json.loads(Path(args.replot).read_text())
-    else:
-        print(f"load before: {load_avg()}", flush=True)
-        with tempfile.TemporaryDirectory(prefix="replay-million-") as folder:
-            result = run(args, Path(folder))
-        result["load_after"] = load_avg()
-        if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1))
+        results = [json.loads(Path(p).read_text()) for p in args.replot]
+        for result in results:
+            report(result)
+        if args.plot:
+            plot(results, args.plot)
+        return
+    print(f"load before: {load_avg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="replay-million-") as folder:
+        result = run(args, Path(folder))
+    result["load_after"] = load_avg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
     report(result)
     if args.plot:
-        plot(result, args.plot)
+        plot([result], args.plot)
 
 
 if __name__ == "__main__":

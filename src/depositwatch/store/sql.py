@@ -41,6 +41,7 @@ from depositwatch.store.outputs import add_outputs, unspent_outputs
 from depositwatch.store.queries import MatchFilters
 from depositwatch.store.reporting import Reports
 from depositwatch.store.schema import migrations, statements
+from depositwatch.store.statistics import Statistics
 from depositwatch.store.tokens import TokenCache
 from depositwatch.store.trees import KeyTrees
 from depositwatch.timeutil import now
@@ -74,6 +75,7 @@ class SqlStore:
         self.audit = Audit(db)
         self.reports = Reports(db)
         self.tokens = TokenCache(db)
+        self.statistics = Statistics(db)
 
     # schema ---------------------------------------------------------------------------------------
 
@@ -325,7 +327,9 @@ class SqlStore:
         if not effects:
             return cursor
         async with self.db.transaction() as conn:
-            return await commit.commit_blocks(conn, self.dialect, scope, cursor, policy, effects, tip_height)
+            moved = await commit.commit_blocks(conn, self.dialect, scope, cursor, policy, effects, tip_height)
+        await self.statistics.wrote(sum(len(e.matches) for e in effects))
+        return moved
 
     async def rewind(self, scope: Scope, cursor: Cursor, policy: ChainPolicy, to: BlockRef) -> Cursor:
         """Undo every block above `to` (a reorg): retract their matches and move the cursor back."""
