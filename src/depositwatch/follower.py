@@ -118,6 +118,9 @@ class Follower:
             self._log.info("cursor created", height=cursor.height, hash=cursor.hash)
         else:
             self._log.info("resuming from cursor", height=cursor.height, hash=cursor.hash)
+            # What an earlier run left below the reorg window (another config's, another instance's): each
+            # commit forgets only from its predecessor's bound up.
+            await self.store.forget_blocks(self.cursor_name, cursor.height - self.policy.keep_blocks)
         self.cursor = cursor
         return cursor
 

@@ -81,6 +81,30 @@ async def test_follows_from_start_height_and_resumes(store: SqlStore) -> None:
     assert len({m["id"] for m in matches}) == 25
 
 
+async def test_blocks_below_the_reorg_window_are_forgotten_across_restarts(store: SqlStore) -> None:
+    """Each commit forgets the block hashes that fell out of the reorg window from the previous commit's
+    bound up; a follower restarted with a smaller window (or after another instance) first forgets
+    everything below its own, so no block is remembered forever."""
+    chain = mined([f"0x{i:02x}" for i in range(60)])
+    wide = follower(chain, store, start_height=1)
+    wide.policy = ChainPolicy("mem", confirmations=3, keep_blocks=30)
+    await wide.start()
+    await drain(wide)
+
+    async def remembered() -> list[int]:
+        return [h for h in range(0, 80) if await store.block_hash("live:mem", h) is not None]
+
+    assert await remembered() == list(range(30, 61))
+    for i in range(60, 70):
+        chain.mine(pay(f"0x{i:02x}"))
+    narrow = follower(chain, store, start_height=1)
+    narrow.policy = ChainPolicy("mem", confirmations=3, keep_blocks=8)
+    await narrow.start()
+    assert await remembered() == list(range(52, 61))
+    await drain(narrow)
+    assert await remembered() == list(range(62, 71))
+
+
 async def test_reorg_retracts_orphans_and_follows_new_branch(store: SqlStore) -> None:
     """A reorg rewinds to the fork point, retracts what the orphaned blocks matched, applies the new branch."""
     chain = mined([f"0xa{i}" for i in range(6)])

@@ -60,7 +60,10 @@ async def commit_blocks(
         await upsert_matches(conn, dialect, scope, policy, matches, tip_height, stamp)
     await record_outputs(conn, scope, policy.chain, effects)
     await confirm(conn, scope, policy, tip_height, stamp)
-    await forget_blocks_below(conn, cursor.name, last.height - policy.keep_blocks)
+    # Nothing is left below the previous commit's bound: the follower forgot it all when it started.
+    await forget_blocks_below(
+        conn, cursor.name, last.height - policy.keep_blocks, since=cursor.height - policy.keep_blocks
+    )
     await write_cursor(conn, moved)
     return moved
 

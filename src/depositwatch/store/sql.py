@@ -310,6 +310,12 @@ class SqlStore:
         async with self.db.read() as conn:
             return await cursors.block_hash(conn, cursor, height)
 
+    async def forget_blocks(self, cursor: str, below: int) -> None:
+        """Forget every block this cursor remembers below `below` (a follower's start: each commit then
+        forgets only from the previous commit's bound up)."""
+        async with self.db.transaction() as conn:
+            await cursors.forget_blocks_below(conn, cursor, below)
+
     async def commit_blocks(
         self,
         scope: Scope,
