@@ -158,11 +158,12 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     for n, result in enumerate(results):
         along, colour = result["along"], f"C{n}"
+        store = "PostgreSQL" if result["store"].startswith("postgres") else "SQLite (temporary)"
         blocks = [r["block"] for r in along]
         ax.plot(blocks, [r["blocks_per_s"] for r in along], linewidth=1, color=colour,
-                label=f"{result['store']}: replay blocks/s")  # fmt: skip
+                label=f"{store}: replay blocks/s")  # fmt: skip
         ax.plot(blocks, [1000 / r["replay_cpu_ms"] for r in along], linewidth=1, linestyle="--", color=colour,
-                label=f"{result['store']}: 1 / (replay CPU a block)")  # fmt: skip
+                label=f"{store}: 1 / (replay CPU a block)")  # fmt: skip
     ax.set_xlabel("block")
     ax.set_ylabel("blocks per second")
     ax.set_ylim(bottom=0)

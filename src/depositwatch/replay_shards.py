@@ -262,7 +262,7 @@ async def _follow_shard(
 
 async def carry_over(
     *, chain: ChainConfig, store: SqlStore, run: ReplayRun, shard: Shard, leadership: Leadership,
-    alerts: AlertsConfig | None = None,
+    alerts: AlertsConfig | None = None, book: Callable[[], Awaitable[AddressRegistry]] | None = None,
 ) -> int:  # fmt: skip
     """Bitcoin: find, in `shard`, the sweeps of outputs paid to revoked scripts in earlier shards (every
     earlier shard done and carried over); return how many such outputs the shard was read again for.
@@ -270,6 +270,7 @@ async def carry_over(
     The outputs paid before the shard and not seen spent, less those the node still holds unspent at its
     tip, are the hook's outputs while the shard is read again under the cursor and lease
     `<shard>:carried` (resumed if an earlier attempt stopped; another writer holding it is waited for).
+    `book` gives the address book for that, loaded when a shard is first read again (else loaded here).
     """
     scope = Scope(run.scope_name, "replay", run.send_alerts)
     name = run.carried_name(shard.index)
@@ -290,7 +291,7 @@ async def carry_over(
                 await asyncio.sleep(POLL_SECONDS)
                 continue
             try:
-                registry = await AddressRegistry.load(store, [chain.name])
+                registry = await book() if book else await AddressRegistry.load(store, [chain.name])
                 shift = Shift(chain, store, run, registry, source, wire_for_replay(chain, source, registry, store))
                 log.info("replay shard read again for earlier outputs", shard=shard.index, outputs=len(wanted))
                 await _follow_shard(shift, shard, term, leadership, alerts, name)
@@ -365,8 +366,17 @@ async def participate(
     leadership = leadership_for(store, ttl, password)
     wake = asyncio.Event()
 
+    books: list[AddressRegistry] = []
+
+    async def book() -> AddressRegistry:  # loaded once, by the first shard read again
+        if not books:
+            books.append(await AddressRegistry.load(store, [chain.name]))
+        return books[0]
+
     async def carry(shard: Shard) -> None:
-        outputs = await carry_over(chain=chain, store=store, run=run, shard=shard, leadership=leadership, alerts=alerts)
+        outputs = await carry_over(
+            chain=chain, store=store, run=run, shard=shard, leadership=leadership, alerts=alerts, book=book
+        )
         summary.carried += bool(outputs)
 
     began = time.perf_counter()

@@ -6,6 +6,7 @@ linked, transaction hashes of each block its own), with block h carrying body (h
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -49,3 +50,26 @@ async def test_a_cycled_chain_replays_as_its_bodies_repeated(tmp_path: Path) -> 
     txids = [m["txid"] for m in repeated]
     blocks_of = {txid: {m["block_height"] for m in repeated if m["txid"] == txid} for txid in txids}
     assert all(len(heights) == 1 for heights in blocks_of.values()), "a transaction hash in two blocks"
+
+
+async def run_million_bench(tmp_path: Path, *extra: str) -> None:
+    """bench/replay_million.py over a short chain: every stretch recorded to the last block, the matches
+    counted, the figures printed and the plot drawn."""
+    out = tmp_path / "run.json"
+    argv = [sys.executable, "bench/replay_million.py", "--blocks", "1500", "--every", "500", "--cycle", "40"]
+    argv += ["--txs", "20", "--json", str(out), "--plot", str(tmp_path / "run.png"), *extra]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    printed, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.read_text())
+    assert result["along"][-1]["block"] == 1500 and len(result["along"]) >= 2
+    assert result["matches"] > 0
+    assert "first stretch" in printed.decode() and (tmp_path / "run.png").stat().st_size > 0
+
+
+async def test_the_million_block_bench_runs_small(tmp_path: Path) -> None:
+    await run_million_bench(tmp_path)
+
+
+async def test_the_million_block_bench_runs_small_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    await run_million_bench(tmp_path, "--store-url", pg_url)
