@@ -92,7 +92,7 @@ async def test_blocks_below_the_reorg_window_are_forgotten_across_restarts(store
     await drain(wide)
 
     async def remembered() -> list[int]:
-        return [h for h in range(0, 80) if await store.block_hash("live:mem", h) is not None]
+        return [h for h in range(80) if await store.block_hash("live:mem", h) is not None]
 
     assert await remembered() == list(range(30, 61))
     for i in range(60, 70):
