@@ -50,7 +50,6 @@ from bench.common import (
     scratch_schema,
     with_search_path,
 )
-from depositwatch.store.book import ADDRESS_COLUMNS
 
 CHUNK = 100_000  # rows per generated chunk; the book of size N is the first N rows of one sequence
 SEED = 20240611
@@ -58,7 +57,6 @@ REVOKED_SHARE = 0.10
 REVOKED_AT = 1_700_000_000
 BTC, ETH = "btc", "eth"
 BTC_TYPES = ("p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr")
-COLUMNS = list(ADDRESS_COLUMNS)
 TARGET_RSS_BYTES = 600e6  # 10M addresses in at most 600 MB
 TARGET_LOOKUP_NS = 1000  # a lookup under a microsecond
 TARGET_PG_LOAD_S = 60.0  # 10M from PostgreSQL in under a minute
@@ -167,7 +165,9 @@ async def prepare(size: int, stores: list[str], workdir: str) -> tuple[Scratch, 
     import asyncpg
 
     from depositwatch.store import open_store
+    from depositwatch.store.book import ADDRESS_COLUMNS  # here: a --baseline tree's measuring child lacks it
 
+    columns = list(ADDRESS_COLUMNS)
     scratch = Scratch(urls={})
     pg = None
     lite = None
@@ -200,13 +200,13 @@ async def prepare(size: int, stores: list[str], workdir: str) -> tuple[Scratch, 
             lite.execute("PRAGMA synchronous=OFF")
             lite.execute("PRAGMA cache_size=-2000000")  # 2 GB: the key index stays in memory while filling
             lite.execute("BEGIN")
-        marks = ", ".join("?" for _ in COLUMNS)
-        insert = f"INSERT INTO addresses ({', '.join(COLUMNS)}) VALUES ({marks})"
+        marks = ", ".join("?" for _ in columns)
+        insert = f"INSERT INTO addresses ({', '.join(columns)}) VALUES ({marks})"
         done = 0
         with multiprocessing.get_context("fork").Pool(max(1, os.cpu_count() or 1)) as pool:
             for records in pool.imap(chunk_records, chunk_plan(size)):
                 if pg is not None:
-                    await pg.copy_records_to_table("addresses", records=records, columns=COLUMNS)
+                    await pg.copy_records_to_table("addresses", records=records, columns=columns)
                 if lite is not None:
                     lite.executemany(insert, records)
                     if (done // CHUNK) % 10 == 9:  # a million rows per transaction
@@ -369,9 +369,10 @@ def _time_loop(queries: dict[str, list[bytes]]) -> float:
 
 async def child(size: int, store_name: str, url: str, queries: int, passes: int) -> Figures:
     from depositwatch.registry import AddressRegistry
-    from depositwatch.store import open_store
+    from depositwatch.store import connect_store
 
-    store = await open_store(url)
+    # Without the schema check: a --baseline tree's package reads the book of a store this tree migrated.
+    store = await connect_store(url)
     gc.collect()
     before = rss_mb()
     started = time.perf_counter()
