@@ -4,13 +4,14 @@ new slots both held (the load's memory peak)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from depositwatch.keytable import new_table
 from depositwatch.models import AddressEntry, AddressStatus
 from depositwatch.registry import AddressRegistry
-from depositwatch.store import SqlStore
+from depositwatch.store import SqlStore, open_store
 from tests.registry.test_registry_table import assert_holds
 
 
@@ -64,3 +65,24 @@ async def test_the_registry_sizes_each_table_from_the_store_before_loading(store
     layout = getattr(book.table, "layout", None)
     if layout is not None:  # the compiled table
         assert layout() == {20: (3_000, 4_000)}
+
+
+async def test_sqlite_counts_the_keys_from_the_length_index(tmp_path: Path) -> None:
+    """On SQLite the count by chain and key length reads `addresses_key_length` in its order (migration 9):
+    grouped row by row over the table, it made a ten-million-key load 1.17 times that of the sets and dicts."""
+    store = await open_store(f"sqlite:///{tmp_path}/book.db", migrate=True)
+    try:
+        async with store.db.read() as conn:
+            for where in ("", " WHERE chain IN ($1)"):
+                plan = await conn.fetch(
+                    f"EXPLAIN QUERY PLAN SELECT chain, length(key), COUNT(*) FROM addresses{where} GROUP BY 1, 2",
+                    *(["eth"] if where else []),
+                )
+                details = " ".join(str(row[3]) for row in plan)
+                assert (
+                    "USING INDEX addresses_key_length" in details
+                    or "USING COVERING INDEX addresses_key_length" in details
+                ), details
+                assert "TEMP B-TREE" not in details, details
+    finally:
+        await store.close()

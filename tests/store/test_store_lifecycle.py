@@ -82,6 +82,16 @@ def test_statements_keep_semicolons_and_dashes_inside_literals() -> None:
         statements("INSERT INTO t VALUES ('open;", "sqlite")
 
 
+def test_a_statement_marked_sqlite_only_runs_on_sqlite_only() -> None:
+    sql = "CREATE TABLE a (k {BLOB});\n{SQLITE_ONLY}CREATE INDEX a_len ON a (length(k));\nCREATE TABLE b (n INT);"
+    assert statements(sql, "sqlite") == [
+        "CREATE TABLE a (k BLOB)",
+        "CREATE INDEX a_len ON a (length(k))",
+        "CREATE TABLE b (n INT)",
+    ]
+    assert statements(sql, "postgres") == ["CREATE TABLE a (k BYTEA)", "CREATE TABLE b (n INT)"]
+
+
 async def test_a_literal_with_a_semicolon_runs_as_one_statement(store: SqlStore) -> None:
     """The split statements run on both backends as written."""
     async with store.db.transaction() as conn:

@@ -9,6 +9,7 @@ from importlib import resources
 
 from depositwatch.store.base import SchemaError
 
+SQLITE_ONLY = "{SQLITE_ONLY}"  # a statement starting with it runs on SQLite only
 _TYPES = {
     "sqlite": {"{BLOB}": "BLOB", "{SERIAL}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
     "postgres": {"{BLOB}": "BYTEA", "{SERIAL}": "BIGSERIAL PRIMARY KEY"},
@@ -25,7 +26,8 @@ def migrations() -> list[tuple[int, str]]:
 
 def statements(sql: str, dialect: str) -> list[str]:
     """The statements of a migration, split on the semicolons outside string literals, quoted names
-    and comments (a `;` or `--` inside `'...'` stays part of its statement); comments are dropped."""
+    and comments (a `;` or `--` inside `'...'` stays part of its statement); comments are dropped, and
+    a statement that starts with `{SQLITE_ONLY}` is kept for SQLite only."""
     for token, replacement in _TYPES[dialect].items():
         sql = sql.replace(token, replacement)
     statements: list[str] = []
@@ -62,4 +64,15 @@ def statements(sql: str, dialect: str) -> list[str]:
             current.append(char)
             i += 1
     statements.append("".join(current).strip())
-    return [statement for statement in statements if statement]
+    return _for_dialect(statements, dialect)
+
+
+def _for_dialect(statements: list[str], dialect: str) -> list[str]:
+    """The non-empty statements, those marked `{SQLITE_ONLY}` only for SQLite (unmarked there)."""
+    kept = []
+    for statement in statements:
+        if not statement.startswith(SQLITE_ONLY):
+            kept.append(statement)
+        elif dialect == "sqlite":
+            kept.append(statement.removeprefix(SQLITE_ONLY).strip())
+    return [statement for statement in kept if statement]
