@@ -70,6 +70,32 @@ def load_avg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+class Stretches:
+    """A replay's rate along its run: a line for each stretch, with the CPU the replay process and the
+    node spent a block in it (printed as JSON and kept in `lines`)."""
+
+    def __init__(self, node_cpu: float) -> None:
+        self.began = time.perf_counter()
+        self.time, self.block, self.cpu, self.node = self.began, 0, 0.0, node_cpu
+        self.lines: list[dict[str, Any]] = []
+
+    def close(self, reached: int, now: float, spent: float, served: float) -> None:
+        """The stretch from the last mark to block `reached` at `now`; `spent` and `served`: the replay's and
+        the node's CPU seconds so far."""
+        span = reached - self.block
+        line = {
+            "block": reached,
+            "blocks_per_s": round(span / (now - self.time), 1),
+            "replay_cpu_ms": round(1000 * (spent - self.cpu) / span, 4),
+            "node_cpu_ms": round(1000 * (served - self.node) / span, 4),
+            "seconds": round(now - self.began, 1),
+            "load": load_avg(),
+        }
+        print(json.dumps(line), flush=True)
+        self.lines.append(line)
+        self.time, self.block, self.cpu, self.node = now, reached, spent, served
+
+
 class Node:
     """bench/eth_realnode.py in its own process."""
 
@@ -122,32 +148,19 @@ def replay(node: Node, last: int, tmp: Path, every: int = 0, src: str | None = N
     command += ["--from", "1", "--to", str(last), "-o", str(out)]
     env = None if src is None else {**os.environ, "PYTHONPATH": src}
     node_before, cpu_before = node.cpu(), children_cpu()
-    began = time.perf_counter()
-    along: list[dict[str, Any]] = []
+    stretches = Stretches(node_before)
+    began = stretches.began
     with err.open("w") as stderr:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        if every:
-            mark_time, mark_block, mark_cpu, mark_node = began, 0, 0.0, node.cpu()
-            while proc.poll() is None:
-                time.sleep(1.0)
-                reached = _last_height(out)
-                now = time.perf_counter()
-                if reached - mark_block >= every:
-                    try:
-                        spent, served = proc_cpu(proc.pid), node.cpu()
-                    except (FileNotFoundError, ProcessLookupError):
-                        break  # it has just ended
-                    line = {
-                        "block": reached,
-                        "blocks_per_s": round((reached - mark_block) / (now - mark_time), 1),
-                        "replay_cpu_ms": round(1000 * (spent - mark_cpu) / (reached - mark_block), 3),
-                        "node_cpu_ms": round(1000 * (served - mark_node) / (reached - mark_block), 3),
-                        "seconds": round(now - began, 1),
-                        "load": load_avg(),
-                    }
-                    print(json.dumps(line), flush=True)
-                    along.append(line)
-                    mark_time, mark_block, mark_cpu, mark_node = now, reached, spent, served
+        while every and proc.poll() is None:
+            time.sleep(1.0)
+            reached, now = _last_height(out), time.perf_counter()
+            if reached - stretches.block >= every:
+                try:
+                    spent, served = proc_cpu(proc.pid), node.cpu()
+                except (FileNotFoundError, ProcessLookupError):
+                    break  # it has just ended
+                stretches.close(reached, now, spent, served)
         if proc.wait() != 0:
             raise RuntimeError(f"replay failed: {err.read_text()[-2000:]}")
     summary = SUMMARY.search(err.read_text())
@@ -159,7 +172,7 @@ def replay(node: Node, last: int, tmp: Path, every: int = 0, src: str | None = N
         "node_ms": 1000 * (node.cpu() - node_before) / last,
         "matches": sum(1 for _ in out.open()),
         "wall_s": time.perf_counter() - began,
-        "along": along,
+        "along": stretches.lines,
     }
 
 

@@ -35,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/replay_million.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.eth_real_bench import DEPOSITWATCH, PY, REPO, _last_height, children_cpu, load_avg, proc_cpu
+from bench.eth_real_bench import DEPOSITWATCH, PY, REPO, Stretches, _last_height, children_cpu, load_avg, proc_cpu
 from bench.evm_synth import SynthChain
 
 
@@ -69,48 +69,29 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     if args.store_url:
         subprocess.run([DEPOSITWATCH, "db", "migrate", "--store", args.store_url], check=True)
         command += ["--store", args.store_url, "--restart"]
-    along: list[dict[str, Any]] = []
     peak = 0.0
     try:
-        cpu_before, began = children_cpu(), time.perf_counter()
+        cpu_before = children_cpu()
+        stretches = Stretches(proc_cpu(node.pid))
         with err.open("w") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-            mark_time, mark_block, mark_cpu, mark_node = began, 0, 0.0, proc_cpu(node.pid)
             while proc.poll() is None:
                 time.sleep(1.0)
                 reached, now = _last_height(out), time.perf_counter()
                 try:
                     peak = max(peak, peak_rss_mib(proc.pid))
-                    if reached - mark_block < args.every:
+                    if reached - stretches.block < args.every:
                         continue
                     spent, served = proc_cpu(proc.pid), proc_cpu(node.pid)
                 except (FileNotFoundError, ProcessLookupError):
                     break  # it has just ended
-                span = reached - mark_block
-                line = {
-                    "block": reached,
-                    "blocks_per_s": round(span / (now - mark_time), 1),
-                    "replay_cpu_ms": round(1000 * (spent - mark_cpu) / span, 4),
-                    "node_cpu_ms": round(1000 * (served - mark_node) / span, 4),
-                    "seconds": round(now - began, 1),
-                    "load": load_avg(),
-                }
-                print(json.dumps(line), flush=True)
-                along.append(line)
-                mark_time, mark_block, mark_cpu, mark_node = now, reached, spent, served
+                stretches.close(reached, now, spent, served)
             if proc.wait() != 0:
                 raise RuntimeError(f"replay failed: {err.read_text()[-2000:]}")
-        wall = time.perf_counter() - began
-        if args.blocks - mark_block >= args.every // 2:  # the last stretch: the ended replay's CPU
-            span = args.blocks - mark_block
-            along.append({
-                "block": args.blocks,
-                "blocks_per_s": round(span / (began + wall - mark_time), 1),
-                "replay_cpu_ms": round(1000 * (children_cpu() - cpu_before - mark_cpu) / span, 4),
-                "node_cpu_ms": round(1000 * (proc_cpu(node.pid) - mark_node) / span, 4),
-                "seconds": round(wall, 1),
-                "load": load_avg(),
-            })  # fmt: skip
+        ended = time.perf_counter()
+        wall = ended - stretches.began
+        if args.blocks - stretches.block >= args.every // 2:  # the last stretch: the ended replay's CPU
+            stretches.close(args.blocks, ended, children_cpu() - cpu_before, proc_cpu(node.pid))
     finally:
         node.terminate()
         node.wait(timeout=10)
@@ -122,7 +103,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "matches": matches,
         "peak_rss_mib": round(peak, 1),
         "store": args.store_url or "sqlite (temporary)",
-        "along": along,
+        "along": stretches.lines,
         "summary": err.read_text()[-600:],
     }
 
