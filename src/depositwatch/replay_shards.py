@@ -13,7 +13,7 @@ run's matches shard by shard in block order: the output of a single-worker run o
 
 Bitcoin: a sweep spends an output paid earlier, perhaps in an earlier shard, whose worker the spending
 shard's worker never heard of. Before a shard's matches are written, the writer carries the earlier
-shards' outputs over (`carry_over`): the outputs paid to revoked scripts before the shard and not yet seen
+shards' outputs over (`Carrier`): the outputs paid to revoked scripts before the shard and not yet seen
 spent, less those the node's UTXO set still holds at its tip (`gettxout`: never spent, so nothing to
 find), are looked for among the shard's spends by reading the shard again under a cursor and lease of
 its own (`<shard>:carried`). Shards are carried in order, so each starts from every output paid before
@@ -24,6 +24,7 @@ not read again. The scope then holds every sweep a single-worker run finds, what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import Counter
@@ -260,44 +261,62 @@ async def _follow_shard(
     return follower.cursor.hash, resumed
 
 
-async def carry_over(
-    *, chain: ChainConfig, store: SqlStore, run: ReplayRun, shard: Shard, leadership: Leadership,
-    alerts: AlertsConfig | None = None, book: Callable[[], Awaitable[AddressRegistry]] | None = None,
-) -> int:  # fmt: skip
-    """Bitcoin: find, in `shard`, the sweeps of outputs paid to revoked scripts in earlier shards (every
-    earlier shard done and carried over); return how many such outputs the shard was read again for.
+class Carrier:
+    """Bitcoin: finds, in a shard, the sweeps of outputs paid to revoked scripts in earlier shards (every
+    earlier shard done and carried over). The node and the book are opened for the first shard that needs
+    reading again and kept for the rest of the run (`close` ends them); `shards` counts those shards."""
 
-    The outputs paid before the shard and not seen spent, less those the node still holds unspent at its
-    tip, are the hook's outputs while the shard is read again under the cursor and lease
-    `<shard>:carried` (resumed if an earlier attempt stopped; another writer holding it is waited for).
-    `book` gives the address book for that, loaded when a shard is first read again (else loaded here).
-    """
-    scope = Scope(run.scope_name, "replay", run.send_alerts)
-    name = run.carried_name(shard.index)
-    while True:
-        outputs = await store.watched_outputs(chain.name, scope)
-        carried = [o for o in outputs if o.height is None or o.height < shard.first]
-        if not carried:
-            return 0
-        async with opened_source(chain) as source:
-            if not isinstance(source, BitcoinSource):
-                raise TypeError(f"chain {chain.name}: outputs are carried over on Bitcoin chains only")
-            unspent = {(o.txid, o.vout) for o in await unspent_at_tip(source, carried)}
+    def __init__(
+        self, chain: ChainConfig, store: SqlStore, run: ReplayRun, leadership: Leadership, alerts: AlertsConfig | None
+    ) -> None:
+        self.chain, self.store, self.run, self.leadership, self.alerts = chain, store, run, leadership, alerts
+        self.shards = 0
+        self._opened = contextlib.AsyncExitStack()
+        self._shift: Shift | None = None
+
+    async def carry(self, shard: Shard) -> None:
+        """The outputs paid before the shard and not seen spent, less those the node still holds unspent at
+        its tip, are the hook's outputs while the shard is read again under the cursor and lease
+        `<shard>:carried` (resumed if an earlier attempt stopped; another writer holding it is waited for)."""
+        chain, run = self.chain, self.run
+        scope = Scope(run.scope_name, "replay", run.send_alerts)
+        name = run.carried_name(shard.index)
+        while True:
+            outputs = await self.store.watched_outputs(chain.name, scope)
+            carried = [o for o in outputs if o.height is None or o.height < shard.first]
+            if not carried:
+                return
+            shift = await self._opened_shift()
+            assert isinstance(shift.source, BitcoinSource)
+            unspent = {(o.txid, o.vout) for o in await unspent_at_tip(shift.source, carried)}
             wanted = [o for o in carried if (o.txid, o.vout) not in unspent]
             if not wanted:
-                return 0
-            term = await leadership.acquire(name)
+                return
+            term = await self.leadership.acquire(name)
             if term is None:  # another writer of the run is carrying it over: look again when it is done
                 await asyncio.sleep(POLL_SECONDS)
                 continue
             try:
-                registry = await book() if book else await AddressRegistry.load(store, [chain.name])
-                shift = Shift(chain, store, run, registry, source, wire_for_replay(chain, source, registry, store))
                 log.info("replay shard read again for earlier outputs", shard=shard.index, outputs=len(wanted))
-                await _follow_shard(shift, shard, term, leadership, alerts, name)
+                await _follow_shard(shift, shard, term, self.leadership, self.alerts, name)
             finally:
-                await leadership.release(term)
-            return len(wanted)
+                await self.leadership.release(term)
+            self.shards += 1
+            return
+
+    async def _opened_shift(self) -> Shift:
+        if self._shift is None:
+            source = await self._opened.enter_async_context(opened_source(self.chain))
+            if not isinstance(source, BitcoinSource):
+                raise TypeError(f"chain {self.chain.name}: outputs are carried over on Bitcoin chains only")
+            registry = await AddressRegistry.load(self.store, [self.chain.name])
+            hook = wire_for_replay(self.chain, source, registry, self.store)
+            self._shift = Shift(self.chain, self.store, self.run, registry, source, hook)
+        return self._shift
+
+    async def close(self) -> None:
+        """Close the node client, if one was opened."""
+        await self._opened.aclose()
 
 
 async def write_in_order(
@@ -366,19 +385,7 @@ async def participate(
     leadership = leadership_for(store, ttl, password)
     wake = asyncio.Event()
 
-    books: list[AddressRegistry] = []
-
-    async def book() -> AddressRegistry:  # loaded once, by the first shard read again
-        if not books:
-            books.append(await AddressRegistry.load(store, [chain.name]))
-        return books[0]
-
-    async def carry(shard: Shard) -> None:
-        outputs = await carry_over(
-            chain=chain, store=store, run=run, shard=shard, leadership=leadership, alerts=alerts, book=book
-        )
-        summary.carried += bool(outputs)
-
+    carrier = Carrier(chain, store, run, leadership, alerts)
     began = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as group:
@@ -389,7 +396,7 @@ async def participate(
                 group.create_task(
                     write_in_order(
                         store, run, chain.chain_id, output, summary.kinds, wake,
-                        before=carry if chain.kind == "bitcoin" else None,
+                        before=carrier.carry if chain.kind == "bitcoin" else None,
                     )
                 )  # fmt: skip
             for worker in workers:
@@ -397,7 +404,9 @@ async def participate(
     except BaseExceptionGroup as group_error:
         raise group_error.exceptions[0] from None
     finally:
+        await carrier.close()
         await leadership.release_all()
+    summary.carried = carrier.shards
     summary.seconds = time.perf_counter() - began
     after = {s.index: s for s in await ShardStore(store).shards(run.run_id)}
     summary.transfers = sum(after[s.index].transfers for s in before if not s.done)

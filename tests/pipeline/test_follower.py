@@ -28,14 +28,15 @@ def registry() -> AddressRegistry:
     )
 
 
-def follower(chain: MemoryChain, store: SqlStore, **settings: Any) -> Follower:
+def follower(chain: MemoryChain, store: SqlStore, scope: Scope | None = None, **settings: Any) -> Follower:
+    """A follower of the memory chain: live, or with `scope` a replay under the scope's own cursor."""
     return Follower(
         source=chain,
         store=store,
         registry=registry(),
         policy=POLICY,
-        scope=Scope.live(),
-        cursor_name="live:mem",
+        scope=scope or Scope.live(),
+        cursor_name=scope.name if scope else "live:mem",
         settings=FollowerSettings(batch_blocks=settings.pop("batch", 4), poll_interval=0.01, **settings),
     )
 
@@ -178,15 +179,7 @@ async def test_replay_range_stops_at_end(store: SqlStore) -> None:
     """A replay processes exactly its range, in its own scope, and is done."""
     chain = mined([f"0x{i:02x}" for i in range(20)])
     scope = Scope.replay("r", send_alerts=False)
-    f = Follower(
-        source=chain,
-        store=store,
-        registry=registry(),
-        policy=POLICY,
-        scope=scope,
-        cursor_name="replay:r",
-        settings=FollowerSettings(batch_blocks=7, start_height=5, stop_height=12),
-    )
+    f = follower(chain, store, scope, batch=7, start_height=5, stop_height=12)
     await f.run()
     assert f.done
     heights = sorted(m["block_height"] for m in await store.matches(scope))
@@ -223,16 +216,7 @@ def replay_follower(store: SqlStore, run: str) -> tuple[Timeline, Follower, Scop
     for i in range(20):
         chain.mine(pay(f"0x{i:02x}"))
     scope = Scope.replay(run, send_alerts=False)
-    f = Follower(
-        source=chain,
-        store=store,
-        registry=registry(),
-        policy=POLICY,
-        scope=scope,
-        cursor_name=f"replay:{run}",
-        settings=FollowerSettings(batch_blocks=4, start_height=3, stop_height=14),
-    )
-    return chain, f, scope
+    return chain, follower(chain, store, scope, start_height=3, stop_height=14), scope
 
 
 async def test_a_replay_asks_the_next_tip_while_a_batch_is_read(store: SqlStore) -> None:
