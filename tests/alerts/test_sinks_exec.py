@@ -3,6 +3,7 @@ output, a fixed environment; through the real dispatcher and store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -24,17 +25,27 @@ FAST = RetryConfig(max_attempts=20, initial_backoff=0.01, max_backoff=0.1)
 ALERTS = AlertsConfig(poll_interval=0.05, shutdown_grace=5)
 
 # Writes its stdin and environment to OUT/<n>.json; fails (exit 3) while OUT/fail-<n> files remain.
+# The dispatcher runs deliveries side by side, so each run claims a failure by removing its file (one
+# remover wins) and a record's number by creating its file exclusively.
 RECORDER = """
 import json, os, sys
 out = sys.argv[1]
 data = sys.stdin.buffer.read()
-failures = sorted(f for f in os.listdir(out) if f.startswith("fail-"))
-if failures:
-    os.remove(os.path.join(out, failures[0]))
+for name in sorted(f for f in os.listdir(out) if f.startswith("fail-")):
+    try:
+        os.remove(os.path.join(out, name))
+    except FileNotFoundError:
+        continue
     print("relay refused the request", flush=True)
     sys.exit(3)
-n = len([f for f in os.listdir(out) if f.endswith(".json")])
-with open(os.path.join(out, f"{n}.json"), "w") as f:
+n = 0
+while True:
+    try:
+        fd = os.open(os.path.join(out, f"{n}.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        break
+    except FileExistsError:
+        n += 1
+with os.fdopen(fd, "w") as f:
     json.dump({"stdin": data.decode(), "env": dict(os.environ)}, f)
 """
 
@@ -115,6 +126,34 @@ async def test_alert_json_on_stdin_failures_retried_and_a_burst_once(
     attempts = [(await sqlite_store.outbox.deliveries(m.seq))[0].attempts for m in quiet + burst]
     assert attempts[1:] == [attempts[1]] * 30  # the burst's messages share its attempts
     assert attempts[0] + attempts[1] == 4  # two failed runs, then one success each
+    assert not list(out.glob("fail-*"))
+
+
+async def test_the_recorder_counts_runs_side_by_side_exactly(tmp_path: Path) -> None:
+    """The recorder itself, as the dispatcher runs it: twelve runs at once over five failures give five
+    refusals and seven records, each run's stdin in its own record."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(5):
+        (out / f"fail-{n}").touch()
+    recorder = script(tmp_path, "recorder.py", RECORDER)
+
+    # Every run waits on its stdin until all have started, then all go at once.
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, recorder, str(out), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(12)
+    ]
+    for n, process in enumerate(processes):
+        assert process.stdin is not None
+        process.stdin.write(str(n).encode())
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.close()
+    statuses = [await process.wait() for process in processes]
+    assert sorted(statuses) == [0] * 7 + [3] * 5
+    assert len({r["stdin"] for r in recorded(out)}) == 7
     assert not list(out.glob("fail-*"))
 
 
