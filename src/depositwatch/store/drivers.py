@@ -184,15 +184,24 @@ class SqliteDriver:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteConn]:
-        assert self._db is not None, "driver not open"
+        """BEGIN IMMEDIATE ... COMMIT; anything that ends it otherwise rolls it back.
+
+        The connection's statements run in its own thread, in order, and a cancelled await does not stop
+        one: a BEGIN cancelled while it waits for the write lock still begins once the lock is free, and a
+        refused COMMIT leaves the transaction open. Either would leave the connection inside a transaction
+        nobody owns, and every later write of the process would fail. So every way out but a COMMIT that
+        succeeded queues a ROLLBACK behind whatever is still running.
+        """
+        db = self._db
+        assert db is not None, "driver not open"
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield _SqliteConn(self._db)
+                await db.execute("BEGIN IMMEDIATE")
+                yield _SqliteConn(db)
+                await db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await _roll_back(db)
                 raise
-            await self._db.execute("COMMIT")
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[_SqliteConn]:
@@ -213,6 +222,17 @@ class SqliteDriver:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+
+async def _roll_back(db: aiosqlite.Connection) -> None:
+    """ROLLBACK whatever transaction the connection holds, queued behind any statement still running; none
+    open (a BEGIN that failed, a COMMIT that rolled back by itself) is fine. Shielded: a second
+    cancellation while it runs does not leave it undone."""
+    try:
+        await asyncio.shield(db.execute("ROLLBACK"))
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 class _PgConn:
