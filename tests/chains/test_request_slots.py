@@ -85,6 +85,20 @@ async def test_a_waiter_cancelled_once_handed_the_slot_passes_it_on() -> None:
     assert slots.free == 1
 
 
+async def test_a_waiter_cancelled_and_passed_over_in_the_same_turn_is_still_cancelled() -> None:
+    """Cancelled, then (before its task runs again) the slot is freed: the release passes over the
+    cancelled waiter and keeps the slot; the waiter's task ends cancelled, with no other error."""
+    slots = Slots(1)
+    await slots.acquire()
+    waiting = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    slots.release()  # pops the cancelled waiter, skips it, frees the slot
+    [outcome] = await asyncio.gather(waiting, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)
+    assert slots.free == 1
+
+
 async def test_the_tip_is_asked_before_blocks_queued_ahead_of_it() -> None:
     """Raw blocks read ahead fill the slots; the follower's tip call goes in the first one freed."""
     async with BitcoinRegtestServer() as node:

@@ -101,7 +101,7 @@ class Slots:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot in the same turn as the cancellation: pass it on
-            else:
+            elif waiter in queue:  # else a release already passed over it
                 queue.remove(waiter)
             raise
 
