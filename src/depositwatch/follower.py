@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -24,6 +24,8 @@ from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStor
 from depositwatch.supervise import Episode
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class ReorgTooDeep(Exception):
@@ -166,7 +168,9 @@ class Follower:
         by a later one)."""
         assert self.cursor is not None, "start() first"
         cursor = self._committing_to or self.cursor
-        tip = await self._tip()
+        tip = await self._unless_stopped(self._tip())
+        if tip is None:
+            return 0
         self.node_height = tip.height
         self._observe_heights()
         last = tip.height if self.settings.stop_height is None else min(tip.height, self.settings.stop_height)
@@ -192,7 +196,7 @@ class Follower:
         if self.settings.stop_height is not None and stop <= last:
             self._ask_tip_ahead()
         while True:
-            blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop))
+            blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop)) or []
             await self._settle()  # the last batch's commit, read over: the store and hook are as it left them
             cursor = self.cursor
             if not blocks:
@@ -249,10 +253,10 @@ class Follower:
             self._tip_ahead.cancel()
             self._tip_ahead = None
 
-    async def _unless_stopped(self, reading: Coroutine[Any, Any, list[Block]]) -> list[Block]:
-        """The blocks read, or none once `stop()` is called meanwhile: the read is abandoned (no block is in
-        hand before it returns, so nothing is half done), rather than waited for as long as a silent node
-        holds it (its request timeout: minutes)."""
+    async def _unless_stopped(self, reading: Coroutine[Any, Any, T]) -> T | None:
+        """What `reading` returns, or None once `stop()` is called meanwhile: the node call (a tip, a read
+        of blocks) is abandoned, since no block is in hand before it returns and so nothing is half done,
+        rather than waited for as long as a silent node holds it (its request timeout: minutes)."""
         read = asyncio.ensure_future(reading)
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -263,7 +267,7 @@ class Follower:
                 read.cancel()
             await asyncio.gather(read, stopper, return_exceptions=True)
         if read.cancelled():
-            return []
+            return None
         return read.result()
 
     async def _fetch(self, start: int, stop: int) -> list[Block]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from depositwatch.follower import Follower, FollowerSettings
-from depositwatch.models import Block
+from depositwatch.models import Block, BlockRef
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import ChainPolicy, Scope, SqlStore
 from depositwatch.testing import MemoryChain
@@ -51,3 +51,43 @@ async def test_stop_does_not_wait_for_a_fetch_that_hangs(store: SqlStore) -> Non
     await asyncio.wait_for(running, 10)
     assert node.cancelled
     assert follower.cursor is not None and follower.cursor.height == 0  # nothing committed
+
+
+class SilentTip(MemoryChain):
+    """Answers the first tip call, then the node hangs: the next poll's tip call never gets its answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+        self.hanging = asyncio.Event()
+
+    async def tip(self) -> BlockRef:
+        self.asked += 1
+        if self.asked == 1:
+            return await super().tip()
+        self.hanging.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_stop_does_not_wait_for_a_tip_call_that_hangs(store: SqlStore) -> None:
+    """The follower is caught up and polls its node's tip, which never answers: stop() ends the run at once
+    (the tip call is abandoned: no block is in hand), as it does a fetch."""
+    node = SilentTip()
+    for _ in range(3):
+        node.mine()
+    follower = Follower(
+        source=node,
+        store=store,
+        registry=AddressRegistry({}),
+        policy=ChainPolicy("mem", confirmations=1),
+        scope=Scope.live(),
+        cursor_name="live:mem",
+        settings=FollowerSettings(batch_blocks=10, poll_interval=0.01, start_height=1),
+    )
+    await follower.start()
+    running = asyncio.create_task(follower.run())
+    await asyncio.wait_for(node.hanging.wait(), 10)
+    follower.stop()
+    await asyncio.wait_for(running, 10)
+    assert follower.cursor is not None and follower.cursor.height == 3  # what was read before is committed
