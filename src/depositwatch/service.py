@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from aiohttp import web
@@ -27,12 +27,17 @@ from depositwatch.pipeline import make_source
 from depositwatch.preflight import probe_sinks, secret_problems
 from depositwatch.store import IdentityMismatch, LeaseLost, Scope, SqlStore, open_store
 from depositwatch.store.retention import run_retention
-from depositwatch.supervise import Restarts, pause, supervise
+from depositwatch.supervise import Restarts, awaiting, pause, supervise
 from depositwatch.systemd import Notifier
 
 log = structlog.get_logger(__name__)
 
 STARTUP_NODE_TIMEOUT = 30.0
+# SIGTERM: how long each chain may take to finish the block in hand before it is cancelled (its commit,
+# one transaction, then rolls back whole; the next start reads those blocks again). With the dispatcher's
+# `alerts.shutdown_grace` (10 s by default) well within the unit's TimeoutStopSec (45 s).
+CHAIN_STOP_GRACE = 10.0
+COMPONENT_STOP_REPORT = 5.0  # components still running this long after their cancellation are named
 
 
 class StartupError(Exception):
@@ -155,15 +160,36 @@ class Service:
                 for state in self.chains.values():
                     if state.follower is not None:
                         state.follower.stop()
-                await asyncio.wait(chain_tasks)  # each catches its own errors; the group sees any other
+                await self._stop_chains(chain_tasks)
                 if self.dispatcher is not None:
                     await self.dispatcher.stop(self.config.alerts.shutdown_grace)
-                for task in (dispatcher_task, *helpers):
+                components = [dispatcher_task, *helpers]
+                for task in components:
                     task.cancel()
+                _, stuck = await asyncio.wait(components, timeout=COMPONENT_STOP_REPORT)
+                if stuck:  # the group still waits for them; this says which, and where
+                    log.error("components did not end when cancelled", waiting=[awaiting(t) for t in stuck])
             log.info("stopped")
             return 0
         finally:
             await self._shutdown()
+
+    async def _stop_chains(self, tasks: Sequence[asyncio.Task[None]]) -> None:
+        """Each chain finishes the block in hand (each catches its own errors; the group sees any other). One
+        still busy after CHAIN_STOP_GRACE (a commit waiting on a store lock, a node silent mid-reorg) is
+        cancelled: what it had not committed rolls back whole and is read again at the next start."""
+        _, late = await asyncio.wait(tasks, timeout=CHAIN_STOP_GRACE)
+        if not late:
+            return
+        names = dict(zip(tasks, self.chains, strict=True))
+        log.warning(
+            "chains did not stop in time; cancelled (what they had not committed is read again at the next start)",
+            grace=CHAIN_STOP_GRACE,
+            chains={names[t]: awaiting(t) for t in tasks if t in late},
+        )
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late)
 
     def stop(self) -> None:
         """Begin a clean stop (SIGTERM)."""

@@ -123,3 +123,19 @@ async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less once `stopping` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), seconds)
+
+
+def awaiting(task: asyncio.Future[Any]) -> str:
+    """Where a task waits, for a log line: its coroutines from the outermost in, the innermost with its
+    place (`follow > _run_while_leading > run > _commit > execute (connection.py:350)`)."""
+    names: list[str] = []
+    place = ""
+    coro: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        names.append(frame.f_code.co_name)
+        place = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return f"{' > '.join(names)} ({place})" if names else repr(task)

@@ -128,6 +128,15 @@ async def execute_sql(pg_url: str, sql: str) -> None:
         await conn.close()
 
 
+async def fetch_value(pg_url: str, sql: str) -> Any:
+    """The first column of the first row of `sql` on the PostgreSQL store at `pg_url`."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
 async def run_depositwatch(*argv: str, code: int = 0) -> str:
     """Run a depositwatch command as a process; its output (stdout and stderr), after checking it exited
     with `code`."""
@@ -211,6 +220,48 @@ async def test_sigterm_mid_stream_then_restart_misses_and_repeats_nothing(setup:
     assert {r.json()["txid"] for r in setup.receiver.accepted if r.json()["event"] == "detected"} == set(txids)
     assert keys_consistent(setup.receiver)
     assert await stop(second) == 0
+
+
+async def test_sigterm_while_a_commit_waits_on_the_store_stops_within_the_bound(setup: Setup) -> None:
+    """The store holds the chain's commit (another session locks the cursors: a migration, a VACUUM FULL):
+    SIGTERM still ends the daemon, exit 0, once the chains' stop bound has passed, with a warning naming
+    the chain and where it waited; the blocks it had not committed are read again by the next start, so
+    their alert is delivered, once."""
+    daemon = await setup.start(setup.config())
+    cursor = "SELECT height FROM cursors WHERE name = 'live:eth'"
+    await pay(setup.node, ACTIVE, 1)
+    first = await setup.node.block_number()
+
+    async def committed(height: int) -> bool:
+        return int(await fetch_value(setup.store_url, cursor) or 0) >= height
+
+    await eventually(lambda: committed(first), what="the first block committed")
+    blocker = await asyncpg.connect(setup.store_url)
+    try:
+        await blocker.execute("BEGIN; LOCK TABLE cursors IN EXCLUSIVE MODE")
+        [txid] = await pay(setup.node, REVOKED, 1)
+        waiting = "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = 'cursors'::regclass"
+
+        async def commit_waits() -> bool:
+            return bool(await blocker.fetchval(waiting))
+
+        await eventually(commit_waits, what="the block's commit waiting on the lock")
+        started = time.monotonic()
+        assert await stop(daemon) == 0, daemon.output()
+        assert time.monotonic() - started < 25
+    finally:
+        await blocker.close()  # its transaction ends: the lock is free
+    output = daemon.output()
+    assert "chains did not stop in time; cancelled" in output and '"eth"' in output, output
+    assert "follow > _run_while_leading > run > _run > _step > _commit > " in output  # where it waited
+    mined = await setup.node.block_number()
+    assert not await committed(mined)  # the cancelled commit left nothing
+    again = await setup.start(setup.config())
+    await eventually(lambda: committed(mined), what="the block committed after the restart")
+    await wait_for(lambda: txid in {r.json()["txid"] for r in setup.receiver.accepted}, what="the alert")
+    assert len(set(detected(setup.receiver))) == 1
+    assert keys_consistent(setup.receiver)
+    assert await stop(again) == 0
 
 
 async def test_metrics_and_health_follow_the_chain(setup: Setup) -> None:
