@@ -29,23 +29,30 @@ class SilentNode(MemoryChain):
         raise AssertionError("unreachable")
 
 
+async def following(
+    node: MemoryChain, store: SqlStore, *, confirmations: int, batch_blocks: int
+) -> tuple[Follower, asyncio.Task[None]]:
+    """A live follower of `node` from block 1, started, and its run."""
+    follower = Follower(
+        source=node,
+        store=store,
+        registry=AddressRegistry({}),
+        policy=ChainPolicy("mem", confirmations=confirmations),
+        scope=Scope.live(),
+        cursor_name="live:mem",
+        settings=FollowerSettings(batch_blocks=batch_blocks, poll_interval=0.01, start_height=1),
+    )
+    await follower.start()
+    return follower, asyncio.create_task(follower.run())
+
+
 async def test_stop_does_not_wait_for_a_fetch_that_hangs(store: SqlStore) -> None:
     """stop() while a fetch waits on a silent node: the fetch is abandoned (nothing was read, so nothing is
     half done) and run() returns, instead of waiting for the node's request timeout (minutes)."""
     node = SilentNode()
     for _ in range(5):
         node.mine()
-    follower = Follower(
-        source=node,
-        store=store,
-        registry=AddressRegistry({}),
-        policy=ChainPolicy("mem", confirmations=3),
-        scope=Scope.live(),
-        cursor_name="live:mem",
-        settings=FollowerSettings(batch_blocks=4, poll_interval=0.01, start_height=1),
-    )
-    await follower.start()
-    running = asyncio.create_task(follower.run())
+    follower, running = await following(node, store, confirmations=3, batch_blocks=4)
     await asyncio.wait_for(node.asked.wait(), 10)
     follower.stop()
     await asyncio.wait_for(running, 10)
@@ -76,17 +83,7 @@ async def test_stop_does_not_wait_for_a_tip_call_that_hangs(store: SqlStore) -> 
     node = SilentTip()
     for _ in range(3):
         node.mine()
-    follower = Follower(
-        source=node,
-        store=store,
-        registry=AddressRegistry({}),
-        policy=ChainPolicy("mem", confirmations=1),
-        scope=Scope.live(),
-        cursor_name="live:mem",
-        settings=FollowerSettings(batch_blocks=10, poll_interval=0.01, start_height=1),
-    )
-    await follower.start()
-    running = asyncio.create_task(follower.run())
+    follower, running = await following(node, store, confirmations=1, batch_blocks=10)
     await asyncio.wait_for(node.hanging.wait(), 10)
     follower.stop()
     await asyncio.wait_for(running, 10)
