@@ -20,7 +20,7 @@ from depositwatch.metrics import Metrics
 from depositwatch.pipeline import attach, make_hook, make_policy, make_settings
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, LeaseLost, Scope, SqlStore
-from depositwatch.supervise import Restarts, pause, supervise
+from depositwatch.supervise import Restarts, pause, supervise, unless_stopped
 
 log = structlog.get_logger(__name__)
 
@@ -74,29 +74,11 @@ class ChainRunner:
                     await pause(self._stopping, self.leases.retry_every)
                     continue
                 self.metrics.leader.labels(name).set(1)
-                if state.state in ("node-down", "standby", "failed"):  # (re)connect before following
-                    await state.source.close()
-                    await state.source.open()
-                    await self.store.check_identity(name, await state.source.identity())
-                hook = make_hook(state.config)
-                attach(state.source, self.registry, hook, self.store.tokens)
-                follower = Follower(
-                    source=state.source,
-                    store=self.store,
-                    registry=self.registry,
-                    policy=make_policy(state.config, self.alerts),
-                    scope=Scope.live().fenced(term.fence),
-                    cursor_name=f"live:{name}",
-                    settings=make_settings(state.config),
-                    metrics=self.metrics,
-                    hook=hook,
-                    on_commit=functools.partial(self._committed, state),
-                    reload_book=self._reload_book,
-                )
-                state.follower = follower
-                if self._stopping.is_set():  # SIGTERM while the lease was being taken: stop() missed it
+                follower = await unless_stopped(self._stopping, self._lead(state, term))
+                if follower is None:
+                    break  # SIGTERM while reconnecting or positioning the cursor: nothing is in hand
+                if self._stopping.is_set():  # SIGTERM as it got ready: the service's stop() may have missed it
                     follower.stop()
-                await follower.start()
                 state.state, state.error = "following", None
                 await self._run_while_leading(state, follower, term)
             except LeaseLost as exc:
@@ -124,6 +106,33 @@ class ChainRunner:
                 self.metrics.chain_restarts.labels(name).inc()
                 self.metrics.set_chain_state(name, "failed")
                 await self._back_off(state, delay)
+
+    async def _lead(self, state: ChainState, term: Term) -> Follower:
+        """Ready to follow under `term`: the source reconnected if it was down (still the chain the store
+        knows), the follower built and its cursor positioned. No block is in hand yet, so SIGTERM abandons
+        it (a silent node would hold it for its read timeout; a cursor write under way rolls back whole)."""
+        if state.state in ("node-down", "standby", "failed"):
+            await state.source.close()
+            await state.source.open()
+            await self.store.check_identity(state.config.name, await state.source.identity())
+        hook = make_hook(state.config)
+        attach(state.source, self.registry, hook, self.store.tokens)
+        follower = Follower(
+            source=state.source,
+            store=self.store,
+            registry=self.registry,
+            policy=make_policy(state.config, self.alerts),
+            scope=Scope.live().fenced(term.fence),
+            cursor_name=f"live:{state.config.name}",
+            settings=make_settings(state.config),
+            metrics=self.metrics,
+            hook=hook,
+            on_commit=functools.partial(self._committed, state),
+            reload_book=self._reload_book,
+        )
+        state.follower = follower
+        await follower.start()
+        return follower
 
     async def _back_off(self, state: ChainState, seconds: float) -> None:
         """Wait out a restart backoff, still beating: a chain waiting to restart is not a hung loop."""

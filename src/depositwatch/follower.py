@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 
@@ -21,11 +21,9 @@ from depositwatch.metrics import Metrics
 from depositwatch.models import Block, BlockRef, Match
 from depositwatch.registry import AddressRegistry
 from depositwatch.store import BlockEffects, ChainPolicy, Cursor, Scope, SqlStore
-from depositwatch.supervise import Episode
+from depositwatch.supervise import Episode, unless_stopped
 
 log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
 
 
 class ReorgTooDeep(Exception):
@@ -168,7 +166,9 @@ class Follower:
         by a later one)."""
         assert self.cursor is not None, "start() first"
         cursor = self._committing_to or self.cursor
-        tip = await self._unless_stopped(self._tip())
+        # Node calls with no block in hand are abandoned on stop() rather than waited for (a silent node:
+        # its read timeout); nothing is half done.
+        tip = await unless_stopped(self._stopping, self._tip())
         if tip is None:
             return 0
         self.node_height = tip.height
@@ -196,7 +196,7 @@ class Follower:
         if self.settings.stop_height is not None and stop <= last:
             self._ask_tip_ahead()
         while True:
-            blocks = await self._unless_stopped(self._fetch(cursor.height + 1, stop)) or []
+            blocks = await unless_stopped(self._stopping, self._fetch(cursor.height + 1, stop)) or []
             await self._settle()  # the last batch's commit, read over: the store and hook are as it left them
             cursor = self.cursor
             if not blocks:
@@ -252,23 +252,6 @@ class Follower:
         if self._tip_ahead is not None:
             self._tip_ahead.cancel()
             self._tip_ahead = None
-
-    async def _unless_stopped(self, reading: Coroutine[Any, Any, T]) -> T | None:
-        """What `reading` returns, or None once `stop()` is called meanwhile: the node call (a tip, a read
-        of blocks) is abandoned, since no block is in hand before it returns and so nothing is half done,
-        rather than waited for as long as a silent node holds it (its request timeout: minutes)."""
-        read = asyncio.ensure_future(reading)
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({read, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not read.done():
-                read.cancel()
-            await asyncio.gather(read, stopper, return_exceptions=True)
-        if read.cancelled():
-            return None
-        return read.result()
 
     async def _fetch(self, start: int, stop: int) -> list[Block]:
         while True:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from depositwatch.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
@@ -123,6 +125,24 @@ async def pause(stopping: asyncio.Event, seconds: float) -> None:
     """Wait `seconds`, or less once `stopping` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), seconds)
+
+
+async def unless_stopped(stopping: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
+    """What `work` returns, or None once `stopping` is set meanwhile: `work` is then cancelled. For node calls
+    made with nothing in hand (a tip, a read of blocks, opening a source), which a silent node would
+    otherwise hold for its read timeout (minutes) and a refused connection for the client's retries."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 def awaiting(task: asyncio.Future[Any]) -> str:
