@@ -147,22 +147,32 @@ class ShardStore:
             else ""
         )
         lock = " FOR UPDATE OF s SKIP LOCKED" if dialect == "postgres" else ""
-        sql = (
+        select = (
             "SELECT s.* FROM replay_shards s LEFT JOIN leases l ON l.name = $2 || CAST(s.shard AS TEXT)"
             " WHERE s.run_id = $1 AND s.done_at IS NULL"
             f" AND (l.name IS NULL OR l.holder = $3 OR l.expires_at <= {clock}{gone})"
-            f" ORDER BY s.shard LIMIT 1{lock}"
         )
+        passed: list[int] = []
         try:
             async with self.db.transaction() as conn:
-                row = await conn.fetchrow(sql, run.run_id, f"replay:{run.run_id}:", holder)
-                if row is None:
-                    return None
-                shard = _shard(row)
-                fence = await self.store.leases.take_in(conn, run.shard_name(shard.index), holder, ttl, session)
+                while True:
+                    # A shard can look free and its lease be taken all the same: on PostgreSQL another
+                    # claim may commit its lease between this statement's snapshot and its row lock. The
+                    # lease decides; the next free-looking shard is tried.
+                    others = f" AND s.shard NOT IN ({', '.join(map(str, passed))})" if passed else ""
+                    row = await conn.fetchrow(
+                        f"{select}{others} ORDER BY s.shard LIMIT 1{lock}", run.run_id, f"replay:{run.run_id}:", holder
+                    )
+                    if row is None:
+                        return None
+                    shard = _shard(row)
+                    name = run.shard_name(shard.index)
+                    fence = await self.store.leases.take_in(conn, name, holder, ttl, session)
+                    if fence is not None:
+                        return shard, fence
+                    passed.append(shard.index)
         except asyncpg.exceptions.LockNotAvailableError:
             return None  # its old holder is inside a write right now: looked at again on the next round
-        return None if fence is None else (shard, fence)
 
     async def set_anchor(self, run: ReplayRun, shard: int, anchor_hash: str, fence: Fence) -> None:
         """Record the parent hash of the shard's first block, as the node gave it (fenced)."""
