@@ -297,10 +297,15 @@ async def test_metrics_and_health_follow_the_chain(setup: Setup) -> None:
 async def wait_until_async(
     get: Callable[[], Awaitable[object]], ok: Callable[[object], bool], timeout: float = 30.0
 ) -> None:
-    async def holds() -> bool:
-        return ok(await get())
+    """Until `ok(await get())`; on timeout the error shows the last value read."""
+    seen: list[object] = []
 
-    await eventually(holds, timeout, "the value")
+    async def holds() -> bool:
+        value = await get()
+        seen[:] = [value]
+        return ok(value)
+
+    await eventually(holds, timeout, "the value", detail=lambda: f"last read: {seen[0]!r}" if seen else "none read")
 
 
 async def test_cli_revocation_and_sighup_take_effect_while_running(sqlite_setup: Setup) -> None:
