@@ -29,10 +29,13 @@ class SilentNode(MemoryChain):
         raise AssertionError("unreachable")
 
 
-async def following(
-    node: MemoryChain, store: SqlStore, *, confirmations: int, batch_blocks: int
-) -> tuple[Follower, asyncio.Task[None]]:
-    """A live follower of `node` from block 1, started, and its run."""
+async def stopped_while_asked(
+    node: MemoryChain, asked: asyncio.Event, store: SqlStore, *, blocks: int, confirmations: int, batch_blocks: int
+) -> Follower:
+    """A live follower of `node` (with `blocks` mined) from block 1, stopped once `asked` is set (the node
+    holds the call); its run must then end (without the stop, the node would hold it forever)."""
+    for _ in range(blocks):
+        node.mine()
     follower = Follower(
         source=node,
         store=store,
@@ -43,19 +46,18 @@ async def following(
         settings=FollowerSettings(batch_blocks=batch_blocks, poll_interval=0.01, start_height=1),
     )
     await follower.start()
-    return follower, asyncio.create_task(follower.run())
+    running = asyncio.create_task(follower.run())
+    await asyncio.wait_for(asked.wait(), 10)
+    follower.stop()
+    await asyncio.wait_for(running, 10)
+    return follower
 
 
 async def test_stop_does_not_wait_for_a_fetch_that_hangs(store: SqlStore) -> None:
     """stop() while a fetch waits on a silent node: the fetch is abandoned (nothing was read, so nothing is
     half done) and run() returns, instead of waiting for the node's request timeout (minutes)."""
     node = SilentNode()
-    for _ in range(5):
-        node.mine()
-    follower, running = await following(node, store, confirmations=3, batch_blocks=4)
-    await asyncio.wait_for(node.asked.wait(), 10)
-    follower.stop()
-    await asyncio.wait_for(running, 10)
+    follower = await stopped_while_asked(node, node.asked, store, blocks=5, confirmations=3, batch_blocks=4)
     assert node.cancelled
     assert follower.cursor is not None and follower.cursor.height == 0  # nothing committed
 
@@ -81,10 +83,5 @@ async def test_stop_does_not_wait_for_a_tip_call_that_hangs(store: SqlStore) -> 
     """The follower is caught up and polls its node's tip, which never answers: stop() ends the run at once
     (the tip call is abandoned: no block is in hand), as it does a fetch."""
     node = SilentTip()
-    for _ in range(3):
-        node.mine()
-    follower, running = await following(node, store, confirmations=1, batch_blocks=10)
-    await asyncio.wait_for(node.hanging.wait(), 10)
-    follower.stop()
-    await asyncio.wait_for(running, 10)
+    follower = await stopped_while_asked(node, node.hanging, store, blocks=3, confirmations=1, batch_blocks=10)
     assert follower.cursor is not None and follower.cursor.height == 3  # what was read before is committed
