@@ -9,6 +9,7 @@ import sqlite3
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 PG_URL = os.environ.get("DEPOSITWATCH_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 MB = 1024 * 1024
@@ -110,3 +111,10 @@ def markdown_table(headers: list[str], rows: list[list[str]], align: str | None 
     )
     rule = f"|{rule}|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def save_figure(fig: Any, path: str, dpi: float | None = 110) -> None:
+    """A bench's plot, laid out and written to `path` (its folder made if missing)."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)

@@ -60,7 +60,7 @@ import psutil
 if __package__ in (None, ""):  # run as `python bench/eth_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine_line, markdown_table
+from bench.common import machine_line, markdown_table, save_figure
 from bench.eth_workload import CHAIN, CHAIN_ID, OUT, Params, Workload, ensure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -704,9 +704,7 @@ def plot_batches(sweep: list[dict[str, Any]], path: str) -> None:
     ax.set_title("Ethereum replay from anvil: throughput against batch size")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

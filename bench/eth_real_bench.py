@@ -43,6 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/eth_real_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import save_figure
 from bench.store_flat_bench import WATCH_CSV
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,9 +237,7 @@ def plot(path: str, along: list[dict[str, Any]], stores: list[dict[str, Any]]) -
             cpu_ax.set_ylabel("CPU ms a block")
             cpu_ax.set_ylim(bottom=0)
             cpu_ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def main() -> None:

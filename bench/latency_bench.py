@@ -37,7 +37,7 @@ from aiohttp import web
 if __package__ in (None, ""):  # run as `python bench/latency_bench.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine_line, markdown_table
+from bench.common import machine_line, markdown_table, save_figure
 from depositwatch.alerts.signing import SignatureError, decode_secret, verify
 from depositwatch.devnet import Anvil, rpc
 
@@ -232,9 +232,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     ax.set_title(f"Ethereum alert latency, daemon against anvil ({results[0]['blocks']} blocks per mode)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -47,6 +47,7 @@ from bench.common import (
     peak_rss_mb,
     postgres_version,
     rss_mb,
+    save_figure,
     scratch_schema,
     with_search_path,
 )
@@ -554,9 +555,7 @@ def plot(results: list[Figures], path: str) -> None:
     ax.set_ylim(0, max([TARGET_RSS_BYTES / MB, *(r.peak_mb for r in results)]) * 1.15)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path, dpi=None)
     plt.close(fig)
 
 

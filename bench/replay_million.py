@@ -35,6 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python bench/replay_million.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import save_figure
 from bench.eth_real_bench import DEPOSITWATCH, PY, REPO, Stretches, _last_height, children_cpu, load_avg, proc_cpu
 from bench.evm_synth import SynthChain
 
@@ -150,9 +151,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title(f"depositwatch replay along {results[0]['blocks']:,} blocks, node on the same CPUs")
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ import psutil
 if __package__ in (None, ""):  # run as `python bench/replay_workers.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import save_figure
 from bench.evm_synth import SynthChain
 from depositwatch.store.shards import cut
 
@@ -221,9 +222,7 @@ def plot(results: list[Measure], args: argparse.Namespace, path: str) -> None:
     ax.set_title(f"Replay of {args.blocks:,} blocks by N processes (load average {min(loads):.0f}-{max(loads):.0f})")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
